@@ -1,0 +1,95 @@
+"""The `imshift` command: a thin face over the library."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from imshift.vendors.base import Operation
+
+app = typer.Typer(help="Bulk work on cloud IM vendors' server APIs: migrations, token refreshes, "
+                       "mass sends.", no_args_is_help=True, pretty_exceptions_show_locals=False)
+console = Console()
+
+
+@app.command()
+def vendors() -> None:
+    """Show what each vendor supports: operations, batch sizes and default rates."""
+    from imshift.vendors.registry import VENDORS
+
+    table = Table(title="Vendor capabilities (batch size per call / default calls per second)")
+    table.add_column("operation")
+    for v in VENDORS.values():
+        table.add_column(v.title)
+    for op in Operation:
+        row = [op.value]
+        for v in VENDORS.values():
+            if not v.client.supports(op):
+                row.append("[dim]-[/dim]")
+                continue
+            batch = v.client.rules.batch_size.get(op, 1)
+            rate = v.client.rules.rates.get(op)
+            row.append(f"yes ({batch}/call, {rate:g}/s)" if rate else f"yes ({batch}/call)")
+        table.add_row(*row)
+    console.print(table)
+
+
+@app.command()
+def sandbox(
+    vendor: Annotated[Optional[list[str]], typer.Option(
+        help="Vendor to serve (repeatable); all four when omitted.")] = None,
+    port: Annotated[Optional[int], typer.Option(
+        help="Port for a single vendor (default: the vendor's own, 9001-9004).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    rate: Annotated[Optional[list[str]], typer.Option(
+        help="Rate limit per operation, OP=CALLS_PER_SECOND (repeatable), e.g. register=400.")] = None,
+    latency: Annotated[float, typer.Option(help="Seconds added to every call.")] = 0.0,
+    error_rate: Annotated[float, typer.Option(help="Share of calls answered with a 5xx.")] = 0.0,
+) -> None:
+    """Serve vendor sandboxes (in-memory simulators of the vendors' APIs) on loopback."""
+    from imshift.vendors.registry import VENDORS, vendor as find_vendor
+    from imshift.vendors.sandbox.common import Faults
+    from imshift.vendors.sandbox.serve import serve
+
+    try:
+        chosen = [find_vendor(name) for name in vendor] if vendor else list(VENDORS.values())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--vendor") from None
+    if port is not None and len(chosen) != 1:
+        raise typer.BadParameter("--port needs exactly one --vendor", param_hint="--port")
+    limits = {}
+    for item in rate or []:
+        op, _, value = item.partition("=")
+        try:
+            limits[op] = float(value)
+        except ValueError:
+            raise typer.BadParameter(f"{item!r} is not OP=NUMBER", param_hint="--rate") from None
+    pairs = []
+    for v in chosen:
+        box = v.sandbox(rate_limits=limits, faults=Faults(latency=latency, error_rate=error_rate))
+        where = port if port is not None else v.sandbox_port
+        pairs.append((box, where))
+        console.print(f"{v.title:15} http://{host}:{where}   client config: {box.config(f'http://{host}:{where}')!r}")
+    console.print("Serving; Ctrl-C stops.")
+    try:
+        asyncio.run(serve(pairs, host=host))
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def demo(
+    users: Annotated[int, typer.Option(min=1, max=100_000, help="Users per vendor.")] = 500,
+) -> None:
+    """Round-trip sample users through all four vendor sandboxes, in-process."""
+    from imshift.demo import run_demo
+
+    asyncio.run(run_demo(users, console))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""imshift.jobs: filled in by the job-engine issue."""

@@ -1,0 +1,1 @@
+"""imshift.models: filled in by the job-engine issue."""

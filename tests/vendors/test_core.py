@@ -1,0 +1,158 @@
+"""The shared vendor core: field rules, host failover order, the sandbox's
+strict one-second windows and faults, and the client's one HTTP path."""
+
+import asyncio
+
+import httpx
+import pytest
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from imshift.vendors.base import FieldRule, Operation, Outcome, Profile, VendorRules
+from imshift.vendors.client import CallFailed, VendorClient
+from imshift.vendors.hosts import HostPool
+from imshift.vendors.sandbox.common import Faults, Sandbox
+
+
+def test_field_rule_names_the_field_and_the_reason():
+    rule = FieldRule(max_len=4, unit="bytes", pattern=r"[a-z]+", pattern_hint="lower-case letters")
+    assert rule.check("user_id", "abc") is None
+    assert rule.check("user_id", "abcde") == "user_id: 5 bytes, at most 4 allowed"
+    by_bytes = FieldRule(max_len=4, unit="bytes")
+    assert by_bytes.check("name", "éé") is None  # 4 bytes
+    assert by_bytes.check("name", "ééé") == "name: 6 bytes, at most 4 allowed"
+    assert rule.check("user_id", "AB") == "user_id: 'AB' is not allowed (lower-case letters)"
+    assert FieldRule(required=True).check("name", "") == "name: required"
+    assert FieldRule(choices=("0", "1")).check("gender", "7") == "gender: '7' is not one of 0, 1"
+
+
+def test_rules_check_every_field_including_extras():
+    rules = VendorRules(
+        fields={"user_id": FieldRule(max_len=8, required=True), "name": FieldRule(max_len=3),
+                "gender": FieldRule(choices=("0", "1", "2"))},
+        batch_size={Operation.REGISTER: 10}, rates={Operation.REGISTER: 5})
+    assert rules.check_profile(Profile("u1", "Ann", extra={"gender": "1"})) == []
+    assert rules.check_profile(Profile("", "Annabel", avatar="x", extra={"email": "a@b"})) == [
+        "email: not a profile field this vendor accepts",
+        "user_id: required",
+        "name: 7 chars, at most 3 allowed",
+        "avatar: not a profile field this vendor accepts",
+    ]
+
+
+def test_host_pool_fails_over_and_comes_back_after_cooldown():
+    now = [100.0]
+    pool = HostPool(["https://a", "https://b/"], cooldown=30, clock=lambda: now[0])
+    assert pool.current() == "https://a"
+    pool.failed("https://a")
+    assert pool.current() == "https://b"
+    now[0] += 29.9
+    assert pool.current() == "https://b"
+    now[0] += 0.2
+    assert pool.current() == "https://a"
+    pool.failed("https://a")
+    pool.failed("https://b")
+    assert pool.current() == "https://a"  # all down: the one that failed longest ago
+
+
+class TinySandbox(Sandbox):
+    """A one-endpoint vendor, enough to exercise the shared sandbox behaviour."""
+
+    vendor = "tiny"
+
+    def routes(self):
+        return [Route("/call", self.call, methods=["POST"])]
+
+    async def call(self, request):
+        return await self.admit("register") or JSONResponse({"code": 200})
+
+    def server_error(self):
+        return JSONResponse({"code": 500}, status_code=500)
+
+    def rate_limited(self, op):
+        return JSONResponse({"code": 429}, status_code=429, headers={"Retry-After": "1"})
+
+
+class TinyClient(VendorClient):
+    vendor = "tiny"
+    capabilities = frozenset()
+
+
+def tiny_client(sandbox, timeout=5.0):
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=sandbox.app))
+    return TinyClient(http, timeout=timeout)
+
+
+async def test_sandbox_holds_fixed_one_second_windows_and_counts():
+    now = [1000.2]
+    sandbox = TinySandbox(rate_limits={"register": 3}, clock=lambda: now[0])
+    client = tiny_client(sandbox)
+    statuses = [(await client._request("register", "POST", "http://t/call")).status for _ in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
+    now[0] = 1001.0  # a new window
+    reply = await client._request("register", "POST", "http://t/call")
+    assert reply.status == 200
+    assert sandbox.calls["register"] == 6
+    assert sandbox.over_limit["register"] == 2
+    assert sandbox.max_per_second("register") == 3
+
+
+async def test_sandbox_blocks_the_app_after_an_over_limit_call():
+    now = [50.0]
+    sandbox = TinySandbox(rate_limits={"register": 1}, block_seconds=10, clock=lambda: now[0])
+    client = tiny_client(sandbox)
+    assert (await client._request("register", "POST", "http://t/call")).status == 200
+    assert (await client._request("register", "POST", "http://t/call")).status == 429
+    now[0] = 55.0  # a new window, but still blocked
+    assert (await client._request("register", "POST", "http://t/call")).status == 429
+    now[0] = 61.0
+    assert (await client._request("register", "POST", "http://t/call")).status == 200
+
+
+async def test_injected_errors_follow_the_configured_share():
+    sandbox = TinySandbox(faults=Faults(error_rate=0.3, seed=7))
+    client = tiny_client(sandbox)
+    statuses = [(await client._request("register", "POST", "http://t/call")).status for _ in range(400)]
+    assert 80 <= statuses.count(500) <= 160
+    assert sandbox.faulted["register"] == statuses.count(500)
+
+
+async def test_a_hanging_call_is_a_retryable_timeout_that_may_have_been_delivered():
+    sandbox = TinySandbox(faults=Faults(timeout_rate=1.0, hang_seconds=5))
+    client = tiny_client(sandbox, timeout=0.05)
+    with pytest.raises(CallFailed) as failed:
+        await client._request("register", "POST", "http://t/call")
+    assert failed.value.result.outcome is Outcome.RETRYABLE
+    assert failed.value.result.code == "timeout"
+    assert failed.value.result.maybe_delivered
+
+
+async def test_a_refused_connection_is_retryable_and_surely_not_delivered():
+    async with httpx.AsyncClient() as http:
+        client = TinyClient(http, timeout=2)
+        with pytest.raises(CallFailed) as failed:
+            await client._request("register", "POST", "http://127.0.0.1:9/nothing-listens-here")
+    assert failed.value.result.outcome is Outcome.RETRYABLE
+    assert not failed.value.result.maybe_delivered
+
+
+async def test_throttle_sees_every_call_with_its_key_and_weight():
+    seen = []
+
+    async def throttle(key, weight):
+        seen.append((key, weight))
+
+    sandbox = TinySandbox()
+    client = tiny_client(sandbox)
+    client.throttle = throttle
+    await client._request("register", "POST", "http://t/call", weight=7)
+    assert seen == [("register", 7)]
+
+
+async def test_unsupported_operations_raise_before_any_call():
+    sandbox = TinySandbox()
+    client = tiny_client(sandbox)
+    from imshift.vendors.base import Unsupported
+    with pytest.raises(Unsupported, match="tiny does not support send"):
+        await client.send("a", ["b"], None)
+    assert sandbox.calls.total() == 0

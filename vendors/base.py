@@ -1,0 +1,175 @@
+"""The vocabulary every vendor module speaks: operations, outcomes, inputs and rules.
+
+Nothing here knows a vendor's name. A vendor module turns these inputs into
+its signed calls and turns its replies back into `Result`s.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Sequence
+
+
+class Operation(str, enum.Enum):
+    """What imshift asks of a vendor. The values double as rate-limit keys."""
+
+    REGISTER = "register"
+    UPDATE_PROFILE = "update_profile"
+    GET_PROFILES = "get_profiles"
+    ISSUE_TOKEN = "issue_token"
+    SEND = "send"  # one sender to many users, one-to-one messages
+    SEND_GROUP = "send_group"
+    BROADCAST = "broadcast"  # to every user of the app
+    CREATE_GROUP = "create_group"
+    ADD_MEMBERS = "add_members"
+    IMPORT_FRIENDS = "import_friends"
+    LIST_USERS = "list_users"  # can serve as a migration source without an export file
+
+    def __str__(self) -> str:  # so f"{op}" reads "register", not "Operation.REGISTER"
+        return self.value
+
+
+class Outcome(str, enum.Enum):
+    OK = "ok"
+    EXISTS = "exists"  # idempotent success: it was already there
+    RATE_LIMITED = "rate_limited"  # retry later and slow down
+    RETRYABLE = "retryable"  # timeouts, 5xx, "busy"
+    REJECTED = "rejected"  # bad input: never retry, tell the user why
+    AUTH = "auth"  # bad key or signature: stop the job
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def succeeded(self) -> bool:
+        return self in (Outcome.OK, Outcome.EXISTS)
+
+    @property
+    def final(self) -> bool:
+        """Whether retrying the same call could change the answer."""
+        return self not in (Outcome.RATE_LIMITED, Outcome.RETRYABLE)
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of one item of one call, with the vendor's own words kept.
+
+    `data` may hold tokens or passwords, so it is left out of repr: a Result
+    can be logged without leaking them.
+    """
+
+    outcome: Outcome
+    code: str = ""  # the vendor's raw code ("1102", "http 503", "timeout")
+    message: str = ""
+    data: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    retry_after: float | None = None  # seconds, when the vendor said so
+    # True when the request may have reached the vendor although no reply came
+    # (read timeout, dropped connection): a non-idempotent send must not be
+    # blindly repeated.
+    maybe_delivered: bool = False
+
+    @property
+    def succeeded(self) -> bool:
+        return self.outcome.succeeded
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A user account with its profile. `extra` holds vendor-specific fields
+    (gender, email, mobile, birth, sign, ex, ...) by the vendor's field name."""
+
+    user_id: str
+    name: str = ""
+    avatar: str = ""
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Message:
+    """A text message, or a custom one carried as a JSON object."""
+
+    text: str | None = None
+    custom: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.text is None) == (self.custom is None):
+            raise ValueError("a message has either text or custom content, not both or neither")
+
+
+@dataclass(frozen=True)
+class Group:
+    group_id: str  # the app's id; vendors that assign their own return it in Result.data["group_id"]
+    name: str
+    owner: str
+    members: Sequence[str] = ()
+
+
+class Unsupported(Exception):
+    """The vendor has no such operation; raised before any call is made."""
+
+    def __init__(self, vendor: str, operation: Operation):
+        super().__init__(f"{vendor} does not support {operation}")
+        self.vendor = vendor
+        self.operation = operation
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    """One field's limits as the vendor documents them."""
+
+    max_len: int | None = None
+    unit: Literal["chars", "bytes"] = "chars"
+    pattern: str | None = None  # must match the whole value
+    pattern_hint: str = ""  # says the pattern in words, for error messages
+    required: bool = False
+    choices: tuple[str, ...] | None = None
+
+    def check(self, name: str, value: str) -> str | None:
+        """The reason `value` is not acceptable for field `name`, or None."""
+        if value == "":
+            return f"{name}: required" if self.required else None
+        if self.max_len is not None:
+            size = len(value.encode()) if self.unit == "bytes" else len(value)
+            if size > self.max_len:
+                return f"{name}: {size} {self.unit}, at most {self.max_len} allowed"
+        if self.pattern is not None and not re.fullmatch(self.pattern, value):
+            return f"{name}: {value[:80]!r} is not allowed ({self.pattern_hint or self.pattern})"
+        if self.choices is not None and value not in self.choices:
+            return f"{name}: {value[:80]!r} is not one of {', '.join(self.choices)}"
+        return None
+
+
+@dataclass(frozen=True)
+class VendorRules:
+    """A vendor's limits as data: fields, batch sizes and default rates.
+
+    `rates` are conservative default calls per second per operation (a
+    configuration may override them); `batch_size` is the most items one call
+    of that operation carries.
+    """
+
+    fields: Mapping[str, FieldRule]
+    batch_size: Mapping[Operation, int]
+    rates: Mapping[Operation, float]
+
+    def check_profile(self, profile: Profile) -> list[str]:
+        """Every reason the vendor would refuse this profile (empty when fine)."""
+        values = {"user_id": profile.user_id, "name": profile.name, "avatar": profile.avatar}
+        errors = []
+        for key, value in profile.extra.items():
+            if key in values or key not in self.fields:
+                errors.append(f"{key}: not a profile field this vendor accepts")
+            else:
+                values[key] = value
+        for key, value in values.items():
+            rule = self.fields.get(key)
+            if rule is None:
+                if value:
+                    errors.append(f"{key}: not a profile field this vendor accepts")
+                continue
+            problem = rule.check(key, value)
+            if problem:
+                errors.append(problem)
+        return errors

@@ -1,0 +1,1 @@
+"""In-memory simulators of the vendors' server APIs."""

@@ -1,0 +1,1 @@
+"""imshift.workers: filled in by the job-engine issue."""
