@@ -127,13 +127,38 @@ async def test_a_hanging_call_is_a_retryable_timeout_that_may_have_been_delivere
     assert failed.value.result.maybe_delivered
 
 
+def both_transports():
+    """The plain httpx pool and the aiohttp transport used for real traffic."""
+    from imshift.vendors.http import http_client
+
+    return [httpx.AsyncClient(), http_client()]
+
+
 async def test_a_refused_connection_is_retryable_and_surely_not_delivered():
-    async with httpx.AsyncClient() as http:
-        client = TinyClient(http, timeout=2)
-        with pytest.raises(CallFailed) as failed:
-            await client._request("register", "POST", "http://127.0.0.1:9/nothing-listens-here")
-    assert failed.value.result.outcome is Outcome.RETRYABLE
-    assert not failed.value.result.maybe_delivered
+    for http in both_transports():
+        async with http:
+            client = TinyClient(http, timeout=2)
+            with pytest.raises(CallFailed) as failed:
+                await client._request("register", "POST", "http://127.0.0.1:9/nothing-listens-here")
+        assert failed.value.result.outcome is Outcome.RETRYABLE
+        assert not failed.value.result.maybe_delivered, type(http._transport)
+
+
+async def test_a_dropped_connection_is_retryable_and_may_have_been_delivered():
+    async def read_then_hang_up(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(read_then_hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        for http in both_transports():
+            async with http:
+                client = TinyClient(http, timeout=2)
+                with pytest.raises(CallFailed) as failed:
+                    await client._request("register", "POST", f"http://127.0.0.1:{port}/x")
+            assert failed.value.result.outcome is Outcome.RETRYABLE
+            assert failed.value.result.maybe_delivered, type(http._transport)
 
 
 async def test_throttle_sees_every_call_with_its_key_and_weight():
