@@ -1,1 +1,6 @@
-"""imshift.models: filled in by the job-engine issue."""
+"""imshift.models: the job tables, the engine and the state changes of items."""
+
+from .db import make_engine, session
+from .tables import Item, ItemState, Job, JobCount, JobStatus
+
+__all__ = ["Item", "ItemState", "Job", "JobCount", "JobStatus", "make_engine", "session"]

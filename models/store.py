@@ -1,0 +1,136 @@
+"""Item state changes that keep `job_counts` exact.
+
+Every change of an item's state goes through here, in the caller's
+transaction, together with the matching change of the per-state counts, so
+progress is a read of a handful of rows however large the job is.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from typing import Any, Iterable, Mapping, Sequence
+
+from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from .tables import Item, ItemState, Job, JobCount, JobStatus
+
+items = Item.__table__
+counts_table = JobCount.__table__
+jobs = Job.__table__
+
+
+def add_counts(conn: Connection, job_id: int, deltas: Mapping[str, int]) -> None:
+    changes = [{"job_id": job_id, "state": str(state), "n": n} for state, n in deltas.items() if n]
+    if not changes:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(counts_table)
+    stmt = stmt.on_conflict_do_update(index_elements=["job_id", "state"],
+                                      set_={"n": counts_table.c.n + stmt.excluded.n})
+    conn.execute(stmt, changes)
+
+
+def counts(conn: Connection, job_id: int) -> dict[str, int]:
+    rows = conn.execute(select(counts_table.c.state, counts_table.c.n)
+                        .where(counts_table.c.job_id == job_id))
+    return {state: n for state, n in rows if n}
+
+
+def recount(conn: Connection, job_id: int) -> dict[str, int]:
+    """Rebuild a job's counts from its items (after a lost claim, or to verify)."""
+    actual = dict(conn.execute(select(items.c.state, func.count())
+                               .where(items.c.job_id == job_id).group_by(items.c.state)).all())
+    stored = counts(conn, job_id)
+    add_counts(conn, job_id, {s: actual.get(s, 0) - stored.get(s, 0) for s in {*actual, *stored}})
+    return actual
+
+
+def claim(conn: Connection, job_id: int, start: int, end: int, *, lease: float,
+          resend_expired: bool, now: float | None = None) -> tuple[str, list[Any]]:
+    """Claim the workable items with start <= seq < end for one worker.
+
+    Pending items whose backoff has passed are claimed. Items still claimed
+    by a worker whose lease ran out are claimed again when the operation is
+    safe to repeat (`resend_expired`); otherwise their call may have reached
+    the vendor unrecorded, so they become `unknown`. Returns the claim id and
+    the claimed rows (seq, key, row, payload, attempts).
+    """
+    now = time.time() if now is None else now
+    token = uuid.uuid4().hex
+    in_range = and_(items.c.job_id == job_id, items.c.seq >= start, items.c.seq < end)
+    expired = and_(items.c.state == ItemState.CLAIMED.value, items.c.lease_until < now)
+    if not resend_expired:
+        lost = conn.execute(update(items).where(in_range, expired).values(
+            state=ItemState.UNKNOWN.value, claim=None, lease_until=None, updated_at=now,
+            code="unknown", message="the worker stopped after sending; not re-sent")).rowcount
+        add_counts(conn, job_id, {ItemState.CLAIMED: -lost, ItemState.UNKNOWN: lost})
+    due = and_(items.c.state == ItemState.PENDING.value,
+               or_(items.c.not_before.is_(None), items.c.not_before <= now))
+    take = dict(state=ItemState.CLAIMED.value, claim=token, lease_until=now + lease,
+                attempts=items.c.attempts + 1, updated_at=now)
+    columns = (items.c.seq, items.c.key, items.c.row, items.c.payload, items.c.attempts)
+    rows = []
+    if resend_expired:  # already counted as claimed: no count changes
+        rows += conn.execute(update(items).where(in_range, expired).values(**take)
+                             .returning(*columns)).all()
+    fresh = conn.execute(update(items).where(in_range, due).values(**take)
+                         .returning(*columns)).all()
+    add_counts(conn, job_id, {ItemState.PENDING: -len(fresh), ItemState.CLAIMED: len(fresh)})
+    return token, sorted(rows + fresh, key=lambda r: r.seq)
+
+
+def record(conn: Connection, job_id: int, token: str, outcomes: Sequence[Mapping[str, Any]],
+           now: float | None = None) -> int:
+    """Write the outcomes of claimed items (each a mapping with seq, state,
+    code, message, result, secret, not_before). Only the claim holder's
+    writes land. Returns how many landed."""
+    if not outcomes:
+        return 0
+    now = time.time() if now is None else now
+    stmt = (update(items)
+            .where(items.c.job_id == job_id, items.c.seq == bindparam("b_seq"),
+                   items.c.claim == token)
+            .values(state=bindparam("b_state"), code=bindparam("b_code"),
+                    message=bindparam("b_message"), result=bindparam("b_result"),
+                    secret=bindparam("b_secret"), not_before=bindparam("b_not_before"),
+                    claim=None, lease_until=None, updated_at=now))
+    params = [{"b_seq": o["seq"], "b_state": str(o["state"]), "b_code": o.get("code"),
+               "b_message": o.get("message"), "b_result": o.get("result"),
+               "b_secret": o.get("secret"), "b_not_before": o.get("not_before")}
+              for o in outcomes]
+    landed = conn.execute(stmt, params).rowcount
+    if landed == len(outcomes):
+        deltas = Counter(str(o["state"]) for o in outcomes)
+        deltas[ItemState.CLAIMED.value] -= landed
+        add_counts(conn, job_id, deltas)
+    else:  # some claims were lost to a lease expiry: count from the rows themselves
+        recount(conn, job_id)
+    return landed
+
+
+def move(conn: Connection, job_id: int, from_states: Iterable[str], to_state: str,
+         **values: Any) -> int:
+    """Move every item of a job in `from_states` to `to_state` (retry, cancel, pause)."""
+    moved = 0
+    for state in from_states:
+        n = conn.execute(update(items).where(items.c.job_id == job_id, items.c.state == str(state))
+                         .values(state=str(to_state), claim=None, lease_until=None,
+                                 updated_at=time.time(), **values)).rowcount
+        add_counts(conn, job_id, {str(state): -n, str(to_state): n})
+        moved += n
+    return moved
+
+
+def finish_if_done(conn: Connection, job_id: int) -> bool:
+    """Mark a running job finished when no item is open. True if it was marked now."""
+    c = counts(conn, job_id)
+    if c.get(ItemState.PENDING.value, 0) or c.get(ItemState.CLAIMED.value, 0):
+        return False
+    return conn.execute(update(jobs).where(jobs.c.id == job_id,
+                                           jobs.c.status == JobStatus.RUNNING.value)
+                        .values(status=JobStatus.FINISHED.value, finished_at=time.time())
+                        ).rowcount == 1

@@ -1,0 +1,97 @@
+"""The tables: a job, its items, and the running per-state counts that keep
+progress queries cheap on a million-item job."""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Any, Optional
+
+from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class JobStatus(str, enum.Enum):
+    PLANNING = "planning"  # items are being stored; not yet runnable
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"  # the vendor refused our credentials: fix them, then resume
+    CANCELLED = "cancelled"
+    FINISHED = "finished"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ItemState(str, enum.Enum):
+    PENDING = "pending"
+    CLAIMED = "claimed"  # a worker holds it until lease_until
+    OK = "ok"
+    EXISTS = "exists"
+    REJECTED = "rejected"  # the input or the vendor said no: never retried by itself
+    FAILED = "failed"  # retryable failures outlasted the attempt budget
+    UNKNOWN = "unknown"  # a send may have gone out but was never recorded
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+OPEN_STATES = (ItemState.PENDING, ItemState.CLAIMED)
+SUCCESS_STATES = (ItemState.OK, ItemState.EXISTS)
+RETRYABLE_BY_USER = (ItemState.REJECTED, ItemState.FAILED, ItemState.UNKNOWN, ItemState.CANCELLED)
+
+
+def now() -> float:
+    return time.time()
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "jobs"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    kind: str  # "migrate_users", "refresh_tokens", "send"
+    operation: str  # the vendor Operation its items run
+    app: str  # the configured vendor app it runs against (a name, never its credentials)
+    source_app: Optional[str] = None
+    status: str = Field(default=JobStatus.PLANNING.value)
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    total: int = 0
+    stop_reason: Optional[str] = None
+    created_at: float = Field(default_factory=now)
+    started_at: Optional[float] = None
+    finished_at: Optional[float] = None
+
+
+class Item(SQLModel, table=True):
+    __tablename__ = "items"
+    __table_args__ = (
+        UniqueConstraint("job_id", "key", name="uq_items_job_key"),
+        Index("ix_items_job_state", "job_id", "state"),
+    )
+
+    job_id: int = Field(foreign_key="jobs.id", primary_key=True)
+    seq: int = Field(primary_key=True)  # 0..total-1 in input order; chunks are seq ranges
+    key: str  # the user id or recipient: unique per job
+    row: int  # where it came from in the input (line or row number), for error messages
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    state: str = Field(default=ItemState.PENDING.value)
+    attempts: int = 0
+    code: Optional[str] = None  # the vendor's raw code, or "invalid"/"duplicate" from planning
+    message: Optional[str] = None
+    result: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON))
+    secret: Optional[bytes] = Field(default=None, sa_column=Column(LargeBinary))  # encrypted token
+    claim: Optional[str] = None  # who holds it: a recorded outcome must come from the holder
+    lease_until: Optional[float] = None
+    not_before: Optional[float] = None  # retry backoff: not claimed before this time
+    updated_at: Optional[float] = None
+
+
+class JobCount(SQLModel, table=True):
+    """Items per state, updated in the same transaction as the items."""
+
+    __tablename__ = "job_counts"
+
+    job_id: int = Field(foreign_key="jobs.id", primary_key=True)
+    state: str = Field(primary_key=True)
+    n: int = 0

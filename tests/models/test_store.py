@@ -1,0 +1,80 @@
+"""Item state changes and the counts that follow them, on SQLite and PostgreSQL."""
+
+from sqlalchemy import insert
+
+from imshift.models import Item, ItemState, Job, JobStatus, make_engine, session
+from imshift.models import store
+
+
+def make_job(engine, n_items: int) -> int:
+    with session(engine) as s:
+        job = Job(kind="migrate_users", operation="register", app="target",
+                  status=JobStatus.RUNNING.value, total=n_items)
+        s.add(job)
+        s.commit()
+        job_id = job.id
+    with engine.begin() as conn:
+        conn.execute(insert(Item.__table__), [
+            {"job_id": job_id, "seq": i, "key": f"u{i}", "row": i + 2, "payload": {"name": f"N{i}"},
+             "state": "pending", "attempts": 0} for i in range(n_items)])
+        store.add_counts(conn, job_id, {ItemState.PENDING: n_items})
+    return job_id
+
+
+def test_claim_record_and_counts_stay_exact(database_url):
+    engine = make_engine(database_url)
+    job_id = make_job(engine, 10)
+    with engine.begin() as conn:
+        token, rows = store.claim(conn, job_id, 0, 6, lease=30, resend_expired=True)
+        assert [r.seq for r in rows] == list(range(6))
+        assert all(r.attempts == 1 for r in rows)
+        # A second claim of the same range (a re-delivered message) gets nothing.
+        _, again = store.claim(conn, job_id, 0, 6, lease=30, resend_expired=True)
+        assert again == []
+        assert store.counts(conn, job_id) == {"pending": 4, "claimed": 6}
+        landed = store.record(conn, job_id, token, [
+            {"seq": 0, "state": ItemState.OK, "result": {"user_id": "9001"}},
+            {"seq": 1, "state": ItemState.REJECTED, "code": "1002", "message": "name too long"},
+            {"seq": 2, "state": ItemState.PENDING, "code": "500", "not_before": 0},
+        ])
+        assert landed == 3
+        assert store.counts(conn, job_id) == {"pending": 5, "claimed": 3, "ok": 1, "rejected": 1}
+        assert store.recount(conn, job_id) == store.counts(conn, job_id)
+    engine.dispose()
+
+
+def test_an_expired_lease_is_reclaimed_or_marked_unknown(database_url):
+    engine = make_engine(database_url)
+    job_id = make_job(engine, 4)
+    with engine.begin() as conn:
+        old, _ = store.claim(conn, job_id, 0, 4, lease=10, resend_expired=True, now=1000)
+        # Idempotent operation: a later worker takes the items over.
+        new, rows = store.claim(conn, job_id, 0, 2, lease=10, resend_expired=True, now=1020)
+        assert [r.seq for r in rows] == [0, 1] and all(r.attempts == 2 for r in rows)
+        # The first worker's late writes do not land on items it lost.
+        assert store.record(conn, job_id, old, [{"seq": 0, "state": ItemState.OK}]) == 0
+        assert store.record(conn, job_id, new, [{"seq": 0, "state": ItemState.OK}]) == 1
+        # A send: expired claims may have reached the vendor, so they end unknown.
+        _, rows = store.claim(conn, job_id, 2, 4, lease=10, resend_expired=False, now=1020)
+        assert rows == []
+        assert store.counts(conn, job_id) == {"claimed": 1, "ok": 1, "unknown": 2}
+        assert store.recount(conn, job_id) == store.counts(conn, job_id)
+    engine.dispose()
+
+
+def test_backoff_holds_items_until_due_and_jobs_finish_once(database_url):
+    engine = make_engine(database_url)
+    job_id = make_job(engine, 1)
+    with engine.begin() as conn:
+        token, _ = store.claim(conn, job_id, 0, 1, lease=10, resend_expired=True, now=100)
+        store.record(conn, job_id, token, [{"seq": 0, "state": ItemState.PENDING, "not_before": 150}])
+        assert store.claim(conn, job_id, 0, 1, lease=10, resend_expired=True, now=120)[1] == []
+        token, rows = store.claim(conn, job_id, 0, 1, lease=10, resend_expired=True, now=151)
+        assert len(rows) == 1
+        assert not store.finish_if_done(conn, job_id)
+        store.record(conn, job_id, token, [{"seq": 0, "state": ItemState.EXISTS}])
+        assert store.finish_if_done(conn, job_id)
+        assert not store.finish_if_done(conn, job_id)
+        assert store.move(conn, job_id, [ItemState.EXISTS], ItemState.PENDING) == 1
+        assert store.counts(conn, job_id) == {"pending": 1}
+    engine.dispose()
