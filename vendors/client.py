@@ -65,6 +65,9 @@ class VendorClient:
     vendor: ClassVar[str]
     capabilities: ClassVar[frozenset[Operation]]
     rules: ClassVar[VendorRules]
+    # True when the vendor drops a repeated send carrying the same dedup_key,
+    # so a send that may have gone out can safely be sent again.
+    deduplicates_sends: ClassVar[bool] = False
 
     def __init__(self, http: httpx.AsyncClient, *, throttle: Throttle | None = None,
                  timeout: float = 10.0):
@@ -93,7 +96,8 @@ class VendorClient:
         raise self._unsupported(Operation.UPDATE_PROFILE)
 
     async def get_profiles(self, user_ids: Sequence[str]) -> list[Profile | None]:
-        """Read accounts back (None for an unknown id); used to verify a migration."""
+        """Read accounts back (None for an unknown id); used to verify a migration.
+        A call-level failure (auth, rate limit, network) raises CallFailed."""
         raise self._unsupported(Operation.GET_PROFILES)
 
     async def issue_tokens(self, user_ids: Sequence[str]) -> list[Result]:

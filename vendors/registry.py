@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .client import VendorClient
-from .maxim import MaximClient
-from .netease import NeteaseClient
-from .openim import OpenIMClient
-from .rongcloud import RongCloudClient
+from .maxim import MaximClient, MaximConfig
+from .netease import NeteaseClient, NeteaseConfig
+from .openim import OpenIMClient, OpenIMConfig
+from .rongcloud import RongCloudClient, RongCloudConfig
 from .sandbox.common import Sandbox
 from .sandbox.maxim import MaximSandbox
 from .sandbox.netease import NeteaseSandbox
@@ -21,15 +21,16 @@ class Vendor:
     name: str
     title: str
     client: type[VendorClient]
+    config: type  # the client's config dataclass
     sandbox: type[Sandbox]
     sandbox_port: int  # where `imshift sandbox` serves it by default
 
 
 VENDORS: dict[str, Vendor] = {v.name: v for v in (
-    Vendor("rongcloud", "RongCloud", RongCloudClient, RongCloudSandbox, 9001),
-    Vendor("netease", "NetEase Yunxin", NeteaseClient, NeteaseSandbox, 9002),
-    Vendor("openim", "OpenIM", OpenIMClient, OpenIMSandbox, 9003),
-    Vendor("maxim", "Maxim", MaximClient, MaximSandbox, 9004),
+    Vendor("rongcloud", "RongCloud", RongCloudClient, RongCloudConfig, RongCloudSandbox, 9001),
+    Vendor("netease", "NetEase Yunxin", NeteaseClient, NeteaseConfig, NeteaseSandbox, 9002),
+    Vendor("openim", "OpenIM", OpenIMClient, OpenIMConfig, OpenIMSandbox, 9003),
+    Vendor("maxim", "Maxim", MaximClient, MaximConfig, MaximSandbox, 9004),
 )}
 
 
