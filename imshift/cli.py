@@ -9,11 +9,47 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from imshift import jobcli
 from imshift.vendors.base import Operation
 
 app = typer.Typer(help="Bulk work on cloud IM vendors' server APIs: migrations, token refreshes, "
                        "mass sends.", no_args_is_help=True, pretty_exceptions_show_locals=False)
 console = Console()
+jobcli.register(app)
+
+
+@app.command()
+def worker(
+    processes: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 2,
+    threads: Annotated[int, typer.Option(min=1, help="Chunks in flight per process.")] = 8,
+) -> None:
+    """Start workers that take chunks from Redis (REDIS_URL) and run them."""
+    import os
+    import sys
+
+    from imshift.settings import Settings
+
+    if not Settings().redis_url:
+        console.print("[red]error:[/red] workers need REDIS_URL; without it, imshift runs each "
+                      "job inside the command that starts it.")
+        raise typer.Exit(2)
+    os.execv(sys.executable, [sys.executable, "-m", "dramatiq", "imshift.worker_entry",
+                              "--processes", str(processes), "--threads", str(threads),
+                              "--queues", "imshift"])
+
+
+@app.command()
+def keygen() -> None:
+    """Print a new key for IMSHIFT_TOKEN_KEY (tokens are stored encrypted with it)."""
+    from cryptography.fernet import Fernet
+
+    print(Fernet.generate_key().decode())
+
+
+def per_second(rate: float) -> str:
+    if rate >= 0.1:
+        return f"{rate:g}/s"
+    return f"{rate * 60:.3g}/min" if rate * 60 >= 1 else f"{rate * 3600:.3g}/h"
 
 
 @app.command()
@@ -33,9 +69,10 @@ def vendors() -> None:
                 continue
             batch = v.client.rules.batch_size.get(op, 1)
             rate = v.client.rules.rates.get(op)
-            row.append(f"yes ({batch}/call, {rate:g}/s)" if rate else f"yes ({batch}/call)")
+            row.append(f"{batch}/call, {per_second(rate)}" if rate else f"{batch}/call")
         table.add_row(*row)
-    console.print(table)
+    # Wide enough for five columns even when piped (rich assumes 80 columns then).
+    Console(width=max(console.width, 120)).print(table)
 
 
 @app.command()

@@ -113,11 +113,13 @@ def record(conn: Connection, job_id: int, token: str, outcomes: Sequence[Mapping
 
 
 def move(conn: Connection, job_id: int, from_states: Iterable[str], to_state: str,
-         **values: Any) -> int:
-    """Move every item of a job in `from_states` to `to_state` (retry, cancel, pause)."""
+         *conditions: Any, **values: Any) -> int:
+    """Move every item of a job in `from_states` (and matching `conditions`)
+    to `to_state`: retry, cancel."""
     moved = 0
     for state in from_states:
-        n = conn.execute(update(items).where(items.c.job_id == job_id, items.c.state == str(state))
+        n = conn.execute(update(items).where(items.c.job_id == job_id, items.c.state == str(state),
+                                             *conditions)
                          .values(state=str(to_state), claim=None, lease_until=None,
                                  updated_at=time.time(), **values)).rowcount
         add_counts(conn, job_id, {str(state): -n, str(to_state): n})

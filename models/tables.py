@@ -13,6 +13,7 @@ from sqlmodel import Field, SQLModel
 
 class JobStatus(str, enum.Enum):
     PLANNING = "planning"  # items are being stored; not yet runnable
+    PLANNED = "planned"  # a dry run: stored and checked, waiting for `imshift start`
     RUNNING = "running"
     PAUSED = "paused"
     STOPPED = "stopped"  # the vendor refused our credentials: fix them, then resume
@@ -59,6 +60,7 @@ class Job(SQLModel, table=True):
     total: int = 0
     stop_reason: Optional[str] = None
     created_at: float = Field(default_factory=now)
+    touched_at: Optional[float] = None  # last recorded progress; a stale running job is re-sent
     started_at: Optional[float] = None
     finished_at: Optional[float] = None
 
@@ -67,7 +69,7 @@ class Item(SQLModel, table=True):
     __tablename__ = "items"
     __table_args__ = (
         UniqueConstraint("job_id", "key", name="uq_items_job_key"),
-        Index("ix_items_job_state", "job_id", "state"),
+        Index("ix_items_job_state", "job_id", "state", "seq"),
     )
 
     job_id: int = Field(foreign_key="jobs.id", primary_key=True)

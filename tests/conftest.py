@@ -46,3 +46,12 @@ def database_url(request, tmp_path):
     engine = make_engine(url)
     SQLModel.metadata.drop_all(engine)
     engine.dispose()
+
+
+@pytest.fixture
+def redis_server():
+    """A private redis-server on a free port (never the machine's shared one)."""
+    from redis_server import RedisServer
+
+    with RedisServer() as server:
+        yield server

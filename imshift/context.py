@@ -1,0 +1,104 @@
+"""Wires settings to the library: engine, broker, vendor clients, runtime.
+
+This is the one place that knows which configured app is which vendor and
+holds its credentials; producers see a `Target` (no credentials) and
+workers a client factory.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import httpx
+from cryptography.fernet import Fernet
+
+from imshift.jobs.target import Target
+from imshift.models import make_engine
+from imshift.settings import Settings
+from imshift.vendors.client import Throttle, VendorClient
+from imshift.vendors.http import http_client
+from imshift.vendors.registry import vendor
+from imshift.vendors.sandbox.common import Sandbox
+from imshift.workers.actors import declare
+from imshift.workers.broker import make_broker
+from imshift.workers.ratelimit import RateLimiter
+from imshift.workers.runtime import Runtime, Tuning, configure
+
+
+class Context:
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or Settings()
+        self.sandboxes: dict[str, Sandbox] = {}  # built-in sandboxes, by app name
+
+    @property
+    def embedded(self) -> bool:
+        """No Redis: work runs inside the command's own process."""
+        return not self.settings.redis_url
+
+    @functools.cached_property
+    def engine(self):
+        return make_engine(self.settings.database_url)
+
+    @functools.cached_property
+    def broker(self):
+        broker = make_broker(self.settings.redis_url,
+                             heartbeat_timeout_ms=int(self.settings.requeue_after * 1000))
+        declare(broker, time_limit_ms=int(self.settings.lease_seconds * 4 * 1000))
+        return broker
+
+    def rates(self, app: str) -> dict[str, float]:
+        """Default rates of the app's vendor, with the app's own overrides."""
+        client_class = vendor(self.settings.app(app).vendor).client
+        rates = {op.value: rate for op, rate in client_class.rules.rates.items()}
+        rates.update(self.settings.app(app).rates)
+        return rates
+
+    def target(self, app: str) -> Target:
+        return Target(app, vendor(self.settings.app(app).vendor).client, self.rates(app))
+
+    def sandbox(self, app: str) -> Sandbox:
+        """The built-in sandbox behind `sandbox-<vendor>`: it enforces the
+        vendor's default rates, as the real vendor enforces its limits."""
+        if app not in self.sandboxes:
+            v = vendor(self.settings.app(app).vendor)
+            self.sandboxes[app] = v.sandbox(rate_limits=self.rates(app))
+        return self.sandboxes[app]
+
+    def client(self, app: str, throttle: Throttle | None = None) -> VendorClient:
+        app_settings = self.settings.app(app)
+        v = vendor(app_settings.vendor)
+        if app_settings.sandbox:
+            box = self.sandbox(app)
+            config: Any = box.config(f"http://{app}.internal")
+            http = httpx.AsyncClient(transport=httpx.ASGITransport(app=box.app))
+        else:
+            try:
+                config = v.config(**app_settings.vendor_config())
+            except TypeError as exc:
+                raise ValueError(f"app {app!r}: {exc} (check its settings against "
+                                 f"{v.config.__name__})") from None
+            http = http_client(max_connections=self.settings.concurrency)
+        return v.client(config, http, throttle=throttle, timeout=self.settings.request_timeout)
+
+    @functools.cached_property
+    def cipher(self) -> Fernet | None:
+        key = self.settings.token_key
+        return Fernet(key.get_secret_value().encode()) if key else None
+
+    @functools.cached_property
+    def runtime(self) -> Runtime:
+        redis = None
+        if self.settings.redis_url:
+            import redis.asyncio as aioredis
+            redis = aioredis.from_url(self.settings.redis_url)
+        limiter = RateLimiter(redis=redis, margin=self.settings.rate_margin)
+        s = self.settings
+        tuning = Tuning(chunk_size=s.chunk_size, lease_seconds=s.lease_seconds,
+                        max_attempts=s.max_attempts, concurrency=s.concurrency,
+                        stale_after=s.stale_after)
+
+        def clients(app: str) -> VendorClient:
+            return self.client(app, limiter.throttle_for(app, self.rates(app)))
+
+        return configure(Runtime(self.engine, self.broker, clients, limiter, self.cipher, tuning))

@@ -1,0 +1,87 @@
+"""Settings from environment variables and an optional TOML file.
+
+Vendor app credentials live only here: jobs name an app, never carry its
+keys. Apps are configured in `imshift.toml` (or the file `IMSHIFT_CONFIG`
+names):
+
+    [apps.old]
+    vendor = "rongcloud"
+    app_key = "..."
+    app_secret = "..."
+
+    [apps.new]
+    vendor = "netease"
+    app_key = "..."
+    rates = { register = 80 }
+
+or by environment, e.g. `IMSHIFT_APPS__NEW__APP_SECRET=...`. Every app
+field other than `vendor` and `rates` goes to the vendor's config class.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
+                               TomlConfigSettingsSource)
+
+SANDBOX_PREFIX = "sandbox-"  # "sandbox-netease": the built-in in-process sandbox of that vendor
+
+
+class AppSettings(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    vendor: str
+    rates: dict[str, float] = Field(default_factory=dict)  # calls/s per operation, over the defaults
+    sandbox: bool = False  # the built-in in-process sandbox of `vendor` instead of the real service
+
+    def vendor_config(self) -> dict[str, Any]:
+        """The fields for the vendor's own config class."""
+        return dict(self.model_extra or {})
+
+    def __repr__(self) -> str:  # never print credentials
+        return (f"AppSettings(vendor={self.vendor!r}, sandbox={self.sandbox}, "
+                f"fields={sorted(self.vendor_config())})")
+
+    __str__ = __repr__
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMSHIFT_", env_nested_delimiter="__",
+                                      extra="ignore", populate_by_name=True)
+
+    database_url: str = Field("sqlite:///imshift.db",
+                              validation_alias=AliasChoices("IMSHIFT_DATABASE_URL", "DATABASE_URL"))
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("IMSHIFT_REDIS_URL", "REDIS_URL"))
+    token_key: SecretStr | None = None  # Fernet key: tokens are stored encrypted with it
+    apps: dict[str, AppSettings] = Field(default_factory=dict)
+
+    chunk_size: int = 200  # items per queue message
+    lease_seconds: float = 120.0  # how long a claim holds before another worker may take over
+    max_attempts: int = 8  # retryable failures per item before it ends `failed`
+    concurrency: int = 128  # vendor calls in flight per worker process
+    rate_margin: float = 0.02  # stay this share under each vendor limit (network jitter)
+    stale_after: float = 60.0
+    requeue_after: float = 60.0  # a dead worker's unacknowledged messages return after this (Redis)  # a running job with no progress this long gets its chunks re-sent
+    request_timeout: float = 15.0
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource):
+        toml = TomlConfigSettingsSource(settings_cls, os.environ.get("IMSHIFT_CONFIG", "imshift.toml"))
+        return init_settings, env_settings, toml, file_secret_settings
+
+    def app(self, name: str) -> AppSettings:
+        """The named app; `sandbox-<vendor>` is the built-in sandbox."""
+        if name in self.apps:
+            return self.apps[name]
+        if name.startswith(SANDBOX_PREFIX):
+            return AppSettings(vendor=name[len(SANDBOX_PREFIX):], sandbox=True)
+        known = ", ".join(sorted(self.apps)) or "none configured"
+        raise ValueError(f"no vendor app named {name!r} (apps: {known}; the built-in sandboxes "
+                         f"are sandbox-rongcloud, sandbox-netease, sandbox-openim, sandbox-maxim)")

@@ -1,0 +1,94 @@
+"""Live progress of a job, and running one to the end in-process."""
+
+from __future__ import annotations
+
+import collections
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from imshift.jobs import control
+from imshift.jobs.progress import Progress as JobProgress, progress, results
+from imshift.models.tables import JobStatus
+from imshift.workers.embedded import in_process_workers
+from imshift.workers.sweeper import sweep
+
+from .context import Context
+
+
+def _fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def counts_text(p: JobProgress) -> str:
+    return " ".join(f"{state}={n}" for state, n in sorted(p.counts.items()))
+
+
+def watch(ctx: Context, job_id: int, console: Console, *, sweeping: bool = False) -> JobProgress:
+    """Show progress until the job is no longer running. With `sweeping`, this
+    process also re-sends stale chunks (the embedded mode has no worker to)."""
+    samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=20)
+    last_sweep = time.monotonic()
+    with Progress(TextColumn("job {task.fields[job]}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[rate]}/s  ETA {task.fields[eta]}  {task.fields[counts]}"),
+                  console=console, transient=False) as bar:
+        p = progress(ctx.engine, job_id)
+        task = bar.add_task("", total=p.total, job=job_id, rate="?", eta="?", counts="")
+        while True:
+            p = progress(ctx.engine, job_id)
+            now = time.monotonic()
+            samples.append((now, p.done))
+            first_t, first_done = samples[0]
+            rate = (p.done - first_done) / (now - first_t) if now - first_t > 0.5 else p.rate
+            bar.update(task, completed=p.done, rate=f"{rate or 0:,.0f}", eta=_fmt_seconds(p.eta(rate)),
+                       counts=counts_text(p))
+            if p.status != JobStatus.RUNNING.value:
+                return p
+            if sweeping and now - last_sweep > ctx.runtime.tuning.stale_after / 4:
+                sweep(ctx.runtime)
+                last_sweep = now
+            time.sleep(0.25)
+
+
+def run_in_process(ctx: Context, job_id: int, console: Console, threads: int = 8) -> JobProgress:
+    """The embedded mode: workers inside this process until the job ends.
+    Ctrl-C pauses the job, so `imshift resume` picks it up later."""
+    ctx.runtime  # noqa: B018  (configures the workers before they start)
+    with in_process_workers(ctx.broker, threads):
+        try:
+            return watch(ctx, job_id, console, sweeping=True)
+        except KeyboardInterrupt:
+            control.pause(ctx.engine, job_id)
+            console.print(f"\n[yellow]Paused job {job_id}[/yellow]; `imshift resume {job_id}` continues it.")
+            raise
+
+
+def summary(ctx: Context, p: JobProgress, console: Console, examples: int = 10) -> None:
+    elapsed = (p.finished_at or time.time()) - p.started_at if p.started_at else None
+    console.print(f"\n[bold]job {p.job_id}[/bold] ({p.kind} on {p.app}): {p.status}, "
+                  f"{p.done}/{p.total} items done in {_fmt_seconds(elapsed)}")
+    console.print("  " + counts_text(p))
+    if p.stop_reason:
+        console.print(f"  [red]{p.stop_reason}[/red]")
+    failed = [state for state in ("rejected", "failed", "unknown") if p.counts.get(state)]
+    if not failed:
+        return
+    table = Table(title=f"first problems (all: imshift results {p.job_id} --outcome {failed[0]})")
+    for column in ("row", "id", "outcome", "code", "reason"):
+        table.add_column(column)
+    shown = 0
+    for state in failed:
+        for item in results(ctx.engine, p.job_id, state, batch=examples):
+            table.add_row(str(item.row), item.key[:40], item.state, item.code or "", item.message or "")
+            shown += 1
+            if shown >= examples:
+                break
+        if shown >= examples:
+            break
+    console.print(table)

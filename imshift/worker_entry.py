@@ -1,0 +1,16 @@
+"""The module `imshift worker` hands to Dramatiq's CLI: each worker process
+imports it, which builds the runtime from the settings and binds the actor."""
+
+import logging
+
+import redis
+
+from imshift.context import Context
+from imshift.workers.sweeper import Sweeper
+
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
+context = Context()
+runtime = context.runtime
+broker = context.broker
+broker.add_middleware(Sweeper(runtime, redis.Redis.from_url(context.settings.redis_url)))

@@ -1,0 +1,82 @@
+"""Progress and result queries. Progress reads the per-state counts kept as
+the work runs (a handful of rows), never the items themselves."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from imshift.models import store
+from imshift.models.tables import Item, ItemState, Job
+
+jobs = Job.__table__
+items = Item.__table__
+OPEN = (ItemState.PENDING.value, ItemState.CLAIMED.value)
+
+
+@dataclass
+class Progress:
+    job_id: int
+    kind: str
+    app: str
+    status: str
+    total: int
+    counts: dict[str, int] = field(default_factory=dict)
+    started_at: float | None = None
+    finished_at: float | None = None
+    stop_reason: str | None = None
+
+    @property
+    def done(self) -> int:
+        return sum(n for state, n in self.counts.items() if state not in OPEN)
+
+    @property
+    def rate(self) -> float | None:
+        """Items finished per second since the job started (average)."""
+        if not self.started_at:
+            return None
+        elapsed = (self.finished_at or time.time()) - self.started_at
+        return self.done / elapsed if elapsed > 0 else None
+
+    def eta(self, rate: float | None = None) -> float | None:
+        rate = rate or self.rate
+        remaining = self.total - self.done
+        return remaining / rate if rate and remaining else (0.0 if not remaining else None)
+
+
+def progress(engine: Engine, job_id: int) -> Progress | None:
+    with engine.connect() as conn:
+        job = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+        if job is None:
+            return None
+        return Progress(job.id, job.kind, job.app, job.status, job.total, store.counts(conn, job_id),
+                        job.started_at, job.finished_at, job.stop_reason)
+
+
+def recent_jobs(engine: Engine, limit: int = 20) -> list[Progress]:
+    with engine.connect() as conn:
+        ids = conn.execute(select(jobs.c.id).order_by(jobs.c.id.desc()).limit(limit)).scalars().all()
+    return [p for p in (progress(engine, i) for i in ids) if p is not None]
+
+
+def results(engine: Engine, job_id: int, state: str | None = None,
+            batch: int = 2000) -> Iterator[Any]:
+    """Every item of a job (or those in `state`) in input order, streamed
+    in keyset pages so a million-item export never sits in memory."""
+    after = -1
+    while True:
+        query = select(items.c.seq, items.c.row, items.c.key, items.c.state, items.c.attempts,
+                       items.c.code, items.c.message, items.c.result, items.c.secret,
+                       items.c.updated_at).where(items.c.job_id == job_id, items.c.seq > after)
+        if state:
+            query = query.where(items.c.state == state)
+        with engine.connect() as conn:
+            page = conn.execute(query.order_by(items.c.seq).limit(batch)).all()
+        if not page:
+            return
+        yield from page
+        after = page[-1].seq

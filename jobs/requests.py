@@ -1,0 +1,103 @@
+"""The three kinds of job a user asks for, from input rows to planned items:
+user migration (register with profile), token refresh, mass send."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy.engine import Engine
+
+from imshift.vendors.base import Message, Operation, Profile
+
+from .inputs import AVATAR_COLUMNS, NAME_COLUMNS, Row, read_rows
+from .plan import PlanReport, Spec, create_job, plan
+from .target import Target
+
+
+@dataclass
+class Planned:
+    report: PlanReport
+    ignored_columns: list[str] = field(default_factory=list)
+
+
+def _first(fields: dict[str, str], names: tuple[str, ...]) -> tuple[str, str | None]:
+    for name in names:
+        if name in fields:
+            return fields[name], name
+    return "", None
+
+
+def user_specs(rows: Iterator[Row], target: Target, ignored: set[str]) -> Iterator[Spec]:
+    """Profiles checked against the target's rules. Columns the target has no
+    field for are left out (and reported once), not held against each row."""
+    rules = target.client.rules
+    for row in rows:
+        if row.problem:
+            yield Spec(row.line, f"#line{row.line}", problems=[row.problem])
+            continue
+        fields = dict(row.fields)
+        key = fields.pop("key")
+        name, name_col = _first(fields, NAME_COLUMNS)
+        avatar, avatar_col = _first(fields, AVATAR_COLUMNS)
+        extra = {}
+        for column, value in fields.items():
+            if column in (name_col, avatar_col) or not value:
+                continue
+            if column in rules.fields and column not in ("user_id", "name", "avatar"):
+                extra[column] = value
+            else:
+                ignored.add(column)
+        problems = rules.check_profile(Profile(key, name, avatar, extra))
+        payload: dict[str, Any] = {"name": name, "avatar": avatar}
+        if extra:
+            payload["extra"] = extra
+        yield Spec(row.line, key or f"#line{row.line}", payload, problems)
+
+
+def id_specs(rows: Iterator[Row]) -> Iterator[Spec]:
+    for row in rows:
+        if row.problem:
+            yield Spec(row.line, f"#line{row.line}", problems=[row.problem])
+            continue
+        key = row.fields.get("key", "")
+        yield Spec(row.line, key or f"#line{row.line}", problems=[] if key else ["user_id: required"])
+
+
+def _start_plan(engine: Engine, kind: str, operation: Operation, target: Target,
+                params: dict[str, Any], specs: Iterator[Spec], source_app: str | None = None,
+                progress=None) -> PlanReport:
+    target.require(operation)
+    # A chunk carries at least one full vendor batch, or batching is wasted.
+    params["chunk_size"] = max(params["chunk_size"], target.client.rules.batch_size.get(operation, 1))
+    job_id = create_job(engine, kind=kind, operation=operation.value, app=target.app,
+                        source_app=source_app, params=params)
+    return plan(engine, job_id, specs, progress)
+
+
+def plan_user_migration(engine: Engine, target: Target, input_path: str | Path, *,
+                        source_app: str | None, chunk_size: int, progress=None) -> Planned:
+    ignored: set[str] = set()
+    report = _start_plan(engine, "migrate_users", Operation.REGISTER, target,
+                         {"input": str(input_path), "chunk_size": chunk_size},
+                         user_specs(read_rows(input_path), target, ignored), source_app, progress)
+    return Planned(report, sorted(ignored))
+
+
+def plan_token_refresh(engine: Engine, target: Target, input_path: str | Path, *,
+                       chunk_size: int, progress=None) -> Planned:
+    report = _start_plan(engine, "refresh_tokens", Operation.ISSUE_TOKEN, target,
+                         {"input": str(input_path), "chunk_size": chunk_size},
+                         id_specs(read_rows(input_path)), progress=progress)
+    return Planned(report)
+
+
+def plan_send(engine: Engine, target: Target, input_path: str | Path, *, sender: str,
+              message: Message, chunk_size: int, progress=None) -> Planned:
+    content = {"text": message.text} if message.text is not None else {"custom": dict(message.custom)}
+    report = _start_plan(engine, "send", Operation.SEND, target,
+                         {"input": str(input_path), "sender": sender, "message": content,
+                          "chunk_size": chunk_size},
+                         id_specs(read_rows(input_path)), progress=progress)
+    return Planned(report)

@@ -1,0 +1,82 @@
+"""The `imshift` command as a user runs it."""
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from imshift.cli import app
+from imshift.vendors.base import Outcome, Profile
+from imshift.vendors.http import http_client
+from imshift.vendors.registry import VENDORS
+
+runner = CliRunner()
+
+
+def test_vendors_prints_the_capability_table():
+    result = runner.invoke(app, ["vendors"])
+    assert result.exit_code == 0, result.output
+    for v in VENDORS.values():
+        assert v.title in result.output
+    assert "register" in result.output and "import_friends" in result.output
+
+
+def test_sandbox_refuses_an_unknown_vendor():
+    result = runner.invoke(app, ["sandbox", "--vendor", "wechat"])
+    assert result.exit_code != 0
+    assert "unknown vendor 'wechat'" in result.output
+
+
+def test_demo_round_trips_every_vendor():
+    result = runner.invoke(app, ["demo", "--users", "40"])
+    assert result.exit_code == 0, result.output
+    for v in VENDORS.values():
+        assert v.title in result.output
+    assert "rejected" in result.output
+    assert "id map" in result.output
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"sandbox exited: {process.stdout.read()}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listened on {port} within {seconds} s")
+
+
+@pytest.mark.loopback
+@pytest.mark.parametrize("name", list(VENDORS))
+def test_one_command_serves_a_sandbox_on_loopback(name):
+    port = free_port()
+    command = [sys.executable, "-m", "imshift.cli", "sandbox", "--vendor", name, "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "COLUMNS": "200"})
+    try:
+        wait_for_port(port, process)
+        vendor = VENDORS[name]
+        config = vendor.sandbox().config(f"http://127.0.0.1:{port}")  # the same demo credentials
+
+        async def register():
+            async with http_client() as http:
+                return await vendor.client(config, http).register_users([Profile("cli_user_1", "Lí")])
+
+        [result] = asyncio.run(register())
+        assert result.outcome is Outcome.OK, result
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

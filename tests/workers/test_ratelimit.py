@@ -1,0 +1,273 @@
+"""The job engine's rate limiter against a strict sandbox (fixed one-second
+windows) over real HTTP on loopback, with a private Redis: one process, four
+processes sharing one quota, slow_down, weights, and embedded mode."""
+
+import asyncio
+import json
+import math
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aredis
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from imshift.vendors.http import http_client
+from imshift.vendors.sandbox.common import Sandbox
+from imshift.vendors.sandbox.serve import served
+from imshift.workers.ratelimit import RateLimiter, _Slots
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for shared helpers
+from redis_server import RedisServer  # noqa: E402
+
+
+class OneCallSandbox(Sandbox):
+    """A vendor with one endpoint, limited like every sandbox."""
+
+    vendor = "one-call"
+
+    def routes(self):
+        return [Route("/call", self.call, methods=["POST"])]
+
+    async def call(self, request):
+        return await self.admit("register") or JSONResponse({"code": 200})
+
+    def server_error(self):
+        return JSONResponse({"code": 500}, status_code=500)
+
+    def rate_limited(self, op):
+        return JSONResponse({"code": 429}, status_code=429, headers={"Retry-After": "1"})
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def redis(redis_server):
+    client = aredis.Redis.from_url(redis_server.url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(params=["redis", "embedded"])
+def mode(request):
+    """The Redis-shared limiter, or the embedded one (no Redis)."""
+    return request.getfixturevalue("redis") if request.param == "redis" else None
+
+
+async def hammer(throttle, url, tasks, end):
+    """`tasks` callers each throttle, then POST, until `end` (epoch seconds)."""
+    statuses = Counter()
+    async with http_client() as http:
+        async def caller():
+            while time.time() < end:
+                await throttle("register", 1)
+                if time.time() >= end:
+                    break
+                statuses[(await http.post(f"{url}/call")).status_code] += 1
+
+        await asyncio.gather(*(caller() for _ in range(tasks)))
+    return statuses
+
+
+async def next_second():
+    start = math.ceil(time.time())
+    await asyncio.sleep(start - time.time())
+    return start
+
+
+def utilisation(sandbox, rate, start, seconds):
+    counts = sandbox.window_counts["register"]
+    return sum(counts[s] for s in range(start, start + seconds)) / (rate * seconds)
+
+
+# -- the quota, against the sandbox ------------------------------------------------------
+
+@pytest.mark.loopback
+async def test_one_process_uses_the_quota_and_never_exceeds_it(mode):
+    rate = 50
+    limiter = RateLimiter({"register": rate}, redis=mode)
+    sandbox = OneCallSandbox(rate_limits={"register": rate})
+    with served(sandbox) as url:
+        start = await next_second()
+        statuses = await hammer(limiter.throttle_for("app1"), url, tasks=8, end=start + 3)
+    used = utilisation(sandbox, rate, start, 3)
+    print(f"utilisation {used:.3f}, over-limit {sandbox.over_limit['register']}, "
+          f"windows {[sandbox.window_counts['register'][s] for s in range(start, start + 3)]}")
+    assert sandbox.over_limit["register"] == 0
+    assert sandbox.max_per_second("register") <= rate
+    assert used >= 0.9
+    assert set(statuses) == {200}
+
+
+CHILD = r"""
+import asyncio, json, sys, time
+import redis.asyncio as aredis
+from imshift.vendors.http import http_client
+from imshift.workers.ratelimit import RateLimiter
+
+async def main(cfg):
+    redis = aredis.Redis.from_url(cfg["redis"])
+    throttle = RateLimiter({"register": cfg["rate"]}, redis=redis).throttle_for("app1")
+    statuses = {}
+    async with http_client() as http:
+        async def caller():
+            while time.time() < cfg["end"]:
+                await throttle("register", 1)
+                if time.time() >= cfg["end"]:
+                    break
+                status = str((await http.post(cfg["url"] + "/call")).status_code)
+                statuses[status] = statuses.get(status, 0) + 1
+        await asyncio.sleep(cfg["start"] - time.time())
+        await asyncio.gather(*(caller() for _ in range(cfg["tasks"])))
+    await redis.aclose()
+    print(json.dumps(statuses), flush=True)
+
+print("ready", flush=True)
+asyncio.run(main(json.loads(sys.stdin.readline())))
+"""
+
+
+@pytest.mark.loopback
+def test_four_processes_share_one_quota_through_redis(redis_server):
+    rate, seconds = 100, 3
+    sandbox = OneCallSandbox(rate_limits={"register": rate})
+    children = [subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    try:
+        with served(sandbox) as url:
+            for child in children:  # imports take a while; time starts when all are ready
+                assert child.stdout.readline().strip() == "ready"
+            start = math.ceil(time.time()) + 1
+            cfg = dict(redis=redis_server.url, url=url, rate=rate, tasks=16,
+                       start=start, end=start + seconds)
+            for child in children:
+                child.stdin.write(json.dumps(cfg) + "\n")
+                child.stdin.flush()
+            # Each process stops by itself at `end`.
+            outputs = [json.loads(child.communicate(timeout=20)[0]) for child in children]
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+    used = utilisation(sandbox, rate, start, seconds)
+    print(f"utilisation {used:.3f}, over-limit {sandbox.over_limit['register']}, "
+          f"windows {[sandbox.window_counts['register'][s] for s in range(start, start + seconds)]}, "
+          f"per process {outputs}")
+    assert all(child.returncode == 0 for child in children)
+    assert sandbox.over_limit["register"] == 0
+    assert sandbox.max_per_second("register") <= rate
+    assert used >= 0.9
+    assert all(set(out) == {"200"} and out["200"] > 0 for out in outputs)
+
+
+# -- slowing down after an over-limit reply -----------------------------------------------
+
+async def test_slow_down_pauses_every_process(mode, redis_server):
+    # Two limiters with their own Redis connections stand for two processes.
+    other = aredis.Redis.from_url(redis_server.url) if mode is not None else None
+    first = RateLimiter({"register": 100}, redis=mode)
+    second = RateLimiter({"register": 100}, redis=other) if other is not None else first
+    throttle = second.throttle_for("app1")
+    await throttle("register", 1)
+    await first.slow_down("app1", "register", 0.5)
+    began = time.monotonic()
+    await throttle("register", 1)
+    waited = time.monotonic() - began
+    if other is not None:
+        await other.aclose()
+    assert 0.45 <= waited <= 0.75  # the pause, plus at most a window's guard band
+
+
+@pytest.mark.loopback
+async def test_a_burst_of_over_limit_replies_cuts_the_rate_once(mode):
+    rate = 50
+    limiter = RateLimiter({"register": rate}, redis=mode, margin=0)
+    for _ in range(10):  # the replies of one overrun arrive together
+        await limiter.slow_down("app1", "register", 0)
+    sandbox = OneCallSandbox(rate_limits={"register": rate})
+    with served(sandbox) as url:
+        start = await next_second()
+        await hammer(limiter.throttle_for("app1"), url, tasks=8, end=start + 1)
+    sent = sandbox.window_counts["register"][start]
+    assert 0.85 * rate <= sent <= 0.94 * rate  # cut to 0.9 once (not 0.9 ** 10), recovering
+
+
+# -- weights and keys ---------------------------------------------------------------------
+
+async def test_a_heavy_call_holds_back_the_next(mode):
+    limiter = RateLimiter({"send": 100}, redis=mode)
+    throttle = limiter.throttle_for("app1")
+    await throttle("send", 150)  # 1.5 s worth of the quota in one call
+    began = time.monotonic()
+    await throttle("send", 1)
+    assert 1.3 <= time.monotonic() - began <= 1.8
+
+
+async def test_keys_without_a_rate_are_not_limited_and_apps_are_apart(mode):
+    limiter = RateLimiter({"register": 1}, redis=mode)
+    began = time.monotonic()
+    await limiter.throttle_for("app1")("update_profile", 1)
+    for app in ("app1", "app2"):  # each app has its own quota
+        await limiter.throttle_for(app)("register", 1)
+    await limiter.throttle_for("app3", rates={"register": 1000})("register", 1)
+    assert time.monotonic() - began < 1.0
+
+
+# -- the schedule itself, on a simulated clock --------------------------------------------
+
+def simulate(limit, weights, margin=0.0, guard=0.05, slow_down_at=None):
+    """A caller that is always ready: the start time of each call."""
+    slots, now, starts = _Slots(), 1000.0, []
+    for i, weight in enumerate(weights):
+        if i == slow_down_at:
+            slots.slow_down(now, 0.0)
+        delay, latest = slots.reserve(now, limit, limit * (1 - margin), weight, guard)
+        assert delay <= latest
+        now += max(delay, 0.0)
+        starts.append(now)
+    return starts
+
+
+def per_window(starts, weights):
+    counts = Counter()
+    for start, weight in zip(starts, weights):
+        counts[math.floor(start)] += weight
+    return counts
+
+
+@pytest.mark.parametrize("limit, weight, margin", [
+    (100, 1, 0.0), (100, 1, 0.01), (100, 30, 0.01), (10, 1, 0.01), (2, 1, 0.01), (7.5, 2, 0.0),
+])
+def test_no_window_gets_more_than_the_limit_and_the_long_run_rate_holds(limit, weight, margin):
+    weights = [weight] * 2000
+    starts = simulate(limit, weights, margin)
+    counts = per_window(starts, weights)
+    assert max(counts.values()) <= limit
+    for start in starts:  # every call sits inside its window's guard bands
+        assert 0.05 - 1e-6 <= start % 1 <= 0.95 + 1e-6
+    full = [counts[s] for s in range(math.floor(starts[0]), math.floor(starts[-1]))]
+    assert sum(full) / len(full) >= min(limit * (1 - margin) * 0.98, (limit // weight) * weight * 0.98)
+
+
+def test_a_call_heavier_than_a_window_goes_alone_then_the_debt_is_paid():
+    starts = simulate(100, [1000, 1, 1])
+    assert 9.9 <= starts[1] - starts[0] <= 10.1  # 1000 units at 100/s: ten seconds
+    assert 0 < starts[2] - starts[1] < 0.02
+
+
+def test_a_cut_rate_recovers_to_the_full_rate():
+    weights = [1] * 1600
+    counts = per_window(simulate(100, weights, slow_down_at=100), weights)
+    windows = [counts[s] for s in sorted(counts)]
+    assert windows[0] == 100
+    assert 89 <= windows[1] <= 91  # cut to 0.9
+    assert windows[-2] == 100  # 0.02 a second: back in full after 5 s

@@ -1,0 +1,190 @@
+"""Run one chunk: claim its items, call the vendor, record every outcome.
+
+At least once on the queue, effectively once at the vendor: a chunk message
+may arrive twice and a worker may die mid-call, so items are claimed with a
+lease (a second delivery finds nothing to claim), outcomes only land for the
+claim's holder, and a send whose call may have gone out unrecorded is marked
+`unknown` instead of being sent again (unless the vendor deduplicates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from sqlalchemy import func, select, update
+
+from imshift.models import store
+from imshift.models.tables import Item, ItemState, Job, JobStatus
+from imshift.vendors.base import Message, Operation, Outcome, Profile, Result
+from imshift.vendors.client import VendorClient
+
+from .runtime import Runtime
+
+log = logging.getLogger("imshift.workers")
+
+SENDS = frozenset({Operation.SEND, Operation.SEND_GROUP, Operation.BROADCAST})
+jobs = Job.__table__
+
+
+@dataclass(frozen=True)
+class JobView:
+    id: int
+    status: str
+    operation: Operation
+    app: str
+    params: dict[str, Any]
+
+
+def load_job(runtime: Runtime, job_id: int) -> JobView | None:
+    with runtime.engine.connect() as conn:
+        row = conn.execute(select(jobs.c.id, jobs.c.status, jobs.c.operation, jobs.c.app,
+                                  jobs.c.params).where(jobs.c.id == job_id)).first()
+    return JobView(row.id, row.status, Operation(row.operation), row.app, row.params) if row else None
+
+
+async def run_chunk(runtime: Runtime, job_id: int, start: int, end: int) -> None:
+    job = await asyncio.to_thread(load_job, runtime, job_id)
+    if job is None or job.status != JobStatus.RUNNING.value:
+        return  # paused, cancelled or stopped jobs are resumed by re-sending their chunks
+    client = runtime.client(job.app)
+    repeat_safe = job.operation not in SENDS or client.deduplicates_sends
+    token, rows = await asyncio.to_thread(_claim, runtime, job_id, start, end, repeat_safe)
+    if rows:
+        keeper = asyncio.create_task(_keep_lease(runtime, job_id, token))
+        try:
+            results = await execute(runtime, client, job, rows)
+        finally:
+            keeper.cancel()
+        now = time.time()
+        outcomes = [decide(runtime, row, result, repeat_safe, now) for row, result in zip(rows, results)]
+        limited = [r for r in results if r.outcome is Outcome.RATE_LIMITED]
+        if limited:
+            await runtime.limiter.slow_down(job.app, job.operation.value,
+                                            max((r.retry_after or 0.0) for r in limited) or None)
+        refused = next((r for r in results if r.outcome is Outcome.AUTH), None)
+        await asyncio.to_thread(_record, runtime, job, token, outcomes, refused)
+        if refused is not None:
+            return
+    # Items of this chunk waiting out a backoff (ours, or ones another run
+    # left) need a later run: the chunk schedules it itself.
+    due = await asyncio.to_thread(_next_due, runtime, job_id, start, end)
+    if due is not None:
+        delay_ms = max(0, int((due - time.time()) * 1000))
+        runtime.broker.actors["run_chunk"].send_with_options(args=(job_id, start, end), delay=delay_ms)
+
+
+def _next_due(runtime: Runtime, job_id: int, start: int, end: int) -> float | None:
+    """When the earliest pending item of the range may be tried (None: none pending)."""
+    items = Item.__table__
+    with runtime.engine.connect() as conn:
+        row = conn.execute(select(func.count(), func.min(func.coalesce(items.c.not_before, 0.0)))
+                           .where(items.c.job_id == job_id, items.c.seq >= start, items.c.seq < end,
+                                  items.c.state == ItemState.PENDING.value)).one()
+    return row[1] if row[0] else None
+
+
+def _claim(runtime: Runtime, job_id: int, start: int, end: int, repeat_safe: bool):
+    with runtime.engine.begin() as conn:
+        return store.claim(conn, job_id, start, end, lease=runtime.tuning.lease_seconds,
+                           resend_expired=repeat_safe)
+
+
+async def _keep_lease(runtime: Runtime, job_id: int, token: str) -> None:
+    """Extend the claim while the chunk runs (rate limits can make it long);
+    a worker that dies stops extending, and its items become claimable."""
+    items = Item.__table__
+    while True:
+        await asyncio.sleep(runtime.tuning.lease_seconds / 3)
+
+        def extend() -> None:
+            with runtime.engine.begin() as conn:
+                conn.execute(update(items).where(items.c.job_id == job_id, items.c.claim == token)
+                             .values(lease_until=time.time() + runtime.tuning.lease_seconds))
+
+        await asyncio.to_thread(extend)
+
+
+def _record(runtime: Runtime, job: JobView, token: str, outcomes: list[dict[str, Any]],
+            refused: Result | None) -> None:
+    with runtime.engine.begin() as conn:
+        store.record(conn, job.id, token, outcomes)
+        values: dict[str, Any] = {"touched_at": time.time()}
+        if refused is not None:
+            values.update(status=JobStatus.STOPPED.value,
+                          stop_reason=f"{job.app} refused the credentials: {refused.code} "
+                                      f"{refused.message}; fix them, then `imshift resume {job.id}`")
+            log.error("job %s stopped: %s refused the credentials (%s)", job.id, job.app, refused.code)
+        conn.execute(update(jobs).where(jobs.c.id == job.id, jobs.c.status == JobStatus.RUNNING.value)
+                     .values(**values))
+        store.finish_if_done(conn, job.id)
+
+
+def decide(runtime: Runtime, row: Any, result: Result, repeat_safe: bool, now: float) -> dict[str, Any]:
+    """The item's next state from the vendor's outcome."""
+    outcome = {"seq": row.seq, "code": result.code, "message": result.message, "not_before": None}
+    o = result.outcome
+    if o.succeeded:
+        plain, secret = runtime.seal(result.data)
+        return {**outcome, "state": ItemState(o.value), "result": plain or None, "secret": secret}
+    if o is Outcome.REJECTED:
+        return {**outcome, "state": ItemState.REJECTED}
+    if o is Outcome.AUTH:  # not the item's fault: it waits for the job to resume
+        return {**outcome, "state": ItemState.PENDING}
+    if o is Outcome.RETRYABLE and result.maybe_delivered and not repeat_safe:
+        return {**outcome, "state": ItemState.UNKNOWN,
+                "message": f"{result.message}; the message may have been delivered, so it is not "
+                           "re-sent (`imshift retry --unknown` sends it again)"}
+    budget = runtime.tuning.max_attempts * (4 if o is Outcome.RATE_LIMITED else 1)
+    if row.attempts >= budget:
+        return {**outcome, "state": ItemState.FAILED,
+                "message": f"gave up after {row.attempts} attempts: {result.message}"}
+    wait = result.retry_after if result.retry_after is not None else _backoff(row.attempts)
+    return {**outcome, "state": ItemState.PENDING, "not_before": now + wait}
+
+
+def _backoff(attempts: int) -> float:
+    return min(30.0, 0.5 * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
+
+
+# -- calling the vendor -----------------------------------------------------------------------
+
+async def execute(runtime: Runtime, client: VendorClient, job: JobView,
+                  rows: Sequence[Any]) -> list[Result]:
+    """One Result per row, from the vendor's batch calls made concurrently."""
+    size = max(1, client.rules.batch_size.get(job.operation, 1))
+    batches = [rows[i:i + size] for i in range(0, len(rows), size)]
+
+    async def one(batch: Sequence[Any]) -> list[Result]:
+        async with runtime.gate():
+            try:
+                return await call(client, job, batch)
+            except Exception as exc:  # a client bug must not lose the batch: retry it
+                log.exception("job %s: %s call failed", job.id, job.operation)
+                return [Result(Outcome.RETRYABLE, "client-error", f"{type(exc).__name__}")] * len(batch)
+
+    parts = await asyncio.gather(*(one(b) for b in batches))
+    return [r for part in parts for r in part]
+
+
+async def call(client: VendorClient, job: JobView, batch: Sequence[Any]) -> list[Result]:
+    op = job.operation
+    if op in (Operation.REGISTER, Operation.UPDATE_PROFILE):
+        profiles = [Profile(r.key, r.payload.get("name", ""), r.payload.get("avatar", ""),
+                            r.payload.get("extra", {})) for r in batch]
+        method = client.register_users if op is Operation.REGISTER else client.update_profiles
+        return await method(profiles)
+    if op is Operation.ISSUE_TOKEN:
+        return await client.issue_tokens([r.key for r in batch])
+    if op is Operation.SEND:
+        message = Message(**job.params["message"])
+        # The same items always get the same key, so a vendor that deduplicates
+        # drops a repeated call instead of delivering twice.
+        dedup = hashlib.sha256(f"{job.id}:{','.join(str(r.seq) for r in batch)}".encode()).hexdigest()[:32]
+        return await client.send(job.params["sender"], [r.key for r in batch], message, dedup_key=dedup)
+    raise ValueError(f"job {job.id}: operation {op} is not run by workers")

@@ -1,0 +1,236 @@
+"""The job engine's rate limiter: one vendor quota per (vendor app, operation
+key), held across every worker process through Redis, or inside one process
+when no Redis is configured (embedded mode).
+
+The algorithm is a shared schedule of send times. Vendors count calls in
+fixed one-second windows (the sandboxes do exactly that), so each epoch
+second gets at most `rate` calls (weight units), spread evenly over the
+middle of the second, [s + guard, s + 1 - guard]. A call sent a little late
+or arriving after some network delay (less than `guard`) still lands in the
+window it was counted in, so no margin of calls is needed for jitter and the
+quota can be used in full; a vendor with sliding or unaligned windows still
+sees at most about `rate` calls in any one second. Within a window it is
+GCRA with no burst: spacing (1 - 2 guard) / rate, no catching up on idle time.
+
+Each acquire is one Redis round trip (a Lua script, Redis's own clock) that
+reserves the next free slot and returns how long to wait for it. Inside a
+process one task per key holds the reservation turn until its slot is
+`HORIZON` away, so the schedule never runs far ahead of now: a pause from
+`slow_down` reaches every process within HORIZON, and a process that dies
+wastes few slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+from typing import Mapping
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..vendors.client import Throttle
+
+HORIZON = 0.1  # seconds: how far ahead of its slot a process reserves
+CUT = 0.9  # rate factor after an over-limit reply
+RECOVER = 0.02  # factor regained per second (0.9 -> 1.0 in 5 s)
+MIN_FACTOR = 0.1
+DEFAULT_PAUSE = 1.0  # seconds, when the vendor gives no Retry-After
+REDIS_ATTEMPTS = 4  # a script call is tried again after 0.1, 0.2, 0.4 s
+
+# Mirror of `_Slots.reserve` / `_Slots.slow_down` below; keep the two in step.
+# State (a hash): win, pos = the next free place (an epoch second and the
+# share of it used: GCRA's theoretical arrival time); nwin, n = the window of
+# the last call and the weight units started in it; paused = no call before
+# this time; factor, fat = the rate factor and when it was set; cut = when it
+# was last cut.
+_STATE = """
+local t = redis.call('TIME')
+local sec, frac = tonumber(t[1]), tonumber(t[2]) / 1e6
+local now = sec + frac
+local st = redis.call('HMGET', KEYS[1], 'win', 'pos', 'nwin', 'n', 'paused', 'factor', 'fat', 'cut')
+local win, pos = tonumber(st[1]) or 0, tonumber(st[2]) or 0
+local nwin, n = tonumber(st[3]) or 0, tonumber(st[4]) or 0
+local paused, factor = tonumber(st[5]) or 0, tonumber(st[6]) or 1
+local fat, cut = tonumber(st[7]) or 0, tonumber(st[8]) or 0
+factor = math.min(1, factor + (now - fat) * tonumber(ARGV[1]))
+"""
+
+_RESERVE = _STATE + """
+local limit, rate = tonumber(ARGV[2]), tonumber(ARGV[3])
+local weight, guard = tonumber(ARGV[4]), tonumber(ARGV[5])
+-- the earliest place: now (or the pause's end) mapped into the schedule
+local es, ef = sec, frac
+if paused > now then es = math.floor(paused); ef = paused - es end
+local ep = math.min(math.max((ef - guard) / (1 - 2 * guard), 0), 1)
+if ep >= 1 then es = es + 1; ep = 0 end
+if win < es or (win == es and pos < ep) then win = es; pos = ep end
+-- never more than the limit in one window (a call heavier than that goes alone)
+local used = 0
+if nwin == win then used = n end
+if used > 0 and used + weight > math.floor(limit * factor + 1e-9) then
+  win = win + 1; pos = 0; used = 0
+end
+local start_win, start_pos = win, pos
+pos = pos + weight / (rate * factor)
+if pos >= 1 then local whole = math.floor(pos); win = win + whole; pos = pos - whole end
+redis.call('HSET', KEYS[1], 'win', win, 'pos', pos, 'nwin', start_win, 'n', used + weight,
+           'factor', factor, 'fat', now)
+local delay = (start_win - sec) + guard + start_pos * (1 - 2 * guard) - frac
+local latest = (start_win - sec) + 1 - guard / 2 - frac
+redis.call('EXPIRE', KEYS[1], math.ceil(math.max(delay, paused - now, 0)) + 60)
+return {string.format('%.6f', delay), string.format('%.6f', latest)}
+"""
+
+_SLOW_DOWN = _STATE + """
+local pause = tonumber(ARGV[2])
+-- one cut per burst of over-limit replies: the echoes of one overrun don't compound
+if now - cut >= math.max(pause, 1) then
+  factor = math.max(tonumber(ARGV[3]), factor * tonumber(ARGV[4])); cut = now
+end
+paused = math.max(paused, now + pause)
+redis.call('HSET', KEYS[1], 'paused', paused, 'factor', factor, 'fat', now, 'cut', cut)
+redis.call('EXPIRE', KEYS[1], math.ceil(pause) + 60)
+return 1
+"""
+
+
+@dataclass
+class _Slots:
+    """The embedded (one process) schedule for one key: `_RESERVE` in Python."""
+
+    win: int = 0
+    pos: float = 0.0
+    nwin: int = 0
+    n: int = 0
+    paused: float = 0.0
+    factor: float = 1.0
+    fat: float = 0.0
+    cut: float = 0.0
+
+    def _factor(self, now: float) -> float:
+        return min(1.0, self.factor + (now - self.fat) * RECOVER)
+
+    def reserve(self, now: float, limit: float, rate: float, weight: int,
+                guard: float) -> tuple[float, float]:
+        self.factor, self.fat = self._factor(now), now
+        earliest = max(now, self.paused)
+        es = math.floor(earliest)
+        ep = min(max((earliest - es - guard) / (1 - 2 * guard), 0.0), 1.0)
+        if ep >= 1:
+            es, ep = es + 1, 0.0
+        if (self.win, self.pos) < (es, ep):
+            self.win, self.pos = es, ep
+        used = self.n if self.nwin == self.win else 0
+        if used > 0 and used + weight > math.floor(limit * self.factor + 1e-9):
+            self.win, self.pos, used = self.win + 1, 0.0, 0
+        start_win, start_pos = self.win, self.pos
+        self.nwin, self.n = start_win, used + weight
+        self.pos += weight / (rate * self.factor)
+        if self.pos >= 1:
+            whole = math.floor(self.pos)
+            self.win, self.pos = self.win + whole, self.pos - whole
+        delay = start_win + guard + start_pos * (1 - 2 * guard) - now
+        return delay, start_win + 1 - guard / 2 - now
+
+    def slow_down(self, now: float, pause: float) -> None:
+        factor = self._factor(now)
+        if now - self.cut >= max(pause, 1.0):
+            factor, self.cut = max(MIN_FACTOR, factor * CUT), now
+        self.factor, self.fat = factor, now
+        self.paused = max(self.paused, now + pause)
+
+
+class RateLimiter:
+    """Vendor quotas per (app, operation key), in calls (weight units) per second.
+
+    `rates` apply to every app unless `throttle_for` is given the app's own.
+    No window ever gets more than the rate; `margin` keeps the long-run rate
+    that share under it (for vendors whose windows are not the epoch seconds,
+    or that count a little differently). `guard` is the slack, in seconds, at
+    each end of a one-second window for send delays and network latency.
+    """
+
+    def __init__(self, rates: Mapping[str, float] | None = None, *, redis=None,
+                 margin: float = 0.01, guard: float = 0.05, namespace: str = "imshift:rl"):
+        if not 0 <= guard < 0.25 or not 0 <= margin < 1:
+            raise ValueError("guard must be in [0, 0.25) seconds and margin in [0, 1)")
+        self.rates = {str(k): float(v) for k, v in (rates or {}).items()}
+        self.redis = redis  # a redis.asyncio.Redis, or None for embedded mode
+        self.margin = margin
+        self.guard = guard
+        self.namespace = namespace
+        self._app_rates: dict[str, dict[str, float]] = {}
+        self._turns: dict[tuple[str, str], asyncio.Lock] = {}
+        self._slots: dict[tuple[str, str], _Slots] = {}
+        if redis is not None:
+            self._reserve_script = redis.register_script(_RESERVE)
+            self._slow_down_script = redis.register_script(_SLOW_DOWN)
+
+    def throttle_for(self, app: str, rates: Mapping[str, float] | None = None) -> Throttle:
+        """The `Throttle` a VendorClient for `app` awaits before each call."""
+        if rates is not None:
+            self._app_rates[app] = {str(k): float(v) for k, v in rates.items()}
+
+        async def throttle(key: str, weight: int = 1) -> None:
+            await self.acquire(app, key, weight)
+
+        return throttle
+
+    def limit(self, app: str, key: str) -> float | None:
+        """The configured rate of `key` for `app`; None when it is not limited."""
+        return self._app_rates.get(app, self.rates).get(str(key))
+
+    async def acquire(self, app: str, key: str, weight: int = 1) -> None:
+        """Wait for this call's slot in the app's quota for `key`."""
+        key = str(key)
+        limit = self.limit(app, key)
+        if limit is None or weight <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        turn = self._turns.setdefault((app, key), asyncio.Lock())
+        while True:
+            async with turn:  # one task per key and process reserves at a time
+                delay, latest = await self._reserve(app, key, limit, weight)
+                now = loop.time()
+                slot, latest = now + delay, now + latest
+                await asyncio.sleep(slot - HORIZON - now)
+            await asyncio.sleep(slot - loop.time())
+            # Woken so late (a stalled loop) that the call could land in the
+            # next window: give the slot up and take a new one.
+            if loop.time() <= latest:
+                return
+
+    async def slow_down(self, app: str, key: str, retry_after: float | None = None) -> None:
+        """The vendor said "over the limit": pause every process's calls for
+        `key` for retry_after seconds (DEFAULT_PAUSE if None) and cut the rate
+        to CUT times itself; it regains RECOVER of the full rate per second."""
+        key = str(key)
+        pause = DEFAULT_PAUSE if retry_after is None else max(0.0, retry_after)
+        if self.redis is None:
+            self._slots.setdefault((app, key), _Slots()).slow_down(time.time(), pause)
+        else:
+            await self._run(self._slow_down_script, app, key, RECOVER, pause, MIN_FACTOR, CUT)
+
+    async def _reserve(self, app: str, key: str, limit: float, weight: int) -> tuple[float, float]:
+        """(seconds until the slot, seconds until it is too late to use it)."""
+        rate = limit * (1 - self.margin)
+        if self.redis is None:
+            slots = self._slots.setdefault((app, key), _Slots())
+            return slots.reserve(time.time(), limit, rate, weight, self.guard)
+        delay, latest = await self._run(self._reserve_script, app, key,
+                                        RECOVER, limit, rate, weight, self.guard)
+        return float(delay), float(latest)
+
+    async def _run(self, script, app: str, key: str, *args: float):
+        # Both scripts are safe to repeat (at worst a slot goes unused), so a
+        # Redis restart or failover costs a retry, not the caller's chunk.
+        for attempt in range(REDIS_ATTEMPTS):
+            try:
+                return await script(keys=[f"{self.namespace}:{app}:{key}"], args=args)
+            except (RedisConnectionError, RedisTimeoutError):
+                if attempt == REDIS_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.1 * 2 ** attempt)

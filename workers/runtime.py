@@ -1,0 +1,93 @@
+"""What a worker process needs to run chunks, given to it once at start-up.
+
+The faces (CLI, `imshift worker`) build a Runtime from the settings; the
+workers package itself never reads configuration, so it stays testable with
+whatever engine, broker and vendor clients a test hands it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import dramatiq
+from cryptography.fernet import Fernet
+from sqlalchemy.engine import Engine
+
+from imshift.vendors.client import VendorClient
+
+# Builds the vendor client (throttled by the runtime's limiter) for a configured app name.
+ClientFactory = Callable[[str], VendorClient]
+
+SECRET_FIELDS = ("token", "password")  # result fields kept only encrypted
+
+
+@dataclass
+class Tuning:
+    chunk_size: int = 200
+    lease_seconds: float = 120.0
+    max_attempts: int = 8
+    concurrency: int = 128  # vendor calls in flight per process
+    stale_after: float = 60.0
+
+
+@dataclass
+class Runtime:
+    engine: Engine
+    broker: dramatiq.Broker
+    clients: ClientFactory
+    limiter: Any  # workers.ratelimit.RateLimiter
+    cipher: Fernet | None = None
+    tuning: Tuning = field(default_factory=Tuning)
+    _loop_state: dict = field(default_factory=dict, repr=False)
+
+    def _state(self) -> dict[str, Any]:
+        """Per event loop: HTTP pools and semaphores belong to one loop."""
+        loop = asyncio.get_running_loop()
+        state = self._loop_state.get(id(loop))
+        if state is None or state["loop"] is not loop:  # a new loop may reuse an old id
+            state = {"loop": loop, "clients": {},
+                     "gate": asyncio.Semaphore(self.tuning.concurrency)}
+            self._loop_state[id(loop)] = state
+        return state
+
+    def client(self, app: str) -> VendorClient:
+        clients = self._state()["clients"]
+        if app not in clients:
+            clients[app] = self.clients(app)
+        return clients[app]
+
+    def gate(self) -> asyncio.Semaphore:
+        """Caps vendor calls in flight in this process."""
+        return self._state()["gate"]
+
+    def seal(self, data: Mapping[str, Any]) -> tuple[dict[str, Any], bytes | None]:
+        """Split a vendor result into what may be stored plainly and the
+        secrets, encrypted (or dropped when no key is configured)."""
+        plain = {k: v for k, v in data.items() if k not in SECRET_FIELDS}
+        secrets = {k: data[k] for k in SECRET_FIELDS if k in data}
+        if not secrets or self.cipher is None:
+            return plain, None
+        return plain, self.cipher.encrypt(json.dumps(secrets).encode())
+
+    def unseal(self, blob: bytes | None) -> dict[str, Any]:
+        if blob is None or self.cipher is None:
+            return {}
+        return json.loads(self.cipher.decrypt(blob))
+
+
+_current: Runtime | None = None
+
+
+def configure(runtime: Runtime) -> Runtime:
+    global _current
+    _current = runtime
+    return runtime
+
+
+def current() -> Runtime:
+    if _current is None:
+        raise RuntimeError("imshift workers are not configured: start them with `imshift worker`")
+    return _current
