@@ -120,12 +120,13 @@ def sandbox(
 
 @app.command()
 def demo(
-    users: Annotated[int, typer.Option(min=1, max=100_000, help="Users per vendor.")] = 500,
+    users: Annotated[int, typer.Option(min=100, max=1_000_000, help="Users to migrate.")] = 2_000,
 ) -> None:
-    """Round-trip sample users through all four vendor sandboxes, in-process."""
+    """Migrate sample users between two vendor sandboxes and message them, on
+    embedded defaults (SQLite, in-process broker and workers)."""
     from imshift.demo import run_demo
 
-    asyncio.run(run_demo(users, console))
+    run_demo(users, console)
 
 
 if __name__ == "__main__":

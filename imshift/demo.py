@@ -1,112 +1,101 @@
-"""`imshift demo`: sample users round-tripped through every vendor sandbox.
+"""`imshift demo`: a user migration and a mass send on embedded defaults.
 
-Registers users with Unicode names (and a few bad rows) on each vendor's
-sandbox, reads them back, issues tokens, sends everyone a message with the
-vendor's batch call, then moves the users of a vendor that can list its
-users onto one that assigns its own ids, keeping the id map.
+Makes a sample export of users (Unicode names, a few bad rows), migrates it
+from RongCloud to NetEase Yunxin (the built-in sandboxes, which enforce the
+vendors' default rate limits), shows progress, verifies the accounts at the
+target, then messages a thousand of them through the batch endpoint. Runs
+on a temporary SQLite database with the in-process broker: nothing to set up.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections import Counter
-from typing import Sequence
+import csv
+import tempfile
+from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
-from imshift.vendors.base import Message, Operation, Profile, Result
-from imshift.vendors.client import VendorClient
-from imshift.vendors.registry import VENDORS
+from imshift.context import Context
+from imshift.jobs import control, requests
+from imshift.jobs.progress import results
+from imshift.settings import AppSettings, Settings
+from imshift.vendors.base import Message, Operation
+
+from imshift.workers.embedded import in_process_workers
+
+from .watch import summary, watch
 
 NAMES = ["李雷", "Zoë", "Ólafur", "Мария", "محمد", "さくら", "🚀 Rocket", "Jean-Luc", "김민준", "Αθηνά"]
-CONCURRENCY = 8
-SLICE = 100
+BAD_ROWS = {  # row index -> what makes it bad for NetEase (the last row repeats an id)
+    17: {"user_id": "has spaces!"},
+    40: {"user_id": "x" * 40},
+    77: {"name": "n" * 70},
+}
+SOURCE, TARGET = "rongcloud-app", "netease-app"
 
 
-def sample_profiles(count: int) -> list[Profile]:
-    users = [Profile(f"user_{i:06d}", f"{NAMES[i % len(NAMES)]} {i}") for i in range(count)]
-    bad = [Profile("bad id with spaces!", "Bad Row"), Profile("x" * 200, "Too Long")]
-    return users + bad
+def write_sample(path: Path, count: int) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, ["user_id", "name", "avatar", "gender"])
+        writer.writeheader()
+        for i in range(count):
+            row = {"user_id": f"user_{i:06d}", "name": f"{NAMES[i % len(NAMES)]} {i}",
+                   "avatar": f"https://cdn.example.com/avatars/{i}.png", "gender": str(i % 3)}
+            row.update(BAD_ROWS.get(i, {}))
+            if i == count - 1:
+                row["user_id"] = "user_000003"
+            writer.writerow(row)
 
 
-async def in_slices(call, items: Sequence, *args) -> list:
-    """Run `call(slice, *args)` over slices of items, a few at a time, in order."""
-    gate = asyncio.Semaphore(CONCURRENCY)
+def run_demo(count: int, console: Console) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="imshift-demo-"))
+    settings = Settings(database_url=f"sqlite:///{workdir}/imshift.db", redis_url=None,
+                        apps={SOURCE: AppSettings(vendor="rongcloud", sandbox=True),
+                              TARGET: AppSettings(vendor="netease", sandbox=True)})
+    ctx = Context(settings)
+    users = workdir / "users.csv"
+    write_sample(users, count)
+    limit = ctx.rates(TARGET)[Operation.REGISTER.value]
+    console.print(f"[bold]imshift demo[/bold]: migrating {count:,} users from the RongCloud sandbox "
+                  f"to the NetEase sandbox (which allows {limit:g} registrations/s)\n"
+                  f"  input {users}, database {workdir / 'imshift.db'}\n")
 
-    async def one(part):
-        async with gate:
-            return await call(part, *args)
-
-    parts = await asyncio.gather(*(one(items[i:i + SLICE]) for i in range(0, len(items), SLICE)))
-    return [r for part in parts for r in part]
-
-
-def outcome_counts(results: Sequence[Result]) -> str:
-    counts = Counter(str(r.outcome) for r in results)
-    return " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
-
-
-async def round_trip(client: VendorClient, profiles: list[Profile]) -> tuple[list[str], dict]:
-    registered = await in_slices(client.register_users, profiles)
-    ids = [r.data.get("user_id", p.user_id) for p, r in zip(profiles, registered) if r.succeeded]
-    by_id = {r.data.get("user_id", p.user_id): p for p, r in zip(profiles, registered) if r.succeeded}
-    read = await in_slices(client.get_profiles, ids) if client.supports(Operation.GET_PROFILES) else []
-    intact = sum(1 for got in read if got is not None and got.name == by_id[got.user_id].name)
-    tokens = await in_slices(client.issue_tokens, ids) if client.supports(Operation.ISSUE_TOKEN) else []
-    sent = await client.send(ids[0], ids[1:], Message(text="你好 from imshift 👋")) \
-        if client.supports(Operation.SEND) and len(ids) > 1 else []
-    rejected = [(p.user_id, r.message) for p, r in zip(profiles, registered) if not r.succeeded]
-    return ids, {
-        "register": outcome_counts(registered),
-        "read back intact": f"{intact}/{len(ids)}" if read else "n/a",
-        "tokens": outcome_counts(tokens) if tokens else "n/a",
-        "send": outcome_counts(sent) if sent else "n/a",
-        "rejected rows": rejected,
-    }
+    ctx.runtime  # noqa: B018  (configures the in-process workers)
+    with in_process_workers(ctx.broker):
+        migrate_then_send(ctx, users, console)
 
 
-async def run_demo(count: int, console: Console) -> None:
-    profiles = sample_profiles(count)
-    console.print(f"[bold]imshift demo[/bold]: {count} users + {len(profiles) - count} bad rows "
-                  f"through {len(VENDORS)} vendor sandboxes (in-process, no network)\n")
-    table = Table(title="Round trip per vendor")
-    for column in ("vendor", "register", "read back intact", "tokens", "send", "messages delivered",
-                   "vendor calls"):
-        table.add_column(column)
-    reasons = {}
-    clients = {}
-    for v in VENDORS.values():
-        box = v.sandbox()
-        client = box.client(f"http://{v.name}.sandbox.test")
-        ids, summary = await round_trip(client, profiles)
-        delivered = sum(len(box.inbox(i)) for i in ids)
-        table.add_row(v.title, summary["register"], summary["read back intact"], summary["tokens"],
-                      summary["send"], str(delivered), str(box.calls.total()))
-        reasons[v.title] = summary["rejected rows"]
-        clients[v.name] = client
-    console.print(table)
-    for title, rows in reasons.items():
-        for user_id, message in rows:
-            console.print(f"  {title}: row {user_id[:24]!r} rejected: {message}")
-    await migrate_demo(clients, console)
+def migrate_then_send(ctx: Context, users: Path, console: Console) -> None:
+    settings, workdir = ctx.settings, users.parent
+    limit = ctx.rates(TARGET)[Operation.REGISTER.value]
+    planned = requests.plan_user_migration(ctx.engine, ctx.target(TARGET), users, source_app=SOURCE,
+                                           chunk_size=settings.chunk_size)
+    report = planned.report
+    console.print(f"planned job {report.job_id}: {report.pending:,} to migrate, "
+                  f"{report.invalid} invalid, {report.duplicates} duplicate rows")
+    control.start(ctx.engine, ctx.broker, report.job_id)
+    p = watch(ctx, report.job_id, console, sweeping=True)
+    summary(ctx, p, console)
 
+    box = ctx.sandbox(TARGET)
+    migrated = [i for i in results(ctx.engine, report.job_id) if i.state in ("ok", "exists")]
+    present = sum(1 for i in migrated if box.stored_profile(i.key) is not None)
+    console.print(f"\nat the target: {present:,} of {len(migrated):,} migrated accounts present; "
+                  f"{box.calls['register']:,} register calls, {box.over_limit['register']} over the "
+                  f"limit, at most {box.max_per_second('register')} in any one second (limit {limit:g})")
 
-async def migrate_demo(clients: dict[str, VendorClient], console: Console) -> None:
-    """Read every user from a vendor that can list them and register them on a
-    fresh sandbox of another vendor; show part of the id map."""
-    source = next((c for c in clients.values() if c.supports(Operation.LIST_USERS)), None)
-    target_vendor = next((v for v in reversed(VENDORS.values())
-                          if source is not None and v.name != source.vendor), None)
-    if source is None or target_vendor is None:
-        return
-    target_box = target_vendor.sandbox()
-    target = target_box.client(f"http://{target_vendor.name}.fresh.sandbox.test")
-    ids = [user_id async for user_id in source.list_users()]
-    found = await in_slices(source.get_profiles, ids)
-    profiles = [p for p in found if p is not None]
-    results = await in_slices(target.register_users, profiles)
-    console.print(f"\n[bold]migration {source.vendor} -> {target.vendor}[/bold]: {len(profiles)} users "
-                  f"listed at the source; at the target: {outcome_counts(results)}")
-    for p, r in list(zip(profiles, results))[:3]:
-        console.print(f"  id map: {p.user_id} -> {r.data.get('user_id', p.user_id)}  ({p.name})")
+    recipients = workdir / "recipients.txt"
+    chosen = [i.key for i in migrated[1:1001]]
+    recipients.write_text("\n".join(chosen) + "\n", encoding="utf-8")
+    sender = migrated[0].key
+    console.print(f"\nsending a welcome message from {sender} to {len(chosen):,} of them")
+    planned = requests.plan_send(ctx.engine, ctx.target(TARGET), recipients, sender=sender,
+                                 message=Message(text="欢迎 / welcome to the new chat service 👋"),
+                                 chunk_size=settings.chunk_size)
+    control.start(ctx.engine, ctx.broker, planned.report.job_id)
+    p = watch(ctx, planned.report.job_id, console, sweeping=True)
+    summary(ctx, p, console)
+    delivered = sum(len(box.inbox(key)) for key in chosen)
+    console.print(f"\n{delivered:,} messages delivered in {box.calls['send']} batch call(s) "
+                  f"(up to {ctx.target(TARGET).client.rules.batch_size[Operation.SEND]} "
+                  f"recipients each)")

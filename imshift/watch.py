@@ -33,7 +33,8 @@ def counts_text(p: JobProgress) -> str:
 def watch(ctx: Context, job_id: int, console: Console, *, sweeping: bool = False) -> JobProgress:
     """Show progress until the job is no longer running. With `sweeping`, this
     process also re-sends stale chunks (the embedded mode has no worker to)."""
-    samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=20)
+    # Workers record whole chunks at once: average over ~15 s for a steady rate.
+    samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=60)
     last_sweep = time.monotonic()
     with Progress(TextColumn("job {task.fields[job]}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[rate]}/s  ETA {task.fields[eta]}  {task.fields[counts]}"),
@@ -45,7 +46,7 @@ def watch(ctx: Context, job_id: int, console: Console, *, sweeping: bool = False
             now = time.monotonic()
             samples.append((now, p.done))
             first_t, first_done = samples[0]
-            rate = (p.done - first_done) / (now - first_t) if now - first_t > 0.5 else p.rate
+            rate = (p.done - first_done) / (now - first_t) if now - first_t > 5 else p.rate
             bar.update(task, completed=p.done, rate=f"{rate or 0:,.0f}", eta=_fmt_seconds(p.eta(rate)),
                        counts=counts_text(p))
             if p.status != JobStatus.RUNNING.value:

@@ -2,8 +2,6 @@
 (SQLite and PostgreSQL), workers in this process, vendor sandboxes behind
 real HTTP (in-process ASGI)."""
 
-import pytest
-
 from imshift.jobs import control, requests
 from imshift.jobs.progress import results
 from imshift.models import store

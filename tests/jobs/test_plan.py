@@ -3,7 +3,7 @@
 import pytest
 from sqlalchemy import select
 
-from imshift.jobs.plan import Spec, create_job, discard, plan
+from imshift.jobs.plan import Spec, create_job, plan
 from imshift.models import Item, make_engine
 from imshift.models import store
 
