@@ -7,11 +7,14 @@ workers a client factory.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 from typing import Any
 
 import httpx
 from cryptography.fernet import Fernet
+from pydantic import TypeAdapter, ValidationError
 
 from imshift.jobs.target import Target
 from imshift.models import make_engine
@@ -24,6 +27,22 @@ from imshift.workers.actors import declare
 from imshift.workers.broker import make_broker
 from imshift.workers.ratelimit import RateLimiter
 from imshift.workers.runtime import Runtime, Tuning, configure
+
+
+def vendor_config(app: str, config_class: type, fields: dict[str, Any]) -> Any:
+    """The vendor's config dataclass from settings values, typed (environment
+    values arrive as strings; lists as JSON). Errors name the field, never
+    the value: it may be a secret."""
+    values = {k: json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v for k, v in fields.items()}
+    unknown = set(values) - {f.name for f in dataclasses.fields(config_class)}
+    if unknown:
+        raise ValueError(f"app {app!r}: {', '.join(sorted(unknown))} not a setting of "
+                         f"{config_class.__name__} (nor vendor, rates, sandbox)")
+    try:
+        return TypeAdapter(config_class).validate_python(values)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '?'}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"app {app!r} settings do not fit {config_class.__name__}: {problems}") from None
 
 
 class Context:
@@ -73,11 +92,7 @@ class Context:
             config: Any = box.config(f"http://{app}.internal")
             http = httpx.AsyncClient(transport=httpx.ASGITransport(app=box.app))
         else:
-            try:
-                config = v.config(**app_settings.vendor_config())
-            except TypeError as exc:
-                raise ValueError(f"app {app!r}: {exc} (check its settings against "
-                                 f"{v.config.__name__})") from None
+            config = vendor_config(app, v.config, app_settings.vendor_config())
             http = http_client(max_connections=self.settings.concurrency)
         return v.client(config, http, throttle=throttle, timeout=self.settings.request_timeout)
 

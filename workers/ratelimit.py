@@ -30,12 +30,15 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..vendors.client import Throttle
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 HORIZON = 0.1  # seconds: how far ahead of its slot a process reserves
 CUT = 0.9  # rate factor after an over-limit reply
@@ -157,12 +160,12 @@ class RateLimiter:
     each end of a one-second window for send delays and network latency.
     """
 
-    def __init__(self, rates: Mapping[str, float] | None = None, *, redis=None,
+    def __init__(self, rates: Mapping[str, float] | None = None, *, redis: Redis | None = None,
                  margin: float = 0.01, guard: float = 0.05, namespace: str = "imshift:rl"):
         if not 0 <= guard < 0.25 or not 0 <= margin < 1:
             raise ValueError("guard must be in [0, 0.25) seconds and margin in [0, 1)")
         self.rates = {str(k): float(v) for k, v in (rates or {}).items()}
-        self.redis = redis  # a redis.asyncio.Redis, or None for embedded mode
+        self.redis = redis  # None: embedded mode, this process only
         self.margin = margin
         self.guard = guard
         self.namespace = namespace

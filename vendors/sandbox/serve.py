@@ -15,7 +15,7 @@ from .common import Sandbox
 
 def _server(sandbox: Sandbox, host: str, port: int) -> uvicorn.Server:
     config = uvicorn.Config(sandbox.app, host=host, port=port, log_level="warning",
-                            lifespan="off", access_log=False)
+                            lifespan="off", access_log=False, timeout_graceful_shutdown=1)
     return uvicorn.Server(config)
 
 

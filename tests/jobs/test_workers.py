@@ -1,0 +1,156 @@
+"""Real `imshift worker` processes against a private Redis, a real database
+and a sandbox served on loopback: a worker SIGKILLed mid-job, Redis
+restarted mid-job, and four processes sharing one vendor rate limit."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from imshift.jobs import control, requests
+from imshift.jobs.progress import progress, results
+from imshift.vendors.sandbox.common import Faults
+from imshift.vendors.sandbox.netease import NeteaseSandbox
+from imshift.vendors.sandbox.serve import served
+
+from helpers import context, wait_until_done, write_users
+
+pytestmark = pytest.mark.loopback
+FAST = {"lease_seconds": "3", "stale_after": "3", "requeue_after": "2"}
+
+
+def app_env(name: str, config) -> dict[str, str]:
+    """IMSHIFT_APPS__<NAME>__* variables for a vendor config dataclass."""
+    env = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if value is None or callable(value):
+            continue
+        if isinstance(value, (list, tuple, dict)):
+            value = json.dumps(list(value) if isinstance(value, tuple) else value)
+        env[f"IMSHIFT_APPS__{name.upper()}__{field.name.upper()}"] = str(value).lower() \
+            if isinstance(value, bool) else str(value)
+    return env
+
+
+class Workers:
+    """`imshift worker` as a user starts it, in its own process group."""
+
+    def __init__(self, env: dict[str, str], log_path):
+        self.env, self.log_path, self.process = env, log_path, None
+
+    def start(self, processes: int = 1, threads: int = 4) -> "Workers":
+        log = open(self.log_path, "a")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "imshift.cli", "worker", "--processes", str(processes),
+             "--threads", str(threads)], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL every process of the group: no clean-up, no acknowledgements."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()  # Dramatiq's main process stops its children
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def setup(database_url, redis_server, tmp_path):
+    """A NetEase sandbox on loopback; settings shared by this test (the
+    producer) and the worker processes, through the environment."""
+    started = []
+
+    def make(sandbox: NeteaseSandbox, *, rate: float, users: int):
+        serving = served(sandbox)
+        base_url = serving.__enter__()
+        started.append(serving)
+        env = {**os.environ, "IMSHIFT_DATABASE_URL": database_url, "REDIS_URL": redis_server.url,
+               "IMSHIFT_APPS__NEW__VENDOR": "netease",
+               "IMSHIFT_APPS__NEW__RATES": json.dumps({"register": rate}),
+               **app_env("new", sandbox.config(base_url)),
+               **{f"IMSHIFT_{k.upper()}": v for k, v in FAST.items()}}
+        ctx = context(database_url, redis_server.url, **{k: float(v) for k, v in FAST.items()},
+                      apps={"new": {"vendor": "netease", "rates": {"register": rate},
+                                    **dataclasses.asdict(sandbox.config(base_url))}})
+        planned = requests.plan_user_migration(ctx.engine, ctx.target("new"),
+                                               write_users(tmp_path / "users.csv", users),
+                                               source_app="new", chunk_size=50)
+        control.start(ctx.engine, ctx.broker, planned.report.job_id)
+        workers = Workers(env, tmp_path / "workers.log")
+        workers_started.append(workers)
+        return ctx, planned.report.job_id, workers
+
+    workers_started: list[Workers] = []
+    yield make
+    for workers in workers_started:
+        workers.stop()
+    for serving in started:
+        serving.__exit__(None, None, None)
+
+
+def wait_for_progress(ctx, job_id, done: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while progress(ctx.engine, job_id).done < done:
+        assert time.monotonic() < deadline, f"no progress: {progress(ctx.engine, job_id)}"
+        time.sleep(0.05)
+
+
+def assert_every_account_once(ctx, job_id, sandbox, users: int) -> None:
+    items = list(results(ctx.engine, job_id))
+    assert len(items) == users
+    assert {i.state for i in items} <= {"ok", "exists"}, {i.state for i in items}
+    assert sum(1 for i in items if sandbox.stored_profile(i.key) is not None) == users
+
+
+def test_a_worker_killed_mid_job_loses_nothing(setup, tmp_path):
+    box = NeteaseSandbox(faults=Faults(latency=0.02))
+    ctx, job_id, workers = setup(box, rate=200, users=1200)
+    workers.start()
+    wait_for_progress(ctx, job_id, 300)
+    workers.kill()  # mid-job: chunks claimed, calls in flight, nothing acknowledged
+    before = progress(ctx.engine, job_id)
+    assert before.status == "running" and before.done < 1200
+    workers.start()
+    p = wait_until_done(ctx, job_id, 90)
+    assert p.status == "finished", (tmp_path / "workers.log").read_text()[-3000:]
+    assert_every_account_once(ctx, job_id, box, 1200)
+    # Re-registering what the dead worker had sent is harmless (create-or-exists),
+    # and bounded by what was in flight when it died.
+    assert box.duplicates["register"] <= 4 * 50
+
+
+def test_redis_restarted_mid_job_still_finishes(setup, redis_server, tmp_path):
+    box = NeteaseSandbox(faults=Faults(latency=0.02))
+    ctx, job_id, workers = setup(box, rate=200, users=1200)
+    workers.start()
+    wait_for_progress(ctx, job_id, 300)
+    redis_server.restart(kill=True)  # no persistence: the queue is gone
+    p = wait_until_done(ctx, job_id, 90)
+    assert p.status == "finished", (tmp_path / "workers.log").read_text()[-3000:]
+    assert_every_account_once(ctx, job_id, box, 1200)
+
+
+def test_four_processes_never_exceed_the_vendor_limit(setup, tmp_path):
+    limit = 120
+    box = NeteaseSandbox(rate_limits={"register": limit}, faults=Faults(latency=0.02))
+    ctx, job_id, workers = setup(box, rate=limit, users=900)
+    workers.start(processes=4, threads=4)
+    p = wait_until_done(ctx, job_id, 90)
+    assert p.status == "finished", (tmp_path / "workers.log").read_text()[-3000:]
+    assert_every_account_once(ctx, job_id, box, 900)
+    assert box.over_limit["register"] == 0
+    assert box.max_per_second("register") <= limit
