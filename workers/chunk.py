@@ -91,8 +91,11 @@ def _next_due(runtime: Runtime, job_id: int, start: int, end: int) -> float | No
 
 def _claim(runtime: Runtime, job_id: int, start: int, end: int, repeat_safe: bool):
     with runtime.engine.begin() as conn:
-        return store.claim(conn, job_id, start, end, lease=runtime.tuning.lease_seconds,
-                           resend_expired=repeat_safe)
+        token, rows = store.claim(conn, job_id, start, end, lease=runtime.tuning.lease_seconds,
+                                  resend_expired=repeat_safe)
+        if not rows:  # the claim may have closed the last items (as unknown)
+            store.finish_if_done(conn, job_id)
+        return token, rows
 
 
 async def _keep_lease(runtime: Runtime, job_id: int, token: str) -> None:

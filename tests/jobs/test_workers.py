@@ -12,10 +12,13 @@ import subprocess
 import sys
 import time
 
+import asyncio
+
 import pytest
 
 from imshift.jobs import control, requests
 from imshift.jobs.progress import progress, results
+from imshift.vendors.base import Message, Profile
 from imshift.vendors.sandbox.common import Faults
 from imshift.vendors.sandbox.netease import NeteaseSandbox
 from imshift.vendors.sandbox.serve import served
@@ -72,34 +75,35 @@ class Workers:
 def setup(database_url, redis_server, tmp_path):
     """A NetEase sandbox on loopback; settings shared by this test (the
     producer) and the worker processes, through the environment."""
-    started = []
+    started, workers_started = [], []
 
-    def make(sandbox: NeteaseSandbox, *, rate: float, users: int):
+    def make(sandbox: NeteaseSandbox, *, rates: dict[str, float]):
         serving = served(sandbox)
         base_url = serving.__enter__()
         started.append(serving)
         env = {**os.environ, "IMSHIFT_DATABASE_URL": database_url, "REDIS_URL": redis_server.url,
-               "IMSHIFT_APPS__NEW__VENDOR": "netease",
-               "IMSHIFT_APPS__NEW__RATES": json.dumps({"register": rate}),
+               "IMSHIFT_APPS__NEW__VENDOR": "netease", "IMSHIFT_APPS__NEW__RATES": json.dumps(rates),
                **app_env("new", sandbox.config(base_url)),
                **{f"IMSHIFT_{k.upper()}": v for k, v in FAST.items()}}
         ctx = context(database_url, redis_server.url, **{k: float(v) for k, v in FAST.items()},
-                      apps={"new": {"vendor": "netease", "rates": {"register": rate},
+                      apps={"new": {"vendor": "netease", "rates": rates,
                                     **dataclasses.asdict(sandbox.config(base_url))}})
-        planned = requests.plan_user_migration(ctx.engine, ctx.target("new"),
-                                               write_users(tmp_path / "users.csv", users),
-                                               source_app="new", chunk_size=50)
-        control.start(ctx.engine, ctx.broker, planned.report.job_id)
         workers = Workers(env, tmp_path / "workers.log")
         workers_started.append(workers)
-        return ctx, planned.report.job_id, workers
+        return ctx, workers
 
-    workers_started: list[Workers] = []
     yield make
     for workers in workers_started:
         workers.stop()
     for serving in started:
         serving.__exit__(None, None, None)
+
+
+def start_migration(ctx, path, users: int) -> int:
+    planned = requests.plan_user_migration(ctx.engine, ctx.target("new"), write_users(path, users),
+                                           source_app="new", chunk_size=50)
+    control.start(ctx.engine, ctx.broker, planned.report.job_id)
+    return planned.report.job_id
 
 
 def wait_for_progress(ctx, job_id, done: int, timeout: float = 60) -> None:
@@ -118,7 +122,8 @@ def assert_every_account_once(ctx, job_id, sandbox, users: int) -> None:
 
 def test_a_worker_killed_mid_job_loses_nothing(setup, tmp_path):
     box = NeteaseSandbox(faults=Faults(latency=0.02))
-    ctx, job_id, workers = setup(box, rate=200, users=1200)
+    ctx, workers = setup(box, rates={"register": 200})
+    job_id = start_migration(ctx, tmp_path / "users.csv", 1200)
     workers.start()
     wait_for_progress(ctx, job_id, 300)
     workers.kill()  # mid-job: chunks claimed, calls in flight, nothing acknowledged
@@ -135,7 +140,8 @@ def test_a_worker_killed_mid_job_loses_nothing(setup, tmp_path):
 
 def test_redis_restarted_mid_job_still_finishes(setup, redis_server, tmp_path):
     box = NeteaseSandbox(faults=Faults(latency=0.02))
-    ctx, job_id, workers = setup(box, rate=200, users=1200)
+    ctx, workers = setup(box, rates={"register": 200})
+    job_id = start_migration(ctx, tmp_path / "users.csv", 1200)
     workers.start()
     wait_for_progress(ctx, job_id, 300)
     redis_server.restart(kill=True)  # no persistence: the queue is gone
@@ -147,10 +153,46 @@ def test_redis_restarted_mid_job_still_finishes(setup, redis_server, tmp_path):
 def test_four_processes_never_exceed_the_vendor_limit(setup, tmp_path):
     limit = 120
     box = NeteaseSandbox(rate_limits={"register": limit}, faults=Faults(latency=0.02))
-    ctx, job_id, workers = setup(box, rate=limit, users=900)
+    ctx, workers = setup(box, rates={"register": limit})
+    job_id = start_migration(ctx, tmp_path / "users.csv", 900)
     workers.start(processes=4, threads=4)
     p = wait_until_done(ctx, job_id, 90)
     assert p.status == "finished", (tmp_path / "workers.log").read_text()[-3000:]
     assert_every_account_once(ctx, job_id, box, 900)
     assert box.over_limit["register"] == 0
     assert box.max_per_second("register") <= limit
+
+
+def test_sends_cut_off_by_a_dead_worker_end_unknown_and_are_not_resent(setup, tmp_path):
+    box = NeteaseSandbox()
+    recipients = [f"user_{i:06d}" for i in range(1000)]
+
+    async def register_everyone():
+        return await box.client().register_users([Profile(r, r) for r in recipients])
+
+    assert all(r.succeeded for r in asyncio.run(register_everyone()))
+    box.faults.latency = 2.0  # every vendor call now takes 2 s: time to kill a worker mid-call
+    ctx, workers = setup(box, rates={"send": 50})
+    to = tmp_path / "to.txt"
+    to.write_text("\n".join(recipients), encoding="utf-8")
+    planned = requests.plan_send(ctx.engine, ctx.target("new"), to, sender="user_000000",
+                                 message=Message(text="once only"), chunk_size=500)
+    job_id = planned.report.job_id
+    control.start(ctx.engine, ctx.broker, job_id)
+    workers.start()
+    deadline = time.monotonic() + 30
+    while progress(ctx.engine, job_id).counts.get("claimed", 0) < 1000:
+        assert time.monotonic() < deadline, progress(ctx.engine, job_id)
+        time.sleep(0.05)
+    time.sleep(0.5)  # the batch calls are at the vendor now
+    workers.kill()
+    workers.start()
+    p = wait_until_done(ctx, job_id, 60)
+    assert p.status == "finished", (tmp_path / "workers.log").read_text()[-3000:]
+    assert p.counts == {"unknown": 1000}, p.counts
+    time.sleep(2.5)  # let the calls the dead worker started finish at the vendor
+    inboxes = [len(box.inbox(r)) for r in recipients]
+    assert max(inboxes) == 1  # delivered once by the dead worker's calls, never re-sent
+    assert box.calls["send"] == 2
+    unknown = list(results(ctx.engine, job_id, "unknown"))
+    assert "not re-sent" in unknown[0].message
