@@ -162,6 +162,12 @@ class VendorClient:
             body = {}
         if not isinstance(body, dict):
             body = {"data": body}
+        if response.status_code in (404, 405) and not body:
+            # Not the vendor answering about an item: the address is wrong, and
+            # every other call would fail the same way, so stop like a bad key.
+            raise CallFailed(Result(Outcome.AUTH, f"http {response.status_code}",
+                                    f"no such endpoint: {method} {response.url.copy_with(query=None)}; "
+                                    "check the app's base URL"))
         return Reply(response.status_code, body, response.headers)
 
 

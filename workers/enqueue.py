@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Iterable
 
 import dramatiq
-from sqlalchemy import distinct, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from imshift.models.tables import Item, ItemState
@@ -30,7 +30,7 @@ def open_ranges(conn: Connection, job_id: int, chunk_size: int) -> list[tuple[in
     """The chunks of a job that still have pending or claimed items."""
     items = Item.__table__
     first = items.c.seq // chunk_size
-    starts = conn.execute(select(distinct(first)).where(
+    starts = conn.execute(select(first).distinct().where(
         items.c.job_id == job_id,
         items.c.state.in_([ItemState.PENDING.value, ItemState.CLAIMED.value]))).scalars()
     return [(int(s) * chunk_size, int(s) * chunk_size + chunk_size) for s in sorted(starts)]

@@ -181,3 +181,12 @@ async def test_unsupported_operations_raise_before_any_call():
     with pytest.raises(Unsupported, match="tiny does not support send"):
         await client.send("a", ["b"], None)
     assert sandbox.calls.total() == 0
+
+
+async def test_a_wrong_base_url_stops_like_a_bad_key():
+    client = tiny_client(TinySandbox())
+    with pytest.raises(CallFailed) as failed:
+        await client._request("register", "POST", "http://t/wrong/path?secret=x")
+    assert failed.value.result.outcome is Outcome.AUTH
+    assert "check the app's base URL" in failed.value.result.message
+    assert "secret" not in failed.value.result.message
