@@ -1,5 +1,5 @@
 """The engine: SQLite by default, PostgreSQL when the URL says so.
-Tables are created on first use."""
+The schema is created, or migrated, on first use."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
-from . import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+from .migrate import upgrade
 
 
 def normalise_url(url: str) -> str:
@@ -30,7 +30,7 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
-    SQLModel.metadata.create_all(engine)
+    upgrade(engine)
     return engine
 
 

@@ -41,10 +41,13 @@ def database_url(request, tmp_path):
     url = request.getfixturevalue("postgres_url")
     yield url
     # Leave the shared throwaway database empty for the next test.
+    from sqlalchemy import create_engine, text
     from sqlmodel import SQLModel
-    from imshift.models.db import make_engine
-    engine = make_engine(url)
+    from imshift.models.db import normalise_url
+    engine = create_engine(normalise_url(url))
     SQLModel.metadata.drop_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
     engine.dispose()
 
 

@@ -15,7 +15,6 @@ from imshift.jobs import control, requests
 from imshift.jobs.progress import progress, results
 from imshift.models import Item
 from imshift.vendors.base import Profile
-from imshift.vendors.sandbox.common import Faults
 from imshift.vendors.sandbox.netease import NeteaseSandbox
 from imshift.vendors.sandbox.rongcloud import RongCloudSandbox
 from imshift.vendors.sandbox.serve import served

@@ -5,13 +5,12 @@ import asyncio
 
 import httpx
 import pytest
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from imshift.vendors.base import FieldRule, Operation, Outcome, Profile, VendorRules
 from imshift.vendors.client import CallFailed, VendorClient
 from imshift.vendors.hosts import HostPool
-from imshift.vendors.sandbox.common import Faults, Sandbox
+from imshift.vendors.sandbox.common import Faults
+from tiny_sandbox import TinySandbox
 
 
 def test_field_rule_names_the_field_and_the_reason():
@@ -53,24 +52,6 @@ def test_host_pool_fails_over_and_comes_back_after_cooldown():
     pool.failed("https://a")
     pool.failed("https://b")
     assert pool.current() == "https://a"  # all down: the one that failed longest ago
-
-
-class TinySandbox(Sandbox):
-    """A one-endpoint vendor, enough to exercise the shared sandbox behaviour."""
-
-    vendor = "tiny"
-
-    def routes(self):
-        return [Route("/call", self.call, methods=["POST"])]
-
-    async def call(self, request):
-        return await self.admit("register") or JSONResponse({"code": 200})
-
-    def server_error(self):
-        return JSONResponse({"code": 500}, status_code=500)
-
-    def rate_limited(self, op):
-        return JSONResponse({"code": 429}, status_code=429, headers={"Retry-After": "1"})
 
 
 class TinyClient(VendorClient):

@@ -9,38 +9,16 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aredis
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from imshift.vendors.http import http_client
-from imshift.vendors.sandbox.common import Sandbox
 from imshift.vendors.sandbox.serve import served
 from imshift.workers.ratelimit import RateLimiter, _Slots
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for shared helpers
-from redis_server import RedisServer  # noqa: E402
-
-
-class OneCallSandbox(Sandbox):
-    """A vendor with one endpoint, limited like every sandbox."""
-
-    vendor = "one-call"
-
-    def routes(self):
-        return [Route("/call", self.call, methods=["POST"])]
-
-    async def call(self, request):
-        return await self.admit("register") or JSONResponse({"code": 200})
-
-    def server_error(self):
-        return JSONResponse({"code": 500}, status_code=500)
-
-    def rate_limited(self, op):
-        return JSONResponse({"code": 429}, status_code=429, headers={"Retry-After": "1"})
+from redis_server import RedisServer
+from tiny_sandbox import TinySandbox
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +73,7 @@ def utilisation(sandbox, rate, start, seconds):
 async def test_one_process_uses_the_quota_and_never_exceeds_it(mode):
     rate = 50
     limiter = RateLimiter({"register": rate}, redis=mode)
-    sandbox = OneCallSandbox(rate_limits={"register": rate})
+    sandbox = TinySandbox(rate_limits={"register": rate})
     with served(sandbox) as url:
         start = await next_second()
         statuses = await hammer(limiter.throttle_for("app1"), url, tasks=8, end=start + 3)
@@ -139,7 +117,7 @@ asyncio.run(main(json.loads(sys.stdin.readline())))
 @pytest.mark.loopback
 def test_four_processes_share_one_quota_through_redis(redis_server):
     rate, seconds = 100, 3
-    sandbox = OneCallSandbox(rate_limits={"register": rate})
+    sandbox = TinySandbox(rate_limits={"register": rate})
     children = [subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, text=True) for _ in range(4)]
     try:
@@ -193,7 +171,7 @@ async def test_a_burst_of_over_limit_replies_cuts_the_rate_once(mode):
     limiter = RateLimiter({"register": rate}, redis=mode, margin=0)
     for _ in range(10):  # the replies of one overrun arrive together
         await limiter.slow_down("app1", "register", 0)
-    sandbox = OneCallSandbox(rate_limits={"register": rate})
+    sandbox = TinySandbox(rate_limits={"register": rate})
     with served(sandbox) as url:
         start = await next_second()
         await hammer(limiter.throttle_for("app1"), url, tasks=8, end=start + 1)

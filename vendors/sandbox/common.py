@@ -98,9 +98,11 @@ class Sandbox:
 
     # -- shared behaviour ----------------------------------------------------------------
 
-    async def admit(self, op: str) -> Response | None:
+    async def admit(self, op: str, weight: int = 1) -> Response | None:
         """Count the call, apply latency, faults and the rate limit. Returns
-        the reply to send instead of acting, or None to go on."""
+        the reply to send instead of acting, or None to go on. `weight` is
+        what the call counts against the limit (vendors that count messages,
+        not calls, pass the number of recipients)."""
         self.calls[op] += 1
         if self.faults.latency:
             await asyncio.sleep(self.faults.latency)
@@ -112,13 +114,13 @@ class Sandbox:
         if roll < self.faults.timeout_rate + self.faults.error_rate:
             self.faulted[op] += 1
             return self.server_error()
-        if not self._within_limit(op):
+        if not self._within_limit(op, weight):
             self.over_limit[op] += 1
             return self.rate_limited(op)
         self.accepted[op] += 1
         return None
 
-    def _within_limit(self, op: str) -> bool:
+    def _within_limit(self, op: str, weight: int) -> bool:
         limit = self.rate_limits.get(op)
         if limit is None:
             return True
@@ -126,11 +128,11 @@ class Sandbox:
         if now < self._blocked_until.get(op, 0.0):
             return False
         second = int(now)
-        if self.window_counts[op][second] >= limit:
+        if self.window_counts[op][second] + weight > limit:
             if self.block_seconds:
                 self._blocked_until[op] = now + self.block_seconds
             return False
-        self.window_counts[op][second] += 1
+        self.window_counts[op][second] += weight
         return True
 
     def max_per_second(self, op: str) -> int:

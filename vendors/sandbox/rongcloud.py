@@ -16,7 +16,6 @@ import json
 import re
 import secrets
 from collections import defaultdict
-from contextvars import ContextVar
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qsl
 
@@ -31,10 +30,6 @@ from ..rongcloud import (ID_HINT, ID_PATTERN, MAX_CONTENT_BYTES, MAX_GROUP_CALL_
 from .common import Sandbox
 
 Form = dict[str, list[str]]
-
-# How many messages the current call counts for: RongCloud counts a publish to
-# N users (or N groups) as N messages against its limit.
-_call_weight: ContextVar[int] = ContextVar("rongcloud_call_weight", default=1)
 
 
 class Invalid(Exception):
@@ -129,25 +124,6 @@ class RongCloudSandbox(Sandbox):
                                 "are correct.", 401)
         return None
 
-    def _within_limit(self, op: str) -> bool:
-        """The shared fixed one-second windows, counting a call as its weight."""
-        weight = _call_weight.get()
-        if weight == 1:
-            return super()._within_limit(op)
-        limit = self.rate_limits.get(op)
-        if limit is None:
-            return True
-        now = self.clock()
-        if now < self._blocked_until.get(op, 0.0):
-            return False
-        second = int(now)
-        if self.window_counts[op][second] + weight > limit:
-            if self.block_seconds:
-                self._blocked_until[op] = now + self.block_seconds
-            return False
-        self.window_counts[op][second] += weight
-        return True
-
     def _endpoint(self, op: str, act: Callable[[Form], Response], *,
                   weighed_by: str | None = None) -> Callable[[Request], Awaitable[Response]]:
         """Auth, then admission (rate limit, faults), then the vendor's checks and action."""
@@ -159,11 +135,9 @@ class RongCloudSandbox(Sandbox):
             form: Form = {}
             for key, value in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
                 form.setdefault(key, []).append(value)
-            token = _call_weight.set(max(1, len(form.get(weighed_by, []))) if weighed_by else 1)
-            try:
-                refused = await self.admit(op)
-            finally:
-                _call_weight.reset(token)
+            # RongCloud counts a publish to N users (or N groups) as N messages.
+            weight = max(1, len(form.get(weighed_by, []))) if weighed_by else 1
+            refused = await self.admit(op, weight)
             if refused:
                 return refused
             if not body:

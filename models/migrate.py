@@ -1,0 +1,39 @@
+"""Bring a database's schema up to date: a new database gets today's tables
+in one step; an existing one gets the migrations it has not had yet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+from sqlalchemy.engine import Engine
+from sqlmodel import SQLModel
+
+SCRIPTS = Path(__file__).with_name("migrations")
+
+
+def alembic_config(connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPTS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(engine: Engine) -> None:
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # one migrator at a time across processes
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7342001)")
+        fresh = not inspect(conn).has_table("jobs")
+        current = MigrationContext.configure(conn).get_current_revision()
+        config = alembic_config(conn)
+        if fresh:
+            SQLModel.metadata.create_all(conn)
+            command.stamp(config, "head")
+        elif current is None:  # tables made before migrations existed: they are revision 1
+            command.stamp(config, "0001")
+            command.upgrade(config, "head")
+        else:
+            command.upgrade(config, "head")

@@ -1,0 +1,1 @@
+"""Schema migrations (alembic) over the SQLModel metadata; run by make_engine."""
