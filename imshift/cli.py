@@ -111,7 +111,8 @@ def sandbox(
         where = port if port is not None else v.sandbox_port
         pairs.append((box, where))
         console.print(f"{v.title:15} http://{host}:{where}   client config: {box.config(f'http://{host}:{where}')!r}")
-    console.print("Serving; Ctrl-C stops.")
+    console.print("Counters (calls, over-limit replies, busiest second): GET <url>/_sandbox/stats. "
+                  "Serving; Ctrl-C stops.")
     try:
         asyncio.run(serve(pairs, host=host))
     except KeyboardInterrupt:

@@ -85,3 +85,22 @@ class Settings(BaseSettings):
         known = ", ".join(sorted(self.apps)) or "none configured"
         raise ValueError(f"no vendor app named {name!r} (apps: {known}; the built-in sandboxes "
                          f"are sandbox-rongcloud, sandbox-netease, sandbox-openim, sandbox-maxim)")
+
+
+def app_environment(name: str, vendor: str, config: Any) -> dict[str, str]:
+    """Environment variables that configure app `name` like `config` (a vendor
+    config dataclass): how tests and benchmarks hand an app to worker processes."""
+    import dataclasses
+    import json
+
+    env = {f"IMSHIFT_APPS__{name.upper()}__VENDOR": vendor}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if value is None or callable(value):
+            continue
+        if isinstance(value, bool):
+            value = str(value).lower()
+        elif isinstance(value, (list, tuple, dict)):
+            value = json.dumps(list(value) if isinstance(value, tuple) else value)
+        env[f"IMSHIFT_APPS__{name.upper()}__{field.name.upper()}"] = str(value)
+    return env

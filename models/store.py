@@ -71,7 +71,7 @@ def claim(conn: Connection, job_id: int, start: int, end: int, *, lease: float,
     due = and_(items.c.state == ItemState.PENDING.value,
                or_(items.c.not_before.is_(None), items.c.not_before <= now))
     take = dict(state=ItemState.CLAIMED.value, claim=token, lease_until=now + lease,
-                attempts=items.c.attempts + 1, updated_at=now)
+                attempts=items.c.attempts + 1, claimed_at=now, updated_at=now)
     columns = (items.c.seq, items.c.key, items.c.row, items.c.payload, items.c.attempts)
     rows = []
     if resend_expired:  # already counted as claimed: no count changes

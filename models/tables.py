@@ -84,6 +84,7 @@ class Item(SQLModel, table=True):
     result: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON))
     secret: Optional[bytes] = Field(default=None, sa_column=Column(LargeBinary))  # encrypted token
     claim: Optional[str] = None  # who holds it: a recorded outcome must come from the holder
+    claimed_at: Optional[float] = None  # when the last attempt began
     lease_until: Optional[float] = None
     not_before: Optional[float] = None  # retry backoff: not claimed before this time
     updated_at: Optional[float] = None

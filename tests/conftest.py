@@ -4,32 +4,19 @@ PostgreSQL tests use a throwaway database (created here, dropped after) on
 the server named by IMSHIFT_TEST_POSTGRES (default: the local one, trust auth).
 """
 
-import os
-import uuid
-
-import psycopg
 import pytest
-from sqlalchemy.engine import make_url
 
-ADMIN_URL = os.environ.get("IMSHIFT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+from imshift.local_postgres import throwaway_database
 
 
 @pytest.fixture(scope="session")
 def postgres_url():
     """A fresh PostgreSQL database for this test session, dropped afterwards."""
-    admin = make_url(ADMIN_URL)
-    name = f"imshift_test_{uuid.uuid4().hex[:10]}"
-    conninfo = dict(host=admin.host, port=admin.port or 5432, user=admin.username,
-                    password=admin.password, dbname=admin.database, autocommit=True)
     try:
-        with psycopg.connect(**conninfo) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at {admin.host}:{admin.port} is needed for these tests "
-                    f"(scripts/test starts it): {exc}")
-    yield admin.set(database=name).render_as_string(hide_password=False)
-    with psycopg.connect(**conninfo) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        with throwaway_database(prefix="imshift_test") as url:
+            yield url
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -54,7 +41,7 @@ def database_url(request, tmp_path):
 @pytest.fixture
 def redis_server():
     """A private redis-server on a free port (never the machine's shared one)."""
-    from redis_server import RedisServer
+    from imshift.local_redis import RedisServer
 
     with RedisServer() as server:
         yield server

@@ -18,6 +18,7 @@ import pytest
 
 from imshift.jobs import control, requests
 from imshift.jobs.progress import progress, results
+from imshift.settings import app_environment
 from imshift.vendors.base import Message, Profile
 from imshift.vendors.sandbox.common import Faults
 from imshift.vendors.sandbox.netease import NeteaseSandbox
@@ -27,20 +28,6 @@ from helpers import context, wait_until_done, write_users
 
 pytestmark = pytest.mark.loopback
 FAST = {"lease_seconds": "3", "stale_after": "3", "requeue_after": "2"}
-
-
-def app_env(name: str, config) -> dict[str, str]:
-    """IMSHIFT_APPS__<NAME>__* variables for a vendor config dataclass."""
-    env = {}
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if value is None or callable(value):
-            continue
-        if isinstance(value, (list, tuple, dict)):
-            value = json.dumps(list(value) if isinstance(value, tuple) else value)
-        env[f"IMSHIFT_APPS__{name.upper()}__{field.name.upper()}"] = str(value).lower() \
-            if isinstance(value, bool) else str(value)
-    return env
 
 
 class Workers:
@@ -82,8 +69,8 @@ def setup(database_url, redis_server, tmp_path):
         base_url = serving.__enter__()
         started.append(serving)
         env = {**os.environ, "IMSHIFT_DATABASE_URL": database_url, "REDIS_URL": redis_server.url,
-               "IMSHIFT_APPS__NEW__VENDOR": "netease", "IMSHIFT_APPS__NEW__RATES": json.dumps(rates),
-               **app_env("new", sandbox.config(base_url)),
+               "IMSHIFT_APPS__NEW__RATES": json.dumps(rates),
+               **app_environment("new", "netease", sandbox.config(base_url)),
                **{f"IMSHIFT_{k.upper()}": v for k, v in FAST.items()}}
         ctx = context(database_url, redis_server.url, **{k: float(v) for k, v in FAST.items()},
                       apps={"new": {"vendor": "netease", "rates": rates,

@@ -42,9 +42,22 @@ def test_a_new_database_starts_at_the_latest_revision(database_url):
 
 
 def test_tables_made_before_migrations_are_adopted(database_url):
-    engine = make_engine(database_url)
-    with engine.begin() as conn:
+    engine = create_engine(normalise_url(database_url))
+    with engine.begin() as conn:  # the first release's tables, without alembic's record
+        command.upgrade(alembic_config(conn), "0001")
         conn.execute(text("DROP TABLE alembic_version"))
     make_engine(database_url).dispose()
     assert revision(engine) == head()
+    assert "claimed_at" in {c["name"] for c in inspect(engine).get_columns("items")}
+    engine.dispose()
+
+
+def test_a_database_at_an_older_revision_is_brought_up_to_date(database_url):
+    engine = create_engine(normalise_url(database_url))
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0001")
+    assert "claimed_at" not in {c["name"] for c in inspect(engine).get_columns("items")}
+    make_engine(database_url).dispose()
+    assert "claimed_at" in {c["name"] for c in inspect(engine).get_columns("items")}
+    assert revision(engine) == head() == "0002"
     engine.dispose()

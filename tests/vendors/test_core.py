@@ -171,3 +171,14 @@ async def test_a_wrong_base_url_stops_like_a_bad_key():
     assert failed.value.result.outcome is Outcome.AUTH
     assert "check the app's base URL" in failed.value.result.message
     assert "secret" not in failed.value.result.message
+
+
+async def test_the_counters_can_be_read_over_http():
+    sandbox = TinySandbox(rate_limits={"register": 1})
+    client = tiny_client(sandbox)
+    for _ in range(3):
+        await client._request("register", "POST", "http://t/call")
+    stats = (await client.http.get("http://t/_sandbox/stats")).json()
+    assert stats["calls"] == {"register": 3}
+    assert stats["over_limit"]["register"] >= 1
+    assert stats["max_per_second"] == {"register": 1}

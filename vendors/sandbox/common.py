@@ -17,11 +17,15 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping
 
 from starlette.applications import Starlette
-from starlette.responses import Response
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..base import Profile
 from ..client import VendorClient
+
+
+STATS_PATH = "/_sandbox/stats"  # GET: the counters, for benchmarks and rehearsals over HTTP
 
 
 @dataclass
@@ -66,7 +70,7 @@ class Sandbox:
         self.duplicates: Counter[str] = Counter()  # creations of something already there
         self.window_counts: dict[str, Counter[int]] = defaultdict(Counter)  # op -> second -> accepted
         self._blocked_until: dict[str, float] = {}
-        self.app = Starlette(routes=self.routes())
+        self.app = Starlette(routes=self.routes() + [Route(STATS_PATH, self._stats, methods=["GET"])])
 
     # -- to be provided by each vendor -------------------------------------------------
 
@@ -134,6 +138,17 @@ class Sandbox:
             return False
         self.window_counts[op][second] += weight
         return True
+
+    def stats(self) -> dict[str, Any]:
+        """What reached this "vendor": the counters, as JSON-ready data."""
+        return {"vendor": self.vendor, "rate_limits": self.rate_limits,
+                "calls": dict(self.calls), "accepted": dict(self.accepted),
+                "over_limit": dict(self.over_limit), "faulted": dict(self.faulted),
+                "duplicates": dict(self.duplicates),
+                "max_per_second": {op: self.max_per_second(op) for op in self.window_counts}}
+
+    async def _stats(self, request: Request) -> Response:
+        return JSONResponse(self.stats())
 
     def max_per_second(self, op: str) -> int:
         """The most calls of `op` accepted in any one-second window."""

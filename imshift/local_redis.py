@@ -1,5 +1,5 @@
-"""A private redis-server for tests: its own free port on 127.0.0.1 and its
-own temp dir, so tests never touch the machine's shared Redis on 6379.
+"""A private redis-server for tests and benchmarks: its own free port on
+127.0.0.1 and its own temp dir, so they never touch a shared Redis.
 
     with RedisServer() as server:          # or server = RedisServer().start()
         client = redis.asyncio.Redis.from_url(server.url)
@@ -9,10 +9,6 @@ own temp dir, so tests never touch the machine's shared Redis on 6379.
 
 Start with appendonly=True when data must survive a restart (with
 appendfsync always, so even a SIGKILL loses no acknowledged write).
-Tests import it after putting tests/ on sys.path:
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from redis_server import RedisServer
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench NAME` (run from the repo root, in .venv)."""

@@ -1,0 +1,100 @@
+"""What the benchmarks share: services they start and stop themselves,
+worker processes, sandbox processes, and the closing key=value line."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def figures(**values) -> None:
+    """The benchmark's last line: its figures as key=value pairs."""
+    def text(v):
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+    print(" ".join(f"{k}={text(v)}" for k, v in values.items()), flush=True)
+
+
+def peak_rss_mb(children: bool = False) -> float:
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen | None = None, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listened on 127.0.0.1:{port} within {seconds} s")
+
+
+@contextlib.contextmanager
+def sandbox_process(vendor: str, *, rates: Mapping[str, float] | None = None,
+                    latency: float = 0.0) -> Iterator[str]:
+    """`imshift sandbox` for one vendor in its own process (so its CPU is not
+    ours); yields its base URL. Read its counters with `sandbox_stats`."""
+    port = free_port()
+    command = [sys.executable, "-m", "imshift.cli", "sandbox", "--vendor", vendor,
+               "--port", str(port), "--latency", str(latency)]
+    for op, rate in (rates or {}).items():
+        command += ["--rate", f"{op}={rate}"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               cwd=ROOT)
+    try:
+        wait_for_port(port, process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def sandbox_stats(base_url: str) -> dict:
+    return httpx.get(f"{base_url}/_sandbox/stats", timeout=10).json()
+
+
+@contextlib.contextmanager
+def worker_processes(env: Mapping[str, str], processes: int, threads: int = 8,
+                     log: Path | None = None) -> Iterator[subprocess.Popen]:
+    """`imshift worker` as a user starts it; stopped (SIGTERM) on exit."""
+    out = open(log, "a") if log else subprocess.DEVNULL
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imshift.cli", "worker", "--processes", str(processes),
+         "--threads", str(threads)], env={**os.environ, **env}, stdout=out,
+        stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def percentile(sorted_values: list[float], share: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(share * (len(sorted_values) - 1))))
+    return sorted_values[index]
