@@ -17,6 +17,7 @@ from cryptography.fernet import Fernet
 from pydantic import TypeAdapter, ValidationError
 
 from imshift.jobs.target import Target
+from imshift.logs import secret_fields
 from imshift.models import make_engine
 from imshift.settings import Settings
 from imshift.vendors.client import Throttle, VendorClient
@@ -95,6 +96,18 @@ class Context:
             config = vendor_config(app, v.config, app_settings.vendor_config())
             http = http_client(max_connections=self.settings.concurrency)
         return v.client(config, http, throttle=throttle, timeout=self.settings.request_timeout)
+
+    def secrets(self) -> list[str]:
+        """Every configured secret value, for the log redaction filter."""
+        values = [self.settings.token_key.get_secret_value()] if self.settings.token_key else []
+        for name, app in self.settings.apps.items():
+            if not app.sandbox:
+                try:
+                    values += secret_fields(vendor_config(name, vendor(app.vendor).config,
+                                                          app.vendor_config()))
+                except ValueError:
+                    continue  # reported when the app is used
+        return values
 
     @functools.cached_property
     def cipher(self) -> Fernet | None:

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from imshift import logs
 from imshift.jobs import control, requests
 from imshift.jobs.inputs import InputError
 from imshift.jobs.plan import PlanReport
@@ -46,10 +47,12 @@ def fail(message: str) -> None:
 
 def _context() -> Context:
     try:
-        return Context()
+        ctx = Context()
     except Exception as exc:  # settings that do not parse
         fail(f"configuration: {exc}")
         raise
+    logs.install(ctx.secrets())
+    return ctx
 
 
 def _target(ctx: Context, app: str):

@@ -5,12 +5,14 @@ import logging
 
 import redis
 
+from imshift import logs
 from imshift.context import Context
 from imshift.workers.sweeper import Sweeper
 
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
 context = Context()
+logs.install(context.secrets())
 runtime = context.runtime
 broker = context.broker
 broker.add_middleware(Sweeper(runtime, redis.Redis.from_url(context.settings.redis_url)))

@@ -120,6 +120,8 @@ def test_a_worker_killed_mid_job_loses_nothing(setup, tmp_path):
     p = wait_until_done(ctx, job_id, 90)
     assert p.status == "finished", (tmp_path / "workers.log").read_text()[-3000:]
     assert_every_account_once(ctx, job_id, box, 1200)
+    log = (tmp_path / "workers.log").read_text()
+    assert "Worker process is ready" in log and box.app_secret not in log
     # Re-registering what the dead worker had sent is harmless (create-or-exists),
     # and bounded by what was in flight when it died.
     assert box.duplicates["register"] <= 4 * 50

@@ -1,0 +1,222 @@
+"""Benchmark 3, plan: plan and start a user migration from a generated CSV
+(100k and 1M rows) on SQLite and PostgreSQL; rows/s and the producer's peak
+memory.
+
+Each (rows, database) case runs in its own child process, so its peak RSS
+(ru_maxrss from wait4) is its own and not the largest of all cases. The
+parent writes the CSVs, starts a private Redis and creates the databases;
+the child does only what `imshift migrate users` + `imshift start` do:
+read, check and store every row, then enqueue the chunk messages (real
+Redis enqueues; nobody consumes them).
+
+    python -m bench plan                 # 100k and 1M rows, SQLite and PostgreSQL
+    python -m bench plan --quick         # 2k and 20k rows
+    python -m bench plan --rows 100000 --db sqlite
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .common import ROOT, figures, peak_rss_mb
+
+NAMES = ["李雷", "Zoë", "Мария", "محمد", "さくら", "🚀 Rocket", "Jean-Luc", "김민준", "Ngô Bảo Châu"]
+PEAK_TARGET_MB = 200
+RATE_TARGET = 20_000  # rows/s on SQLite
+
+
+def write_users(path: Path, rows: int, seed: int = 7) -> dict[str, int]:
+    """A users export with Unicode names, ~0.1% invalid rows (bad id, name
+    too long, wrong field count) and ~0.2% repeated ids, some far apart so
+    they cross planning batches. Returns what it put in."""
+    rng = random.Random(seed)
+    made = {"invalid": 0, "duplicates": 0}
+    with path.open("w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(["user_id", "name", "avatar"])
+        for i in range(rows):
+            uid = f"user_{i:07d}"
+            name = f"{NAMES[i % len(NAMES)]} {i}"
+            avatar = f"https://cdn.example.com/avatars/{i % 9973}/{i}.png"
+            roll = rng.random()
+            if roll < 0.0004:
+                uid = f"bad id {i}"  # spaces: not a NetEase accid
+                made["invalid"] += 1
+            elif roll < 0.0008:
+                name = "名" * 80  # over NetEase's 64 characters
+                made["invalid"] += 1
+            elif roll < 0.001:
+                out.writerow([uid, name])  # a short row
+                made["invalid"] += 1
+                continue
+            elif roll < 0.003 and i:
+                uid = f"user_{rng.randrange(i):07d}"  # repeats an earlier id, maybe much earlier
+                made["duplicates"] += 1
+            out.writerow([uid, name, avatar])
+    return made
+
+
+# ---------------------------------------------------------------- child: one case
+
+def run_case(args) -> int:
+    """Plan + start one job; print one JSON line with its timings."""
+    before = peak_rss_mb()
+    from imshift.context import Context
+    from imshift.jobs import control, requests
+    from imshift.settings import AppSettings, Settings
+
+    settings = Settings(database_url=args.database_url, redis_url=args.redis_url,
+                        apps={"new": AppSettings(vendor="netease", sandbox=True)},
+                        chunk_size=args.chunk_size)
+    ctx = Context(settings)
+    _ = ctx.engine, ctx.broker  # schema and broker set up before the clock starts, as a user's would be
+    target = ctx.target("new")
+    ready = peak_rss_mb()
+    t0 = time.perf_counter()
+    planned = requests.plan_user_migration(ctx.engine, target, args.input, source_app=None,
+                                           chunk_size=args.chunk_size)
+    t1 = time.perf_counter()
+    messages = control.start(ctx.engine, ctx.broker, planned.report.job_id)
+    t2 = time.perf_counter()
+    r = planned.report
+    print(json.dumps({"rows": r.total, "pending": r.pending, "invalid": r.invalid,
+                      "duplicates": r.duplicates, "messages": messages, "plan_s": t1 - t0,
+                      "start_s": t2 - t1, "rss_start_mb": before, "rss_ready_mb": ready,
+                      "peak_self_mb": peak_rss_mb()}), flush=True)
+    ctx.engine.dispose()
+    return 0
+
+
+def child(args_list: list[str], profile_to: Path | None) -> tuple[dict, float]:
+    """Run one case in a child; returns its JSON line and its peak RSS (MB)."""
+    command = [sys.executable, "-m", "bench", "plan", *args_list]
+    if profile_to:  # pyinstrument (pip install pyinstrument): text report per case
+        command = [sys.executable, "-m", "pyinstrument", "-o", str(profile_to),
+                   "-m", "bench", "plan", *args_list]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        out = process.stdout.read()
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    if process.returncode != 0:
+        raise RuntimeError(f"case {args_list} exited with {process.returncode}")
+    line = [l for l in out.splitlines() if l.startswith("{")][-1]
+    return json.loads(line), usage.ru_maxrss / 1024
+
+
+@contextlib.contextmanager
+def database(kind: str, tmp: Path, name: str):
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp / (name + '.db')}"
+    else:
+        from imshift.local_postgres import throwaway_database
+        with throwaway_database(prefix="imshift_bench_plan") as url:
+            yield url
+
+
+def queued(redis_url: str) -> int:
+    """Chunk messages waiting in Redis (Dramatiq keeps them in a hash per queue)."""
+    import redis
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return sum(client.hlen(k) for k in client.scan_iter("dramatiq:*.msgs"))
+    finally:
+        client.close()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench plan", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default="100000,1000000", help="row counts, comma-separated")
+    parser.add_argument("--db", default="sqlite,postgres", help="sqlite and/or postgres")
+    parser.add_argument("--chunk-size", type=int, default=200, help="items per chunk message")
+    parser.add_argument("--quick", action="store_true", help="2,000 and 20,000 rows")
+    parser.add_argument("--profile", metavar="DIR", help="pyinstrument each case, reports into DIR")
+    # child mode (one case), used by the parent
+    parser.add_argument("--case", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--input", help=argparse.SUPPRESS)
+    parser.add_argument("--database-url", help=argparse.SUPPRESS)
+    parser.add_argument("--redis-url", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.case:
+        return run_case(args)
+
+    from imshift.local_redis import RedisServer
+
+    sizes = [2_000, 20_000] if args.quick else [int(n) for n in args.rows.split(",")]
+    kinds = [k.strip() for k in args.db.split(",")]
+    results: dict[tuple[str, int], dict] = {}
+    with tempfile.TemporaryDirectory(prefix="imshift-bench-plan-") as tmp_name, \
+            RedisServer() as redis_server:
+        tmp = Path(tmp_name)
+        inputs = {}
+        for n in sizes:
+            inputs[n] = tmp / f"users_{n}.csv"
+            t = time.perf_counter()
+            made = write_users(inputs[n], n)
+            print(f"wrote {n:,} rows ({inputs[n].stat().st_size / 1e6:.1f} MB, {made['invalid']} "
+                  f"invalid, {made['duplicates']} duplicates) in {time.perf_counter() - t:.1f} s",
+                  flush=True)
+        for kind in kinds:
+            for n in sizes:
+                with database(kind, tmp, f"{kind}_{n}") as url:
+                    redis_server_flush(redis_server.url)
+                    case_args = ["--case", "--input", str(inputs[n]), "--database-url", url,
+                                 "--redis-url", redis_server.url, "--chunk-size", str(args.chunk_size)]
+                    profile_to = Path(args.profile) / f"plan_{kind}_{n}.txt" if args.profile else None
+                    info, peak = child(case_args, profile_to)
+                    info["peak_mb"] = peak
+                    info["queued"] = queued(redis_server.url)
+                    info["rate"] = info["rows"] / (info["plan_s"] + info["start_s"])
+                    results[(kind, n)] = info
+                    print(f"{kind:8} {n:>9,} rows: {info['rate']:>8,.0f} rows/s "
+                          f"(plan {info['plan_s']:.1f} s, start {info['start_s']:.2f} s, "
+                          f"{info['messages']} messages, {info['queued']} in Redis), "
+                          f"peak {peak:.0f} MB (at start {info['rss_start_mb']:.0f} MB, "
+                          f"ready {info['rss_ready_mb']:.0f} MB); {info['pending']:,} pending, "
+                          f"{info['invalid']} invalid, {info['duplicates']} duplicates", flush=True)
+
+    print(f"\n{'':10}" + "".join(f"{n:>22,}" for n in sizes))
+    for kind in kinds:
+        print(f"{kind:10}" + "".join(f"{results[(kind, n)]['rate']:>11,.0f} r/s {results[(kind, n)]['peak_mb']:>5.0f} MB"
+                                     for n in sizes))
+    peak_max = max(r["peak_mb"] for r in results.values())
+    sqlite_rates = [r["rate"] for (k, _), r in results.items() if k == "sqlite"]
+    rate_ok = ("not run" if not sqlite_rates else
+               "met" if min(sqlite_rates) >= RATE_TARGET else "MISSED")
+    print(f"targets: peak < {PEAK_TARGET_MB} MB: {'met' if peak_max < PEAK_TARGET_MB else 'MISSED'}; "
+          f">= {RATE_TARGET:,} rows/s on SQLite: {rate_ok}", flush=True)
+    values = {}
+    for (kind, n), r in results.items():
+        label = f"{n // 1000}k" if n < 1_000_000 else f"{n // 1_000_000}M"
+        values[f"{kind}_{label}_rows_per_s"] = round(r["rate"])
+        values[f"{kind}_{label}_peak_mb"] = round(r["peak_mb"])
+    figures(**values, peak_max_mb=round(peak_max), load=os.getloadavg()[0])
+    return 0
+
+
+def redis_server_flush(url: str) -> None:
+    import redis
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
