@@ -82,16 +82,16 @@ def run_case(args) -> int:
     _ = ctx.engine, ctx.broker  # schema and broker set up before the clock starts, as a user's would be
     target = ctx.target("new")
     ready = peak_rss_mb()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     planned = requests.plan_user_migration(ctx.engine, target, args.input, source_app=None,
                                            chunk_size=args.chunk_size)
     t1 = time.perf_counter()
     messages = control.start(ctx.engine, ctx.broker, planned.report.job_id)
-    t2 = time.perf_counter()
+    t2, cpu = time.perf_counter(), time.process_time() - cpu0
     r = planned.report
     print(json.dumps({"rows": r.total, "pending": r.pending, "invalid": r.invalid,
                       "duplicates": r.duplicates, "messages": messages, "plan_s": t1 - t0,
-                      "start_s": t2 - t1, "rss_start_mb": before, "rss_ready_mb": ready,
+                      "start_s": t2 - t1, "cpu_s": cpu, "rss_start_mb": before, "rss_ready_mb": ready,
                       "peak_self_mb": peak_rss_mb()}), flush=True)
     ctx.engine.dispose()
     return 0
@@ -184,7 +184,7 @@ def main(argv: list[str]) -> int:
                     info["rate"] = info["rows"] / (info["plan_s"] + info["start_s"])
                     results[(kind, n)] = info
                     print(f"{kind:8} {n:>9,} rows: {info['rate']:>8,.0f} rows/s "
-                          f"(plan {info['plan_s']:.1f} s, start {info['start_s']:.2f} s, "
+                          f"(plan {info['plan_s']:.1f} s, start {info['start_s']:.2f} s, producer CPU {info['cpu_s']:.1f} s, "
                           f"{info['messages']} messages, {info['queued']} in Redis), "
                           f"peak {peak:.0f} MB (at start {info['rss_start_mb']:.0f} MB, "
                           f"ready {info['rss_ready_mb']:.0f} MB); {info['pending']:,} pending, "

@@ -10,13 +10,14 @@ database's unique (job, key) index rather than a set in memory.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-from sqlalchemy import delete, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from imshift.models import store
@@ -143,7 +144,30 @@ def _insert_new(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
     """Insert rows whose key is new to the job; returns the seqs inserted."""
     if not rows:
         return []
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = (dialect.insert(items).on_conflict_do_nothing(index_elements=["job_id", "key"])
+    if conn.dialect.name == "postgresql":
+        return _insert_new_postgresql(conn, rows)
+    stmt = (sqlite.insert(items).on_conflict_do_nothing(index_elements=["job_id", "key"])
             .returning(items.c.seq))
     return list(conn.execute(stmt, rows).scalars())
+
+
+_UNNEST_INSERT = text("""
+INSERT INTO items (job_id, seq, key, row, payload, state, attempts, code, message)
+SELECT :job_id, t.seq, t.key, t.row, CAST(t.payload AS json), t.state, 0, t.code, t.message
+FROM unnest(CAST(:seqs AS integer[]), CAST(:keys AS text[]), CAST(:rows AS integer[]),
+            CAST(:payloads AS text[]), CAST(:states AS text[]), CAST(:codes AS text[]),
+            CAST(:messages AS text[])) AS t(seq, key, row, payload, state, code, message)
+ON CONFLICT (job_id, key) DO NOTHING
+RETURNING seq""")
+
+
+def _insert_new_postgresql(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+    # One statement with one array per column: psycopg sends arrays in binary,
+    # where SQLAlchemy's multi-row VALUES (9 placeholders a row) is
+    # re-parsed by psycopg in Python for every 1,000 rows.
+    return list(conn.execute(_UNNEST_INSERT, {
+        "job_id": rows[0]["job_id"], "seqs": [r["seq"] for r in rows],
+        "keys": [r["key"] for r in rows], "rows": [r["row"] for r in rows],
+        "payloads": [json.dumps(r["payload"]) for r in rows],
+        "states": [r["state"] for r in rows], "codes": [r["code"] for r in rows],
+        "messages": [r["message"] for r in rows]}).scalars())
