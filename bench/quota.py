@@ -8,7 +8,7 @@ users into a fresh sandbox. Figures per process count N:
   util_pN      accepted register calls / (R x steady seconds); the steady
                window runs from the first to the last call the sandbox
                accepted (found by polling GET /_sandbox/stats every 0.1 s;
-               N calls span N-1 intervals, so (N-1)/span is the rate)
+               k calls span k-1 intervals, so (k-1)/span is the rate)
   util_job_pN  the same over the job's started_at -> finished_at (includes
                queue pick-up and the tail)
   over_pN      over-limit replies the sandbox sent
@@ -16,8 +16,13 @@ users into a fresh sandbox. Figures per process count N:
   p50_pN/p99_pN  seconds from item claimed to item recorded
                (items.updated_at - items.claimed_at)
 
-    python -m bench quota [--users 20000] [--rate 400] [--processes 1 2 4]
-                          [--threads 8] [--chunk-size 200] [--postgres] [--quick]
+    python -m bench quota [--users 20000] [--rate 400] [--latency 0.05]
+                          [--processes 1 2 4] [--threads 8] [--chunk-size 200]
+                          [--postgres] [--quick] [--timeline]
+
+--timeline prints the calls accepted (and refused) in each second: an
+over-limit reply from NetEase comes with a 10 s block, which shows as a run
+of zeros.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import httpx
 from sqlalchemy import select
 
 from bench.common import figures, percentile, sandbox_process, sandbox_stats, worker_processes
@@ -41,6 +47,7 @@ from imshift.jobs.progress import progress
 from imshift.local_redis import RedisServer
 from imshift.models.tables import Item
 from imshift.settings import AppSettings, Settings, app_environment
+from imshift.vendors.sandbox.common import STATS_PATH
 from imshift.vendors.sandbox.netease import NeteaseSandbox
 
 OP = "register"
@@ -58,6 +65,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--chunk-size", type=int, default=200, help="items per chunk message")
     p.add_argument("--postgres", action="store_true", help="a throwaway PostgreSQL database, not SQLite")
     p.add_argument("--quick", action="store_true", help="2,000 users")
+    p.add_argument("--timeline", action="store_true",
+                   help="also print accepted calls (and over-limit replies) per second")
     args = p.parse_args(argv)
     if args.quick:
         args.users = 2_000
@@ -139,34 +148,52 @@ def run_once(args, tmp: Path, redis_url: str, db_url: str, users_csv: Path, proc
         "steady_s": last - first, "job_s": job_seconds,
         "over": stats["over_limit"].get(OP, 0), "maxsec": stats["max_per_second"].get(OP, 0),
         "p50": percentile(spans, 0.5), "p99": percentile(spans, 0.99),
+        "timeline": timeline(samples),
     }
 
 
 def watch(ctx: Context, base_url: str, job_id: int, op: str,
-          timeout: float) -> list[tuple[float, int]]:
-    """(time, accepted calls of `op`) every POLL seconds until the job is no longer running."""
-    samples: list[tuple[float, int]] = []
+          timeout: float) -> list[tuple[float, int, int]]:
+    """(time, accepted calls, over-limit replies) of `op` every POLL seconds
+    until the job is no longer running."""
+    samples: list[tuple[float, int, int]] = []
     deadline = time.monotonic() + timeout
     polls = 0
-    while time.monotonic() < deadline:
-        t = time.time()
-        samples.append((t, sandbox_stats(base_url)["accepted"].get(op, 0)))
-        polls += 1
-        if polls % 5 == 0 and progress(ctx.engine, job_id).status != "running":
-            return samples
-        time.sleep(max(0.0, POLL - (time.time() - t)))
+    with httpx.Client(timeout=10) as http:  # one client: a new one per poll costs ms of CPU
+        while time.monotonic() < deadline:
+            t = time.time()
+            stats = http.get(f"{base_url}{STATS_PATH}").json()
+            samples.append((t, stats["accepted"].get(op, 0), stats["over_limit"].get(op, 0)))
+            polls += 1
+            if polls % 5 == 0 and progress(ctx.engine, job_id).status != "running":
+                return samples
+            time.sleep(max(0.0, POLL - (time.time() - t)))
     raise RuntimeError(f"job {job_id} still running after {timeout:.0f} s: {progress(ctx.engine, job_id)}")
 
 
-def steady_window(samples: list[tuple[float, int]], final: int) -> tuple[float, float]:
+def steady_window(samples: list[tuple[float, int, int]], final: int) -> tuple[float, float]:
     """When the first and the last accepted call happened, each taken as the
     middle of the poll interval in which it was first seen."""
     def seen(reached) -> float:
-        for (t0, n0), (t1, n1) in zip(samples, samples[1:]):
+        for (t0, n0, _), (t1, n1, _) in zip(samples, samples[1:]):
             if not reached(n0) and reached(n1):
                 return (t0 + t1) / 2
         return samples[0][0]
     return seen(lambda n: n >= 1), seen(lambda n: n >= final)
+
+
+def timeline(samples: list[tuple[float, int, int]]) -> str:
+    """Accepted calls per second of the run, with "/-N" where the sandbox
+    also sent N over-limit replies: where the quota went."""
+    last: dict[int, tuple[int, int]] = {}
+    for t, accepted, over in samples:
+        last[int(t)] = (accepted, over)  # epoch seconds: the sandbox's windows
+    prev, text = samples[0][1:], []
+    for second in sorted(last):
+        accepted, over = last[second]
+        text.append(f"{accepted - prev[0]}" + (f"/-{over - prev[1]}" if over > prev[1] else ""))
+        prev = (accepted, over)
+    return " ".join(text)
 
 
 def main(argv: list[str]) -> int:
@@ -185,6 +212,8 @@ def main(argv: list[str]) -> int:
                       f"util={r['util']:.3f} util_job={r['util_job']:.3f} over_limit={r['over']} "
                       f"max_per_second={r['maxsec']} claimed->recorded p50={r['p50']:.2f}s "
                       f"p99={r['p99']:.2f}s", flush=True)
+                if args.timeline:
+                    print(f"  per second: {r['timeline']}", flush=True)
     print(f"load average: {os.getloadavg()[0]:.2f} (2 cores shared with other work)", flush=True)
     out = {"users": args.users, "rate": args.rate, "db": "postgres" if args.postgres else "sqlite",
            "threads": args.threads, "chunk": args.chunk_size}

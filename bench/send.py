@@ -16,8 +16,9 @@ is what benchmark 1 measures. Only the send job is timed. Figures:
   over         over-limit replies the sandbox sent
   items_per_s  recipients / job seconds
 
-    python -m bench send [--recipients 100000] [--rate 10] [--processes 2]
-                         [--threads 8] [--postgres] [--quick]
+    python -m bench send [--recipients 100000] [--rate 10] [--latency 0.05]
+                         [--processes 2] [--threads 8] [--chunk-size 500]
+                         [--postgres] [--quick]
 """
 
 from __future__ import annotations

@@ -120,11 +120,12 @@ class Context:
         if self.settings.redis_url:
             import redis.asyncio as aioredis
             redis = aioredis.from_url(self.settings.redis_url)
-        limiter = RateLimiter(redis=redis, margin=self.settings.rate_margin)
+        limiter = RateLimiter(redis=redis, margin=self.settings.rate_margin,
+                              guard=self.settings.rate_guard)
         s = self.settings
         tuning = Tuning(chunk_size=s.chunk_size, lease_seconds=s.lease_seconds,
                         max_attempts=s.max_attempts, concurrency=s.concurrency,
-                        stale_after=s.stale_after)
+                        stale_after=s.stale_after, claim_seconds=s.claim_seconds)
 
         def clients(app: str) -> VendorClient:
             return self.client(app, limiter.throttle_for(app, self.rates(app)))

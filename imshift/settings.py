@@ -63,8 +63,12 @@ class Settings(BaseSettings):
     max_attempts: int = 8  # retryable failures per item before it ends `failed`
     concurrency: int = 128  # vendor calls in flight per worker process
     rate_margin: float = 0.02  # stay this share under each vendor limit (network jitter)
-    stale_after: float = 60.0
-    requeue_after: float = 60.0  # a dead worker's unacknowledged messages return after this (Redis)  # a running job with no progress this long gets its chunks re-sent
+    # Seconds left free at each end of a vendor's one-second window; must exceed
+    # the delay before the vendor counts a call plus its jitter (< 0.25).
+    rate_guard: float = 0.15
+    claim_seconds: float = 0.5  # a worker process claims at most this many seconds of quota ahead
+    stale_after: float = 60.0  # a running job with no progress this long gets its chunks re-sent
+    requeue_after: float = 60.0  # a dead worker's unacknowledged messages return after this (Redis)
     request_timeout: float = 15.0
 
     @classmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -54,22 +55,26 @@ async def run_chunk(runtime: Runtime, job_id: int, start: int, end: int) -> None
         return  # paused, cancelled or stopped jobs are resumed by re-sending their chunks
     client = runtime.client(job.app)
     repeat_safe = job.operation not in SENDS or client.deduplicates_sends
-    token, rows = await asyncio.to_thread(_claim, runtime, job_id, start, end, repeat_safe)
-    if rows:
-        keeper = asyncio.create_task(_keep_lease(runtime, job_id, token))
+    # Claim the range a slice at a time, within the process's budget: claimed
+    # items wait for the rate limiter, so the budget is what the quota serves
+    # in claim_seconds, and a few slices of it overlap so calls never run dry.
+    rate = runtime.limiter.limit(job.app, job.operation.value)
+    batch = max(1, client.rules.batch_size.get(job.operation, 1))
+    budget, step = None, end - start
+    if rate:
+        size = max(batch, math.ceil(rate * batch * runtime.tuning.claim_seconds))
+        budget = runtime.claim_budget(job.app, job.operation.value, size)
+        step = batch * max(1, math.ceil(size / 4 / batch))
+    for lo in range(start, end, step):
+        hi = min(lo + step, end)
+        if budget:
+            await budget.take(hi - lo)
         try:
-            results = await execute(runtime, client, job, rows)
+            refused = await _run_slice(runtime, client, job, lo, hi, repeat_safe)
         finally:
-            keeper.cancel()
-        now = time.time()
-        outcomes = [decide(runtime, row, result, repeat_safe, now) for row, result in zip(rows, results)]
-        limited = [r for r in results if r.outcome is Outcome.RATE_LIMITED]
-        if limited:
-            await runtime.limiter.slow_down(job.app, job.operation.value,
-                                            max((r.retry_after or 0.0) for r in limited) or None)
-        refused = next((r for r in results if r.outcome is Outcome.AUTH), None)
-        await asyncio.to_thread(_record, runtime, job, token, outcomes, refused)
-        if refused is not None:
+            if budget:
+                await budget.give(hi - lo)
+        if refused:
             return
     # Items of this chunk waiting out a backoff (ours, or ones another run
     # left) need a later run: the chunk schedules it itself.
@@ -77,6 +82,24 @@ async def run_chunk(runtime: Runtime, job_id: int, start: int, end: int) -> None
     if due is not None:
         delay_ms = max(0, int((due - time.time()) * 1000))
         runtime.broker.actors["run_chunk"].send_with_options(args=(job_id, start, end), delay=delay_ms)
+
+
+async def _run_slice(runtime: Runtime, client: VendorClient, job: JobView, start: int, end: int,
+                     repeat_safe: bool) -> bool:
+    """Claim, call, record the items start <= seq < end. True if the vendor refused our credentials."""
+    token, rows = await asyncio.to_thread(_claim, runtime, job.id, start, end, repeat_safe)
+    if not rows:
+        return False
+    keeper = asyncio.create_task(_keep_lease(runtime, job.id, token))
+    try:
+        results = await execute(runtime, client, job, rows)
+    finally:
+        keeper.cancel()
+    now = time.time()
+    outcomes = [decide(runtime, row, result, repeat_safe, now) for row, result in zip(rows, results)]
+    refused = next((r for r in results if r.outcome is Outcome.AUTH), None)
+    await asyncio.to_thread(_record, runtime, job, token, outcomes, refused)
+    return refused is not None
 
 
 def _next_due(runtime: Runtime, job_id: int, start: int, end: int) -> float | None:
@@ -166,10 +189,17 @@ async def execute(runtime: Runtime, client: VendorClient, job: JobView,
     async def one(batch: Sequence[Any]) -> list[Result]:
         async with runtime.gate():
             try:
-                return await call(client, job, batch)
+                results = await call(client, job, batch)
             except Exception as exc:  # a client bug must not lose the batch: retry it
                 log.exception("job %s: %s call failed", job.id, job.operation)
                 return [Result(Outcome.RETRYABLE, "client-error", f"{type(exc).__name__}")] * len(batch)
+        # Tell the limiter now, not when the chunk ends: a pause reported
+        # seconds later starts again after the vendor's block is over.
+        limited = [r for r in results if r.outcome is Outcome.RATE_LIMITED]
+        if limited:
+            await runtime.limiter.slow_down(job.app, job.operation.value,
+                                            max((r.retry_after or 0.0) for r in limited) or None)
+        return results
 
     parts = await asyncio.gather(*(one(b) for b in batches))
     return [r for part in parts for r in part]

@@ -200,10 +200,12 @@ class RateLimiter:
         turn = self._turns.setdefault((app, key), asyncio.Lock())
         while True:
             async with turn:  # one task per key and process reserves at a time
-                delay, latest = await self._reserve(app, key, limit, weight)
+                # Delays count from before the round trip: a reply that comes
+                # back late must not push the call past its window.
                 now = loop.time()
+                delay, latest = await self._reserve(app, key, limit, weight)
                 slot, latest = now + delay, now + latest
-                await asyncio.sleep(slot - HORIZON - now)
+                await asyncio.sleep(slot - HORIZON - loop.time())
             await asyncio.sleep(slot - loop.time())
             # Woken so late (a stalled loop) that the call could land in the
             # next window: give the slot up and take a new one.

@@ -31,6 +31,27 @@ class Tuning:
     max_attempts: int = 8
     concurrency: int = 128  # vendor calls in flight per process
     stale_after: float = 60.0
+    claim_seconds: float = 0.5  # quota seconds of items a process holds claimed per operation
+
+
+class ClaimBudget:
+    """Items one process holds claimed, not yet recorded, for one app and
+    operation: what is claimed waits for the rate limiter, so claiming more
+    than the quota serves soon only makes claims (and leases) wait."""
+
+    def __init__(self, size: int):
+        self.free = size
+        self._changed = asyncio.Condition()
+
+    async def take(self, n: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.free >= n)
+            self.free -= n
+
+    async def give(self, n: int) -> None:
+        async with self._changed:
+            self.free += n
+            self._changed.notify_all()
 
 
 @dataclass
@@ -62,6 +83,10 @@ class Runtime:
     def gate(self) -> asyncio.Semaphore:
         """Caps vendor calls in flight in this process."""
         return self._state()["gate"]
+
+    def claim_budget(self, app: str, key: str, size: int) -> ClaimBudget:
+        budgets = self._state().setdefault("budgets", {})
+        return budgets.setdefault((app, key), ClaimBudget(size))
 
     def seal(self, data: Mapping[str, Any]) -> tuple[dict[str, Any], bytes | None]:
         """Split a vendor result into what may be stored plainly and the
