@@ -32,6 +32,7 @@ import csv
 import dataclasses
 import json
 import os
+import signal
 import statistics
 import tempfile
 import time
@@ -271,6 +272,8 @@ def main(argv: list[str]) -> int:
     modes = [m for m in args.modes.split(",") if m]
     if not modes or set(modes) - {"embedded", "worker"}:
         parser.error("--modes takes embedded and/or worker")
+    # `timeout` and process managers stop with SIGTERM: clean up as on Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         out = measure(args, modes)
     except KeyboardInterrupt:  # everything started is stopped by the context managers
@@ -278,6 +281,10 @@ def main(argv: list[str]) -> int:
         return 130
     figures(**out)
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def measure(args, modes: list[str]) -> dict[str, object]:

@@ -34,7 +34,8 @@ def vendor_config(app: str, config_class: type, fields: dict[str, Any]) -> Any:
     """The vendor's config dataclass from settings values, typed (environment
     values arrive as strings; lists as JSON). Errors name the field, never
     the value: it may be a secret."""
-    values = {k: json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v for k, v in fields.items()}
+    values = {k: json.loads(v) if isinstance(v, str) and v[:1] in ("[", "{") else v
+              for k, v in fields.items()}
     unknown = set(values) - {f.name for f in dataclasses.fields(config_class)}
     if unknown:
         raise ValueError(f"app {app!r}: {', '.join(sorted(unknown))} not a setting of "

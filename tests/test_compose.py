@@ -77,3 +77,9 @@ def test_the_example_apps_talk_to_the_sandboxes():
 
             [result] = asyncio.run(register())
             assert result.outcome is Outcome.OK, (name, port, result)
+
+
+def test_an_empty_setting_is_an_empty_string_not_json():
+    from imshift.vendors.rongcloud import RongCloudConfig
+    config = vendor_config("a", RongCloudConfig, {"app_key": "k", "app_secret": "s", "header_prefix": ""})
+    assert config.header_prefix == ""
