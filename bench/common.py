@@ -93,6 +93,19 @@ def worker_processes(env: Mapping[str, str], processes: int, threads: int = 8,
             process.wait()
 
 
+def claim_to_record_seconds(engine, job_id: int) -> list[float]:
+    """Seconds from each item's last claim to its recorded outcome, sorted."""
+    from sqlalchemy import select
+
+    from imshift.models.tables import Item
+
+    items = Item.__table__
+    with engine.connect() as conn:
+        return sorted(u - c for c, u in conn.execute(
+            select(items.c.claimed_at, items.c.updated_at).where(
+                items.c.job_id == job_id, items.c.claimed_at.is_not(None))))
+
+
 def percentile(sorted_values: list[float], share: float) -> float:
     if not sorted_values:
         return float("nan")

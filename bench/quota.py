@@ -38,14 +38,13 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
-from sqlalchemy import select
 
-from bench.common import figures, percentile, sandbox_process, sandbox_stats, worker_processes
+from bench.common import (claim_to_record_seconds, figures, percentile, sandbox_process, sandbox_stats,
+                          worker_processes)
 from imshift.context import Context
 from imshift.jobs import control, requests
 from imshift.jobs.progress import progress
 from imshift.local_redis import RedisServer
-from imshift.models.tables import Item
 from imshift.settings import AppSettings, Settings, app_environment
 from imshift.vendors.sandbox.common import STATS_PATH
 from imshift.vendors.sandbox.netease import NeteaseSandbox
@@ -132,11 +131,7 @@ def run_once(args, tmp: Path, redis_url: str, db_url: str, users_csv: Path, proc
             samples = watch(ctx, base_url, job_id, OP, timeout=60 + 3 * args.users / args.rate)
         stats = sandbox_stats(base_url)
         p = progress(ctx.engine, job_id)
-        items = Item.__table__
-        with ctx.engine.connect() as conn:
-            spans = sorted(u - c for c, u in conn.execute(
-                select(items.c.claimed_at, items.c.updated_at).where(
-                    items.c.job_id == job_id, items.c.claimed_at.is_not(None))))
+        spans = claim_to_record_seconds(ctx.engine, job_id)
         ctx.engine.dispose()
     accepted = stats["accepted"].get(OP, 0)
     first, last = steady_window(samples, accepted)

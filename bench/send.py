@@ -34,14 +34,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import select
 
-from bench.common import ROOT, figures, free_port, percentile, sandbox_stats, wait_for_port, worker_processes
+from bench.common import (ROOT, claim_to_record_seconds, figures, free_port, percentile, sandbox_stats,
+                          wait_for_port, worker_processes)
 from bench.quota import APP, database, producer_and_workers, steady_window, wait_ready, watch
 from imshift.jobs import control, requests
 from imshift.jobs.progress import progress
 from imshift.local_redis import RedisServer
-from imshift.models.tables import Item
 from imshift.vendors.base import Message
 
 OP = "send"
@@ -121,11 +120,7 @@ def main(argv: list[str]) -> int:
                 samples = watch(ctx, base_url, job_id, OP, timeout=60 + 3 * calls_needed / args.rate)
             stats = sandbox_stats(base_url)
             p = progress(ctx.engine, job_id)
-            items = Item.__table__
-            with ctx.engine.connect() as conn:
-                spans = sorted(u - c for c, u in conn.execute(
-                    select(items.c.claimed_at, items.c.updated_at).where(
-                        items.c.job_id == job_id, items.c.claimed_at.is_not(None))))
+            spans = claim_to_record_seconds(ctx.engine, job_id)
             ctx.engine.dispose()
     calls = stats["calls"].get(OP, 0)
     accepted = stats["accepted"].get(OP, 0)
