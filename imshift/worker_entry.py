@@ -7,6 +7,7 @@ import redis
 
 from imshift import logs
 from imshift.context import Context
+from imshift.workers import heap
 from imshift.workers.sweeper import Sweeper
 
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -16,3 +17,4 @@ logs.install(context.secrets())
 runtime = context.runtime
 broker = context.broker
 broker.add_middleware(Sweeper(runtime, redis.Redis.from_url(context.settings.redis_url)))
+heap.settle()

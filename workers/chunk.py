@@ -36,7 +36,6 @@ jobs = Job.__table__
 @dataclass(frozen=True)
 class JobView:
     id: int
-    status: str
     operation: Operation
     app: str
     params: dict[str, Any]
@@ -44,15 +43,26 @@ class JobView:
 
 def load_job(runtime: Runtime, job_id: int) -> JobView | None:
     with runtime.engine.connect() as conn:
-        row = conn.execute(select(jobs.c.id, jobs.c.status, jobs.c.operation, jobs.c.app,
-                                  jobs.c.params).where(jobs.c.id == job_id)).first()
-    return JobView(row.id, row.status, Operation(row.operation), row.app, row.params) if row else None
+        row = conn.execute(select(jobs.c.id, jobs.c.operation, jobs.c.app, jobs.c.params)
+                           .where(jobs.c.id == job_id)).first()
+    return JobView(row.id, Operation(row.operation), row.app, row.params) if row else None
+
+
+async def job_view(runtime: Runtime, job_id: int) -> JobView | None:
+    """The job's operation, app and params, which never change: read once per
+    process. Its status does change, so the claim checks it every time."""
+    job = runtime.jobs.get(job_id)
+    if job is None:
+        job = await asyncio.to_thread(load_job, runtime, job_id)
+        if job is not None:
+            runtime.remember_job(job_id, job)
+    return job
 
 
 async def run_chunk(runtime: Runtime, job_id: int, start: int, end: int) -> None:
-    job = await asyncio.to_thread(load_job, runtime, job_id)
-    if job is None or job.status != JobStatus.RUNNING.value:
-        return  # paused, cancelled or stopped jobs are resumed by re-sending their chunks
+    job = await job_view(runtime, job_id)
+    if job is None:
+        return
     client = runtime.client(job.app)
     repeat_safe = job.operation not in SENDS or client.deduplicates_sends
     # Claim the range a slice at a time, within the process's budget: claimed
@@ -65,31 +75,42 @@ async def run_chunk(runtime: Runtime, job_id: int, start: int, end: int) -> None
         size = max(batch, math.ceil(rate * batch * runtime.tuning.claim_seconds))
         budget = runtime.claim_budget(job.app, job.operation.value, size)
         step = batch * max(1, math.ceil(size / 4 / batch))
+    due: float | None = None  # when the earliest item left pending may be tried
     for lo in range(start, end, step):
         hi = min(lo + step, end)
         if budget:
             await budget.take(hi - lo)
         try:
-            refused = await _run_slice(runtime, client, job, lo, hi, repeat_safe)
+            slice_run = await _run_slice(runtime, client, job, lo, hi, repeat_safe)
         finally:
             if budget:
                 await budget.give(hi - lo)
-        if refused:
-            return
+        if slice_run.stop:
+            return  # paused, cancelled, stopped: resume re-sends the chunks
+        if slice_run.due is not None:
+            due = slice_run.due if due is None else min(due, slice_run.due)
     # Items of this chunk waiting out a backoff (ours, or ones another run
     # left) need a later run: the chunk schedules it itself.
-    due = await asyncio.to_thread(_next_due, runtime, job_id, start, end)
     if due is not None:
         delay_ms = max(0, int((due - time.time()) * 1000))
         runtime.broker.actors["run_chunk"].send_with_options(args=(job_id, start, end), delay=delay_ms)
 
 
+@dataclass(frozen=True)
+class SliceRun:
+    stop: bool  # the job is not running (any more): leave the rest
+    due: float | None  # the earliest not_before of the slice's items left pending
+
+
 async def _run_slice(runtime: Runtime, client: VendorClient, job: JobView, start: int, end: int,
-                     repeat_safe: bool) -> bool:
-    """Claim, call, record the items start <= seq < end. True if the vendor refused our credentials."""
-    token, rows = await asyncio.to_thread(_claim, runtime, job.id, start, end, repeat_safe)
+                     repeat_safe: bool) -> SliceRun:
+    """Claim, call, record the items start <= seq < end."""
+    claimed = await asyncio.to_thread(_claim, runtime, job.id, start, end, repeat_safe)
+    if claimed is None:
+        return SliceRun(stop=True, due=None)
+    token, rows, waiting = claimed
     if not rows:
-        return False
+        return SliceRun(stop=False, due=waiting)
     keeper = asyncio.create_task(_keep_lease(runtime, job.id, token))
     try:
         results = await execute(runtime, client, job, rows)
@@ -99,26 +120,29 @@ async def _run_slice(runtime: Runtime, client: VendorClient, job: JobView, start
     outcomes = [decide(runtime, row, result, repeat_safe, now) for row, result in zip(rows, results)]
     refused = next((r for r in results if r.outcome is Outcome.AUTH), None)
     await asyncio.to_thread(_record, runtime, job, token, outcomes, refused)
-    return refused is not None
-
-
-def _next_due(runtime: Runtime, job_id: int, start: int, end: int) -> float | None:
-    """When the earliest pending item of the range may be tried (None: none pending)."""
-    items = Item.__table__
-    with runtime.engine.connect() as conn:
-        row = conn.execute(select(func.count(), func.min(func.coalesce(items.c.not_before, 0.0)))
-                           .where(items.c.job_id == job_id, items.c.seq >= start, items.c.seq < end,
-                                  items.c.state == ItemState.PENDING.value)).one()
-    return row[1] if row[0] else None
+    backoffs = [o["not_before"] for o in outcomes if o["not_before"] is not None]
+    due = min(backoffs + ([waiting] if waiting is not None else []), default=None)
+    return SliceRun(stop=refused is not None, due=due)
 
 
 def _claim(runtime: Runtime, job_id: int, start: int, end: int, repeat_safe: bool):
+    """(token, rows, when the earliest item left pending may be tried), or
+    None when the job is not running."""
+    items = Item.__table__
     with runtime.engine.begin() as conn:
+        status = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
+        if status != JobStatus.RUNNING.value:
+            return None
         token, rows = store.claim(conn, job_id, start, end, lease=runtime.tuning.lease_seconds,
                                   resend_expired=repeat_safe)
         if not rows:  # the claim may have closed the last items (as unknown)
             store.finish_if_done(conn, job_id)
-        return token, rows
+        # What is still pending in the range waits out a backoff.
+        waiting = conn.execute(select(func.min(func.coalesce(items.c.not_before, 0.0)))
+                               .where(items.c.job_id == job_id, items.c.seq >= start,
+                                      items.c.seq < end,
+                                      items.c.state == ItemState.PENDING.value)).scalar()
+        return token, rows, waiting
 
 
 async def _keep_lease(runtime: Runtime, job_id: int, token: str) -> None:

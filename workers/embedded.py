@@ -7,9 +7,12 @@ from typing import Iterator
 
 import dramatiq
 
+from . import heap
+
 
 @contextlib.contextmanager
 def in_process_workers(broker: dramatiq.Broker, threads: int = 8) -> Iterator[dramatiq.Worker]:
+    heap.settle()
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
     worker.start()
     try:

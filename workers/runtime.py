@@ -62,7 +62,13 @@ class Runtime:
     limiter: Any  # workers.ratelimit.RateLimiter
     cipher: Fernet | None = None
     tuning: Tuning = field(default_factory=Tuning)
+    jobs: dict[int, Any] = field(default_factory=dict, repr=False)  # job id -> workers.chunk.JobView
     _loop_state: dict = field(default_factory=dict, repr=False)
+
+    def remember_job(self, job_id: int, view: Any) -> None:
+        if len(self.jobs) >= 1024:  # a long-lived worker sees many jobs: keep the recent ones
+            self.jobs.clear()
+        self.jobs[job_id] = view
 
     def _state(self) -> dict[str, Any]:
         """Per event loop: HTTP pools and semaphores belong to one loop."""
