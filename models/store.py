@@ -7,10 +7,11 @@ progress is a read of a handful of rows however large the job is.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections import Counter
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -72,6 +73,9 @@ def claim(conn: Connection, job_id: int, start: int, end: int, *, lease: float,
                or_(items.c.not_before.is_(None), items.c.not_before <= now))
     take = dict(state=ItemState.CLAIMED.value, claim=token, lease_until=now + lease,
                 attempts=items.c.attempts + 1, claimed_at=now, updated_at=now)
+    if conn.dialect.name == "sqlite":
+        return token, _claim_sqlite(conn, job_id, start, end, token, in_range, expired, due, take,
+                                    resend_expired)
     columns = (items.c.seq, items.c.key, items.c.row, items.c.payload, items.c.attempts)
     rows = []
     if resend_expired:  # already counted as claimed: no count changes
@@ -83,6 +87,32 @@ def claim(conn: Connection, job_id: int, start: int, end: int, *, lease: float,
     return token, sorted(rows + fresh, key=lambda r: r.seq)
 
 
+class Claimed(NamedTuple):
+    seq: int
+    key: str
+    row: int
+    payload: Any
+    attempts: int
+
+
+def _claim_sqlite(conn: Connection, job_id: int, start: int, end: int, token: str,
+                  in_range: Any, expired: Any, due: Any, take: dict[str, Any],
+                  resend_expired: bool) -> list[Claimed]:
+    """The claim without RETURNING, then the claimed rows read back as one
+    JSON value: the sqlite3 module lets go of the GIL at every row it steps
+    through, and each time the worker's event loop waits to get it back (see
+    `_record_sqlite`)."""
+    if resend_expired:  # already counted as claimed: no count changes
+        conn.execute(update(items).where(in_range, expired).values(**take))
+    fresh = conn.execute(update(items).where(in_range, due).values(**take)).rowcount
+    add_counts(conn, job_id, {ItemState.PENDING: -fresh, ItemState.CLAIMED: fresh})
+    packed = conn.exec_driver_sql(
+        "SELECT json_group_array(json_array(seq, key, row, json(payload), attempts)) "
+        "FROM items WHERE job_id = ? AND seq >= ? AND seq < ? AND claim = ?",
+        (job_id, start, end, token)).scalar()
+    return sorted((Claimed(*r) for r in json.loads(packed)), key=lambda r: r.seq)
+
+
 def record(conn: Connection, job_id: int, token: str, outcomes: Sequence[Mapping[str, Any]],
            now: float | None = None) -> int:
     """Write the outcomes of claimed items (each a mapping with seq, state,
@@ -91,24 +121,59 @@ def record(conn: Connection, job_id: int, token: str, outcomes: Sequence[Mapping
     if not outcomes:
         return 0
     now = time.time() if now is None else now
-    stmt = (update(items)
-            .where(items.c.job_id == job_id, items.c.seq == bindparam("b_seq"),
-                   items.c.claim == token)
-            .values(state=bindparam("b_state"), code=bindparam("b_code"),
-                    message=bindparam("b_message"), result=bindparam("b_result"),
-                    secret=bindparam("b_secret"), not_before=bindparam("b_not_before"),
-                    claim=None, lease_until=None, updated_at=now))
     params = [{"b_seq": o["seq"], "b_state": str(o["state"]), "b_code": o.get("code"),
                "b_message": o.get("message"), "b_result": o.get("result"),
                "b_secret": o.get("secret"), "b_not_before": o.get("not_before")}
               for o in outcomes]
-    landed = conn.execute(stmt, params).rowcount
+    if conn.dialect.name == "sqlite":
+        landed = _record_sqlite(conn, job_id, token, params, now)
+    else:
+        stmt = (update(items)
+                .where(items.c.job_id == job_id, items.c.seq == bindparam("b_seq"),
+                       items.c.claim == token)
+                .values(state=bindparam("b_state"), code=bindparam("b_code"),
+                        message=bindparam("b_message"), result=bindparam("b_result"),
+                        secret=bindparam("b_secret"), not_before=bindparam("b_not_before"),
+                        claim=None, lease_until=None, updated_at=now))
+        landed = conn.execute(stmt, params).rowcount
     if landed == len(outcomes):
         deltas = Counter(str(o["state"]) for o in outcomes)
         deltas[ItemState.CLAIMED.value] -= landed
         add_counts(conn, job_id, deltas)
     else:  # some claims were lost to a lease expiry: count from the rows themselves
         recount(conn, job_id)
+    return landed
+
+
+RECORD_COLUMNS = ("seq", "state", "code", "message", "result", "secret", "not_before")
+SQLITE_ROWS_PER_STATEMENT = 1000  # 7 parameters a row, under SQLite's 32,766
+
+
+def _record_sqlite(conn: Connection, job_id: int, token: str, params: list[dict[str, Any]],
+                   now: float) -> int:
+    """The same update as one statement per 1,000 items (UPDATE ... FROM a
+    VALUES list) instead of one per item. The sqlite3 module lets go of the
+    GIL at every statement step, and each of those hands the GIL to the
+    worker's event loop and back: with one statement per item, a 200-item
+    record made the loop wait 200 times and cost the engine about 0.1 ms of
+    CPU per item."""
+    landed = 0
+    for i in range(0, len(params), SQLITE_ROWS_PER_STATEMENT):
+        part = params[i:i + SQLITE_ROWS_PER_STATEMENT]
+        placeholders = ",".join(["(?,?,?,?,?,?,?)"] * len(part))
+        # A VALUES list names its columns column1..column7 (RECORD_COLUMNS'
+        # order); the statement starts with UPDATE so sqlite3 reports rowcount.
+        sql = (f"UPDATE items SET state = v.column2, code = v.column3, message = v.column4, "
+               "result = v.column5, secret = v.column6, not_before = v.column7, "
+               "claim = NULL, lease_until = NULL, updated_at = ? "
+               f"FROM (VALUES {placeholders}) AS v "
+               "WHERE items.job_id = ? AND items.seq = v.column1 AND items.claim = ?")
+        flat: list[Any] = []
+        for p in part:
+            # As the JSON column type stores it: None becomes the JSON text null.
+            flat += [p["b_seq"], p["b_state"], p["b_code"], p["b_message"],
+                     json.dumps(p["b_result"]), p["b_secret"], p["b_not_before"]]
+        landed += conn.exec_driver_sql(sql, (now, *flat, job_id, token)).rowcount
     return landed
 
 
