@@ -78,3 +78,26 @@ def test_backoff_holds_items_until_due_and_jobs_finish_once(database_url):
         assert store.move(conn, job_id, [ItemState.EXISTS], ItemState.PENDING) == 1
         assert store.counts(conn, job_id) == {"pending": 1}
     engine.dispose()
+
+
+def test_a_large_claim_and_record_keep_every_field(database_url):
+    """More items than SQLite's record takes in one statement (1,000): every
+    row, payload and outcome comes back as it was written."""
+    engine = make_engine(database_url)
+    job_id = make_job(engine, 2_500)
+    with engine.begin() as conn:
+        token, rows = store.claim(conn, job_id, 0, 2_500, lease=30, resend_expired=True)
+        assert [r.seq for r in rows] == list(range(2_500))
+        assert rows[7].key == "u7" and rows[7].row == 9 and rows[7].payload == {"name": "N7"}
+        outcomes = [{"seq": r.seq, "state": ItemState.OK if r.seq % 2 else ItemState.FAILED,
+                     "code": str(r.seq), "message": f"é {r.seq}", "result": {"n": r.seq},
+                     "secret": b"\x00s" if r.seq == 3 else None} for r in rows]
+        assert store.record(conn, job_id, token, outcomes) == 2_500
+        assert store.counts(conn, job_id) == {"ok": 1_250, "failed": 1_250}
+        assert store.recount(conn, job_id) == store.counts(conn, job_id)
+        items = Item.__table__
+        got = conn.execute(items.select().where(items.c.job_id == job_id, items.c.seq.in_([2, 3]))
+                           .order_by(items.c.seq)).all()
+        assert [(g.state, g.code, g.message, g.result, g.secret, g.claim) for g in got] == [
+            ("failed", "2", "é 2", {"n": 2}, None, None), ("ok", "3", "é 3", {"n": 3}, b"\x00s", None)]
+    engine.dispose()
