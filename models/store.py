@@ -73,18 +73,26 @@ def claim(conn: Connection, job_id: int, start: int, end: int, *, lease: float,
                or_(items.c.not_before.is_(None), items.c.not_before <= now))
     take = dict(state=ItemState.CLAIMED.value, claim=token, lease_until=now + lease,
                 attempts=items.c.attempts + 1, claimed_at=now, updated_at=now)
-    if conn.dialect.name == "sqlite":
-        return token, _claim_sqlite(conn, job_id, start, end, token, in_range, expired, due, take,
-                                    resend_expired)
+    # SQLite reads the claimed rows back afterwards in one value (see
+    # `_claimed_sqlite`); other databases return them from the updates.
+    returning = conn.dialect.name != "sqlite"
     columns = (items.c.seq, items.c.key, items.c.row, items.c.payload, items.c.attempts)
+
+    def take_where(condition: Any) -> tuple[int, list[Any]]:
+        stmt = update(items).where(in_range, condition).values(**take)
+        if not returning:
+            return conn.execute(stmt).rowcount, []
+        taken = conn.execute(stmt.returning(*columns)).all()
+        return len(taken), taken
+
     rows = []
     if resend_expired:  # already counted as claimed: no count changes
-        rows += conn.execute(update(items).where(in_range, expired).values(**take)
-                             .returning(*columns)).all()
-    fresh = conn.execute(update(items).where(in_range, due).values(**take)
-                         .returning(*columns)).all()
-    add_counts(conn, job_id, {ItemState.PENDING: -len(fresh), ItemState.CLAIMED: len(fresh)})
-    return token, sorted(rows + fresh, key=lambda r: r.seq)
+        rows += take_where(expired)[1]
+    fresh, fresh_rows = take_where(due)
+    add_counts(conn, job_id, {ItemState.PENDING: -fresh, ItemState.CLAIMED: fresh})
+    if not returning:
+        rows = _claimed_sqlite(conn, job_id, start, end, token)
+    return token, sorted(rows + fresh_rows, key=lambda r: r.seq)
 
 
 class Claimed(NamedTuple):
@@ -95,22 +103,17 @@ class Claimed(NamedTuple):
     attempts: int
 
 
-def _claim_sqlite(conn: Connection, job_id: int, start: int, end: int, token: str,
-                  in_range: Any, expired: Any, due: Any, take: dict[str, Any],
-                  resend_expired: bool) -> list[Claimed]:
-    """The claim without RETURNING, then the claimed rows read back as one
-    JSON value: the sqlite3 module lets go of the GIL at every row it steps
-    through, and each time the worker's event loop waits to get it back (see
-    `_record_sqlite`)."""
-    if resend_expired:  # already counted as claimed: no count changes
-        conn.execute(update(items).where(in_range, expired).values(**take))
-    fresh = conn.execute(update(items).where(in_range, due).values(**take)).rowcount
-    add_counts(conn, job_id, {ItemState.PENDING: -fresh, ItemState.CLAIMED: fresh})
+def _claimed_sqlite(conn: Connection, job_id: int, start: int, end: int,
+                    token: str) -> list[Claimed]:
+    """The rows of a claim, read back as one JSON value rather than returned
+    by the updates: the sqlite3 module lets go of the GIL at every row it
+    steps through, and each time the worker's event loop waits to get it
+    back (see `_record_sqlite`)."""
     packed = conn.exec_driver_sql(
         "SELECT json_group_array(json_array(seq, key, row, json(payload), attempts)) "
         "FROM items WHERE job_id = ? AND seq >= ? AND seq < ? AND claim = ?",
         (job_id, start, end, token)).scalar()
-    return sorted((Claimed(*r) for r in json.loads(packed)), key=lambda r: r.seq)
+    return [Claimed(*r) for r in json.loads(packed)]
 
 
 def record(conn: Connection, job_id: int, token: str, outcomes: Sequence[Mapping[str, Any]],
@@ -145,7 +148,6 @@ def record(conn: Connection, job_id: int, token: str, outcomes: Sequence[Mapping
     return landed
 
 
-RECORD_COLUMNS = ("seq", "state", "code", "message", "result", "secret", "not_before")
 SQLITE_ROWS_PER_STATEMENT = 1000  # 7 parameters a row, under SQLite's 32,766
 
 
@@ -161,8 +163,9 @@ def _record_sqlite(conn: Connection, job_id: int, token: str, params: list[dict[
     for i in range(0, len(params), SQLITE_ROWS_PER_STATEMENT):
         part = params[i:i + SQLITE_ROWS_PER_STATEMENT]
         placeholders = ",".join(["(?,?,?,?,?,?,?)"] * len(part))
-        # A VALUES list names its columns column1..column7 (RECORD_COLUMNS'
-        # order); the statement starts with UPDATE so sqlite3 reports rowcount.
+        # A VALUES list names its columns column1..column7: seq, state, code,
+        # message, result, secret, not_before. The statement starts with
+        # UPDATE so that sqlite3 reports its rowcount.
         sql = (f"UPDATE items SET state = v.column2, code = v.column3, message = v.column4, "
                "result = v.column5, secret = v.column6, not_before = v.column7, "
                "claim = NULL, lease_until = NULL, updated_at = ? "
