@@ -108,6 +108,9 @@ class Sandbox:
         what the call counts against the limit (vendors that count messages,
         not calls, pass the number of recipients)."""
         self.calls[op] += 1
+        # A vendor's gateway counts a call when it arrives, not when the work
+        # behind it is done: the window is the arrival's second.
+        arrived = self.clock()
         if self.faults.latency:
             await asyncio.sleep(self.faults.latency)
         roll = self._random.random()
@@ -118,17 +121,16 @@ class Sandbox:
         if roll < self.faults.timeout_rate + self.faults.error_rate:
             self.faulted[op] += 1
             return self.server_error()
-        if not self._within_limit(op, weight):
+        if not self._within_limit(op, weight, arrived):
             self.over_limit[op] += 1
             return self.rate_limited(op)
         self.accepted[op] += 1
         return None
 
-    def _within_limit(self, op: str, weight: int) -> bool:
+    def _within_limit(self, op: str, weight: int, now: float) -> bool:
         limit = self.rate_limits.get(op)
         if limit is None:
             return True
-        now = self.clock()
         if now < self._blocked_until.get(op, 0.0):
             return False
         second = int(now)
