@@ -23,22 +23,58 @@ items = Item.__table__
 counts_table = JobCount.__table__
 jobs = Job.__table__
 
+# The statements a worker runs for every chunk are built once, with bound
+# parameters: building one costs about 0.1 ms of CPU, running it 0.01 ms
+# (bench overhead: 7 statements a chunk were a fifth of the engine's SQL time).
+
+
+def _upsert_counts(dialect: Any) -> Any:
+    stmt = dialect.insert(counts_table)
+    return stmt.on_conflict_do_update(index_elements=["job_id", "state"],
+                                      set_={"n": counts_table.c.n + stmt.excluded.n})
+
+
+_UPSERT_COUNTS = {"postgresql": _upsert_counts(postgresql), "sqlite": _upsert_counts(sqlite)}
+_COUNTS = (select(counts_table.c.state, counts_table.c.n)
+           .where(counts_table.c.job_id == bindparam("b_job")))
+_IN_RANGE = and_(items.c.job_id == bindparam("b_job"), items.c.seq >= bindparam("b_start"),
+                 items.c.seq < bindparam("b_end"))
+_EXPIRED = and_(items.c.state == ItemState.CLAIMED.value, items.c.lease_until < bindparam("b_now"))
+_DUE = and_(items.c.state == ItemState.PENDING.value,
+            or_(items.c.not_before.is_(None), items.c.not_before <= bindparam("b_now")))
+_LOSE_EXPIRED = update(items).where(_IN_RANGE, _EXPIRED).values(
+    state=ItemState.UNKNOWN.value, claim=None, lease_until=None, updated_at=bindparam("b_now"),
+    code="unknown", message="the worker stopped after sending; not re-sent")
+_TAKE = dict(state=ItemState.CLAIMED.value, claim=bindparam("b_token"),
+             lease_until=bindparam("b_lease_until"), attempts=items.c.attempts + 1,
+             claimed_at=bindparam("b_now"), updated_at=bindparam("b_now"))
+_CLAIMED_COLUMNS = (items.c.seq, items.c.key, items.c.row, items.c.payload, items.c.attempts)
+# (without, with) the claimed rows returned: SQLite reads them back afterwards
+_TAKE_EXPIRED = update(items).where(_IN_RANGE, _EXPIRED).values(**_TAKE)
+_TAKE_DUE = update(items).where(_IN_RANGE, _DUE).values(**_TAKE)
+_TAKE_EXPIRED_RETURNING = _TAKE_EXPIRED.returning(*_CLAIMED_COLUMNS)
+_TAKE_DUE_RETURNING = _TAKE_DUE.returning(*_CLAIMED_COLUMNS)
+_RECORD = (update(items)
+           .where(items.c.job_id == bindparam("b_job"), items.c.seq == bindparam("b_seq"),
+                  items.c.claim == bindparam("b_token"))
+           .values(state=bindparam("b_state"), code=bindparam("b_code"),
+                   message=bindparam("b_message"), result=bindparam("b_result"),
+                   secret=bindparam("b_secret"), not_before=bindparam("b_not_before"),
+                   claim=None, lease_until=None, updated_at=bindparam("b_now")))
+_FINISH = (update(jobs).where(jobs.c.id == bindparam("b_job"),
+                              jobs.c.status == JobStatus.RUNNING.value)
+           .values(status=JobStatus.FINISHED.value, finished_at=bindparam("b_now")))
+
 
 def add_counts(conn: Connection, job_id: int, deltas: Mapping[str, int]) -> None:
     changes = [{"job_id": job_id, "state": str(state), "n": n} for state, n in deltas.items() if n]
-    if not changes:
-        return
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(counts_table)
-    stmt = stmt.on_conflict_do_update(index_elements=["job_id", "state"],
-                                      set_={"n": counts_table.c.n + stmt.excluded.n})
-    conn.execute(stmt, changes)
+    if changes:
+        conn.execute(_UPSERT_COUNTS["postgresql" if conn.dialect.name == "postgresql" else "sqlite"],
+                     changes)
 
 
 def counts(conn: Connection, job_id: int) -> dict[str, int]:
-    rows = conn.execute(select(counts_table.c.state, counts_table.c.n)
-                        .where(counts_table.c.job_id == job_id))
-    return {state: n for state, n in rows if n}
+    return {state: n for state, n in conn.execute(_COUNTS, {"b_job": job_id}) if n}
 
 
 def recount(conn: Connection, job_id: int) -> dict[str, int]:
@@ -62,33 +98,25 @@ def claim(conn: Connection, job_id: int, start: int, end: int, *, lease: float,
     """
     now = time.time() if now is None else now
     token = uuid.uuid4().hex
-    in_range = and_(items.c.job_id == job_id, items.c.seq >= start, items.c.seq < end)
-    expired = and_(items.c.state == ItemState.CLAIMED.value, items.c.lease_until < now)
+    where = {"b_job": job_id, "b_start": start, "b_end": end, "b_now": now}
     if not resend_expired:
-        lost = conn.execute(update(items).where(in_range, expired).values(
-            state=ItemState.UNKNOWN.value, claim=None, lease_until=None, updated_at=now,
-            code="unknown", message="the worker stopped after sending; not re-sent")).rowcount
+        lost = conn.execute(_LOSE_EXPIRED, where).rowcount
         add_counts(conn, job_id, {ItemState.CLAIMED: -lost, ItemState.UNKNOWN: lost})
-    due = and_(items.c.state == ItemState.PENDING.value,
-               or_(items.c.not_before.is_(None), items.c.not_before <= now))
-    take = dict(state=ItemState.CLAIMED.value, claim=token, lease_until=now + lease,
-                attempts=items.c.attempts + 1, claimed_at=now, updated_at=now)
+    take = {**where, "b_token": token, "b_lease_until": now + lease}
     # SQLite reads the claimed rows back afterwards in one value (see
     # `_claimed_sqlite`); other databases return them from the updates.
     returning = conn.dialect.name != "sqlite"
-    columns = (items.c.seq, items.c.key, items.c.row, items.c.payload, items.c.attempts)
-
-    def take_where(condition: Any) -> tuple[int, list[Any]]:
-        stmt = update(items).where(in_range, condition).values(**take)
-        if not returning:
-            return conn.execute(stmt).rowcount, []
-        taken = conn.execute(stmt.returning(*columns)).all()
-        return len(taken), taken
-
-    rows = []
+    rows: list[Any] = []
     if resend_expired:  # already counted as claimed: no count changes
-        rows += take_where(expired)[1]
-    fresh, fresh_rows = take_where(due)
+        if returning:
+            rows += conn.execute(_TAKE_EXPIRED_RETURNING, take).all()
+        else:
+            conn.execute(_TAKE_EXPIRED, take)
+    if returning:
+        fresh_rows = conn.execute(_TAKE_DUE_RETURNING, take).all()
+        fresh = len(fresh_rows)
+    else:
+        fresh, fresh_rows = conn.execute(_TAKE_DUE, take).rowcount, []
     add_counts(conn, job_id, {ItemState.PENDING: -fresh, ItemState.CLAIMED: fresh})
     if not returning:
         rows = _claimed_sqlite(conn, job_id, start, end, token)
@@ -124,21 +152,14 @@ def record(conn: Connection, job_id: int, token: str, outcomes: Sequence[Mapping
     if not outcomes:
         return 0
     now = time.time() if now is None else now
-    params = [{"b_seq": o["seq"], "b_state": str(o["state"]), "b_code": o.get("code"),
-               "b_message": o.get("message"), "b_result": o.get("result"),
-               "b_secret": o.get("secret"), "b_not_before": o.get("not_before")}
-              for o in outcomes]
     if conn.dialect.name == "sqlite":
-        landed = _record_sqlite(conn, job_id, token, params, now)
+        landed = _record_sqlite(conn, job_id, token, outcomes, now)
     else:
-        stmt = (update(items)
-                .where(items.c.job_id == job_id, items.c.seq == bindparam("b_seq"),
-                       items.c.claim == token)
-                .values(state=bindparam("b_state"), code=bindparam("b_code"),
-                        message=bindparam("b_message"), result=bindparam("b_result"),
-                        secret=bindparam("b_secret"), not_before=bindparam("b_not_before"),
-                        claim=None, lease_until=None, updated_at=now))
-        landed = conn.execute(stmt, params).rowcount
+        landed = conn.execute(_RECORD, [
+            {"b_job": job_id, "b_token": token, "b_now": now, "b_seq": o["seq"],
+             "b_state": str(o["state"]), "b_code": o.get("code"), "b_message": o.get("message"),
+             "b_result": o.get("result"), "b_secret": o.get("secret"),
+             "b_not_before": o.get("not_before")} for o in outcomes]).rowcount
     if landed == len(outcomes):
         deltas = Counter(str(o["state"]) for o in outcomes)
         deltas[ItemState.CLAIMED.value] -= landed
@@ -151,8 +172,8 @@ def record(conn: Connection, job_id: int, token: str, outcomes: Sequence[Mapping
 SQLITE_ROWS_PER_STATEMENT = 1000  # 7 parameters a row, under SQLite's 32,766
 
 
-def _record_sqlite(conn: Connection, job_id: int, token: str, params: list[dict[str, Any]],
-                   now: float) -> int:
+def _record_sqlite(conn: Connection, job_id: int, token: str,
+                   outcomes: Sequence[Mapping[str, Any]], now: float) -> int:
     """The same update as one statement per 1,000 items (UPDATE ... FROM a
     VALUES list) instead of one per item. The sqlite3 module lets go of the
     GIL at every statement step, and each of those hands the GIL to the
@@ -160,8 +181,8 @@ def _record_sqlite(conn: Connection, job_id: int, token: str, params: list[dict[
     record made the loop wait 200 times and cost the engine about 0.1 ms of
     CPU per item."""
     landed = 0
-    for i in range(0, len(params), SQLITE_ROWS_PER_STATEMENT):
-        part = params[i:i + SQLITE_ROWS_PER_STATEMENT]
+    for i in range(0, len(outcomes), SQLITE_ROWS_PER_STATEMENT):
+        part = outcomes[i:i + SQLITE_ROWS_PER_STATEMENT]
         placeholders = ",".join(["(?,?,?,?,?,?,?)"] * len(part))
         # A VALUES list names its columns column1..column7: seq, state, code,
         # message, result, secret, not_before. The statement starts with
@@ -172,10 +193,10 @@ def _record_sqlite(conn: Connection, job_id: int, token: str, params: list[dict[
                f"FROM (VALUES {placeholders}) AS v "
                "WHERE items.job_id = ? AND items.seq = v.column1 AND items.claim = ?")
         flat: list[Any] = []
-        for p in part:
+        for o in part:
             # As the JSON column type stores it: None becomes the JSON text null.
-            flat += [p["b_seq"], p["b_state"], p["b_code"], p["b_message"],
-                     json.dumps(p["b_result"]), p["b_secret"], p["b_not_before"]]
+            flat += [o["seq"], str(o["state"]), o.get("code"), o.get("message"),
+                     json.dumps(o.get("result")), o.get("secret"), o.get("not_before")]
         landed += conn.exec_driver_sql(sql, (now, *flat, job_id, token)).rowcount
     return landed
 
@@ -200,7 +221,4 @@ def finish_if_done(conn: Connection, job_id: int) -> bool:
     c = counts(conn, job_id)
     if c.get(ItemState.PENDING.value, 0) or c.get(ItemState.CLAIMED.value, 0):
         return False
-    return conn.execute(update(jobs).where(jobs.c.id == job_id,
-                                           jobs.c.status == JobStatus.RUNNING.value)
-                        .values(status=JobStatus.FINISHED.value, finished_at=time.time())
-                        ).rowcount == 1
+    return conn.execute(_FINISH, {"b_job": job_id, "b_now": time.time()}).rowcount == 1

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 
 from imshift.models import store
 from imshift.models.tables import Item, ItemState, Job, JobStatus
@@ -31,6 +31,17 @@ log = logging.getLogger("imshift.workers")
 
 SENDS = frozenset({Operation.SEND, Operation.SEND_GROUP, Operation.BROADCAST})
 jobs = Job.__table__
+items = Item.__table__
+
+# Built once, run for every chunk (see models/store.py on why).
+_STATUS = select(jobs.c.status).where(jobs.c.id == bindparam("b_job"))
+_EARLIEST_PENDING = (select(func.min(func.coalesce(items.c.not_before, 0.0)))
+                     .where(items.c.job_id == bindparam("b_job"), items.c.seq >= bindparam("b_start"),
+                            items.c.seq < bindparam("b_end"),
+                            items.c.state == ItemState.PENDING.value))
+_TOUCH = (update(jobs).where(jobs.c.id == bindparam("b_job"),
+                             jobs.c.status == JobStatus.RUNNING.value)
+          .values(touched_at=bindparam("b_now")))
 
 
 @dataclass(frozen=True)
@@ -128,9 +139,8 @@ async def _run_slice(runtime: Runtime, client: VendorClient, job: JobView, start
 def _claim(runtime: Runtime, job_id: int, start: int, end: int, repeat_safe: bool):
     """(token, rows, when the earliest item left pending may be tried), or
     None when the job is not running."""
-    items = Item.__table__
     with runtime.engine.begin() as conn:
-        status = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
+        status = conn.execute(_STATUS, {"b_job": job_id}).scalar()
         if status != JobStatus.RUNNING.value:
             return None
         token, rows = store.claim(conn, job_id, start, end, lease=runtime.tuning.lease_seconds,
@@ -138,17 +148,14 @@ def _claim(runtime: Runtime, job_id: int, start: int, end: int, repeat_safe: boo
         if not rows:  # the claim may have closed the last items (as unknown)
             store.finish_if_done(conn, job_id)
         # What is still pending in the range waits out a backoff.
-        waiting = conn.execute(select(func.min(func.coalesce(items.c.not_before, 0.0)))
-                               .where(items.c.job_id == job_id, items.c.seq >= start,
-                                      items.c.seq < end,
-                                      items.c.state == ItemState.PENDING.value)).scalar()
+        waiting = conn.execute(_EARLIEST_PENDING,
+                               {"b_job": job_id, "b_start": start, "b_end": end}).scalar()
         return token, rows, waiting
 
 
 async def _keep_lease(runtime: Runtime, job_id: int, token: str) -> None:
     """Extend the claim while the chunk runs (rate limits can make it long);
     a worker that dies stops extending, and its items become claimable."""
-    items = Item.__table__
     while True:
         await asyncio.sleep(runtime.tuning.lease_seconds / 3)
 
@@ -164,14 +171,16 @@ def _record(runtime: Runtime, job: JobView, token: str, outcomes: list[dict[str,
             refused: Result | None) -> None:
     with runtime.engine.begin() as conn:
         store.record(conn, job.id, token, outcomes)
-        values: dict[str, Any] = {"touched_at": time.time()}
-        if refused is not None:
-            values.update(status=JobStatus.STOPPED.value,
-                          stop_reason=f"{job.app} refused the credentials: {refused.code} "
-                                      f"{refused.message}; fix them, then `imshift resume {job.id}`")
+        if refused is None:
+            conn.execute(_TOUCH, {"b_job": job.id, "b_now": time.time()})
+        else:
             log.error("job %s stopped: %s refused the credentials (%s)", job.id, job.app, refused.code)
-        conn.execute(update(jobs).where(jobs.c.id == job.id, jobs.c.status == JobStatus.RUNNING.value)
-                     .values(**values))
+            conn.execute(update(jobs).where(jobs.c.id == job.id,
+                                            jobs.c.status == JobStatus.RUNNING.value)
+                         .values(touched_at=time.time(), status=JobStatus.STOPPED.value,
+                                 stop_reason=f"{job.app} refused the credentials: {refused.code} "
+                                             f"{refused.message}; fix them, then "
+                                             f"`imshift resume {job.id}`"))
         store.finish_if_done(conn, job.id)
 
 
