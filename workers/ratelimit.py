@@ -224,6 +224,10 @@ class _Slots:
         delay = start_win + guard + start_pos * (1 - 2 * guard) - now
         return delay, start_win + 1 - guard / 2 - now
 
+    def next_slot(self, guard: float) -> float:
+        """The epoch time of the next free place in the windows' middles."""
+        return self.win + guard + self.pos * (1 - 2 * guard)
+
     def slow_down(self, now: float, pause: float) -> None:
         factor = self._factor(now)
         if now - self.cut >= max(pause, 1.0):
@@ -282,13 +286,30 @@ class RateLimiter:
             return
         loop = asyncio.get_running_loop()
         while True:
-            slot, latest = await self._take(app, key, limit, weight)
+            slot, latest = self._take_now(app, key, limit, weight) or \
+                await self._take(app, key, limit, weight)
             if slot > loop.time():
                 await asyncio.sleep(slot - loop.time())
             # Woken so late (a stalled loop) that the call could land in the
             # next window: give the slot up and take a new one.
             if loop.time() <= latest:
                 return
+
+    def _take_now(self, app: str, key: str, limit: float,
+                  weight: int) -> tuple[float, float] | None:
+        """Embedded mode with no backlog: the slot at once, in loop time.
+        Going through `_take` costs a future and a leader's turn per call
+        (bench overhead: about 0.04 ms of the event loop's CPU per item);
+        the schedule is the same either way."""
+        if self.redis is not None or self._waiting.get((app, key)):
+            return None
+        slots = self._slots.setdefault((app, key), _Slots())
+        now = time.time()
+        if slots.paused > now or slots.next_slot(self.guard) > now + HORIZON:
+            return None  # a backlog: reserve in HORIZON-sized batches, see `_lead`
+        delay, latest = slots.reserve(now, limit, limit * (1 - self.margin), weight, self.guard)
+        at = asyncio.get_running_loop().time()
+        return at + delay, at + latest
 
     async def _take(self, app: str, key: str, limit: float, weight: int) -> tuple[float, float]:
         """(slot, latest) in loop time for one call, reserved together with

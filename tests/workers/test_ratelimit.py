@@ -190,6 +190,29 @@ async def test_a_heavy_call_holds_back_the_next(mode):
     assert 1.3 <= time.monotonic() - began <= 1.8
 
 
+async def test_embedded_calls_with_no_backlog_take_their_slot_at_once_and_a_backlog_is_batched():
+    limiter = RateLimiter({"register": 1000})  # embedded: no Redis
+    throttle = limiter.throttle_for("app1")
+    for _ in range(20):  # far below the rate: never a leader, never a wait past the guard band
+        began = time.monotonic()
+        await throttle("register", 1)
+        assert time.monotonic() - began < 0.35
+        assert not limiter._leaders
+    # 300 calls at once are 0.3 s of the quota: the first take slots at once
+    # until the schedule runs HORIZON ahead, the rest queue for the leader.
+    done = []
+
+    async def call(i):
+        await throttle("register", 1)
+        done.append(time.time())
+
+    tasks = [asyncio.ensure_future(call(i)) for i in range(300)]
+    await asyncio.sleep(0)
+    assert limiter._leaders  # the backlog went to the batching path
+    await asyncio.gather(*tasks)
+    assert max(done) - min(done) >= 0.2  # paced: 300 calls are 0.3 s of the quota
+
+
 async def test_keys_without_a_rate_are_not_limited_and_apps_are_apart(mode):
     limiter = RateLimiter({"register": 1}, redis=mode)
     began = time.monotonic()
