@@ -158,6 +158,8 @@ def main(argv: list[str]) -> int:
     from imshift.local_redis import RedisServer
 
     sizes = [2_000, 20_000] if args.quick else [int(n) for n in args.rows.split(",")]
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
     kinds = [k.strip() for k in args.db.split(",")]
     results: dict[tuple[str, int], dict] = {}
     with tempfile.TemporaryDirectory(prefix="imshift-bench-plan-") as tmp_name, \

@@ -4,7 +4,9 @@ The schema is created, or migrated, on first use."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import orjson
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, create_engine
@@ -20,16 +22,28 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def json_text(value: Any) -> str:
+    """JSON column text. orjson, not the json module, because the planner and
+    every chunk's claim and record (de)serialise a JSON value per item
+    (json.dumps: 1.4 of 9.4 s of planning 100k rows under pyinstrument)."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+json_value = orjson.loads
+
+
 def make_engine(url: str) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               json_serializer=json_text, json_deserializer=json_value)
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10,
+                               json_serializer=json_text, json_deserializer=json_value)
     upgrade(engine)
     return engine
 

@@ -7,7 +7,6 @@ progress is a read of a handful of rows however large the job is.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections import Counter
@@ -17,6 +16,7 @@ from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from .db import json_text, json_value
 from .tables import Item, ItemState, Job, JobCount, JobStatus
 
 items = Item.__table__
@@ -141,7 +141,7 @@ def _claimed_sqlite(conn: Connection, job_id: int, start: int, end: int,
         "SELECT json_group_array(json_array(seq, key, row, json(payload), attempts)) "
         "FROM items WHERE job_id = ? AND seq >= ? AND seq < ? AND claim = ?",
         (job_id, start, end, token)).scalar()
-    return [Claimed(*r) for r in json.loads(packed)]
+    return [Claimed(*r) for r in json_value(packed)]
 
 
 def record(conn: Connection, job_id: int, token: str, outcomes: Sequence[Mapping[str, Any]],
@@ -196,7 +196,7 @@ def _record_sqlite(conn: Connection, job_id: int, token: str,
         for o in part:
             # As the JSON column type stores it: None becomes the JSON text null.
             flat += [o["seq"], str(o["state"]), o.get("code"), o.get("message"),
-                     json.dumps(o.get("result")), o.get("secret"), o.get("not_before")]
+                     json_text(o.get("result")), o.get("secret"), o.get("not_before")]
         landed += conn.exec_driver_sql(sql, (now, *flat, job_id, token)).rowcount
     return landed
 
