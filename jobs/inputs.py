@@ -44,17 +44,17 @@ def read_rows(path: str | Path, *, key_columns: Sequence[str] = USER_ID_COLUMNS)
         if suffix == ".csv":
             yield from _csv_rows(lines, path, key_columns)
         elif suffix in (".jsonl", ".ndjson", ".json"):
-            yield from _jsonl_rows(lines, key_columns)
+            yield from _jsonl_rows(enumerate(lines, 1), key_columns)
         elif suffix in (".txt", ".ids", ""):
-            for number, text in lines:
+            for number, text in enumerate(lines, 1):
                 if text.strip():
                     yield Row(number, {"key": text.strip()})
         else:
             raise InputError(f"{path}: unknown input format {suffix!r} (use .csv, .jsonl or .txt)")
 
 
-def _checked_lines(raw: IO[bytes], path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) with the size limit and UTF-8 enforced."""
+def _checked_lines(raw: IO[bytes], path: Path) -> Iterator[str]:
+    """The file's lines, with the size limit and UTF-8 enforced."""
     number = 0
     while True:
         chunk = raw.readline(MAX_LINE_BYTES + 1)
@@ -70,7 +70,7 @@ def _checked_lines(raw: IO[bytes], path: Path) -> Iterator[tuple[int, str]]:
             bad = chunk[exc.start:exc.start + 4].hex(" ")
             raise InputError(f"{path}: line {number} is not UTF-8 (bytes {bad} at column "
                              f"{exc.start + 1}); convert the file to UTF-8, e.g. with iconv") from None
-        yield number, text
+        yield text
 
 
 def _key_column(columns: Sequence[str], key_columns: Sequence[str], path: Path | None) -> str:
@@ -82,16 +82,10 @@ def _key_column(columns: Sequence[str], key_columns: Sequence[str], path: Path |
                      f"found {', '.join(columns) or 'no columns'}")
 
 
-def _csv_rows(lines: Iterator[tuple[int, str]], path: Path,
-              key_columns: Sequence[str]) -> Iterator[Row]:
-    starts: list[int] = []
-
-    def texts() -> Iterator[str]:
-        for number, text in lines:
-            starts.append(number)
-            yield text
-
-    reader = csv.reader(texts(), strict=True)
+def _csv_rows(lines: Iterator[str], path: Path, key_columns: Sequence[str]) -> Iterator[Row]:
+    # reader.line_num counts the lines taken from `lines`, so a record
+    # starts on the line after the ones its predecessors took.
+    reader = csv.reader(lines, strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -100,24 +94,22 @@ def _csv_rows(lines: Iterator[tuple[int, str]], path: Path,
         raise InputError(f"{path}: line 1: {exc}") from None
     columns = [c.strip().lower() for c in header]
     key = _key_column(columns, key_columns, path)
+    names = ["key" if c == key else c for c in columns]
     while True:
-        consumed = len(starts)
+        line = reader.line_num + 1
         try:
             values = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            raise InputError(f"{path}: line {starts[consumed] if consumed < len(starts) else '?'}: "
-                             f"{exc}") from None
-        line = starts[consumed]
-        del starts[:consumed]  # keep only what the next record may need
-        if not any(v.strip() for v in values):
+            raise InputError(f"{path}: line {line}: {exc}") from None
+        if len(values) != len(names):
+            if any(v.strip() for v in values):
+                yield Row(line, problem=f"{len(values)} values for {len(names)} columns")
             continue
-        if len(values) != len(columns):
-            yield Row(line, problem=f"{len(values)} values for {len(columns)} columns")
-            continue
-        fields = {("key" if c == key else c): v.strip() for c, v in zip(columns, values)}
-        yield Row(line, fields)
+        fields = {name: v.strip() for name, v in zip(names, values)}
+        if any(fields.values()):
+            yield Row(line, fields)
 
 
 def _jsonl_rows(lines: Iterator[tuple[int, str]], key_columns: Sequence[str]) -> Iterator[Row]:
