@@ -106,12 +106,11 @@ def _store_batch(conn: Connection, job_id: int, batch: list[Spec], report: PlanR
             repeats.append((seq, spec, seen_here[spec.key]))
             continue
         seen_here[spec.key] = spec.row
-        rows.append({"job_id": job_id, "seq": seq, "key": spec.key, "row": spec.row,
-                     "payload": spec.payload, "state": REJECTED if spec.problems else PENDING,
-                     "attempts": 0,
+        rows.append({"seq": seq, "key": spec.key, "row": spec.row, "payload": spec.payload,
+                     "state": REJECTED if spec.problems else PENDING,
                      "code": "invalid" if spec.problems else None,
                      "message": "; ".join(spec.problems) or None})
-    inserted = set(_insert_new(conn, rows))
+    inserted = set(_insert_new(conn, job_id, rows))
     earlier = [r for r in rows if r["seq"] not in inserted]  # keys stored by an earlier batch
     if earlier:
         first_rows = dict(conn.execute(select(items.c.key, items.c.row).where(
@@ -140,13 +139,13 @@ def _store_batch(conn: Connection, job_id: int, batch: list[Spec], report: PlanR
         report.examples.append((spec.row, spec.key, f"duplicate of row {first_row}"))
 
 
-def _insert_new(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+def _insert_new(conn: Connection, job_id: int, rows: list[dict[str, Any]]) -> list[int]:
     """Insert rows whose key is new to the job; returns the seqs inserted."""
     if not rows:
         return []
     if conn.dialect.name == "postgresql":
-        return _insert_new_postgresql(conn, rows)
-    return _insert_new_sqlite(conn, rows)
+        return _insert_new_postgresql(conn, job_id, rows)
+    return _insert_new_sqlite(conn, job_id, rows)
 
 
 def _columns(r: dict[str, Any]) -> tuple:
@@ -161,18 +160,17 @@ ON CONFLICT (job_id, key) DO NOTHING"""
 _SQLITE_SEQS = "SELECT seq FROM items WHERE job_id = ? AND seq BETWEEN ? AND ?"
 
 
-def _insert_new_sqlite(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+def _insert_new_sqlite(conn: Connection, job_id: int, rows: list[dict[str, Any]]) -> list[int]:
     # The driver's executemany steps through the rows in C. With RETURNING,
     # SQLAlchemy builds multi-row VALUES statements in Python instead: 3.3 of
     # 8.3 s per 100k rows (pyinstrument, bench plan). The batch's seqs are
     # new to the table, so the seqs stored in its range are the rows inserted.
-    job_id = rows[0]["job_id"]
     conn.exec_driver_sql(_SQLITE_INSERT, [(job_id, *_columns(r)) for r in rows])
     return list(conn.exec_driver_sql(_SQLITE_SEQS, (job_id, rows[0]["seq"], rows[-1]["seq"])).scalars())
 
 
 _PG_STAGE = """CREATE TEMPORARY TABLE plan_rows (seq integer, key text, row integer, payload text,
-state text, code text, message text) ON COMMIT DROP"""
+state text, code text, message text)"""
 _PG_FROM_STAGE = """
 INSERT INTO items (job_id, seq, key, row, payload, state, attempts, code, message)
 SELECT %s, seq, key, row, CAST(payload AS json), state, 0, code, message FROM plan_rows
@@ -180,7 +178,7 @@ ON CONFLICT (job_id, key) DO NOTHING
 RETURNING seq"""
 
 
-def _insert_new_postgresql(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+def _insert_new_postgresql(conn: Connection, job_id: int, rows: list[dict[str, Any]]) -> list[int]:
     # COPY into a temporary table, then one INSERT ... SELECT that skips the
     # keys the job has already. psycopg adapts a list parameter element by
     # element in Python (an array per column: 26 us of CPU a row); COPY
@@ -190,5 +188,7 @@ def _insert_new_postgresql(conn: Connection, rows: list[dict[str, Any]]) -> list
         with cursor.copy("COPY plan_rows FROM STDIN") as copy:
             for r in rows:
                 copy.write_row(_columns(r))
-        cursor.execute(_PG_FROM_STAGE, (rows[0]["job_id"],))
-        return [seq for (seq,) in cursor.fetchall()]
+        cursor.execute(_PG_FROM_STAGE, (job_id,))
+        inserted = [seq for (seq,) in cursor.fetchall()]
+        cursor.execute("DROP TABLE plan_rows")
+        return inserted

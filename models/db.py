@@ -30,6 +30,7 @@ def json_text(value: Any) -> str:
 
 
 json_value = orjson.loads
+_JSON = {"json_serializer": json_text, "json_deserializer": json_value}
 
 
 def make_engine(url: str) -> Engine:
@@ -39,11 +40,10 @@ def make_engine(url: str) -> Engine:
         if database and database != ":memory:":
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                               json_serializer=json_text, json_deserializer=json_value)
+                               **_JSON)
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10,
-                               json_serializer=json_text, json_deserializer=json_value)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, **_JSON)
     upgrade(engine)
     return engine
 
