@@ -1,24 +1,40 @@
-"""The async client every vendor module extends: one interface, one HTTP path.
+"""The async client every vendor module extends: one interface, one item pipeline.
 
-A client is given an `httpx.AsyncClient` (so the caller picks the transport:
-aiohttp for real traffic, ASGI for the sandboxes) and an optional `throttle`,
-awaited before every HTTP call with the call's rate-limit key and weight.
-Admin-token fetches and batch splits go through it too, so a rate limiter
-sees every call that reaches the vendor.
+A client is given its vendor config, an `httpx.AsyncClient` (so the caller
+picks the transport: aiohttp for real traffic, ASGI for the sandboxes) and an
+optional `throttle`, awaited before every HTTP call with the call's rate-limit
+key and weight. Admin-token fetches and batch splits go through it too, so a
+rate limiter sees every call that reaches the vendor.
+
+The base owns what is the same for every vendor: the request -> classify
+path (`call`), the reading of a reply (size cap, JSON, HTTP 429 and
+Retry-After, "may have been delivered" for calls that are not idempotent),
+sorting a batch into rule-rejected items and valid ones (`Batch`), and
+bounded per-item concurrency (`each`). A vendor module keeps its config,
+its signing (an `httpx.Auth`), its endpoints and payloads, its code table
+(`Codes`) and its per-item reply parsing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, ClassVar, Sequence
+from dataclasses import dataclass, replace
+from typing import (Any, AsyncIterator, Awaitable, Callable, ClassVar, Generic, Iterable, Sequence,
+                    TypeVar)
 
 import httpx
 
 from .base import Group, Message, Operation, Outcome, Profile, Result, Unsupported, VendorRules
+from .operations import idempotent
 
 Throttle = Callable[[str, int], Awaitable[None]]
+T = TypeVar("T")
+R = TypeVar("R")
+
+MAX_REPLY_BYTES = 8 * 1024 * 1024  # no vendor reply we read is near this; a proxy's may be
+SEND_KEYS = frozenset({Operation.SEND.value, Operation.SEND_GROUP.value, Operation.BROADCAST.value})
+DEFAULT_CONCURRENCY = 8  # per-item calls in flight per method call, when the config says nothing
 
 
 async def no_throttle(key: str, weight: int) -> None:
@@ -27,11 +43,13 @@ async def no_throttle(key: str, weight: int) -> None:
 
 @dataclass(frozen=True)
 class Reply:
-    """A vendor's HTTP reply, body parsed as JSON ({} when it is not JSON)."""
+    """A vendor's HTTP reply, body parsed as JSON ({} when it is not JSON;
+    `readable` says which)."""
 
     status: int
     body: dict[str, Any]
     headers: httpx.Headers
+    readable: bool = True
 
     def retry_after(self) -> float | None:
         value = self.headers.get("retry-after")
@@ -42,20 +60,80 @@ class Reply:
 
 
 class CallFailed(Exception):
-    """No usable reply came back; `result` says how it failed (retryable)."""
+    """No usable reply came back; `result` says how it failed."""
 
     def __init__(self, result: Result):
         super().__init__(f"{result.code}: {result.message}")
         self.result = result
 
 
+@dataclass(frozen=True)
+class Codes:
+    """A vendor's reply codes and the outcome each means; a code in no set
+    (other than `ok`) is `rejected`: bad input, the vendor said why."""
+
+    ok: frozenset[Any] = frozenset({200})
+    exists: frozenset[Any] = frozenset()
+    rate_limited: frozenset[Any] = frozenset()
+    retryable: frozenset[Any] = frozenset()
+    auth: frozenset[Any] = frozenset()
+
+    def outcome(self, code: Any) -> Outcome:
+        for outcome, codes in ((Outcome.OK, self.ok), (Outcome.AUTH, self.auth),
+                               (Outcome.EXISTS, self.exists), (Outcome.RATE_LIMITED, self.rate_limited),
+                               (Outcome.RETRYABLE, self.retryable)):
+            if code in codes:
+                return outcome
+        return Outcome.REJECTED
+
+
 def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i:i + size] for i in range(0, len(items), size)] if items else []
 
 
+def same_for_all(result: Result, count: int) -> list[Result]:
+    """A call-level outcome (auth, rate limit, network) applies to every item of the call."""
+    return [result] * count
+
+
+def invalid(problem: str) -> Result:
+    """An item refused by the vendor's documented rules, before any call."""
+    return Result(Outcome.REJECTED, "invalid", problem)
+
+
+class Batch(Generic[T]):
+    """One Result per input item, in input order. Items a rule refuses are
+    answered at once; the valid ones (`valid`, their indexes) go to the vendor
+    and their results are filled in with `put`."""
+
+    def __init__(self, items: Sequence[T], problem: Callable[[T], str | None] = lambda item: None):
+        self.items = items
+        self.results: list[Result | None] = [None] * len(items)
+        self.valid: list[int] = []
+        for index, item in enumerate(items):
+            reason = problem(item)
+            if reason:
+                self.results[index] = invalid(reason)
+            else:
+                self.valid.append(index)
+
+    def put(self, indexes: Iterable[int], result: Result | Sequence[Result]) -> None:
+        """Give `indexes` one result each (a sequence) or all the same one."""
+        indexes = list(indexes)
+        each = result if isinstance(result, Sequence) else [result] * len(indexes)
+        for index, one in zip(indexes, each, strict=True):
+            self.results[index] = one
+
+    def done(self) -> list[Result]:
+        missing = [i for i, r in enumerate(self.results) if r is None]
+        if missing:
+            raise RuntimeError(f"no result for items {missing[:5]}")
+        return list(self.results)  # type: ignore[arg-type]
+
+
 class VendorClient:
-    """Base class. Subclasses set `vendor`, `capabilities`, `rules` and
-    implement the operations they list in `capabilities`; the rest raise
+    """Base class. Subclasses set `vendor`, `capabilities`, `rules`, `codes`
+    and implement the operations they list in `capabilities`; the rest raise
     `Unsupported` before any call is made.
 
     Every list-taking operation returns one Result per input item, in input
@@ -64,22 +142,47 @@ class VendorClient:
 
     vendor: ClassVar[str]
     capabilities: ClassVar[frozenset[Operation]]
-    rules: ClassVar[VendorRules]
+    # The class's defaults; an instance carries rules_for(its config).
+    rules: VendorRules = VendorRules(fields={}, batch_size={}, rates={})
+    codes: ClassVar[Codes] = Codes()
     # True when the vendor drops a repeated send carrying the same dedup_key,
     # so a send that may have gone out can safely be sent again.
     deduplicates_sends: ClassVar[bool] = False
+    # Operations the table calls not idempotent that this vendor makes safe to
+    # repeat (create_group where the app picks the id: a repeat is `exists`).
+    repeat_safe_ops: ClassVar[frozenset[Operation]] = frozenset()
+    max_reply_bytes: ClassVar[int] = MAX_REPLY_BYTES
 
-    def __init__(self, http: httpx.AsyncClient, *, throttle: Throttle | None = None,
+    def __init__(self, config: Any, http: httpx.AsyncClient, *, throttle: Throttle | None = None,
                  timeout: float = 10.0):
+        self.config = config
         self.http = http
         self.throttle = throttle or no_throttle
         self.timeout = timeout
+        self.rules = self.rules_for(config)
+        self.concurrency = max(1, int(getattr(config, "concurrency", DEFAULT_CONCURRENCY)))
+
+    @classmethod
+    def rules_for(cls, config: Any) -> VendorRules:
+        """The rules of an app configured with `config` (a deployment's API
+        version or batch-size overrides change them). Planners, estimates,
+        rate defaults and workers all read this, never the class attribute."""
+        return cls.rules
 
     # -- capability checks ---------------------------------------------------------------
 
     @classmethod
     def supports(cls, operation: Operation) -> bool:
         return operation in cls.capabilities
+
+    @classmethod
+    def repeat_safe(cls, key: str | Operation) -> bool:
+        """Whether a call that may have reached the vendor can be made again:
+        the operation is idempotent, or the vendor deduplicates it."""
+        key = key.value if isinstance(key, Operation) else key
+        if idempotent(key) or key in {op.value for op in cls.repeat_safe_ops}:
+            return True
+        return cls.deduplicates_sends and key in SEND_KEYS
 
     def _unsupported(self, operation: Operation) -> Unsupported:
         return Unsupported(self.vendor, operation)
@@ -136,30 +239,123 @@ class VendorClient:
         """Every user id of the app, page by page."""
         raise self._unsupported(Operation.LIST_USERS)
 
-    # -- the one HTTP path ---------------------------------------------------------------
+    # -- hooks a vendor fills in ---------------------------------------------------------
+
+    def reply_code(self, body: dict[str, Any]) -> Any:
+        """The vendor's business code in a reply body, or None when it has none."""
+        code = body.get("code")
+        if isinstance(code, str) and code.lstrip("-").isdigit():
+            return int(code)
+        return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+    def reply_message(self, body: dict[str, Any]) -> str:
+        for key in ("message", "errorMessage", "errMsg", "desc", "msg", "error"):
+            value = body.get(key)
+            if isinstance(value, str) and value:
+                return value
+        return ""
+
+    def classify(self, key: str, reply: Reply) -> Result:
+        """A reply's call-level outcome: HTTP 429 first, then the body code
+        through `codes`, then the HTTP status."""
+        message = self.reply_message(reply.body)
+        if reply.status == 429:
+            return Result(Outcome.RATE_LIMITED, "http 429", message or "over the rate limit",
+                          retry_after=reply.retry_after())
+        code = self.reply_code(reply.body)
+        if code is not None:
+            outcome = self.codes.outcome(code)
+            if outcome is Outcome.OK and reply.status >= 300:
+                outcome = Outcome.RETRYABLE if reply.status >= 500 else Outcome.REJECTED
+            return Result(outcome, str(code), message,
+                          retry_after=reply.retry_after() if outcome is Outcome.RATE_LIMITED else None)
+        if reply.status >= 500:
+            return Result(Outcome.RETRYABLE, f"http {reply.status}", message or "server error")
+        if reply.status in (401, 403):
+            return Result(Outcome.AUTH, f"http {reply.status}", message or "refused the credentials")
+        if 200 <= reply.status < 300:
+            return Result(Outcome.RETRYABLE, "no code",
+                          "the reply is not the vendor's JSON" if not reply.readable
+                          else "the reply carried no code")
+        return Result(Outcome.REJECTED, f"http {reply.status}", message)
+
+    def auth(self) -> httpx.Auth | None:
+        """The signing of every request (an httpx.Auth), or None."""
+        return None
+
+    # -- the one item pipeline ------------------------------------------------------------
+
+    async def call(self, key: str | Operation, method: str, url: str, *, weight: int = 1,
+                   repeat_safe: bool | None = None, expect: Sequence[str] = (),
+                   **kwargs: Any) -> tuple[Result, dict[str, Any]]:
+        """Throttle, send, read, classify: the Result and the parsed body.
+
+        `repeat_safe` says whether the call may be made again without harm;
+        by default an operation's idempotency from the operation table. When
+        it is not, a reply that cannot be trusted (a timeout, a reset, an
+        unreadable body, an internal error) marks the result maybe_delivered.
+        `expect` names body fields (dotted) an OK reply must carry; without
+        them it is not OK.
+        """
+        key = key.value if isinstance(key, Operation) else key
+        if repeat_safe is None:
+            repeat_safe = self.repeat_safe(key)
+        try:
+            reply = await self._request(key, method, url, weight=weight, **kwargs)
+        except CallFailed as failed:
+            return self._unsure(failed.result, repeat_safe), {}
+        result = self.classify(key, reply)
+        if result.outcome is Outcome.OK and expect:
+            missing = [path for path in expect if not _has(reply.body, path)]
+            if missing:
+                result = Result(Outcome.RETRYABLE, "incomplete",
+                                f"the vendor answered {result.code} without {', '.join(missing)}")
+        return self._unsure(result, repeat_safe), reply.body
+
+    def _unsure(self, result: Result, repeat_safe: bool) -> Result:
+        if result.outcome is Outcome.RETRYABLE and not repeat_safe and result.code != "network":
+            return replace(result, maybe_delivered=True)
+        return result
+
+    async def each(self, items: Sequence[T], work: Callable[[T], Awaitable[R]]) -> list[R]:
+        """`work` on every item, at most `config.concurrency` at a time, results in order."""
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(item: T) -> R:
+            async with gate:
+                return await work(item)
+
+        return list(await asyncio.gather(*(one(item) for item in items)))
 
     async def _request(self, key: str, method: str, url: str, *, weight: int = 1,
                        **kwargs: Any) -> Reply:
-        """Throttle, send, parse. Network failures raise CallFailed(retryable)."""
+        """Throttle, send, read (at most max_reply_bytes), parse. No usable
+        reply raises CallFailed: a refused connection surely never arrived
+        (code "network"); a timeout or reset may have."""
         await self.throttle(key, weight)
+        kwargs.setdefault("auth", self.auth())
+        if kwargs["auth"] is None:
+            del kwargs["auth"]
         try:
             # Our own deadline: ASGI transports ignore httpx timeouts.
             async with asyncio.timeout(self.timeout):
-                response = await self.http.request(method, url, **kwargs)
-                await response.aread()
+                async with self.http.stream(method, url, **kwargs) as response:
+                    content = await self._read_capped(response)
         except httpx.ConnectError as exc:
             raise CallFailed(Result(Outcome.RETRYABLE, "network", f"connect failed: {exc}")) from None
         except (TimeoutError, httpx.TimeoutException):
             raise CallFailed(Result(Outcome.RETRYABLE, "timeout",
-                                    f"no reply within {self.timeout:g} s",
+                                    f"timeout: no reply within {self.timeout:g} s",
                                     maybe_delivered=True)) from None
         except httpx.TransportError as exc:
-            raise CallFailed(Result(Outcome.RETRYABLE, "network", f"{type(exc).__name__}: {exc}",
+            raise CallFailed(Result(Outcome.RETRYABLE, "reset",
+                                    f"connection reset before a reply ({type(exc).__name__}: {exc})",
                                     maybe_delivered=True)) from None
         try:
-            body = json.loads(response.content) if response.content else {}
+            body = json.loads(content) if content else {}
+            readable = bool(content)
         except ValueError:
-            body = {}
+            body, readable = {}, False
         if not isinstance(body, dict):
             body = {"data": body}
         if response.status_code in (404, 405) and not body:
@@ -168,9 +364,23 @@ class VendorClient:
             raise CallFailed(Result(Outcome.AUTH, f"http {response.status_code}",
                                     f"no such endpoint: {method} {response.url.copy_with(query=None)}; "
                                     "check the app's base URL"))
-        return Reply(response.status_code, body, response.headers)
+        return Reply(response.status_code, body, response.headers, readable)
+
+    async def _read_capped(self, response: httpx.Response) -> bytes:
+        parts, size = [], 0
+        async for part in response.aiter_bytes():
+            size += len(part)
+            if size > self.max_reply_bytes:
+                raise CallFailed(Result(Outcome.RETRYABLE, "oversized",
+                                        f"the reply exceeded {self.max_reply_bytes} bytes; not read",
+                                        maybe_delivered=True))
+            parts.append(part)
+        return b"".join(parts)
 
 
-def same_for_all(result: Result, count: int) -> list[Result]:
-    """A call-level outcome (auth, rate limit, network) applies to every item of the call."""
-    return [result] * count
+def _has(body: Any, path: str) -> bool:
+    for part in path.split("."):
+        if not isinstance(body, dict) or body.get(part) in (None, "", [], {}):
+            return False
+        body = body[part]
+    return True

@@ -209,7 +209,7 @@ class MaximClient(VendorClient):
 
     def __init__(self, config: MaximConfig, http: httpx.AsyncClient, *,
                  throttle: Throttle | None = None, timeout: float = 10.0):
-        super().__init__(http, throttle=throttle, timeout=timeout)
+        super().__init__(config, http, throttle=throttle, timeout=timeout)
         self.config = config
         self.base_url = config.api_endpoint.rstrip("/")
         sizes = {**self.rules.batch_size, **{Operation(k): v for k, v in config.batch_sizes.items()}}

@@ -140,7 +140,7 @@ class NeteaseClient(VendorClient):
 
     def __init__(self, config: NeteaseConfig, http: httpx.AsyncClient, *,
                  throttle: Throttle | None = None, timeout: float = 10.0):
-        super().__init__(http, throttle=throttle, timeout=timeout)
+        super().__init__(config, http, throttle=throttle, timeout=timeout)
         self.config = config
 
     # -- signing and the one call path -----------------------------------------------

@@ -136,7 +136,7 @@ class OpenIMClient(VendorClient):
 
     def __init__(self, config: OpenIMConfig, http: httpx.AsyncClient, *,
                  throttle: Throttle | None = None, timeout: float = 10.0):
-        super().__init__(http, throttle=throttle, timeout=timeout)
+        super().__init__(config, http, throttle=throttle, timeout=timeout)
         self.config = config
         self.version = config.api_version
         self.v3 = self.version == "v3"

@@ -173,7 +173,7 @@ class RongCloudClient(VendorClient):
 
     def __init__(self, config: RongCloudConfig, http: httpx.AsyncClient, *,
                  throttle=None, timeout: float = 10.0):
-        super().__init__(http, throttle=throttle, timeout=timeout)
+        super().__init__(config, http, throttle=throttle, timeout=timeout)
         self.config = config
         self.hosts = HostPool(config.hosts, cooldown=config.host_cooldown, clock=config.host_clock)
         self._signer = _Signer(config)

@@ -61,7 +61,7 @@ class TinyClient(VendorClient):
 
 def tiny_client(sandbox, timeout=5.0):
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=sandbox.app))
-    return TinyClient(http, timeout=timeout)
+    return TinyClient(None, http, timeout=timeout)
 
 
 async def test_sandbox_holds_fixed_one_second_windows_and_counts():
@@ -118,7 +118,7 @@ def both_transports():
 async def test_a_refused_connection_is_retryable_and_surely_not_delivered():
     for http in both_transports():
         async with http:
-            client = TinyClient(http, timeout=2)
+            client = TinyClient(None, http, timeout=2)
             with pytest.raises(CallFailed) as failed:
                 await client._request("register", "POST", "http://127.0.0.1:9/nothing-listens-here")
         assert failed.value.result.outcome is Outcome.RETRYABLE
@@ -135,7 +135,7 @@ async def test_a_dropped_connection_is_retryable_and_may_have_been_delivered():
     async with server:
         for http in both_transports():
             async with http:
-                client = TinyClient(http, timeout=2)
+                client = TinyClient(None, http, timeout=2)
                 with pytest.raises(CallFailed) as failed:
                     await client._request("register", "POST", f"http://127.0.0.1:{port}/x")
             assert failed.value.result.outcome is Outcome.RETRYABLE
