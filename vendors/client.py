@@ -163,6 +163,12 @@ class VendorClient:
         self.concurrency = max(1, int(getattr(config, "concurrency", DEFAULT_CONCURRENCY)))
 
     @classmethod
+    def for_config(cls, config: Any) -> type["VendorClient"]:
+        """The class that serves an app configured with `config`: itself, or
+        a subclass for the deployment's API version (OpenIM v2 / v3)."""
+        return cls
+
+    @classmethod
     def rules_for(cls, config: Any) -> VendorRules:
         """The rules of an app configured with `config` (a deployment's API
         version or batch-size overrides change them). Planners, estimates,
