@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 import httpx
+from testsupport import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,11 +31,6 @@ def peak_rss_mb(children: bool = False) -> float:
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
     return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, process: subprocess.Popen | None = None, seconds: float = 30) -> None:

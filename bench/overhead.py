@@ -132,7 +132,7 @@ class Setup:
         return fields
 
     def app_environment(self) -> dict[str, str]:
-        from imshift.settings import app_environment
+        from testsupport import app_environment
 
         wanted = {f"IMSHIFT_APPS__NEW__{name.upper()}" for name in self.app_fields()}
         env = app_environment("new", self.args.vendor, self.config)
@@ -149,12 +149,12 @@ class Setup:
 
 def run_job(setup: Setup, ctx, mode: str, cpu_of) -> Run:
     """Plan a fresh migration, start it, wait for the job to finish."""
-    from imshift.jobs import control, requests
+    from imshift.jobs import control, kinds
     from imshift.jobs.progress import progress
 
     path = setup.users(mode)
     calls_before = setup.calls()
-    planned = requests.plan_user_migration(ctx.engine, ctx.target("new"), path, source_app=None,
+    planned = kinds.plan_user_migration(ctx.engine, ctx.target("new"), path, source_app=None,
                                            chunk_size=setup.args.chunk_size)
     job_id = planned.report.job_id
     cpu0, box0 = cpu_of(), setup.sandbox_cpu()
@@ -192,7 +192,7 @@ def worker_engine(setup: Setup):
     """One `imshift worker` process (one Dramatiq worker process) and a private
     Redis; this process only plans and enqueues."""
     from imshift.context import Context
-    from imshift.local_redis import RedisServer
+    from testsupport import RedisServer
 
     database_url = f"sqlite:///{setup.workdir}/worker.db"
     with RedisServer() as redis_server:

@@ -72,7 +72,7 @@ def run_case(args) -> int:
     """Plan + start one job; print one JSON line with its timings."""
     before = peak_rss_mb()
     from imshift.context import Context
-    from imshift.jobs import control, requests
+    from imshift.jobs import control, kinds
     from imshift.settings import AppSettings, Settings
 
     settings = Settings(database_url=args.database_url, redis_url=args.redis_url,
@@ -83,7 +83,7 @@ def run_case(args) -> int:
     target = ctx.target("new")
     ready = peak_rss_mb()
     t0, cpu0 = time.perf_counter(), time.process_time()
-    planned = requests.plan_user_migration(ctx.engine, target, args.input, source_app=None,
+    planned = kinds.plan_user_migration(ctx.engine, target, args.input, source_app=None,
                                            chunk_size=args.chunk_size)
     t1 = time.perf_counter()
     messages = control.start(ctx.engine, ctx.broker, planned.report.job_id)
@@ -123,7 +123,7 @@ def database(kind: str, tmp: Path, name: str):
     if kind == "sqlite":
         yield f"sqlite:///{tmp / (name + '.db')}"
     else:
-        from imshift.local_postgres import throwaway_database
+        from testsupport import throwaway_database
         with throwaway_database(prefix="imshift_bench_plan") as url:
             yield url
 
@@ -155,7 +155,7 @@ def main(argv: list[str]) -> int:
     if args.case:
         return run_case(args)
 
-    from imshift.local_redis import RedisServer
+    from testsupport import RedisServer
 
     sizes = [2_000, 20_000] if args.quick else [int(n) for n in args.rows.split(",")]
     if args.profile:

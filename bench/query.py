@@ -209,7 +209,7 @@ def database(kind: str, tmp: Path):
     if kind == "sqlite":
         yield f"sqlite:///{tmp / 'query.db'}"
     else:
-        from imshift.local_postgres import throwaway_database
+        from testsupport import throwaway_database
         with throwaway_database(prefix="imshift_bench_query") as url:
             yield url
 

@@ -42,10 +42,10 @@ import httpx
 from bench.common import (claim_to_record_seconds, figures, percentile, sandbox_process, sandbox_stats,
                           worker_processes)
 from imshift.context import Context
-from imshift.jobs import control, requests
+from imshift.jobs import control, kinds
 from imshift.jobs.progress import progress
-from imshift.local_redis import RedisServer
-from imshift.settings import AppSettings, Settings, app_environment
+from imshift.settings import AppSettings, Settings
+from testsupport import RedisServer, app_environment
 from imshift.vendors.sandbox.common import STATS_PATH
 from imshift.vendors.sandbox.netease import NeteaseSandbox
 
@@ -83,7 +83,7 @@ def write_users(path: Path, count: int) -> Path:
 @contextlib.contextmanager
 def database(postgres: bool, tmp: Path) -> Iterator[str]:
     if postgres:
-        from imshift.local_postgres import throwaway_database
+        from testsupport import throwaway_database
         with throwaway_database(prefix="imshift_bench_quota") as url:
             yield url
     else:
@@ -121,7 +121,7 @@ def run_once(args, tmp: Path, redis_url: str, db_url: str, users_csv: Path, proc
     rates = {OP: args.rate}
     with sandbox_process("netease", rates=rates, latency=args.latency) as base_url:
         ctx, env = producer_and_workers(base_url, db_url, redis_url, rates, args.chunk_size)
-        planned = requests.plan_user_migration(ctx.engine, ctx.target(APP), users_csv,
+        planned = kinds.plan_user_migration(ctx.engine, ctx.target(APP), users_csv,
                                                source_app=None, chunk_size=args.chunk_size)
         job_id = planned.report.job_id
         log = tmp / f"workers-{processes}.log"

@@ -38,9 +38,9 @@ from typing import Iterator
 from bench.common import (ROOT, claim_to_record_seconds, figures, free_port, percentile, sandbox_stats,
                           wait_for_port, worker_processes)
 from bench.quota import APP, database, producer_and_workers, steady_window, wait_ready, watch
-from imshift.jobs import control, requests
+from imshift.jobs import control, kinds
 from imshift.jobs.progress import progress
-from imshift.local_redis import RedisServer
+from testsupport import RedisServer
 from imshift.vendors.base import Message
 
 OP = "send"
@@ -108,7 +108,7 @@ def main(argv: list[str]) -> int:
         with RedisServer() as redis, database(args.postgres, tmp) as db_url, \
                 seeded_sandbox(args.rate, args.latency, args.recipients) as base_url:
             ctx, env = producer_and_workers(base_url, db_url, redis.url, rates, args.chunk_size)
-            planned = requests.plan_send(ctx.engine, ctx.target(APP), to, sender=SENDER,
+            planned = kinds.plan_send(ctx.engine, ctx.target(APP), to, sender=SENDER,
                                          message=Message(text="hello from the send benchmark"),
                                          chunk_size=args.chunk_size)
             job_id = planned.report.job_id

@@ -78,9 +78,9 @@ def vendors() -> None:
 @app.command()
 def sandbox(
     vendor: Annotated[Optional[list[str]], typer.Option(
-        help="Vendor to serve (repeatable); all four when omitted.")] = None,
+        help="Vendor to serve (repeatable); every vendor when omitted.")] = None,
     port: Annotated[Optional[int], typer.Option(
-        help="Port for a single vendor (default: the vendor's own, 9001-9004).")] = None,
+        help="Port for a single vendor (default: the vendor's own, shown at start).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     rate: Annotated[Optional[list[str]], typer.Option(
         help="Rate limit per operation, OP=CALLS_PER_SECOND (repeatable), e.g. register=400.")] = None,

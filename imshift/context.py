@@ -20,10 +20,10 @@ from imshift.jobs.target import Target
 from imshift.logs import secret_fields
 from imshift.models import make_engine
 from imshift.settings import Settings
+from imshift.vendors.base import VendorRules
 from imshift.vendors.client import Throttle, VendorClient
 from imshift.vendors.http import http_client
 from imshift.vendors.registry import vendor
-from imshift.vendors.sandbox.common import Sandbox
 from imshift.workers.actors import declare
 from imshift.workers.broker import make_broker
 from imshift.workers.ratelimit import RateLimiter
@@ -50,7 +50,8 @@ def vendor_config(app: str, config_class: type, fields: dict[str, Any]) -> Any:
 class Context:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings()
-        self.sandboxes: dict[str, Sandbox] = {}  # built-in sandboxes, by app name
+        self.sandboxes: dict[str, Any] = {}  # built-in sandboxes, by app name
+        self._configs: dict[str, Any] = {}
 
     @property
     def embedded(self) -> bool:
@@ -68,35 +69,54 @@ class Context:
         declare(broker, time_limit_ms=int(self.settings.lease_seconds * 4 * 1000))
         return broker
 
+    def config(self, app: str) -> Any:
+        """The vendor config of a configured app (credentials included: it
+        stays in this process). A built-in sandbox app gets the sandbox's demo
+        credentials, with the app's other settings (an API version, batch
+        sizes) applied."""
+        if app not in self._configs:
+            app_settings = self.settings.app(app)
+            v = vendor(app_settings.vendor)
+            fields = app_settings.vendor_config()
+            if app_settings.sandbox:
+                demo = self.sandbox(app).config(f"http://{app}.internal")
+                fields = {**{f.name: getattr(demo, f.name) for f in dataclasses.fields(demo)}, **fields}
+            self._configs[app] = vendor_config(app, v.config, fields)
+        return self._configs[app]
+
+    def rules(self, app: str) -> VendorRules:
+        """The configured app's rules: what planning, estimates and workers all use."""
+        return vendor(self.settings.app(app).vendor).rules(self.config(app))
+
     def rates(self, app: str) -> dict[str, float]:
         """Default rates of the app's vendor, with the app's own overrides."""
-        client_class = vendor(self.settings.app(app).vendor).client
-        rates = {op.value: rate for op, rate in client_class.rules.rates.items()}
+        rates = {op.value: rate for op, rate in self.rules(app).rates.items()}
         rates.update(self.settings.app(app).rates)
         return rates
 
     def target(self, app: str) -> Target:
-        return Target(app, vendor(self.settings.app(app).vendor).client, self.rates(app))
+        v = vendor(self.settings.app(app).vendor)
+        return Target(app, v.name, v.client.for_config(self.config(app)).capabilities,
+                      self.rules(app), self.rates(app))
 
-    def sandbox(self, app: str) -> Sandbox:
+    def sandbox(self, app: str) -> Any:
         """The built-in sandbox behind `sandbox-<vendor>`: it enforces the
         vendor's default rates, as the real vendor enforces its limits."""
         if app not in self.sandboxes:
-            v = vendor(self.settings.app(app).vendor)
-            self.sandboxes[app] = v.sandbox(rate_limits=self.rates(app))
+            box = self.sandboxes[app] = vendor(self.settings.app(app).vendor).sandbox()
+            # Its limits are the app's rates, which depend on the app's config,
+            # which holds the sandbox's demo credentials: set them once both exist.
+            box.rate_limits.update(self.rates(app))
         return self.sandboxes[app]
 
     def client(self, app: str, throttle: Throttle | None = None) -> VendorClient:
-        app_settings = self.settings.app(app)
-        v = vendor(app_settings.vendor)
-        if app_settings.sandbox:
-            box = self.sandbox(app)
-            config: Any = box.config(f"http://{app}.internal")
-            http = httpx.AsyncClient(transport=httpx.ASGITransport(app=box.app))
+        v = vendor(self.settings.app(app).vendor)
+        if self.settings.app(app).sandbox:
+            http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.sandbox(app).app))
         else:
-            config = vendor_config(app, v.config, app_settings.vendor_config())
             http = http_client(max_connections=self.settings.concurrency)
-        return v.client(config, http, throttle=throttle, timeout=self.settings.request_timeout)
+        return v.make_client(self.config(app), http, throttle=throttle,
+                             timeout=self.settings.request_timeout)
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for the log redaction filter."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 
 from imshift.context import Context
-from imshift.jobs import control, requests
+from imshift.jobs import control, kinds
 from imshift.jobs.progress import results
 from imshift.settings import AppSettings, Settings
 from imshift.vendors.base import Message, Operation
@@ -68,7 +68,7 @@ def run_demo(count: int, console: Console) -> None:
 def migrate_then_send(ctx: Context, users: Path, console: Console) -> None:
     settings, workdir = ctx.settings, users.parent
     limit = ctx.rates(TARGET)[Operation.REGISTER.value]
-    planned = requests.plan_user_migration(ctx.engine, ctx.target(TARGET), users, source_app=SOURCE,
+    planned = kinds.plan_user_migration(ctx.engine, ctx.target(TARGET), users, source_app=SOURCE,
                                            chunk_size=settings.chunk_size)
     report = planned.report
     console.print(f"planned job {report.job_id}: {report.pending:,} to migrate, "
@@ -89,7 +89,7 @@ def migrate_then_send(ctx: Context, users: Path, console: Console) -> None:
     recipients.write_text("\n".join(chosen) + "\n", encoding="utf-8")
     sender = migrated[0].key
     console.print(f"\nsending a welcome message from {sender} to {len(chosen):,} of them")
-    planned = requests.plan_send(ctx.engine, ctx.target(TARGET), recipients, sender=sender,
+    planned = kinds.plan_send(ctx.engine, ctx.target(TARGET), recipients, sender=sender,
                                  message=Message(text="欢迎 / welcome to the new chat service 👋"),
                                  chunk_size=settings.chunk_size)
     control.start(ctx.engine, ctx.broker, planned.report.job_id)
@@ -97,5 +97,5 @@ def migrate_then_send(ctx: Context, users: Path, console: Console) -> None:
     summary(ctx, p, console)
     delivered = sum(len(box.inbox(key)) for key in chosen)
     console.print(f"\n{delivered:,} messages delivered in {box.calls['send']} batch call(s) "
-                  f"(up to {ctx.target(TARGET).client.rules.batch_size[Operation.SEND]} "
+                  f"(up to {ctx.target(TARGET).batch_size(Operation.SEND)} "
                   f"recipients each)")

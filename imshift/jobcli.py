@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from imshift import logs
-from imshift.jobs import control, requests
+from imshift.jobs import control, kinds
 from imshift.jobs.inputs import InputError
 from imshift.jobs.plan import PlanReport
 from imshift.jobs.progress import progress, recent_jobs, results as item_results
@@ -62,7 +62,7 @@ def _target(ctx: Context, app: str):
         fail(str(exc))
 
 
-def _plan(ctx: Context, make) -> requests.Planned:
+def _plan(ctx: Context, make) -> kinds.Planned:
     try:
         with console.status("reading and checking the input...") as status:
             return make(lambda n: status.update(f"reading and checking the input: {n:,} rows"))
@@ -72,7 +72,7 @@ def _plan(ctx: Context, make) -> requests.Planned:
         fail(f"{exc}; see `imshift vendors`.")
 
 
-def _report(ctx: Context, planned: requests.Planned, operation: Operation, app: str) -> None:
+def _report(ctx: Context, planned: kinds.Planned, operation: Operation, app: str) -> None:
     r: PlanReport = planned.report
     console.print(f"job [bold]{r.job_id}[/bold]: {r.total:,} rows read in {r.seconds:.1f} s: "
                   f"{r.pending:,} to send, {r.invalid:,} invalid, {r.duplicates:,} duplicate")
@@ -93,7 +93,7 @@ def _report(ctx: Context, planned: requests.Planned, operation: Operation, app: 
         console.print(f"  estimated run time at {rate:g} calls/s: {_fmt_seconds(estimate)}")
 
 
-def _launch(ctx: Context, planned: requests.Planned, operation: Operation, app: str,
+def _launch(ctx: Context, planned: kinds.Planned, operation: Operation, app: str,
             dry_run: bool, detach: bool) -> None:
     _report(ctx, planned, operation, app)
     job_id = planned.report.job_id
@@ -145,7 +145,7 @@ def migrate_users(
     if source != target:
         _target(ctx, source)  # a typo in --from should fail now, not after the run
     tgt = _target(ctx, target)
-    planned = _plan(ctx, lambda progress: requests.plan_user_migration(
+    planned = _plan(ctx, lambda progress: kinds.plan_user_migration(
         ctx.engine, tgt, input, source_app=source, chunk_size=ctx.settings.chunk_size,
         progress=progress))
     _launch(ctx, planned, Operation.REGISTER, target, dry_run, detach)
@@ -168,7 +168,7 @@ def tokens_refresh(
         fail("tokens are stored encrypted, and IMSHIFT_TOKEN_KEY is not set: "
              "run `imshift keygen` and set it (keep the key safe; the same key reads the export)")
     tgt = _target(ctx, app)
-    planned = _plan(ctx, lambda progress: requests.plan_token_refresh(
+    planned = _plan(ctx, lambda progress: kinds.plan_token_refresh(
         ctx.engine, tgt, input, chunk_size=ctx.settings.chunk_size, progress=progress))
     _launch(ctx, planned, Operation.ISSUE_TOKEN, app, dry_run, detach)
 
@@ -197,7 +197,7 @@ def send(
         message = Message(text=text)
     ctx = _context()
     tgt = _target(ctx, app)
-    planned = _plan(ctx, lambda progress: requests.plan_send(
+    planned = _plan(ctx, lambda progress: kinds.plan_send(
         ctx.engine, tgt, to, sender=sender, message=message, chunk_size=ctx.settings.chunk_size,
         progress=progress))
     _launch(ctx, planned, Operation.SEND, app, dry_run, detach)

@@ -1,19 +1,9 @@
 """Settings from environment variables and an optional TOML file.
 
 Vendor app credentials live only here: jobs name an app, never carry its
-keys. Apps are configured in `imshift.toml` (or the file `IMSHIFT_CONFIG`
-names):
-
-    [apps.old]
-    vendor = "rongcloud"
-    app_key = "..."
-    app_secret = "..."
-
-    [apps.new]
-    vendor = "netease"
-    app_key = "..."
-    rates = { register = 80 }
-
+keys. Apps are configured in `imshift.toml` (or the file `IMSHIFT_CONFIG` names),
+one table per app naming its vendor (`imshift vendors` lists them) and the
+fields of that vendor's config class (the README shows an example),
 or by environment, e.g. `IMSHIFT_APPS__NEW__APP_SECRET=...`. Every app
 field other than `vendor` and `rates` goes to the vendor's config class.
 """
@@ -27,7 +17,10 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
                                TomlConfigSettingsSource)
 
-SANDBOX_PREFIX = "sandbox-"  # "sandbox-netease": the built-in in-process sandbox of that vendor
+from imshift.workers import ratelimit
+from imshift.workers.runtime import Tuning
+
+SANDBOX_PREFIX = "sandbox-"  # "sandbox-<vendor>": the built-in in-process sandbox of that vendor
 
 
 class AppSettings(BaseModel):
@@ -58,16 +51,15 @@ class Settings(BaseSettings):
     token_key: SecretStr | None = None  # Fernet key: tokens are stored encrypted with it
     apps: dict[str, AppSettings] = Field(default_factory=dict)
 
-    chunk_size: int = 200  # items per queue message
-    lease_seconds: float = 120.0  # how long a claim holds before another worker may take over
-    max_attempts: int = 8  # retryable failures per item before it ends `failed`
-    concurrency: int = 128  # vendor calls in flight per worker process
-    rate_margin: float = 0.02  # stay this share under each vendor limit (network jitter)
-    # Seconds left free at each end of a vendor's one-second window; must exceed
-    # the delay before the vendor counts a call plus its jitter (< 0.25).
-    rate_guard: float = 0.15
-    claim_seconds: float = 0.5  # a worker process claims at most this many seconds of quota ahead
-    stale_after: float = 60.0  # a running job with no progress this long gets its chunks re-sent
+    # The engine's defaults are the workers' own (Tuning, the rate limiter's).
+    chunk_size: int = Tuning.chunk_size  # items per queue message
+    lease_seconds: float = Tuning.lease_seconds  # a claim holds this long before another worker may take over
+    max_attempts: int = Tuning.max_attempts  # retryable failures per item before it ends `failed`
+    concurrency: int = Tuning.concurrency  # vendor calls in flight per worker process
+    rate_margin: float = ratelimit.MARGIN  # stay this share under each vendor limit (network jitter)
+    rate_guard: float = ratelimit.GUARD  # seconds left free at each end of a vendor's one-second window
+    claim_seconds: float = Tuning.claim_seconds  # a process claims at most this many seconds of quota ahead
+    stale_after: float = Tuning.stale_after  # a running job with no progress this long gets its chunks re-sent
     requeue_after: float = 60.0  # a dead worker's unacknowledged messages return after this (Redis)
     request_timeout: float = 15.0
 
@@ -86,25 +78,8 @@ class Settings(BaseSettings):
             return self.apps[name]
         if name.startswith(SANDBOX_PREFIX):
             return AppSettings(vendor=name[len(SANDBOX_PREFIX):], sandbox=True)
+        from imshift.vendors.registry import sandbox_apps
+
         known = ", ".join(sorted(self.apps)) or "none configured"
         raise ValueError(f"no vendor app named {name!r} (apps: {known}; the built-in sandboxes "
-                         f"are sandbox-rongcloud, sandbox-netease, sandbox-openim, sandbox-maxim)")
-
-
-def app_environment(name: str, vendor: str, config: Any) -> dict[str, str]:
-    """Environment variables that configure app `name` like `config` (a vendor
-    config dataclass): how tests and benchmarks hand an app to worker processes."""
-    import dataclasses
-    import json
-
-    env = {f"IMSHIFT_APPS__{name.upper()}__VENDOR": vendor}
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if value is None or callable(value):
-            continue
-        if isinstance(value, bool):
-            value = str(value).lower()
-        elif isinstance(value, (list, tuple, dict)):
-            value = json.dumps(list(value) if isinstance(value, tuple) else value)
-        env[f"IMSHIFT_APPS__{name.upper()}__{field.name.upper()}"] = str(value)
-    return env
+                         f"are {', '.join(sandbox_apps(SANDBOX_PREFIX))})")

@@ -6,7 +6,7 @@ the server named by IMSHIFT_TEST_POSTGRES (default: the local one, trust auth).
 
 import pytest
 
-from imshift.local_postgres import throwaway_database
+from testsupport import throwaway_database
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +41,7 @@ def database_url(request, tmp_path):
 @pytest.fixture
 def redis_server():
     """A private redis-server on a free port (never the machine's shared one)."""
-    from imshift.local_redis import RedisServer
+    from testsupport import RedisServer
 
     with RedisServer() as server:
         yield server

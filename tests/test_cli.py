@@ -14,6 +14,7 @@ from imshift.cli import app
 from imshift.vendors.base import Outcome, Profile
 from imshift.vendors.http import http_client
 from imshift.vendors.registry import VENDORS
+from testsupport import free_port
 
 runner = CliRunner()
 
@@ -43,11 +44,6 @@ def test_demo_migrates_reports_bad_rows_and_sends():
     assert "0 over the limit" in output
     assert "145 messages delivered in 1 batch call(s)" in output
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 20) -> None:

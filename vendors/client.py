@@ -33,7 +33,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 MAX_REPLY_BYTES = 8 * 1024 * 1024  # no vendor reply we read is near this; a proxy's may be
-SEND_KEYS = frozenset({Operation.SEND.value, Operation.SEND_GROUP.value, Operation.BROADCAST.value})
+# What `deduplicates_sends` covers: a broadcast takes no per-recipient key anywhere.
+SEND_KEYS = frozenset({Operation.SEND.value, Operation.SEND_GROUP.value})
 DEFAULT_CONCURRENCY = 8  # per-item calls in flight per method call, when the config says nothing
 
 
@@ -271,8 +272,11 @@ class VendorClient:
         code = self.reply_code(reply.body)
         if code is not None:
             outcome = self.codes.outcome(code)
-            if outcome is Outcome.OK and reply.status >= 300:
-                outcome = Outcome.RETRYABLE if reply.status >= 500 else Outcome.REJECTED
+            if reply.status >= 500 and outcome not in (Outcome.AUTH, Outcome.RATE_LIMITED):
+                # A gateway's 5xx may carry any code: the server did not finish the work.
+                outcome = Outcome.RETRYABLE
+            elif outcome is Outcome.OK and reply.status >= 300:
+                outcome = Outcome.REJECTED
             return Result(outcome, str(code), message,
                           retry_after=reply.retry_after() if outcome is Outcome.RATE_LIMITED else None)
         if reply.status >= 500:

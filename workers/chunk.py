@@ -10,7 +10,6 @@ claim's holder, and a send whose call may have gone out unrecorded is marked
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import random
@@ -22,14 +21,14 @@ from sqlalchemy import bindparam, func, select, update
 
 from imshift.models import store
 from imshift.models.tables import Item, ItemState, Job, JobStatus
-from imshift.vendors.base import Message, Operation, Outcome, Profile, Result
+from imshift.vendors.base import Operation, Outcome, Result
 from imshift.vendors.client import VendorClient
+from imshift.vendors.operations import WorkItem, dedup_key, step
 
 from .runtime import Runtime
 
 log = logging.getLogger("imshift.workers")
 
-SENDS = frozenset({Operation.SEND, Operation.SEND_GROUP, Operation.BROADCAST})
 jobs = Job.__table__
 items = Item.__table__
 
@@ -75,7 +74,7 @@ async def run_chunk(runtime: Runtime, job_id: int, start: int, end: int) -> None
     if job is None:
         return
     client = runtime.client(job.app)
-    repeat_safe = job.operation not in SENDS or client.deduplicates_sends
+    repeat_safe = client.repeat_safe(job.operation)
     # Claim the range a slice at a time, within the process's budget: claimed
     # items wait for the rate limiter, so the budget is what the quota serves
     # in claim_seconds, and a few slices of it overlap so calls never run dry.
@@ -239,18 +238,6 @@ async def execute(runtime: Runtime, client: VendorClient, job: JobView,
 
 
 async def call(client: VendorClient, job: JobView, batch: Sequence[Any]) -> list[Result]:
-    op = job.operation
-    if op in (Operation.REGISTER, Operation.UPDATE_PROFILE):
-        profiles = [Profile(r.key, r.payload.get("name", ""), r.payload.get("avatar", ""),
-                            r.payload.get("extra", {})) for r in batch]
-        method = client.register_users if op is Operation.REGISTER else client.update_profiles
-        return await method(profiles)
-    if op is Operation.ISSUE_TOKEN:
-        return await client.issue_tokens([r.key for r in batch])
-    if op is Operation.SEND:
-        message = Message(**job.params["message"])
-        # The same items always get the same key, so a vendor that deduplicates
-        # drops a repeated call instead of delivering twice.
-        dedup = hashlib.sha256(f"{job.id}:{','.join(str(r.seq) for r in batch)}".encode()).hexdigest()[:32]
-        return await client.send(job.params["sender"], [r.key for r in batch], message, dedup_key=dedup)
-    raise ValueError(f"job {job.id}: operation {op} is not run by workers")
+    """The operation table runs the batch; the dedup key is the job's and the items'."""
+    items = [WorkItem(r.seq, r.key, r.payload) for r in batch]
+    return await step(job.operation).run(client, items, job.params, dedup_key(str(job.id), items))

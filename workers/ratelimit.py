@@ -236,6 +236,14 @@ class _Slots:
         self.paused = max(self.paused, now + pause)
 
 
+# The defaults, also the settings' (rate_margin, rate_guard). The margin keeps
+# this share of each vendor limit unused (network jitter); the guard leaves
+# this many seconds free at each end of a vendor's one-second window, more
+# than the delay before the vendor counts a call plus its jitter (< 0.25).
+MARGIN = 0.02
+GUARD = 0.15
+
+
 class RateLimiter:
     """Vendor quotas per (app, operation key), in calls (weight units) per second.
 
@@ -247,7 +255,7 @@ class RateLimiter:
     """
 
     def __init__(self, rates: Mapping[str, float] | None = None, *, redis: Redis | None = None,
-                 margin: float = 0.01, guard: float = 0.05, namespace: str = "imshift:rl"):
+                 margin: float = MARGIN, guard: float = GUARD, namespace: str = "imshift:rl"):
         if not 0 <= guard < 0.25 or not 0 <= margin < 1:
             raise ValueError("guard must be in [0, 0.25) seconds and margin in [0, 1)")
         self.rates = {str(k): float(v) for k, v in (rates or {}).items()}

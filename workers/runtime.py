@@ -26,6 +26,8 @@ SECRET_FIELDS = ("token", "password")  # result fields kept only encrypted
 
 @dataclass
 class Tuning:
+    """The engine's knobs with their defaults, which the settings take as theirs."""
+
     chunk_size: int = 200
     lease_seconds: float = 120.0
     max_attempts: int = 8

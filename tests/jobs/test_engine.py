@@ -2,7 +2,7 @@
 (SQLite and PostgreSQL), workers in this process, vendor sandboxes behind
 real HTTP (in-process ASGI)."""
 
-from imshift.jobs import control, requests
+from imshift.jobs import control, kinds
 from imshift.jobs.progress import results
 from imshift.models import store
 from imshift.vendors.sandbox.common import Faults
@@ -13,7 +13,7 @@ from helpers import NAMES, context, wait_until_done, write_users
 
 
 def run_migration(ctx, users, target="new", timeout=120, threads=8):
-    planned = requests.plan_user_migration(ctx.engine, ctx.target(target), users, source_app="old",
+    planned = kinds.plan_user_migration(ctx.engine, ctx.target(target), users, source_app="old",
                                            chunk_size=ctx.settings.chunk_size)
     ctx.runtime  # noqa: B018  (configures the workers)
     with in_process_workers(ctx.broker, threads=threads):

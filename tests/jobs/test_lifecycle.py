@@ -11,7 +11,7 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import select
 
-from imshift.jobs import control, requests
+from imshift.jobs import control, kinds
 from imshift.jobs.progress import progress, results
 from imshift.models import Item
 from imshift.vendors.base import Profile
@@ -29,7 +29,7 @@ def db(tmp_path):
 
 
 def plan(ctx, path, users=100, app="new", **kw):
-    return requests.plan_user_migration(ctx.engine, ctx.target(app), write_users(path, users, **kw),
+    return kinds.plan_user_migration(ctx.engine, ctx.target(app), write_users(path, users, **kw),
                                         source_app=app, chunk_size=ctx.settings.chunk_size).report
 
 
@@ -119,7 +119,7 @@ def test_tokens_are_stored_encrypted_and_exported_in_clear(db, tmp_path):
 
     asyncio.run(register())
     (tmp_path / "ids.txt").write_text("\n".join(ids + ["ghost_user"]))
-    planned = requests.plan_token_refresh(ctx.engine, ctx.target("new"), tmp_path / "ids.txt",
+    planned = kinds.plan_token_refresh(ctx.engine, ctx.target("new"), tmp_path / "ids.txt",
                                           chunk_size=ctx.settings.chunk_size)
     job_id = planned.report.job_id
     ctx.runtime  # noqa: B018

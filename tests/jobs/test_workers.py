@@ -16,9 +16,9 @@ import asyncio
 
 import pytest
 
-from imshift.jobs import control, requests
+from imshift.jobs import control, kinds
 from imshift.jobs.progress import progress, results
-from imshift.settings import app_environment
+from testsupport import app_environment
 from imshift.vendors.base import Message, Profile
 from imshift.vendors.sandbox.common import Faults
 from imshift.vendors.sandbox.netease import NeteaseSandbox
@@ -87,7 +87,7 @@ def setup(database_url, redis_server, tmp_path):
 
 
 def start_migration(ctx, path, users: int) -> int:
-    planned = requests.plan_user_migration(ctx.engine, ctx.target("new"), write_users(path, users),
+    planned = kinds.plan_user_migration(ctx.engine, ctx.target("new"), write_users(path, users),
                                            source_app="new", chunk_size=50)
     control.start(ctx.engine, ctx.broker, planned.report.job_id)
     return planned.report.job_id
@@ -164,7 +164,7 @@ def test_sends_cut_off_by_a_dead_worker_end_unknown_and_are_not_resent(setup, tm
     ctx, workers = setup(box, rates={"send": 50})
     to = tmp_path / "to.txt"
     to.write_text("\n".join(recipients), encoding="utf-8")
-    planned = requests.plan_send(ctx.engine, ctx.target("new"), to, sender="user_000000",
+    planned = kinds.plan_send(ctx.engine, ctx.target("new"), to, sender="user_000000",
                                  message=Message(text="once only"), chunk_size=500)
     job_id = planned.report.job_id
     control.start(ctx.engine, ctx.broker, job_id)

@@ -17,7 +17,7 @@ from imshift.vendors.http import http_client
 from imshift.vendors.sandbox.serve import served
 from imshift.workers.ratelimit import RateLimiter, _Slots
 
-from imshift.local_redis import RedisServer
+from testsupport import RedisServer
 from tiny_sandbox import TinySandbox
 
 

@@ -1,5 +1,7 @@
-"""The three kinds of job a user asks for, from input rows to planned items:
-user migration (register with profile), token refresh, mass send."""
+"""The kinds of job a user asks for, from input rows to planned items:
+user migration (register with profile), token refresh, mass send. Each is
+one producer; how its items are run is the operation table's
+(imshift.vendors.operations)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Any, Iterator
 from sqlalchemy.engine import Engine
 
 from imshift.vendors.base import Message, Operation, Profile
+from imshift.vendors.operations import encode_message, encode_profile
 
 from .inputs import AVATAR_COLUMNS, NAME_COLUMNS, Row, read_rows
 from .plan import PlanReport, Spec, create_job, plan
@@ -32,7 +35,7 @@ def _first(fields: dict[str, str], names: tuple[str, ...]) -> tuple[str, str | N
 def user_specs(rows: Iterator[Row], target: Target, ignored: set[str]) -> Iterator[Spec]:
     """Profiles checked against the target's rules. Columns the target has no
     field for are left out (and reported once), not held against each row."""
-    rules = target.client.rules
+    rules = target.rules
     for row in rows:
         if row.problem:
             yield Spec(row.line, f"#line{row.line}", problems=[row.problem])
@@ -50,10 +53,7 @@ def user_specs(rows: Iterator[Row], target: Target, ignored: set[str]) -> Iterat
             else:
                 ignored.add(column)
         problems = rules.check_profile(Profile(key, name, avatar, extra))
-        payload: dict[str, Any] = {"name": name, "avatar": avatar}
-        if extra:
-            payload["extra"] = extra
-        yield Spec(row.line, key or f"#line{row.line}", payload, problems)
+        yield Spec(row.line, key or f"#line{row.line}", encode_profile(name, avatar, extra), problems)
 
 
 def id_specs(rows: Iterator[Row]) -> Iterator[Spec]:
@@ -70,7 +70,7 @@ def _start_plan(engine: Engine, kind: str, operation: Operation, target: Target,
                 progress=None) -> PlanReport:
     target.require(operation)
     # A chunk carries at least one full vendor batch, or batching is wasted.
-    params["chunk_size"] = max(params["chunk_size"], target.client.rules.batch_size.get(operation, 1))
+    params["chunk_size"] = max(params["chunk_size"], target.batch_size(operation))
     job_id = create_job(engine, kind=kind, operation=operation.value, app=target.app,
                         source_app=source_app, params=params)
     return plan(engine, job_id, specs, progress)
@@ -95,9 +95,8 @@ def plan_token_refresh(engine: Engine, target: Target, input_path: str | Path, *
 
 def plan_send(engine: Engine, target: Target, input_path: str | Path, *, sender: str,
               message: Message, chunk_size: int, progress=None) -> Planned:
-    content = {"text": message.text} if message.text is not None else {"custom": dict(message.custom)}
     report = _start_plan(engine, "send", Operation.SEND, target,
-                         {"input": str(input_path), "sender": sender, "message": content,
+                         {"input": str(input_path), "sender": sender, "message": encode_message(message),
                           "chunk_size": chunk_size},
                          id_specs(read_rows(input_path)), progress=progress)
     return Planned(report)

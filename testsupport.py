@@ -1,5 +1,9 @@
-"""A private redis-server for tests and benchmarks: its own free port on
-127.0.0.1 and its own temp dir, so they never touch a shared Redis.
+"""What tests and benchmarks need around imshift, kept out of the shipped package:
+a private redis-server, a throwaway PostgreSQL database, a free port, and the
+environment that hands a vendor app to worker processes.
+
+A private redis-server has its own free port on 127.0.0.1 and its own temp
+dir, so a test never touches a shared Redis:
 
     with RedisServer() as server:          # or server = RedisServer().start()
         client = redis.asyncio.Redis.from_url(server.url)
@@ -9,18 +13,26 @@
 
 Start with appendonly=True when data must survive a restart (with
 appendfsync always, so even a SIGKILL loses no acknowledged write).
+
+A throwaway PostgreSQL database is created on the server `admin_url` names
+and dropped afterwards (never the server's own data).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 
 def free_port() -> int:
@@ -111,3 +123,52 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def admin_url() -> str:
+    return os.environ.get("IMSHIFT_TEST_POSTGRES", DEFAULT_ADMIN_URL)
+
+
+@contextlib.contextmanager
+def throwaway_database(admin: str | None = None, prefix: str = "imshift_tmp") -> Iterator[str]:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(admin or admin_url())
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    conninfo = dict(host=url.host, port=url.port or 5432, user=url.username,
+                    password=url.password, dbname=url.database, autocommit=True)
+    try:
+        with psycopg.connect(**conninfo) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        raise RuntimeError(f"PostgreSQL at {url.host}:{url.port or 5432} is needed "
+                           f"(scripts/test starts it): {exc}") from None
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(**conninfo) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- vendor apps for worker processes --------------------------------------------------------
+
+def app_environment(name: str, vendor: str, config: Any) -> dict[str, str]:
+    """Environment variables that configure app `name` like `config` (a vendor
+    config dataclass): how tests and benchmarks hand an app to worker processes."""
+    env = {f"IMSHIFT_APPS__{name.upper()}__VENDOR": vendor}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if value is None or callable(value):
+            continue
+        if isinstance(value, bool):
+            value = str(value).lower()
+        elif isinstance(value, (list, tuple, dict)):
+            value = json.dumps(list(value) if isinstance(value, tuple) else value)
+        env[f"IMSHIFT_APPS__{name.upper()}__{field.name.upper()}"] = str(value)
+    return env
