@@ -179,7 +179,8 @@ class RongCloudClient(VendorClient):
         if reply.status == 429 and code is not None:
             result = replace(result, code=str(code))  # the vendor pairs its 1008 with HTTP 429
         if result.outcome is Outcome.REJECTED and reply.status >= 500:
-            result = replace(result, outcome=Outcome.RETRYABLE)  # the server failed, whatever it says
+            # The server failed, whatever code it put in the reply.
+            result = replace(result, outcome=Outcome.RETRYABLE)
         if code in ADVICE:
             result = replace(result, message=f"{ADVICE[code]} (vendor: {result.message})")
         return result
@@ -420,8 +421,8 @@ class RongCloudClient(VendorClient):
         approval (server-sdk-go FriendAdd). Needs the vendor's profile hosting
         service; without it the vendor answers 1009 (rejected)."""
         def problem(friend: str) -> str | None:
-            return problems(id_problem("owner", owner), id_problem("friend_ids", friend),
-                            f"friend_ids: {friend!r} is the owner itself" if owner == friend else None)
+            itself = f"friend_ids: {friend!r} is the owner itself" if owner == friend else None
+            return problems(id_problem("owner", owner), id_problem("friend_ids", friend), itself)
 
         async def befriend(friend: str) -> Result:
             form = [("userId", owner), ("targetId", friend), ("optType", "2")]
