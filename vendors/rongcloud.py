@@ -5,13 +5,12 @@ Timestamp, Signature = sha1(secret + nonce + timestamp)); the reply is JSON
 whose `code` 200 means success. The vendor asks callers to switch to a backup
 host on failure, so calls go through a HostPool.
 
-Facts come from vendors.md and RongCloud's own server SDKs (server-sdk-go:
-sdk/rongcloud.go, sdk/user.go, sdk/friend.go; server-sdk-java: jsonsource).
+Facts come from RongCloud's published Server API guide and status-code table
+and its own server SDKs (Go, Java, Python).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import secrets
@@ -23,7 +22,8 @@ from urllib.parse import urlencode
 import httpx
 
 from .base import FieldRule, Group, Message, Operation, Outcome, Profile, Result, VendorRules
-from .client import CallFailed, Reply, VendorClient, chunks
+from .client import (Batch, CallFailed, Codes, Reply, VendorClient, chunks, invalid,
+                     same_for_all)
 from .hosts import HostPool
 
 DEFAULT_HOSTS = ("https://api.rong-api.com", "https://api-b.rong-api.com")
@@ -39,8 +39,20 @@ ID_HINT = "letters, digits and + = - _"
 ID_RULE = FieldRule(max_len=64, unit="bytes", pattern=ID_PATTERN, pattern_hint=ID_HINT,
                     required=True)
 
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+# Publish endpoints: path, target field, the target's name in our messages,
+# and its field in the reply's messageUIDs.
+PUBLISH = {
+    Operation.SEND: ("/message/private/publish.json", "toUserId", "recipient", "userId"),
+    Operation.SEND_GROUP: ("/message/group/publish.json", "toGroupId", "group_id", "groupId"),
+}
 USER_CAP_MESSAGE = ("the development app key has reached its registered-user limit (100): raise "
                     "the test-user limit in the RongCloud console or use the production app key")
+# Rejections whose vendor message does not say what to do about them.
+ADVICE = {
+    2007: USER_CAP_MESSAGE,
+    1009: "service not enabled for this app key: enable it in the RongCloud console",
+}
 
 
 def sign(secret: str, nonce: str, timestamp_ms: int | str) -> str:
@@ -53,6 +65,15 @@ def new_nonce() -> str:
     return str(secrets.randbelow(10 ** 18))
 
 
+def id_problem(name: str, value: str) -> str | None:
+    return ID_RULE.check(name, value)
+
+
+def problems(*found: str | None) -> str | None:
+    """Every reason given, as one message (None when there is none)."""
+    return "; ".join(p for p in found if p) or None
+
+
 @dataclass(frozen=True)
 class RongCloudConfig:
     app_key: str
@@ -62,7 +83,7 @@ class RongCloudConfig:
     host_cooldown: float = 30.0  # seconds before a failed host is tried again
     header_prefix: str = ""  # "RC-" for platforms that filter the plain header names
     custom_object_name: str = "IMS:Custom"  # objectName for Message.custom; the app registers it
-    max_in_flight: int = 32  # httpx's own pool degrades above ~40 in flight
+    concurrency: int = 32  # per-item calls in flight; httpx's own pool degrades above ~40
     host_clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -93,40 +114,6 @@ class _Signer(httpx.Auth):
         yield request
 
 
-def classify(reply: Reply) -> Result:
-    """One RongCloud reply as an outcome, keeping the vendor's code and message."""
-    body = reply.body
-    message = str(body.get("errorMessage") or body.get("msg") or "")
-    try:
-        code: int | None = int(body.get("code"))
-    except (TypeError, ValueError):
-        code = None
-    raw = str(code) if code is not None else f"http {reply.status}"
-    if code == 200 and reply.status < 300:
-        return Result(Outcome.OK, "200")
-    if code == 1008 or reply.status == 429:
-        return Result(Outcome.RATE_LIMITED, raw, message or "call rate exceeded",
-                      retry_after=reply.retry_after())
-    if code in (1001, 1004, 1006, 1007) or (code is None and reply.status == 401):
-        return Result(Outcome.AUTH, raw, message or "app key or signature refused")
-    if code in (1000, 1050) or reply.status >= 500:
-        return Result(Outcome.RETRYABLE, raw, message or f"server error (http {reply.status})")
-    if code == 2007:
-        return Result(Outcome.REJECTED, raw, f"{USER_CAP_MESSAGE} (vendor: {message})")
-    if code == 1009:
-        return Result(Outcome.REJECTED, raw, f"service not enabled for this app key: enable it "
-                                             f"in the RongCloud console (vendor: {message})")
-    return Result(Outcome.REJECTED, raw, message or f"refused by RongCloud (http {reply.status})")
-
-
-def invalid(problems: Sequence[str]) -> Result:
-    return Result(Outcome.REJECTED, "invalid", "; ".join(problems))
-
-
-def id_problem(name: str, value: str) -> str | None:
-    return ID_RULE.check(name, value)
-
-
 class RongCloudClient(VendorClient):
     vendor = "rongcloud"
     capabilities = frozenset({
@@ -134,6 +121,10 @@ class RongCloudClient(VendorClient):
         Operation.ISSUE_TOKEN, Operation.SEND, Operation.SEND_GROUP, Operation.BROADCAST,
         Operation.CREATE_GROUP, Operation.ADD_MEMBERS, Operation.IMPORT_FRIENDS,
     })
+    codes = Codes(ok=frozenset({200}), retryable=frozenset({1000, 1050}),
+                  auth=frozenset({1001, 1004, 1006, 1007}), rate_limited=frozenset({1008}))
+    # The app picks the group id, and creating an existing group answers 200.
+    repeat_safe_ops = frozenset({Operation.CREATE_GROUP})
     rules = VendorRules(
         fields={
             "user_id": ID_RULE,
@@ -174,104 +165,109 @@ class RongCloudClient(VendorClient):
     def __init__(self, config: RongCloudConfig, http: httpx.AsyncClient, *,
                  throttle=None, timeout: float = 10.0):
         super().__init__(config, http, throttle=throttle, timeout=timeout)
-        self.config = config
         self.hosts = HostPool(config.hosts, cooldown=config.host_cooldown, clock=config.host_clock)
         self._signer = _Signer(config)
-        self._in_flight = asyncio.Semaphore(config.max_in_flight)
 
     # -- the call path: sign, fail over, classify ----------------------------------------
 
-    async def _post(self, key: str, url: str, form: list[tuple[str, str]], weight: int) -> Reply:
-        async with self._in_flight:
-            return await self._request(
-                key, "POST", url, weight=weight, auth=self._signer, content=urlencode(form),
-                headers={"Content-Type": "application/x-www-form-urlencoded"})
+    def auth(self) -> httpx.Auth:
+        return self._signer
 
-    async def _call(self, key: str, path: str, form: list[tuple[str, str]], *, weight: int = 1,
-                    idempotent: bool = True) -> Reply:
-        """POST to the current host. On a connection failure or a 5xx the host is
-        marked failed and, where repeating is safe (an idempotent call, or one
-        that surely never arrived), the call is made once more on the next host."""
+    def classify(self, key: str, reply: Reply) -> Result:
+        result = super().classify(key, reply)
+        code = self.reply_code(reply.body)
+        if reply.status == 429 and code is not None:
+            result = replace(result, code=str(code))  # the vendor pairs its 1008 with HTTP 429
+        if result.outcome is Outcome.REJECTED and reply.status >= 500:
+            # The server failed, whatever code it put in the reply.
+            result = replace(result, outcome=Outcome.RETRYABLE)
+        if code in ADVICE:
+            result = replace(result, message=f"{ADVICE[code]} (vendor: {result.message})")
+        return result
+
+    async def _post(self, key: str, path: str, form: list[tuple[str, str]], *, weight: int = 1,
+                    expect: Sequence[str] = ()) -> tuple[Result, dict[str, Any]]:
+        return await self.call(key, "POST", path, weight=weight, expect=expect,
+                               content=urlencode(form), headers=FORM)
+
+    async def _request(self, key: str, method: str, url: str, **kwargs: Any) -> Reply:
+        """`url` is a path, sent to the current host. A host that gives no reply
+        or a 5xx is marked failed, and the call is made once more on the next
+        host where that is safe: the call may be repeated, or it surely never
+        arrived."""
+        safe = self.repeat_safe(key)
         tried: list[str] = []
         while True:
             host = self.hosts.current()
             tried.append(host)
             try:
-                reply = await self._post(key, host + path, form, weight)
+                reply = await super()._request(key, method, host + url, **kwargs)
             except CallFailed as failed:
                 self.hosts.failed(host)
-                if self._may_repeat(tried, idempotent or not failed.result.maybe_delivered):
+                if self._may_repeat(tried, safe or not failed.result.maybe_delivered):
                     continue
                 raise
             if reply.status < 500:
                 self.hosts.succeeded(host)
                 return reply
             self.hosts.failed(host)
-            if not self._may_repeat(tried, idempotent):
+            if not self._may_repeat(tried, safe):
                 return reply
 
     def _may_repeat(self, tried: list[str], safe: bool) -> bool:
         return safe and len(tried) < 2 and self.hosts.current() not in tried
 
-    async def _outcome(self, key: str, path: str, form: list[tuple[str, str]], *,
-                       weight: int = 1, idempotent: bool = True) -> tuple[Result, dict[str, Any]]:
-        try:
-            reply = await self._call(key, path, form, weight=weight, idempotent=idempotent)
-        except CallFailed as failed:
-            return failed.result, {}
-        result = classify(reply)
-        if result.outcome is Outcome.RETRYABLE and not idempotent:
-            # An internal error or internal timeout may come after the message went out.
-            result = replace(result, maybe_delivered=True)
-        return result, reply.body
+    async def _one_call_each(self, items: Sequence[Any], problem: Callable[[Any], str | None],
+                             work: Callable[[Any], Any]) -> list[Result]:
+        """One call per item; the items a rule refuses are answered without one."""
+        batch = Batch(items, problem)
+        batch.put(batch.valid, await self.each([items[i] for i in batch.valid], work))
+        return batch.done()
 
     # -- users ---------------------------------------------------------------------------
 
     async def register_users(self, profiles: Sequence[Profile]) -> list[Result]:
-        return list(await asyncio.gather(*(self._register(p) for p in profiles)))
+        def problem(profile: Profile) -> str | None:
+            return problems(*self.rules.check_profile(profile), None if profile.name else
+                            "name: required by RongCloud's getToken (shown in push notifications)")
 
-    async def _register(self, profile: Profile) -> Result:
-        problems = self.rules.check_profile(profile)
-        if not profile.name:
-            problems.append("name: required by RongCloud's getToken (shown in push notifications)")
-        if problems:
-            return invalid(problems)
+        # Registering again answers just like the first time (a new token), so a
+        # repeat is reported `ok`: the reply does not say the account existed.
+        return await self._one_call_each(profiles, problem, self._get_token)
+
+    async def _get_token(self, profile: Profile) -> Result:
+        """getToken stores the name and portrait it is given, as they are."""
         form = [("userId", profile.user_id), ("name", profile.name)]
         if profile.avatar:
             form.append(("portraitUri", profile.avatar))
-        # Registering again answers just like the first time (a new token), so a
-        # repeat is reported `ok`: the reply does not say the account existed.
-        return await self._get_token(form)
-
-    async def _get_token(self, form: list[tuple[str, str]]) -> Result:
-        result, body = await self._outcome("register", "/user/getToken.json", form)
+        result, body = await self._post("register", "/user/getToken.json", form, expect=("token",))
         if result.outcome is not Outcome.OK:
             return result
-        return replace(result, data={"user_id": str(body.get("userId") or form[0][1]),
-                                     "token": str(body.get("token", ""))})
+        return replace(result, data={"user_id": str(body.get("userId") or profile.user_id),
+                                     "token": str(body["token"])})
 
     async def update_profiles(self, profiles: Sequence[Profile]) -> list[Result]:
-        return list(await asyncio.gather(*(self._update(p) for p in profiles)))
+        def problem(profile: Profile) -> str | None:
+            found = self.rules.check_profile(profile)
+            if not found and not (profile.name or profile.avatar):
+                found.append("name, avatar: nothing to update")
+            return problems(*found)
+
+        return await self._one_call_each(profiles, problem, self._update)
 
     async def _update(self, profile: Profile) -> Result:
-        problems = self.rules.check_profile(profile)
-        if not problems and not (profile.name or profile.avatar):
-            problems.append("name, avatar: nothing to update")
-        if problems:
-            return invalid(problems)
         form = [("userId", profile.user_id)]
         if profile.name:  # an absent field is left as it is
             form.append(("name", profile.name))
         if profile.avatar:
             form.append(("portraitUri", profile.avatar))
-        result, _ = await self._outcome("update_profile", "/user/refresh.json", form)
+        result, _ = await self._post("update_profile", "/user/refresh.json", form)
         return replace(result, data={"user_id": profile.user_id}) if result.succeeded else result
 
     async def get_profiles(self, user_ids: Sequence[str]) -> list[Profile | None]:
         """Raises CallFailed with the vendor's outcome when a read fails."""
-        looked_up = await asyncio.gather(*(self._user_info(u) for u in user_ids))
         profiles = []
-        for user_id, (result, body) in zip(user_ids, looked_up):
+        for user_id, (result, body) in zip(user_ids, await self.each(user_ids, self._user_info)):
             if not result.succeeded:
                 raise CallFailed(result)
             profiles.append(self._profile_from(user_id, body))
@@ -280,7 +276,7 @@ class RongCloudClient(VendorClient):
     async def _user_info(self, user_id: str) -> tuple[Result, dict[str, Any]]:
         if id_problem("user_id", user_id):
             return Result(Outcome.OK, "invalid"), {}  # such an id cannot exist
-        return await self._outcome("get_profiles", "/user/info.json", [("userId", user_id)])
+        return await self._post("get_profiles", "/user/info.json", [("userId", user_id)])
 
     @staticmethod
     def _profile_from(user_id: str, body: dict[str, Any]) -> Profile | None:
@@ -292,14 +288,11 @@ class RongCloudClient(VendorClient):
                        avatar=str(body.get("userPortrait") or ""))
 
     async def issue_tokens(self, user_ids: Sequence[str]) -> list[Result]:
-        return list(await asyncio.gather(*(self._issue(u) for u in user_ids)))
+        return await self._one_call_each(user_ids, lambda u: id_problem("user_id", u), self._issue)
 
     async def _issue(self, user_id: str) -> Result:
         """getToken needs the name and overwrites the stored name and portrait
         with what it is given, so the profile is read first and sent back as is."""
-        problem = id_problem("user_id", user_id)
-        if problem:
-            return invalid([problem])
         result, body = await self._user_info(user_id)
         if not result.succeeded:
             return result
@@ -307,10 +300,7 @@ class RongCloudClient(VendorClient):
         if profile is None:
             return Result(Outcome.REJECTED, "unknown_user",
                           f"user_id: {user_id!r} is not registered at RongCloud; register it first")
-        form = [("userId", user_id), ("name", profile.name)]
-        if profile.avatar:
-            form.append(("portraitUri", profile.avatar))
-        return await self._get_token(form)
+        return await self._get_token(profile)
 
     # -- messages ------------------------------------------------------------------------
 
@@ -330,61 +320,50 @@ class RongCloudClient(VendorClient):
                                           f"allowed per message")
         return object_name, content, None
 
-    async def _publish_each(self, op: Operation, path: str, target_field: str, sender: str,
-                            targets: Sequence[str], message: Message, target_name: str,
-                            uid_field: str) -> list[Result]:
-        """One publish call per batch of targets; each target gets its call's outcome."""
+    async def _publish(self, op: Operation, sender: str, targets: Sequence[str],
+                       message: Message) -> list[Result]:
+        """One publish call per batch of targets; each target gets its call's
+        outcome and its own message id from the reply."""
+        path, target_field, target_name, uid_field = PUBLISH[op]
         object_name, content, problem = self._encode(message)
         problem = problem or id_problem("sender", sender)
         if problem:
-            return [invalid([problem])] * len(targets)
-        results: list[Result | None] = [None] * len(targets)
-        valid = []
-        for index, target in enumerate(targets):
-            target_problem = id_problem(target_name, target)
-            if target_problem:
-                results[index] = invalid([target_problem])
-            else:
-                valid.append(index)
+            return same_for_all(invalid(problem), len(targets))
+        batch = Batch(targets, lambda target: id_problem(target_name, target))
 
-        async def publish(batch: Sequence[int]) -> None:
+        async def publish(part: Sequence[int]) -> list[Result]:
             form = [("fromUserId", sender)]
-            form += [(target_field, targets[i]) for i in batch]
+            form += [(target_field, targets[i]) for i in part]
             form += [("objectName", object_name), ("content", content)]
-            result, body = await self._outcome(op.value, path, form, weight=len(batch),
-                                               idempotent=False)
+            result, body = await self._post(op.value, path, form, weight=len(part))
             ids = {str(e.get(uid_field)): str(e.get("messageUID"))
                    for e in body.get("messageUIDs") or [] if isinstance(e, dict)}
-            for i in batch:
-                msg_id = ids.get(targets[i])
-                results[i] = replace(result, data={"msg_id": msg_id}) if msg_id else result
+            return [replace(result, data={"msg_id": ids[targets[i]]}) if targets[i] in ids
+                    else result for i in part]
 
-        await asyncio.gather(*(publish(b) for b in chunks(valid, self.rules.batch_size[op])))
-        return [r for r in results if r is not None]
+        parts = chunks(batch.valid, self.rules.batch_size[op])
+        for part, results in zip(parts, await self.each(parts, publish)):
+            batch.put(part, results)
+        return batch.done()
 
     async def send(self, sender: str, recipients: Sequence[str], message: Message, *,
                    dedup_key: str | None = None) -> list[Result]:
         # RongCloud's publish takes no deduplication key: a send whose outcome is
         # unknown (maybe_delivered) must not be repeated blindly.
-        return await self._publish_each(Operation.SEND, "/message/private/publish.json",
-                                        "toUserId", sender, recipients, message, "recipient",
-                                        "userId")
+        return await self._publish(Operation.SEND, sender, recipients, message)
 
     async def send_group(self, sender: str, group_ids: Sequence[str], message: Message, *,
                          dedup_key: str | None = None) -> list[Result]:
-        return await self._publish_each(Operation.SEND_GROUP, "/message/group/publish.json",
-                                        "toGroupId", sender, group_ids, message, "group_id",
-                                        "groupId")
+        return await self._publish(Operation.SEND_GROUP, sender, group_ids, message)
 
     async def broadcast(self, sender: str, message: Message, *,
                         dedup_key: str | None = None) -> Result:
         object_name, content, problem = self._encode(message)
         problem = problem or id_problem("sender", sender)
         if problem:
-            return invalid([problem])
+            return invalid(problem)
         form = [("fromUserId", sender), ("objectName", object_name), ("content", content)]
-        result, body = await self._outcome("broadcast", "/message/broadcast.json", form,
-                                           idempotent=False)
+        result, body = await self._post("broadcast", "/message/broadcast.json", form)
         if result.outcome is Outcome.RATE_LIMITED:
             return replace(result, message=f"{result.message} (RongCloud also answers 1008 when "
                                            f"the broadcast service is not enabled for the app key)")
@@ -399,65 +378,55 @@ class RongCloudClient(VendorClient):
         owner at the vendor (the owner is simply a member). Creating an existing
         group adds the members again and answers 200, so a repeat is `ok`."""
         members = list(dict.fromkeys([group.owner, *group.members]))
-        problems = [p for p in (id_problem("group_id", group.group_id),
-                                id_problem("owner", group.owner)) if p]
-        if not group.name:
-            problems.append("name: required (RongCloud shows it in push notifications)")
-        problems += [p for p in (id_problem("members", m) for m in members[1:]) if p]
-        if len(members) > MAX_GROUP_MEMBERS:
-            problems.append(f"members: {len(members)}, at most {MAX_GROUP_MEMBERS} per group")
-        if problems:
-            return invalid(problems)
+        problem = problems(
+            id_problem("group_id", group.group_id), id_problem("owner", group.owner),
+            None if group.name else "name: required (RongCloud shows it in push notifications)",
+            *(id_problem("members", m) for m in members[1:]),
+            f"members: {len(members)}, at most {MAX_GROUP_MEMBERS} per group"
+            if len(members) > MAX_GROUP_MEMBERS else None)
+        if problem:
+            return invalid(problem)
         first, *rest = chunks(members, MAX_GROUP_CALL_MEMBERS)
         form = [("userId", m) for m in first] + [("groupId", group.group_id),
                                                  ("groupName", group.name)]
-        result, _ = await self._outcome("create_group", "/group/create.json", form)
+        result, _ = await self._post("create_group", "/group/create.json", form)
         for more in rest:  # the rest join in further calls (all idempotent)
             if not result.succeeded:
                 break
-            result, _ = await self._outcome("add_members", "/group/join.json",
-                                            self._join_form(group.group_id, more))
+            result = await self._join(group.group_id, more)
         return replace(result, data={"group_id": group.group_id}) if result.succeeded else result
 
-    @staticmethod
-    def _join_form(group_id: str, members: Sequence[str]) -> list[tuple[str, str]]:
+    async def _join(self, group_id: str, members: Sequence[str]) -> Result:
         # No groupName: join would rename the group with it.
-        return [("userId", m) for m in members] + [("groupId", group_id)]
+        form = [("userId", m) for m in members] + [("groupId", group_id)]
+        result, _ = await self._post("add_members", "/group/join.json", form)
+        return result
 
     async def add_members(self, group_id: str, owner: str, members: Sequence[str]) -> list[Result]:
         problem = id_problem("group_id", group_id)
         if problem:
-            return [invalid([problem])] * len(members)
-        results: list[Result | None] = [None] * len(members)
-        valid = []
-        for index, member in enumerate(members):
-            member_problem = id_problem("members", member)
-            if member_problem:
-                results[index] = invalid([member_problem])
-            else:
-                valid.append(index)
+            return same_for_all(invalid(problem), len(members))
+        batch = Batch(members, lambda member: id_problem("members", member))
 
-        async def join(batch: Sequence[int]) -> None:
-            result, _ = await self._outcome("add_members", "/group/join.json",
-                                            self._join_form(group_id, [members[i] for i in batch]))
-            for i in batch:
-                results[i] = result
+        async def join(part: Sequence[int]) -> Result:
+            return await self._join(group_id, [members[i] for i in part])
 
-        await asyncio.gather(*(join(b) for b in chunks(valid, MAX_GROUP_CALL_MEMBERS)))
-        return [r for r in results if r is not None]
+        parts = chunks(batch.valid, self.rules.batch_size[Operation.ADD_MEMBERS])
+        for part, result in zip(parts, await self.each(parts, join)):
+            batch.put(part, result)
+        return batch.done()
 
     async def import_friends(self, owner: str, friend_ids: Sequence[str]) -> list[Result]:
         """/friend/add.json with optType=2 adds directly, without the other's
         approval (server-sdk-go FriendAdd). Needs the vendor's profile hosting
         service; without it the vendor answers 1009 (rejected)."""
-        return list(await asyncio.gather(*(self._befriend(owner, f) for f in friend_ids)))
+        def problem(friend: str) -> str | None:
+            itself = f"friend_ids: {friend!r} is the owner itself" if owner == friend else None
+            return problems(id_problem("owner", owner), id_problem("friend_ids", friend), itself)
 
-    async def _befriend(self, owner: str, friend: str) -> Result:
-        problems = [p for p in (id_problem("owner", owner), id_problem("friend_ids", friend)) if p]
-        if not problems and owner == friend:
-            problems.append(f"friend_ids: {friend!r} is the owner itself")
-        if problems:
-            return invalid(problems)
-        form = [("userId", owner), ("targetId", friend), ("optType", "2")]
-        result, _ = await self._outcome("import_friends", "/friend/add.json", form)
-        return result
+        async def befriend(friend: str) -> Result:
+            form = [("userId", owner), ("targetId", friend), ("optType", "2")]
+            result, _ = await self._post("import_friends", "/friend/add.json", form)
+            return result
+
+        return await self._one_call_each(friend_ids, problem, befriend)
