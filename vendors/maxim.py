@@ -58,12 +58,8 @@ def admin_headers(config: MaximConfig) -> dict[str, str]:
 def acting_as(*, user_id: int | None = None, group_id: int | None = None) -> dict[str, str]:
     """One call's extra headers: `user_id` acts as that user, `group_id` as
     that group's admin (both only with an admin token)."""
-    headers = {}
-    if user_id is not None:
-        headers["user_id"] = str(user_id)
-    if group_id is not None:
-        headers["group_id"] = str(group_id)
-    return headers
+    return {name: str(value) for name, value in (("user_id", user_id), ("group_id", group_id))
+            if value is not None}
 
 
 class MaximAuth(httpx.Auth):
@@ -130,10 +126,6 @@ def items_by(body: dict[str, Any], key: str) -> dict[Any, dict[str, Any]]:
 
 def _is_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2 ** 63
-
-
-def _failed_first(current: Result, new: Result) -> Result:
-    return new if current.succeeded and not new.succeeded else current
 
 
 class MaximClient(VendorClient):
@@ -207,12 +199,15 @@ class MaximClient(VendorClient):
             reply = replace(reply, body={k: v for k, v in reply.body.items() if k != "code"})
         return super().classify(key, reply)
 
-    def item_result(self, success: Any, reason: Any) -> Result:
-        """One item of a batch reply ({success, reason} or {result, reason}).
-        Reasons are free text; a leading code is used when there is one."""
-        if success is True or success == "success":
+    def item_result(self, item: Mapping[str, Any] | None) -> Result:
+        """One item of a batch reply ({success, reason} or {result, reason}),
+        None when the reply left it out. Reasons are free text; a leading
+        code is used when there is one."""
+        if item is None:
+            return MISSING
+        if (success := item.get("success", item.get("result"))) is True or success == "success":
             return Result(Outcome.OK, "200")
-        reason = str(reason or "failed")
+        reason = str(item.get("reason") or "failed")
         if found := _CODE_IN_REASON.match(reason):
             code = int(found.group(1))
             return Result(self.codes.outcome(code), str(code), reason)
@@ -220,9 +215,10 @@ class MaximClient(VendorClient):
             return Result(Outcome.EXISTS, "exists", reason)
         return Result(Outcome.REJECTED, "failed", reason)
 
-    @property
-    def base_url(self) -> str:
-        return self.config.api_endpoint.rstrip("/")
+    async def call(self, key: str | Operation, method: str, path: str,
+                   **kwargs: Any) -> tuple[Result, dict[str, Any]]:
+        """The base's call, `path` under the app's api_endpoint."""
+        return await super().call(key, method, self.config.api_endpoint.rstrip("/") + path, **kwargs)
 
     # -- users ---------------------------------------------------------------------------
 
@@ -239,19 +235,15 @@ class MaximClient(VendorClient):
         passwords = [new_password() for _ in profiles]
         payload = {"list": [{"username": p.user_id, "password": pw}
                             for p, pw in zip(profiles, passwords)]}
-        call, body = await self.call(Operation.REGISTER, "POST", self.base_url + "/user/register/batch",
-                                     json=payload)
+        call, body = await self.call(Operation.REGISTER, "POST", "/user/register/batch", json=payload)
         if not call.succeeded:
             return same_for_all(call, len(profiles))
         items = {str(name or "").lower(): item for name, item in items_by(body, "username").items()}
         results = []
         for profile, password in zip(profiles, passwords):
             item = items.get(profile.user_id.lower())
-            if item is None:
-                results.append(MISSING)
-                continue
-            result = self.item_result(item.get("success"), item.get("reason"))
-            user_id = item.get("user_id")
+            result = self.item_result(item)
+            user_id = item and item.get("user_id")
             if result.outcome is Outcome.OK and not _is_id(user_id):
                 # Created, but we cannot tell its id: a retry finds it as `exists`.
                 result = Result(Outcome.RETRYABLE, "no user_id", "the reply carried no user_id")
@@ -266,7 +258,7 @@ class MaximClient(VendorClient):
         """An `exists` result carrying the account's user_id (its password is
         not known: issue_tokens sets a new one)."""
         if not _is_id(user_id):
-            found, body = await self.call(Operation.GET_PROFILES, "GET", self.base_url + "/roster/name",
+            found, body = await self.call(Operation.GET_PROFILES, "GET", "/roster/name",
                                           params={"username": username})
             data = body.get("data")
             user_id = data.get("user_id") if isinstance(data, dict) else None
@@ -282,14 +274,12 @@ class MaximClient(VendorClient):
         there = [k for k, r in enumerate(results) if r.succeeded]
         written = await self._write_profiles([(int(results[k].data["user_id"]), profiles[k])
                                               for k in there])
-        for k, profile_result in zip(there, written):
-            if not profile_result.succeeded:
-                account = results[k]
-                results[k] = Result(
-                    profile_result.outcome, profile_result.code,
-                    f"account {account.data['user_id']} is there, but its profile was not set: "
-                    f"{profile_result.message}",
-                    data=account.data, retry_after=profile_result.retry_after)
+        for k, written_k in zip(there, written):
+            if not written_k.succeeded:
+                account = results[k].data
+                results[k] = replace(written_k, data=account, message=(
+                    f"account {account['user_id']} is there, but its profile was not set: "
+                    f"{written_k.message}"))
         return results
 
     async def _write_profiles(self, entries: Sequence[tuple[int, Profile]]) -> list[Result]:
@@ -302,14 +292,13 @@ class MaximClient(VendorClient):
                    for k, (uid, p) in enumerate(entries) if p.avatar]
         for path, rows in (("/user/profile/batch", fields), ("/user/avatar/batch", avatars)):
             for part in chunks(rows, self.rules.batch_size[Operation.UPDATE_PROFILE]):
-                call, body = await self.call(Operation.UPDATE_PROFILE, "POST", self.base_url + path,
+                call, body = await self.call(Operation.UPDATE_PROFILE, "POST", path,
                                              json={"list": [row for _, row in part]})
                 items = items_by(body, "user_id")
                 for k, row in part:
-                    item = items.get(row["user_id"])
-                    result = (call if not call.succeeded else MISSING if item is None
-                              else self.item_result(item.get("success"), item.get("reason")))
-                    out[k] = _failed_first(out[k], result)
+                    result = call if not call.succeeded else self.item_result(items.get(row["user_id"]))
+                    if out[k].succeeded:  # the first failure is kept
+                        out[k] = result
         return out
 
     async def update_profiles(self, profiles: Sequence[Profile]) -> list[Result]:
@@ -334,7 +323,7 @@ class MaximClient(VendorClient):
         uid = vendor_id(user_id)
         if uid is None:
             return None
-        call, body = await self.call(Operation.GET_PROFILES, "GET", self.base_url + "/user/profile",
+        call, body = await self.call(Operation.GET_PROFILES, "GET", "/user/profile",
                                      headers=acting_as(user_id=uid))
         if call.code == "10000":
             return None
@@ -356,12 +345,11 @@ class MaximClient(VendorClient):
         if problem := not_an_id("user_id", user_id):
             return invalid(problem)
         uid, password = vendor_id(user_id), new_password()
-        changed, _ = await self.call(Operation.ISSUE_TOKEN, "POST",
-                                     self.base_url + "/user/change_password_admin",
+        changed, _ = await self.call(Operation.ISSUE_TOKEN, "POST", "/user/change_password_admin",
                                      headers=acting_as(user_id=uid), json={"password": password})
         if not changed.succeeded:
             return changed
-        call, body = await self.call(Operation.ISSUE_TOKEN, "POST", self.base_url + "/token/id",
+        call, body = await self.call(Operation.ISSUE_TOKEN, "POST", "/token/id",
                                      json={"user_id": uid, "password": password},
                                      expect=("data.token",))
         if not call.succeeded:
@@ -376,7 +364,7 @@ class MaximClient(VendorClient):
         page_size = min(max(1, page_size), MAX_PAGE_SIZE)
         page_num = 1
         while True:
-            call, body = await self.call(Operation.LIST_USERS, "GET", self.base_url + "/user/list",
+            call, body = await self.call(Operation.LIST_USERS, "GET", "/user/list",
                                          params={"page_num": page_num, "page_size": page_size})
             if not call.succeeded:
                 raise CallFailed(call)
@@ -411,8 +399,7 @@ class MaximClient(VendorClient):
                 body["transaction_id"] = transaction_id(dedup_key, target_type, ids)
             # An unsure reply is maybe_delivered even with a transaction_id:
             # whether to repeat it is the engine's choice (repeat_safe).
-            result, _ = await self.call(op, "POST", self.base_url + "/message/send", json=body,
-                                        repeat_safe=False)
+            result, _ = await self.call(op, "POST", "/message/send", json=body, repeat_safe=False)
             return result
 
         return await self._by_batch(op, targets, "targets", call)
@@ -424,7 +411,7 @@ class MaximClient(VendorClient):
         broadcast whose reply was lost is `maybe_delivered`."""
         if problem := not_an_id("user_id", sender):
             return invalid(problem)
-        call, body = await self.call(Operation.BROADCAST, "POST", self.base_url + "/message/broadcast",
+        call, body = await self.call(Operation.BROADCAST, "POST", "/message/broadcast",
                                      headers=acting_as(user_id=vendor_id(sender)),
                                      json={"type": 1, **message_fields(message)})
         if call.succeeded and isinstance(body.get("data"), dict):
@@ -449,7 +436,7 @@ class MaximClient(VendorClient):
             return invalid(not_an_id("user_list", others[members.index(None)]))
         first = self.rules.batch_size[Operation.ADD_MEMBERS]
         payload = {"name": group.name, "description": "", "type": 0, "user_list": members[:first]}
-        call, body = await self.call(Operation.CREATE_GROUP, "POST", self.base_url + "/group/create",
+        call, body = await self.call(Operation.CREATE_GROUP, "POST", "/group/create",
                                      headers=acting_as(user_id=vendor_id(group.owner)), json=payload,
                                      expect=("data.group_id",))
         if not call.succeeded:
@@ -470,13 +457,12 @@ class MaximClient(VendorClient):
         gid, as_owner = vendor_id(group_id), acting_as(user_id=vendor_id(owner))
 
         async def call(ids: list[int]) -> list[Result]:
-            result, body = await self.call(Operation.ADD_MEMBERS, "POST", self.base_url + "/group/invite",
+            result, body = await self.call(Operation.ADD_MEMBERS, "POST", "/group/invite",
                                            headers=as_owner, json={"group_id": gid, "user_list": ids})
             if not result.succeeded:
                 return same_for_all(result, len(ids))
             items = items_by(body, "user_id")
-            return [self.item_result(items[uid].get("result"), items[uid].get("reason"))
-                    if uid in items else MISSING for uid in ids]
+            return [self.item_result(items.get(uid)) for uid in ids]
 
         return await self._by_batch(Operation.ADD_MEMBERS, members, "user_list", call)
 
@@ -487,7 +473,7 @@ class MaximClient(VendorClient):
         as_owner = acting_as(user_id=vendor_id(owner))
 
         async def call(ids: list[int]) -> Result:
-            result, _ = await self.call(Operation.IMPORT_FRIENDS, "POST", self.base_url + "/user/add_roster",
+            result, _ = await self.call(Operation.IMPORT_FRIENDS, "POST", "/user/add_roster",
                                         headers=as_owner, json={"list": ids})
             return result
 
