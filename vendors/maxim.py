@@ -320,8 +320,7 @@ class MaximClient(VendorClient):
         return await self.each(user_ids, self._get_profile)
 
     async def _get_profile(self, user_id: str) -> Profile | None:
-        uid = vendor_id(user_id)
-        if uid is None:
+        if (uid := vendor_id(user_id)) is None:
             return None
         call, body = await self.call(Operation.GET_PROFILES, "GET", "/user/profile",
                                      headers=acting_as(user_id=uid))
@@ -444,10 +443,9 @@ class MaximClient(VendorClient):
         group_id = str(body["data"]["group_id"])
         rest = await self.add_members(group_id, group.owner, others[first:])
         if failed := [r for r in rest if not r.succeeded]:
-            return Result(failed[0].outcome, failed[0].code,
-                          f"group {group_id} created, but {len(failed)} of {len(members)} members "
-                          f"were not added: {failed[0].message}",
-                          data={"group_id": group_id}, retry_after=failed[0].retry_after)
+            return replace(failed[0], data={"group_id": group_id}, message=(
+                f"group {group_id} created, but {len(failed)} of {len(members)} members "
+                f"were not added: {failed[0].message}"))
         return Result(Outcome.OK, "200", data={"group_id": group_id})
 
     async def add_members(self, group_id: str, owner: str, members: Sequence[str]) -> list[Result]:
