@@ -17,37 +17,24 @@ issuing a token therefore invalidates the user's previous password.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
 import secrets
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 
 import httpx
 
 from .base import FieldRule, Group, Message, Operation, Outcome, Profile, Result, VendorRules
-from .client import CallFailed, Reply, Throttle, VendorClient, chunks, same_for_all
+from .client import Batch, CallFailed, Codes, Reply, VendorClient, chunks, invalid, same_for_all
 
 MAX_TARGETS = 500  # message targets per call (the vendor's 12005 cap on push lists)
 MAX_PAGE_SIZE = 200  # GET /user/list
 EXTRA_FIELDS = ("description", "public_info", "private_info")  # settable by /user/profile/batch
 CONTENT_TEXT = 0
 CONTENT_COMMAND = 6  # "custom" content: our JSON object, serialised in `content`
-
-# Body codes (HTTP 200 carries business errors). Anything else is `rejected`.
-AUTH_CODES = {
-    402,  # token expired; an admin token cannot be refreshed by API, so no retry
-    10003,  # access-token header missing
-    10008,  # access-token invalid
-    10010,  # no permission: the token lacks admin rights
-    30021, 30022,  # licence invalid / expired
-    40000,  # app_id missing or unknown
-}
-EXISTS_CODES = {10004, 10005, 20017}  # user exists, already a friend, already a member
-RETRYABLE_CODES = {10009, 20000, 20006}  # storage error, database error, group in repair mode
-RATE_CODES = {429}  # our sandbox's choice: the vendor documents no rate limits
+MISSING = Result(Outcome.RETRYABLE, "missing", "the reply left this user out")
 
 _VENDOR_ID = re.compile(r"[0-9]{1,19}")
 _CODE_IN_REASON = re.compile(r"\s*(\d{3,5})\b")
@@ -63,16 +50,27 @@ class MaximConfig:
     concurrency: int = 8  # calls in flight for per-user operations (profiles, tokens)
 
 
-def admin_headers(config: MaximConfig, *, user_id: int | None = None,
-                  group_id: int | None = None) -> dict[str, str]:
-    """The auth headers of one call; `user_id` acts as that user, `group_id`
-    as that group's admin (both only with an admin token)."""
-    headers = {"app_id": config.app_id, "access-token": config.access_token}
-    if user_id is not None:
-        headers["user_id"] = str(user_id)
-    if group_id is not None:
-        headers["group_id"] = str(group_id)
-    return headers
+def admin_headers(config: MaximConfig) -> dict[str, str]:
+    """The headers every call carries."""
+    return {"app_id": config.app_id, "access-token": config.access_token}
+
+
+def acting_as(*, user_id: int | None = None, group_id: int | None = None) -> dict[str, str]:
+    """One call's extra headers: `user_id` acts as that user, `group_id` as
+    that group's admin (both only with an admin token)."""
+    return {name: str(value) for name, value in (("user_id", user_id), ("group_id", group_id))
+            if value is not None}
+
+
+class MaximAuth(httpx.Auth):
+    """Maxim signs nothing: the app's admin headers go on every request."""
+
+    def __init__(self, config: MaximConfig):
+        self.headers = admin_headers(config)
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers.update(self.headers)
+        yield request
 
 
 def transaction_id(dedup_key: str, target_type: int, targets: Sequence[int]) -> int:
@@ -93,58 +91,9 @@ def vendor_id(value: str) -> int | None:
     return None
 
 
-def classify(reply: Reply) -> Result:
-    """One reply's call-level outcome."""
-    code = reply.body.get("code")
-    if isinstance(code, str) and code.isdigit():
-        code = int(code)
-    message = str(reply.body.get("message") or reply.body.get("error") or "")
-    if reply.status == 429 or code in RATE_CODES:
-        return Result(Outcome.RATE_LIMITED, str(code or "http 429"), message or "over the rate limit",
-                      retry_after=reply.retry_after())
-    if reply.status >= 500:
-        return Result(Outcome.RETRYABLE, f"http {reply.status}", message)
-    if reply.status in (401, 403):
-        return Result(Outcome.AUTH, f"http {reply.status}", message)
-    if reply.status != 200:
-        return Result(Outcome.REJECTED, f"http {reply.status}", message)
-    if not isinstance(code, int):
-        return Result(Outcome.RETRYABLE, "no code", "the reply carried no code")
-    return _by_code(code, message)
-
-
-def _by_code(code: int, message: str) -> Result:
-    if code == 200:
-        return Result(Outcome.OK, "200", message)
-    if code in AUTH_CODES:
-        outcome = Outcome.AUTH
-    elif code in EXISTS_CODES:
-        outcome = Outcome.EXISTS
-    elif code in RETRYABLE_CODES:
-        outcome = Outcome.RETRYABLE
-    elif code in RATE_CODES:
-        outcome = Outcome.RATE_LIMITED
-    else:
-        outcome = Outcome.REJECTED
-    return Result(outcome, str(code), message)
-
-
-def item_result(success: Any, reason: Any) -> Result:
-    """One item of a batch reply ({success, reason} or {result, reason}).
-    Reasons are free text; a leading code is used when there is one."""
-    if success is True or success == "success":
-        return Result(Outcome.OK, "200")
-    reason = str(reason or "failed")
-    found = _CODE_IN_REASON.match(reason)
-    if found:
-        return _by_code(int(found.group(1)), reason)
-    if "already" in reason.lower() or "exist" in reason.lower():
-        return Result(Outcome.EXISTS, "exists", reason)
-    return Result(Outcome.REJECTED, "failed", reason)
-
-
-def invalid(message: str) -> Result:
-    return Result(Outcome.REJECTED, "invalid", message)
+def not_an_id(field_name: str, value: str) -> str | None:
+    """The reason `value` cannot be a Maxim id for `field_name`, or None."""
+    return None if vendor_id(value) else f"{field_name}: {value[:80]!r} is not a Maxim id (digits)"
 
 
 def message_fields(message: Message) -> dict[str, Any]:
@@ -168,18 +117,36 @@ def expires_at(expire: Any) -> int | None:
     return expire // 1000 if expire > 10 ** 11 else expire
 
 
+def items_by(body: dict[str, Any], key: str) -> dict[Any, dict[str, Any]]:
+    """A batch reply's items (`data`, a list of objects) by their `key` field."""
+    data = body.get("data")
+    return {item.get(key): item for item in (data if isinstance(data, list) else [])
+            if isinstance(item, dict)}
+
+
 def _is_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2 ** 63
-
-
-def _failed_first(current: Result, new: Result) -> Result:
-    return new if current.succeeded and not new.succeeded else current
 
 
 class MaximClient(VendorClient):
     vendor = "maxim"
     capabilities = frozenset(Operation)
     deduplicates_sends = True  # /message/send takes transaction_id (broadcast does not)
+    # Business errors come back as HTTP 200 with a body code; anything else is `rejected`.
+    codes = Codes(
+        ok=frozenset({200}),
+        auth=frozenset({
+            402,  # token expired; an admin token cannot be refreshed by API, so no retry
+            10003,  # access-token header missing
+            10008,  # access-token invalid
+            10010,  # no permission: the token lacks admin rights
+            30021, 30022,  # licence invalid / expired
+            40000,  # app_id missing or unknown
+        }),
+        exists=frozenset({10004, 10005, 20017}),  # user exists, already a friend, already a member
+        retryable=frozenset({10009, 20000, 20006}),  # storage error, database error, group in repair
+        rate_limited=frozenset({429}),  # our sandbox's choice: the vendor documents no rate limits
+    )
     rules = VendorRules(
         fields={
             # The register username; later operations take Maxim's numeric ids.
@@ -207,38 +174,51 @@ class MaximClient(VendorClient):
         },
     )
 
-    def __init__(self, config: MaximConfig, http: httpx.AsyncClient, *,
-                 throttle: Throttle | None = None, timeout: float = 10.0):
-        super().__init__(config, http, throttle=throttle, timeout=timeout)
-        self.config = config
-        self.base_url = config.api_endpoint.rstrip("/")
-        sizes = {**self.rules.batch_size, **{Operation(k): v for k, v in config.batch_sizes.items()}}
+    @classmethod
+    def rules_for(cls, config: MaximConfig) -> VendorRules:
+        """The class's rules with the config's batch sizes; sends stay ≤ 500 targets."""
+        sizes = {**cls.rules.batch_size,
+                 **{Operation(op): max(1, int(n)) for op, n in config.batch_sizes.items()}}
         for op in (Operation.SEND, Operation.SEND_GROUP):
             sizes[op] = min(sizes[op], MAX_TARGETS)
-        self.batch_size = {op: max(1, size) for op, size in sizes.items()}
+        return replace(cls.rules, batch_size=sizes)
 
-    # -- one call ------------------------------------------------------------------------
+    @classmethod
+    def repeat_safe(cls, key: str | Operation) -> bool:
+        # /message/broadcast takes no transaction_id: a repeat reaches every user again.
+        key = key.value if isinstance(key, Operation) else key
+        return key != Operation.BROADCAST.value and super().repeat_safe(key)
 
-    async def _call(self, key: Operation, method: str, path: str, *, as_user: int | None = None,
-                    **kwargs: Any) -> tuple[Result, Any]:
-        """The call's outcome and the reply's `data`."""
-        headers = admin_headers(self.config, user_id=as_user)
-        try:
-            reply = await self._request(str(key), method, self.base_url + path, headers=headers,
-                                        **kwargs)
-        except CallFailed as failed:
-            return failed.result, None
-        return classify(reply), reply.body.get("data")
+    def auth(self) -> httpx.Auth:
+        return MaximAuth(self.config)
 
-    async def _each(self, items: Sequence[Any], work) -> list[Any]:
-        """`work(item)` for every item, a few in flight at a time."""
-        gate = asyncio.Semaphore(self.config.concurrency)
+    def classify(self, key: str, reply: Reply) -> Result:
+        # Maxim's business codes come with HTTP 200 (or its 429); a body code on
+        # another status is a gateway's or the framework's: the status decides.
+        if reply.status not in (200, 429) and "code" in reply.body:
+            reply = replace(reply, body={k: v for k, v in reply.body.items() if k != "code"})
+        return super().classify(key, reply)
 
-        async def one(item: Any) -> Any:
-            async with gate:
-                return await work(item)
+    def item_result(self, item: Mapping[str, Any] | None) -> Result:
+        """One item of a batch reply ({success, reason} or {result, reason}),
+        None when the reply left it out. Reasons are free text; a leading
+        code is used when there is one."""
+        if item is None:
+            return MISSING
+        if (success := item.get("success", item.get("result"))) is True or success == "success":
+            return Result(Outcome.OK, "200")
+        reason = str(item.get("reason") or "failed")
+        if found := _CODE_IN_REASON.match(reason):
+            code = int(found.group(1))
+            return Result(self.codes.outcome(code), str(code), reason)
+        if "already" in reason.lower() or "exist" in reason.lower():
+            return Result(Outcome.EXISTS, "exists", reason)
+        return Result(Outcome.REJECTED, "failed", reason)
 
-        return list(await asyncio.gather(*(one(item) for item in items)))
+    async def call(self, key: str | Operation, method: str, path: str,
+                   **kwargs: Any) -> tuple[Result, dict[str, Any]]:
+        """The base's call, `path` under the app's api_endpoint."""
+        return await super().call(key, method, self.config.api_endpoint.rstrip("/") + path, **kwargs)
 
     # -- users ---------------------------------------------------------------------------
 
@@ -246,36 +226,24 @@ class MaximClient(VendorClient):
         """Register with /user/register/batch and a generated password per
         user, then set the profiles. An existing username is `exists` with
         its user_id (looked up when the reply leaves it out) and no password."""
-        results: list[Result | None] = [None] * len(profiles)
-        valid = []
-        for i, profile in enumerate(profiles):
-            errors = self.rules.check_profile(profile)
-            if errors:
-                results[i] = invalid("; ".join(errors))
-            else:
-                valid.append(i)
-        for batch in chunks(valid, self.batch_size[Operation.REGISTER]):
-            registered = await self._register_batch([profiles[i] for i in batch])
-            for i, result in zip(batch, registered):
-                results[i] = result
-        return results  # type: ignore[return-value]
+        batch = Batch(profiles, lambda p: "; ".join(self.rules.check_profile(p)))
+        for part in chunks(batch.valid, self.rules.batch_size[Operation.REGISTER]):
+            batch.put(part, await self._register_batch([profiles[i] for i in part]))
+        return batch.done()
 
     async def _register_batch(self, profiles: Sequence[Profile]) -> list[Result]:
         passwords = [new_password() for _ in profiles]
-        body = {"list": [{"username": p.user_id, "password": pw} for p, pw in zip(profiles, passwords)]}
-        call, data = await self._call(Operation.REGISTER, "POST", "/user/register/batch", json=body)
+        payload = {"list": [{"username": p.user_id, "password": pw}
+                            for p, pw in zip(profiles, passwords)]}
+        call, body = await self.call(Operation.REGISTER, "POST", "/user/register/batch", json=payload)
         if not call.succeeded:
             return same_for_all(call, len(profiles))
-        items = {str(item.get("username", "")).lower(): item
-                 for item in (data if isinstance(data, list) else []) if isinstance(item, dict)}
+        items = {str(name or "").lower(): item for name, item in items_by(body, "username").items()}
         results = []
         for profile, password in zip(profiles, passwords):
             item = items.get(profile.user_id.lower())
-            if item is None:
-                results.append(Result(Outcome.RETRYABLE, "missing", "the reply left this user out"))
-                continue
-            result = item_result(item.get("success"), item.get("reason"))
-            user_id = item.get("user_id")
+            result = self.item_result(item)
+            user_id = item and item.get("user_id")
             if result.outcome is Outcome.OK and not _is_id(user_id):
                 # Created, but we cannot tell its id: a retry finds it as `exists`.
                 result = Result(Outcome.RETRYABLE, "no user_id", "the reply carried no user_id")
@@ -290,8 +258,9 @@ class MaximClient(VendorClient):
         """An `exists` result carrying the account's user_id (its password is
         not known: issue_tokens sets a new one)."""
         if not _is_id(user_id):
-            found, data = await self._call(Operation.GET_PROFILES, "GET", "/roster/name",
-                                           params={"username": username})
+            found, body = await self.call(Operation.GET_PROFILES, "GET", "/roster/name",
+                                          params={"username": username})
+            data = body.get("data")
             user_id = data.get("user_id") if isinstance(data, dict) else None
             if not found.succeeded or not _is_id(user_id):
                 return Result(found.outcome if not found.succeeded else Outcome.RETRYABLE, found.code,
@@ -305,72 +274,59 @@ class MaximClient(VendorClient):
         there = [k for k, r in enumerate(results) if r.succeeded]
         written = await self._write_profiles([(int(results[k].data["user_id"]), profiles[k])
                                               for k in there])
-        for k, profile_result in zip(there, written):
-            if not profile_result.succeeded:
-                account = results[k]
-                results[k] = Result(
-                    profile_result.outcome, profile_result.code,
-                    f"account {account.data['user_id']} is there, but its profile was not set: "
-                    f"{profile_result.message}",
-                    data=account.data, retry_after=profile_result.retry_after)
+        for k, written_k in zip(there, written):
+            if not written_k.succeeded:
+                account = results[k].data
+                results[k] = replace(written_k, data=account, message=(
+                    f"account {account['user_id']} is there, but its profile was not set: "
+                    f"{written_k.message}"))
         return results
 
     async def _write_profiles(self, entries: Sequence[tuple[int, Profile]]) -> list[Result]:
         """/user/profile/batch and /user/avatar/batch for (user_id, profile)
         pairs; one Result per pair, the first failure kept."""
         out = [Result(Outcome.OK, "200")] * len(entries)
-        size = self.batch_size[Operation.UPDATE_PROFILE]
         fields = [(k, {"user_id": uid, **profile_fields(p)})
                   for k, (uid, p) in enumerate(entries) if profile_fields(p)]
         avatars = [(k, {"user_id": uid, "avatar": p.avatar})
                    for k, (uid, p) in enumerate(entries) if p.avatar]
         for path, rows in (("/user/profile/batch", fields), ("/user/avatar/batch", avatars)):
-            for batch in chunks(rows, size):
-                call, data = await self._call(Operation.UPDATE_PROFILE, "POST", path,
-                                              json={"list": [row for _, row in batch]})
-                items = {item.get("user_id"): item
-                         for item in (data if isinstance(data, list) else []) if isinstance(item, dict)}
-                for k, row in batch:
-                    if not call.succeeded:
-                        result = call
-                    elif (item := items.get(row["user_id"])) is None:
-                        result = Result(Outcome.RETRYABLE, "missing", "the reply left this user out")
-                    else:
-                        result = item_result(item.get("success"), item.get("reason"))
-                    out[k] = _failed_first(out[k], result)
+            for part in chunks(rows, self.rules.batch_size[Operation.UPDATE_PROFILE]):
+                call, body = await self.call(Operation.UPDATE_PROFILE, "POST", path,
+                                             json={"list": [row for _, row in part]})
+                items = items_by(body, "user_id")
+                for k, row in part:
+                    result = call if not call.succeeded else self.item_result(items.get(row["user_id"]))
+                    if out[k].succeeded:  # the first failure is kept
+                        out[k] = result
         return out
 
     async def update_profiles(self, profiles: Sequence[Profile]) -> list[Result]:
         """Profiles keyed by Maxim's user_id: nickname and extras, then avatar."""
-        results: list[Result | None] = [None] * len(profiles)
-        entries, where = [], []
-        for i, profile in enumerate(profiles):
-            uid = vendor_id(profile.user_id)
+        def problem(profile: Profile) -> str:
             errors = [e for e in self.rules.check_profile(profile) if not e.startswith("user_id:")]
-            if uid is None:
-                errors.insert(0, f"user_id: {profile.user_id[:80]!r} is not a Maxim user id (digits)")
-            if errors:
-                results[i] = invalid("; ".join(errors))
-            else:
-                entries.append((uid, profile))
-                where.append(i)
-        for i, result in zip(where, await self._write_profiles(entries)):
-            results[i] = Result(result.outcome, result.code, result.message,
-                                data={"user_id": profiles[i].user_id}, retry_after=result.retry_after)
-        return results  # type: ignore[return-value]
+            return "; ".join(filter(None, [not_an_id("user_id", profile.user_id), *errors]))
+
+        batch = Batch(profiles, problem)
+        written = await self._write_profiles([(vendor_id(profiles[i].user_id), profiles[i])
+                                              for i in batch.valid])
+        batch.put(batch.valid, [replace(r, data={"user_id": profiles[i].user_id})
+                                for i, r in zip(batch.valid, written)])
+        return batch.done()
 
     async def get_profiles(self, user_ids: Sequence[str]) -> list[Profile | None]:
         """GET /user/profile acting as each user. Unknown ids are None; any
         other failure raises CallFailed with its Result."""
-        return await self._each(user_ids, self._get_profile)
+        return await self.each(user_ids, self._get_profile)
 
     async def _get_profile(self, user_id: str) -> Profile | None:
-        uid = vendor_id(user_id)
-        if uid is None:
+        if (uid := vendor_id(user_id)) is None:
             return None
-        call, data = await self._call(Operation.GET_PROFILES, "GET", "/user/profile", as_user=uid)
+        call, body = await self.call(Operation.GET_PROFILES, "GET", "/user/profile",
+                                     headers=acting_as(user_id=uid))
         if call.code == "10000":
             return None
+        data = body.get("data")
         if not call.succeeded or not isinstance(data, dict):
             raise CallFailed(call if not call.succeeded else
                              Result(Outcome.RETRYABLE, "no data", "the reply carried no profile"))
@@ -382,25 +338,23 @@ class MaximClient(VendorClient):
         """A token needs the password, which the client does not keep: set a
         new one (/user/change_password_admin), then log in with it (/token/id).
         data: token, expires_at, and the new password."""
-        return await self._each(user_ids, self._issue_token)
+        return await self.each(user_ids, self._issue_token)
 
     async def _issue_token(self, user_id: str) -> Result:
-        uid = vendor_id(user_id)
-        if uid is None:
-            return invalid(f"user_id: {user_id[:80]!r} is not a Maxim user id (digits)")
-        password = new_password()
-        changed, _ = await self._call(Operation.ISSUE_TOKEN, "POST", "/user/change_password_admin",
-                                      as_user=uid, json={"password": password})
+        if problem := not_an_id("user_id", user_id):
+            return invalid(problem)
+        uid, password = vendor_id(user_id), new_password()
+        changed, _ = await self.call(Operation.ISSUE_TOKEN, "POST", "/user/change_password_admin",
+                                     headers=acting_as(user_id=uid), json={"password": password})
         if not changed.succeeded:
             return changed
-        call, data = await self._call(Operation.ISSUE_TOKEN, "POST", "/token/id",
-                                      json={"user_id": uid, "password": password})
+        call, body = await self.call(Operation.ISSUE_TOKEN, "POST", "/token/id",
+                                     json={"user_id": uid, "password": password},
+                                     expect=("data.token",))
         if not call.succeeded:
             return call
-        if not isinstance(data, dict) or not data.get("token"):
-            return Result(Outcome.RETRYABLE, "no token", "the reply carried no token")
-        out = {"user_id": user_id, "token": data["token"], "password": password}
-        if (expiry := expires_at(data.get("expire"))) is not None:
+        out = {"user_id": user_id, "token": body["data"]["token"], "password": password}
+        if (expiry := expires_at(body["data"].get("expire"))) is not None:
             out["expires_at"] = expiry
         return Result(Outcome.OK, "200", data=out)
 
@@ -409,11 +363,11 @@ class MaximClient(VendorClient):
         page_size = min(max(1, page_size), MAX_PAGE_SIZE)
         page_num = 1
         while True:
-            call, data = await self._call(Operation.LIST_USERS, "GET", "/user/list",
-                                          params={"page_num": page_num, "page_size": page_size})
+            call, body = await self.call(Operation.LIST_USERS, "GET", "/user/list",
+                                         params={"page_num": page_num, "page_size": page_size})
             if not call.succeeded:
                 raise CallFailed(call)
-            page = data if isinstance(data, list) else []
+            page = body.get("data") if isinstance(body.get("data"), list) else []
             for item in page:
                 yield str(item["user_id"])
             if len(page) < page_size:
@@ -434,17 +388,17 @@ class MaximClient(VendorClient):
                     message: Message, dedup_key: str | None) -> list[Result]:
         """POST /message/send in batches of ≤ 500 targets; with a dedup_key
         each batch carries a transaction_id, so the vendor drops a repeat."""
-        from_id = vendor_id(sender)
-        if from_id is None:
-            return same_for_all(invalid(f"from_user_id: {sender[:80]!r} is not a Maxim user id"),
-                                len(targets))
-        content = message_fields(message)
+        if problem := not_an_id("from_user_id", sender):
+            return same_for_all(invalid(problem), len(targets))
+        content = {"type": target_type, "from_user_id": vendor_id(sender), **message_fields(message)}
 
-        async def call(batch: Sequence[int]) -> Result:
-            body = {"targets": list(batch), "type": target_type, "from_user_id": from_id, **content}
+        async def call(ids: list[int]) -> Result:
+            body = {"targets": ids, **content}
             if dedup_key is not None:
-                body["transaction_id"] = transaction_id(dedup_key, target_type, batch)
-            result, _ = await self._call(op, "POST", "/message/send", json=body)
+                body["transaction_id"] = transaction_id(dedup_key, target_type, ids)
+            # An unsure reply is maybe_delivered even with a transaction_id:
+            # whether to repeat it is the engine's choice (repeat_safe).
+            result, _ = await self.call(op, "POST", "/message/send", json=body, repeat_safe=False)
             return result
 
         return await self._by_batch(op, targets, "targets", call)
@@ -454,13 +408,13 @@ class MaximClient(VendorClient):
         """POST /message/broadcast to every user, acting as `sender`. The
         endpoint takes no transaction_id, so `dedup_key` cannot be honoured: a
         broadcast whose reply was lost is `maybe_delivered`."""
-        from_id = vendor_id(sender)
-        if from_id is None:
-            return invalid(f"user_id: {sender[:80]!r} is not a Maxim user id")
-        call, data = await self._call(Operation.BROADCAST, "POST", "/message/broadcast",
-                                      as_user=from_id, json={"type": 1, **message_fields(message)})
-        if call.succeeded and isinstance(data, dict):
-            return Result(call.outcome, call.code, call.message, data={"send_num": data.get("send_num")})
+        if problem := not_an_id("user_id", sender):
+            return invalid(problem)
+        call, body = await self.call(Operation.BROADCAST, "POST", "/message/broadcast",
+                                     headers=acting_as(user_id=vendor_id(sender)),
+                                     json={"type": 1, **message_fields(message)})
+        if call.succeeded and isinstance(body.get("data"), dict):
+            return replace(call, data={"send_num": body["data"].get("send_num")})
         return call
 
     # -- groups and friends --------------------------------------------------------------
@@ -471,109 +425,73 @@ class MaximClient(VendorClient):
         (data["group_id"]); the app's `group.group_id` cannot be kept. Not
         idempotent: a non-success Result that has data["group_id"] means the
         group exists, so finish it with add_members rather than create again."""
-        owner = vendor_id(group.owner)
-        if owner is None:
-            return invalid(f"user_id: owner {group.owner[:80]!r} is not a Maxim user id")
+        if problem := not_an_id("user_id: owner", group.owner):
+            return invalid(problem)
         if not group.name:
             return invalid("name: required")
-        members, bad = self._ids([m for m in dict.fromkeys(group.members) if m != group.owner])
-        if bad:
-            return invalid(f"user_list: {bad[0][:80]!r} is not a Maxim user id")
-        first = self.batch_size[Operation.ADD_MEMBERS]
-        body = {"name": group.name, "description": "", "type": 0, "user_list": members[:first]}
-        call, data = await self._call(Operation.CREATE_GROUP, "POST", "/group/create",
-                                      as_user=owner, json=body)
+        others = [m for m in dict.fromkeys(group.members) if m != group.owner]
+        members = [vendor_id(m) for m in others]
+        if None in members:
+            return invalid(not_an_id("user_list", others[members.index(None)]))
+        first = self.rules.batch_size[Operation.ADD_MEMBERS]
+        payload = {"name": group.name, "description": "", "type": 0, "user_list": members[:first]}
+        call, body = await self.call(Operation.CREATE_GROUP, "POST", "/group/create",
+                                     headers=acting_as(user_id=vendor_id(group.owner)), json=payload,
+                                     expect=("data.group_id",))
         if not call.succeeded:
             return call
-        if not isinstance(data, dict) or not data.get("group_id"):
-            return Result(Outcome.RETRYABLE, "no group_id", "the reply carried no group_id",
-                          maybe_delivered=True)
-        group_id = str(data["group_id"])
-        rest = await self.add_members(group_id, group.owner, [str(m) for m in members[first:]])
-        failed = [r for r in rest if not r.succeeded]
-        if failed:
-            return Result(failed[0].outcome, failed[0].code,
-                          f"group {group_id} created, but {len(failed)} of {len(members)} members "
-                          f"were not added: {failed[0].message}",
-                          data={"group_id": group_id}, retry_after=failed[0].retry_after)
+        group_id = str(body["data"]["group_id"])
+        rest = await self.add_members(group_id, group.owner, others[first:])
+        if failed := [r for r in rest if not r.succeeded]:
+            return replace(failed[0], data={"group_id": group_id}, message=(
+                f"group {group_id} created, but {len(failed)} of {len(members)} members "
+                f"were not added: {failed[0].message}"))
         return Result(Outcome.OK, "200", data={"group_id": group_id})
 
     async def add_members(self, group_id: str, owner: str, members: Sequence[str]) -> list[Result]:
         """POST /group/invite as the owner; per-user results."""
-        gid, owner_id = vendor_id(group_id), vendor_id(owner)
-        if gid is None or owner_id is None:
-            which = f"group_id {group_id[:80]!r}" if gid is None else f"owner {owner[:80]!r}"
-            return same_for_all(invalid(f"{which} is not a Maxim id"), len(members))
+        if problem := not_an_id("group_id", group_id) or not_an_id("owner", owner):
+            return same_for_all(invalid(problem), len(members))
+        gid, as_owner = vendor_id(group_id), acting_as(user_id=vendor_id(owner))
 
-        async def call(batch: Sequence[int]) -> list[Result]:
-            result, data = await self._call(Operation.ADD_MEMBERS, "POST", "/group/invite",
-                                            as_user=owner_id,
-                                            json={"group_id": gid, "user_list": list(batch)})
+        async def call(ids: list[int]) -> list[Result]:
+            result, body = await self.call(Operation.ADD_MEMBERS, "POST", "/group/invite",
+                                           headers=as_owner, json={"group_id": gid, "user_list": ids})
             if not result.succeeded:
-                return same_for_all(result, len(batch))
-            items = {item.get("user_id"): item
-                     for item in (data if isinstance(data, list) else []) if isinstance(item, dict)}
-            return [item_result(items[uid].get("result"), items[uid].get("reason")) if uid in items
-                    else Result(Outcome.RETRYABLE, "missing", "the reply left this user out")
-                    for uid in batch]
+                return same_for_all(result, len(ids))
+            items = items_by(body, "user_id")
+            return [self.item_result(items.get(uid)) for uid in ids]
 
-        return await self._by_batch(Operation.ADD_MEMBERS, members, "user_list", call, per_item=True)
+        return await self._by_batch(Operation.ADD_MEMBERS, members, "user_list", call)
 
     async def import_friends(self, owner: str, friend_ids: Sequence[str]) -> list[Result]:
         """POST /user/add_roster acting as `owner`: adds friends directly."""
-        owner_id = vendor_id(owner)
-        if owner_id is None:
-            return same_for_all(invalid(f"user_id: owner {owner[:80]!r} is not a Maxim user id"),
-                                len(friend_ids))
+        if problem := not_an_id("user_id: owner", owner):
+            return same_for_all(invalid(problem), len(friend_ids))
+        as_owner = acting_as(user_id=vendor_id(owner))
 
-        async def call(batch: Sequence[int]) -> Result:
-            result, _ = await self._call(Operation.IMPORT_FRIENDS, "POST", "/user/add_roster",
-                                         as_user=owner_id, json={"list": list(batch)})
+        async def call(ids: list[int]) -> Result:
+            result, _ = await self.call(Operation.IMPORT_FRIENDS, "POST", "/user/add_roster",
+                                        headers=as_owner, json={"list": ids})
             return result
 
-        others = [i for i, f in enumerate(friend_ids) if f != owner]
-        results = [invalid("list: cannot befriend oneself")] * len(friend_ids)
-        done = await self._by_batch(Operation.IMPORT_FRIENDS, [friend_ids[i] for i in others],
-                                    "list", call)
-        for i, result in zip(others, done):
-            results[i] = result
-        return results
+        batch = Batch(friend_ids, lambda f: "list: cannot befriend oneself" if f == owner else None)
+        batch.put(batch.valid, await self._by_batch(Operation.IMPORT_FRIENDS,
+                                                    [friend_ids[i] for i in batch.valid], "list", call))
+        return batch.done()
 
-    # -- batching helpers ----------------------------------------------------------------
-
-    @staticmethod
-    def _ids(values: Iterable[str]) -> tuple[list[int], list[str]]:
-        good, bad = [], []
-        for value in values:
-            uid = vendor_id(value)
-            (bad.append(value) if uid is None else good.append(uid))
-        return good, bad
-
-    async def _by_batch(self, op: Operation, values: Sequence[str], field_name: str, call,
-                        *, per_item: bool = False) -> list[Result]:
+    async def _by_batch(self, op: Operation, values: Sequence[str], field_name: str,
+                        call: Callable[[list[int]], Awaitable[Result | list[Result]]]) -> list[Result]:
         """Split `values` (Maxim ids) into batches and run `call` on each.
         Ids that cannot be Maxim's are rejected without a call. When `call`
         gives one Result for the whole batch and that is `rejected`, each id
         is tried alone, so one bad id (e.g. a deleted user) does not sink the
         rest: a rejected call did nothing at the vendor."""
-        results: list[Result | None] = [None] * len(values)
-        valid: list[tuple[int, int]] = []
-        for i, value in enumerate(values):
-            uid = vendor_id(value)
-            if uid is None:
-                results[i] = invalid(f"{field_name}: {value[:80]!r} is not a Maxim id")
-            else:
-                valid.append((i, uid))
-        for batch in chunks(valid, self.batch_size[op]):
-            ids = [uid for _, uid in batch]
-            if per_item:
-                outcome = await call(ids)
-            else:
-                whole = await call(ids)
-                if whole.outcome is Outcome.REJECTED and len(ids) > 1:
-                    outcome = [await call([uid]) for uid in ids]
-                else:
-                    outcome = same_for_all(whole, len(ids))
-            for (i, _), result in zip(batch, outcome):
-                results[i] = result
-        return results  # type: ignore[return-value]
+        batch = Batch(values, lambda value: not_an_id(field_name, value))
+        for part in chunks(batch.valid, self.rules.batch_size[op]):
+            ids = [vendor_id(values[i]) for i in part]
+            outcome = await call(ids)
+            if isinstance(outcome, Result) and outcome.outcome is Outcome.REJECTED and len(ids) > 1:
+                outcome = [await call([uid]) for uid in ids]
+            batch.put(part, outcome)
+        return batch.done()

@@ -9,7 +9,7 @@ import pytest
 
 from imshift.vendors.base import Group, Message, Operation, Outcome, Profile
 from imshift.vendors.client import CallFailed
-from imshift.vendors.maxim import (MaximClient, MaximConfig, admin_headers, expires_at,
+from imshift.vendors.maxim import (MaximClient, MaximConfig, acting_as, admin_headers, expires_at,
                                    transaction_id)
 from imshift.vendors.sandbox.common import Faults
 from imshift.vendors.sandbox.maxim import MaximSandbox
@@ -54,9 +54,9 @@ def test_headers_match_the_quick_start_example():
     # The quick start's curl: app_id welovemaxim, an admin access-token, user_id 2302128618880.
     config = MaximConfig(app_id="welovemaxim", access_token="eyJ0eXAi.example")
     assert admin_headers(config) == {"app_id": "welovemaxim", "access-token": "eyJ0eXAi.example"}
-    assert admin_headers(config, user_id=2302128618880) == {
+    assert {**admin_headers(config), **acting_as(user_id=2302128618880)} == {
         "app_id": "welovemaxim", "access-token": "eyJ0eXAi.example", "user_id": "2302128618880"}
-    assert admin_headers(config, group_id=2306414607729)["group_id"] == "2306414607729"
+    assert acting_as(group_id=2306414607729)["group_id"] == "2306414607729"
 
 
 def test_secrets_stay_out_of_reprs():
