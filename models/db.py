@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import Session, create_engine
+from sqlmodel import create_engine
 
 from .migrate import upgrade
 
@@ -62,6 +62,3 @@ def _sqlite_pragmas(connection, _record) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
-
-def session(engine: Engine) -> Session:
-    return Session(engine, expire_on_commit=False)

@@ -38,11 +38,6 @@ class ItemState(str, enum.Enum):
         return self.value
 
 
-OPEN_STATES = (ItemState.PENDING, ItemState.CLAIMED)
-SUCCESS_STATES = (ItemState.OK, ItemState.EXISTS)
-RETRYABLE_BY_USER = (ItemState.REJECTED, ItemState.FAILED, ItemState.UNKNOWN, ItemState.CANCELLED)
-
-
 def now() -> float:
     return time.time()
 

@@ -1,7 +1,7 @@
 """The HTTP client for real vendor traffic.
 
 httpx stays the client API, but its own connection pool collapses above
-about 40 requests in flight (encode/httpx#3215; DESIGN.md measured 128 req/s
+about 40 requests in flight (encode/httpx#3215; measured here: 128 req/s
 at 64 in flight), so real traffic goes over the aiohttp transport. Tests
 against the sandboxes use `httpx.ASGITransport` instead: the transport is
 the seam.

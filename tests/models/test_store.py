@@ -3,13 +3,14 @@
 import json
 
 from sqlalchemy import insert
+from sqlmodel import Session
 
-from imshift.models import Item, ItemState, Job, JobStatus, make_engine, session
+from imshift.models import Item, ItemState, Job, JobStatus, make_engine
 from imshift.models import store
 
 
 def make_job(engine, n_items: int) -> int:
-    with session(engine) as s:
+    with Session(engine, expire_on_commit=False) as s:
         job = Job(kind="migrate_users", operation="register", app="target",
                   status=JobStatus.RUNNING.value, total=n_items)
         s.add(job)
