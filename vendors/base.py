@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 
 class Operation(str, enum.Enum):
@@ -158,6 +158,13 @@ class VendorRules:
     fields: Mapping[str, FieldRule]
     batch_size: Mapping[Operation, int]
     rates: Mapping[Operation, float]
+    # How the vendor compares ids (NetEase lower-cases accids, so `Bob` and
+    # `bob` are one account); None compares them exactly as written.
+    id_form: Callable[[str], str] | None = None
+
+    def id_key(self, user_id: str) -> str:
+        """The form under which the vendor tells two ids apart."""
+        return self.id_form(user_id) if self.id_form is not None else user_id
 
     def check_profile(self, profile: Profile) -> list[str]:
         """Every reason the vendor would refuse this profile (empty when fine)."""
