@@ -329,6 +329,10 @@ class NeteaseSandbox(Sandbox):
 
 # -- replies and parameters ------------------------------------------------------------
 
+STRING = re.compile(r'"(?:\\.|[^"\\])*"|\'((?:\\.|[^\'\\])*)\'', re.S)
+ESCAPE = re.compile(r'\\(.)|"', re.S)
+
+
 def lenient_json(text: str) -> Any:
     """JSON as the vendor's lenient Java parser reads it: strings may also be
     single-quoted, as Python's repr of a dict or list writes them."""
@@ -336,33 +340,14 @@ def lenient_json(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         pass
-    out, i, n = [], 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch == '"':  # a double-quoted string goes through as it is
-            j = i + 1
-            while j < n and text[j] != '"':
-                j += 2 if text[j] == "\\" else 1
-            out.append(text[i:j + 1])
-            i = j + 1
-        elif ch == "'":
-            j, chars = i + 1, []
-            while j < n and text[j] != "'":
-                if text[j] == "\\" and j + 1 < n:
-                    chars.append("'" if text[j + 1] == "'" else text[j:j + 2])
-                    j += 2
-                else:
-                    chars.append('\\"' if text[j] == '"' else text[j])
-                    j += 1
-            if j >= n:
-                raise ValueError("unterminated string")
-            out.append('"' + "".join(chars) + '"')
-            i = j + 1
-        else:
-            out.append(ch)
-            i += 1
-    return json.loads("".join(out))
 
+    def requote(match: re.Match) -> str:
+        inner = match.group(1)
+        if inner is None:  # a double-quoted string goes through as it is
+            return match.group(0)
+        return '"' + ESCAPE.sub(lambda e: '\\"' if e.group(1) is None else
+                                ("'" if e.group(1) == "'" else e.group(0)), inner) + '"'
+    return json.loads(STRING.sub(requote, text))
 
 
 def text_param(form: Form, name: str, max_len: int, *, unit: str = "chars",
