@@ -2,9 +2,12 @@
 
 Faithful where imshift depends on it: the CheckSum headers and the 5-minute
 CurTime window, form fields that are all strings (booleans must read
-"true"/"false", JSON arrays must parse), the field limits, the open code 414
-(bad parameter, bad signature and "already register" alike), 416 over the
-limit, and HTTP 200 on every business reply.
+"true"/"false", JSON must parse), the field limits, the open code 414 (bad
+parameter, bad signature and "already register" alike), 416 over the limit,
+and HTTP 200 on every business reply. JSON-string fields are read as the
+vendor's Java server reads them: leniently, so single-quoted JSON (what a
+Python tool sends when it writes `str(dict)`) is accepted; what is not JSON
+at all is still refused.
 """
 
 from __future__ import annotations
@@ -13,58 +16,49 @@ import hmac
 import itertools
 import json
 import re
-import time
 import uuid
-from typing import Any, Awaitable, Callable
-from urllib.parse import parse_qsl
+from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from ..base import Profile
 from ..netease import NeteaseClient, NeteaseConfig, checksum
-from .common import Sandbox
+from .common import Call, Endpoint, Form, Refusal, Sandbox
+from .store import Record
 
 CHECKSUM_WINDOW = 300  # seconds either side of the server clock
 ACCID = re.compile(r"[A-Za-z0-9_@.\-]{1,32}")
 PROFILE_LIMITS = {"name": 64, "icon": 1024, "sign": 256, "email": 64, "birth": 16,
                   "mobile": 32, "ex": 1024}
 MESSAGE_TYPES = {"0", "1", "2", "3", "4", "6", "10", "100"}
-
-
-class VendorError(Exception):
-    """A refused call: the body code and desc the vendor answers with."""
-
-    def __init__(self, code: int, desc: str):
-        super().__init__(desc)
-        self.code = code
-        self.desc = desc
-
-
-Form = dict[str, str]
+VendorError = Refusal  # a refused call: the body code and desc the vendor answers with
 
 
 class NeteaseSandbox(Sandbox):
     vendor = "netease"
     client_class = NeteaseClient
+    secret_attr = "app_secret"
+    media_type = "application/json;charset=utf-8"
+    SERVER_ERROR = Refusal(500, "server error")
+    OVER_LIMIT = Refusal(416, "api frequency control")
 
     def __init__(self, *, app_key: str = "demo-app-key", app_secret: str = "demo-secret",
                  team_member_limit: int = 200, **kwargs: Any):
         self.app_key = app_key
         self.app_secret = app_secret
         self.team_member_limit = team_member_limit  # the app's default, owner included
-        self.users: dict[str, dict[str, str]] = {}  # accid -> token and profile fields
-        self.teams: dict[str, dict[str, Any]] = {}  # tid -> tname, owner, members
-        self.friend_sets: dict[str, set[str]] = {}
-        self.inboxes: dict[str, list[dict[str, Any]]] = {}
+        self.friended_at: dict[tuple[str, str], int] = {}  # (accid, faccid) -> ms
         self._ids = itertools.count(6_000_000_001)
         super().__init__(**kwargs)
 
+    @property
+    def teams(self) -> dict[str, Record]:
+        return self.store.groups
+
     # -- wiring ------------------------------------------------------------------------
 
-    def routes(self) -> list[Route]:
-        table: dict[str, tuple[str, Callable[[Form], dict[str, Any]]]] = {
+    def endpoints(self) -> list[Endpoint]:
+        table = {
             "user/create.action": ("register", self.user_create),
             "user/updateUinfo.action": ("update_profile", self.user_update),
             "user/getUinfos.action": ("get_profiles", self.user_get),
@@ -74,76 +68,59 @@ class NeteaseSandbox(Sandbox):
             "msg/broadcastMsg.action": ("broadcast", self.msg_broadcast),
             "team/create.action": ("create_group", self.team_create),
             "team/add.action": ("add_members", self.team_add),
+            "team/query.action": ("get_groups", self.team_query),
+            "team/joinTeams.action": ("get_groups", self.team_joined),
             "friend/add.action": ("import_friends", self.friend_add),
+            "friend/get.action": ("get_friends", self.friend_get),
         }
-        return [Route(f"/nimserver/{path}", self._endpoint(op, handler), methods=["POST"])
-                for path, (op, handler) in table.items()]
+        return [Endpoint(f"/nimserver/{path}", op, handler) for path, (op, handler) in table.items()]
 
-    def _endpoint(self, op: str, handler: Callable[[Form], dict[str, Any]]
-                  ) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            try:
-                self._check_auth(request)
-            except VendorError as refused:
-                return reply(refused.code, desc=refused.desc)
-            body = (await request.body()).decode("utf-8", errors="replace")
-            form = dict(parse_qsl(body, keep_blank_values=True))
-            refused_call = await self.admit(op)
-            if refused_call is not None:
-                return refused_call
-            try:
-                return reply(200, **handler(form))
-            except VendorError as refused:
-                return reply(refused.code, desc=refused.desc)
-        return endpoint
+    def error_body(self, code: int, message: str) -> dict[str, Any]:
+        return {"code": code, "desc": message}
 
-    def _check_auth(self, request: Request) -> None:
+    def ok_body(self, data: Any) -> dict[str, Any]:
+        return {"code": 200, **data}
+
+    def authenticate(self, request: Request) -> None:
         headers = request.headers  # case-insensitive, as HTTP header names are
         values = {name: headers.get(name) for name in ("AppKey", "Nonce", "CurTime", "CheckSum")}
         for name, value in values.items():
             if not value:
-                raise VendorError(414, f"{name} header is missing")
+                raise Refusal(414, f"{name} header is missing")
         if values["AppKey"] != self.app_key:
-            raise VendorError(414, "appkey")
+            raise Refusal(414, "appkey")
         if len(values["Nonce"]) > 128:
-            raise VendorError(414, "Nonce is longer than 128 characters")
+            raise Refusal(414, "Nonce is longer than 128 characters")
         if not values["CurTime"].isdigit():
-            raise VendorError(414, "CurTime is not UTC seconds")
+            raise Refusal(414, "CurTime is not UTC seconds")
         if abs(self.clock() - int(values["CurTime"])) > CHECKSUM_WINDOW:
-            raise VendorError(414, "CurTime is expired")
+            raise Refusal(414, "CurTime is expired")
         expected = checksum(self.app_secret, values["Nonce"], values["CurTime"])
         if not hmac.compare_digest(values["CheckSum"].lower(), expected):
-            raise VendorError(414, "checksum")
+            raise Refusal(414, "checksum")
 
-    def config(self, base_url: str, *, wrong_secret: bool = False) -> NeteaseConfig:
-        secret = "not-" + self.app_secret if wrong_secret else self.app_secret
+    def client_config(self, base_url: str, secret: str) -> NeteaseConfig:
         return NeteaseConfig(self.app_key, secret, base_url=base_url.rstrip("/") + "/nimserver")
-
-    def server_error(self) -> Response:
-        return reply(500, desc="server error")
-
-    def rate_limited(self, op: str) -> Response:
-        return reply(416, desc="api frequency control")
 
     # -- accounts ----------------------------------------------------------------------
 
-    def user_create(self, form: Form) -> dict[str, Any]:
+    def user_create(self, form: Form, _: Call | None = None) -> dict[str, Any]:
         accid = accid_param(form, "accid")
         profile = profile_params(form)
         token = text_param(form, "token", 128) or uuid.uuid4().hex
         text_param(form, "props", 1024)
         if accid in self.users:
             self.duplicates["register"] += 1
-            raise VendorError(414, "already register")
+            raise Refusal(414, "already register")
         self.users[accid] = {"token": token, **profile}
         return {"info": {"token": token, "accid": accid, "name": profile.get("name", "")}}
 
-    def user_update(self, form: Form) -> dict[str, Any]:
+    def user_update(self, form: Form, _: Call | None = None) -> dict[str, Any]:
         accid = self._known(form, "accid")
         self.users[accid].update(profile_params(form))
         return {}
 
-    def user_get(self, form: Form) -> dict[str, Any]:
+    def user_get(self, form: Form, _: Call | None = None) -> dict[str, Any]:
         accids = list_param(form, "accids", max_items=200)
         uinfos = []
         for accid in dict.fromkeys(a.lower() for a in accids):
@@ -156,7 +133,7 @@ class NeteaseSandbox(Sandbox):
                 uinfos.append(info)
         return {"uinfos": uinfos}
 
-    def user_refresh_token(self, form: Form) -> dict[str, Any]:
+    def user_refresh_token(self, form: Form, _: Call | None = None) -> dict[str, Any]:
         accid = self._known(form, "accid")
         token = uuid.uuid4().hex
         self.users[accid]["token"] = token
@@ -164,7 +141,7 @@ class NeteaseSandbox(Sandbox):
 
     # -- messages ----------------------------------------------------------------------
 
-    def msg_send_batch(self, form: Form) -> dict[str, Any]:
+    def msg_send_batch(self, form: Form, _: Call | None = None) -> dict[str, Any]:
         sender = self._known(form, "fromAccid")
         return_msgid = boolean_param(form, "returnMsgid")
         targets = list_param(form, "toAccids", max_items=100 if return_msgid else 500)
@@ -177,10 +154,10 @@ class NeteaseSandbox(Sandbox):
                 unregistered.append(target)
         answer: dict[str, Any] = {"unregister": json.dumps(unregistered)}
         if return_msgid:
-            answer.update(msgids=msgids, timetag=now_ms())
+            answer.update(msgids=msgids, timetag=self._now_ms())
         return answer
 
-    def msg_send(self, form: Form) -> dict[str, Any]:
+    def msg_send(self, form: Form, _: Call | None = None) -> dict[str, Any]:
         sender = self._known(form, "from")
         ope = choice_param(form, "ope", ("0", "1"), required=True)
         to = text_param(form, "to", 128, required=True)
@@ -191,13 +168,13 @@ class NeteaseSandbox(Sandbox):
         else:
             team = self._team(to)
             if sender not in team["members"]:
-                raise VendorError(804, f"from: {sender} is not a member of team {to}")
+                raise Refusal(804, f"from: {sender} is not a member of team {to}")
             msgid = next(self._ids)
             for member in team["members"] - {sender}:
                 self._deliver(member, {"from": sender, "group_id": to, "msgid": msgid, **content})
-        return {"data": {"msgid": msgid, "timetag": now_ms(), "antispam": False}}
+        return {"data": {"msgid": msgid, "timetag": self._now_ms(), "antispam": False}}
 
-    def msg_broadcast(self, form: Form) -> dict[str, Any]:
+    def msg_broadcast(self, form: Form, _: Call | None = None) -> dict[str, Any]:
         body = text_param(form, "body", 4096, required=True)
         sender = self._known(form, "from") if form.get("from") else ""
         offline = boolean_param(form, "isOffline")
@@ -208,19 +185,18 @@ class NeteaseSandbox(Sandbox):
             if accid != sender:
                 self._deliver(accid, {"from": sender, "text": body, "broadcast_id": broadcast_id,
                                       "msgid": broadcast_id})
-        created = now_ms()
+        created = self._now_ms()
         return {"msg": {"broadcastId": broadcast_id, "from": sender, "body": body,
                         "isOffline": offline, "createTime": created,
                         "expireTime": created + ttl * 3_600_000, "targetOs": target_os}}
 
     def _deliver(self, accid: str, message: dict[str, Any]) -> int:
         message.setdefault("msgid", next(self._ids))
-        self.inboxes.setdefault(accid, []).append(message)
-        return message["msgid"]
+        return self.store.deliver(accid, message)["msgid"]
 
     # -- teams and friends -------------------------------------------------------------
 
-    def team_create(self, form: Form) -> dict[str, Any]:
+    def team_create(self, form: Form, _: Call | None = None) -> dict[str, Any]:
         tname = text_param(form, "tname", 64, required=True)
         owner = self._known(form, "owner")
         members = self._members(form)
@@ -230,15 +206,15 @@ class NeteaseSandbox(Sandbox):
         limit = int_param(form, "teamMemberLimit", default=self.team_member_limit)
         joining = set(members) - {owner}
         if len(joining) + 1 > limit:
-            raise VendorError(801, f"members: the team would have {len(joining) + 1} people, "
+            raise Refusal(801, f"members: the team would have {len(joining) + 1} people, "
                                    f"at most {limit} allowed")
         tid = str(next(self._ids))
-        self.teams[tid] = {"tname": tname, "owner": owner, "limit": limit,
-                           "members": {owner} | (set() if agree == "1" else joining),
-                           "invited": joining if agree == "1" else set()}
+        self.teams[tid] = Record(tname=tname, owner=owner, limit=limit,
+                                 members={owner} | (set() if agree == "1" else joining),
+                                 invited=joining if agree == "1" else set())
         return {"tid": tid}
 
-    def team_add(self, form: Form) -> dict[str, Any]:
+    def team_add(self, form: Form, _: Call | None = None) -> dict[str, Any]:
         tid = text_param(form, "tid", 128, required=True)
         owner = self._known(form, "owner")
         members = self._members(form)
@@ -246,12 +222,12 @@ class NeteaseSandbox(Sandbox):
         agree = choice_param(form, "magree", ("0", "1"), required=True)
         team = self._team(tid)
         if team["owner"] != owner:
-            raise VendorError(802, f"owner: {owner} is not the owner of team {tid}")
+            raise Refusal(802, f"owner: {owner} is not the owner of team {tid}")
         present = set(members) & team["members"]
         self.duplicates["add_members"] += len(present)
         joining = set(members) - present
         if len(team["members"]) + len(joining) > team["limit"]:
-            raise VendorError(801, f"members: the team would have "
+            raise Refusal(801, f"members: the team would have "
                                    f"{len(team['members']) + len(joining)} people, "
                                    f"at most {team['limit']} allowed")
         team["invited" if agree == "1" else "members"] |= joining
@@ -262,73 +238,116 @@ class NeteaseSandbox(Sandbox):
         members = [m.lower() for m in members]
         unknown = [m for m in members if m not in self.users]
         if unknown:
-            raise VendorError(414, f"members: not registered: {', '.join(unknown[:10])}")
+            raise Refusal(414, f"members: not registered: {', '.join(unknown[:10])}")
         return members
 
-    def friend_add(self, form: Form) -> dict[str, Any]:
+    def friend_add(self, form: Form, _: Call | None = None) -> dict[str, Any]:
         accid = self._known(form, "accid")
         faccid = self._known(form, "faccid")
         kind = choice_param(form, "type", ("1", "2", "3", "4"), required=True)
         text_param(form, "msg", 256)
         text_param(form, "serverex", 256)
         if kind != "1":
-            raise VendorError(414, "type: only 1 (add directly) is simulated")
+            raise Refusal(414, "type: only 1 (add directly) is simulated")
         if accid == faccid:
-            raise VendorError(414, "faccid: cannot befriend oneself")
-        if faccid in self.friend_sets.get(accid, set()):
+            raise Refusal(414, "faccid: cannot befriend oneself")
+        if not self.store.befriend(accid, faccid):
             self.duplicates["import_friends"] += 1
-            raise VendorError(417, "already friends")
-        self.friend_sets.setdefault(accid, set()).add(faccid)
-        self.friend_sets.setdefault(faccid, set()).add(accid)
+            raise Refusal(417, "already friends")
+        self.friended_at[accid, faccid] = self.friended_at[faccid, accid] = self._now_ms()
         return {}
+
+    def friend_get(self, form: Form, _: Call | None = None) -> dict[str, Any]:
+        """Friends changed after `updatetime` (ms) or `createtime` (seconds, older clients)."""
+        accid = self._known(form, "accid")
+        since = int_param(form, "updatetime", default=-1)
+        if since < 0:
+            since = int_param(form, "createtime", default=0) * 1000
+        friends = [{"faccid": f, "createtime": self.friended_at.get((accid, f), 0),
+                    "bidirection": True}
+                   for f in sorted(self.store.friends.get(accid, ()))
+                   if self.friended_at.get((accid, f), 0) >= since]
+        return {"size": len(friends), "friends": friends}
+
+    def team_query(self, form: Form, _: Call | None = None) -> dict[str, Any]:
+        """`tids` (a JSON array of ids), `ope` 1 = with the members."""
+        try:
+            tids = lenient_json(text_param(form, "tids", 4096, required=True))
+        except ValueError:
+            tids = None
+        if not isinstance(tids, list) or not all(isinstance(t, (str, int)) for t in tids):
+            raise Refusal(414, "tids is not a JSON array of team ids")
+        with_members = choice_param(form, "ope", ("0", "1"), required=True) == "1"
+        infos = []
+        for tid in dict.fromkeys(str(t) for t in tids):
+            team = self.teams.get(tid)
+            if team is not None:
+                info = self._team_info(tid, team)
+                if with_members:
+                    info.update(members=sorted(team["members"] - {team["owner"]}), admins=[])
+                infos.append(info)
+        return {"tinfos": infos}
+
+    def team_joined(self, form: Form, _: Call | None = None) -> dict[str, Any]:
+        accid = self._known(form, "accid")
+        infos = [self._team_info(tid, team) for tid, team in self.teams.items()
+                 if accid in team["members"]]
+        return {"count": len(infos), "infos": infos}
+
+    @staticmethod
+    def _team_info(tid: str, team: Record) -> dict[str, Any]:
+        return {"tid": int(tid), "tname": team["tname"], "owner": team["owner"],
+                "size": len(team["members"]), "maxusers": team["limit"]}
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
 
     # -- lookups -----------------------------------------------------------------------
 
     def _known(self, form: Form, name: str) -> str:
         accid = accid_param(form, name)
         if accid not in self.users:
-            raise VendorError(414, f"{name}: {accid} is not registered")
+            raise Refusal(414, f"{name}: {accid} is not registered")
         return accid
 
     def _team(self, tid: str) -> dict[str, Any]:
         team = self.teams.get(tid)
         if team is None:
-            raise VendorError(803, f"tid: team {tid} does not exist")
+            raise Refusal(803, f"tid: team {tid} does not exist")
         return team
 
     # -- read-back for tests -----------------------------------------------------------
 
-    def stored_profile(self, user_id: str) -> Profile | None:
-        user = self.users.get(user_id)
-        if user is None:
-            return None
-        extra = {k: v for k, v in user.items() if k not in ("token", "name", "icon")}
-        return Profile(user_id, user.get("name", ""), user.get("icon", ""), extra)
+    def profile(self, user_id: str, record: dict[str, str]) -> Profile:
+        extra = {k: v for k, v in record.items() if k not in ("token", "name", "icon")}
+        return Profile(user_id, record.get("name", ""), record.get("icon", ""), extra)
 
     def token(self, user_id: str) -> str | None:
         user = self.users.get(user_id)
         return user["token"] if user else None
 
-    def inbox(self, user_id: str) -> list[dict[str, Any]]:
-        return list(self.inboxes.get(user_id, []))
-
-    def group_members(self, group_id: str) -> set[str] | None:
-        team = self.teams.get(group_id)
-        return set(team["members"]) if team else None
-
-    def friends(self, user_id: str) -> set[str]:
-        return set(self.friend_sets.get(user_id, set()))
-
 
 # -- replies and parameters ------------------------------------------------------------
 
-def reply(code: int, **body: Any) -> JSONResponse:
-    """Every business reply is HTTP 200 with the outcome in the body's code."""
-    return JSONResponse({"code": code, **body}, media_type="application/json;charset=utf-8")
+STRING = re.compile(r'"(?:\\.|[^"\\])*"|\'((?:\\.|[^\'\\])*)\'', re.S)
+ESCAPE = re.compile(r'\\(.)|"', re.S)
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
+def lenient_json(text: str) -> Any:
+    """JSON as the vendor's lenient Java parser reads it: strings may also be
+    single-quoted, as Python's repr of a dict or list writes them."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+
+    def requote(match: re.Match) -> str:
+        inner = match.group(1)
+        if inner is None:  # a double-quoted string goes through as it is
+            return match.group(0)
+        return '"' + ESCAPE.sub(lambda e: '\\"' if e.group(1) is None else
+                                ("'" if e.group(1) == "'" else e.group(0)), inner) + '"'
+    return json.loads(STRING.sub(requote, text))
 
 
 def text_param(form: Form, name: str, max_len: int, *, unit: str = "chars",
@@ -336,20 +355,20 @@ def text_param(form: Form, name: str, max_len: int, *, unit: str = "chars",
     value = form.get(name, "")
     if not value:
         if required:
-            raise VendorError(414, f"{name} is required")
+            raise Refusal(414, f"{name} is required")
         return ""
     size = len(value.encode()) if unit == "bytes" else len(value)
     if size > max_len:
-        raise VendorError(414, f"{name} is too long: {size} {unit}, at most {max_len}")
+        raise Refusal(414, f"{name} is too long: {size} {unit}, at most {max_len}")
     return value
 
 
 def accid_param(form: Form, name: str) -> str:
     value = form.get(name, "")
     if not value:
-        raise VendorError(414, f"{name} is required")
+        raise Refusal(414, f"{name} is required")
     if not ACCID.fullmatch(value):
-        raise VendorError(414, f"{name}: {value[:40]!r} is not a valid accid "
+        raise Refusal(414, f"{name}: {value[:40]!r} is not a valid accid "
                                "(at most 32 of letters, digits, _ @ . -)")
     return value.lower()  # accids are case-insensitive: stored lower-cased
 
@@ -359,7 +378,7 @@ def boolean_param(form: Form, name: str) -> bool:
     if value is None or value == "":
         return False
     if value not in ("true", "false"):
-        raise VendorError(414, f"{name} not boolean")
+        raise Refusal(414, f"{name} not boolean")
     return value == "true"
 
 
@@ -368,7 +387,7 @@ def int_param(form: Form, name: str, *, default: int) -> int:
     if value == "":
         return default
     if not re.fullmatch(r"-?\d+", value):
-        raise VendorError(414, f"{name} not integer")
+        raise Refusal(414, f"{name} not integer")
     return int(value)
 
 
@@ -378,7 +397,7 @@ def choice_param(form: Form, name: str, choices: tuple[str, ...], *,
     if value == "" and not required:
         return ""
     if value not in choices:
-        raise VendorError(414, f"{name}: {value[:20]!r} is not one of {', '.join(choices)}")
+        raise Refusal(414, f"{name}: {value[:20]!r} is not one of {', '.join(choices)}")
     return value
 
 
@@ -388,19 +407,19 @@ def list_param(form: Form, name: str, *, max_items: int | None = None,
     raw = form.get(name, "")
     if raw == "":
         if required:
-            raise VendorError(414, f"{name} is required")
+            raise Refusal(414, f"{name} is required")
         return []
     if max_bytes is not None and len(raw.encode()) > max_bytes:
-        raise VendorError(414, f"{name} is too long: {len(raw.encode())} bytes, "
+        raise Refusal(414, f"{name} is too long: {len(raw.encode())} bytes, "
                                f"at most {max_bytes}")
     try:
-        items = json.loads(raw)
+        items = lenient_json(raw)
     except ValueError:
         items = None
     if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-        raise VendorError(414, f"{name} is not a JSON array of strings")
+        raise Refusal(414, f"{name} is not a JSON array of strings")
     if max_items is not None and len(items) > max_items:
-        raise VendorError(414, f"{name}: {len(items)} items, at most {max_items}")
+        raise Refusal(414, f"{name}: {len(items)} items, at most {max_items}")
     return items
 
 
@@ -417,11 +436,11 @@ def message_params(form: Form, *, max_body: int) -> dict[str, Any]:
     kind = choice_param(form, "type", tuple(sorted(MESSAGE_TYPES)), required=True)
     body = text_param(form, "body", max_body, required=True)
     try:
-        content = json.loads(body)
+        content = lenient_json(body)
     except ValueError:
-        raise VendorError(414, "body is not JSON") from None
+        raise Refusal(414, "body is not JSON") from None
     if kind == "0":
         if not isinstance(content, dict) or not isinstance(content.get("msg"), str):
-            raise VendorError(414, 'body: a text message needs {"msg": "..."}')
+            raise Refusal(414, 'body: a text message needs {"msg": "..."}')
         return {"text": content["msg"]}
     return {"custom": content, "type": int(kind)}
