@@ -183,12 +183,6 @@ class MaximClient(VendorClient):
             sizes[op] = min(sizes[op], MAX_TARGETS)
         return replace(cls.rules, batch_size=sizes)
 
-    @classmethod
-    def repeat_safe(cls, key: str | Operation) -> bool:
-        # /message/broadcast takes no transaction_id: a repeat reaches every user again.
-        key = key.value if isinstance(key, Operation) else key
-        return key != Operation.BROADCAST.value and super().repeat_safe(key)
-
     def auth(self) -> httpx.Auth:
         return MaximAuth(self.config)
 
