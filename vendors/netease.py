@@ -9,40 +9,41 @@ and "already registered"), so each endpoint's reply is read with its `desc`.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import secrets
 import time
-from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Literal, Mapping, Sequence, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any, Awaitable, Callable, Generator, Literal, Mapping, Sequence, TypeVar
 from urllib.parse import urlencode
 
 import httpx
 
 from .base import FieldRule, Group, Message, Operation, Outcome, Profile, Result, VendorRules
-from .client import CallFailed, Reply, Throttle, VendorClient, chunks, same_for_all
+from .client import Batch, CallFailed, Codes, Reply, VendorClient, chunks
 
 BASE_URLS = {
     "cn": "https://api.netease.im/nimserver",  # China data centre
     "sg": "https://api-sg.netease.im/nimserver",  # overseas data centre
 }
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded;charset=utf-8"
-MAX_NONCE = 128
 MEMBERS_MAX_BYTES = 1024  # team/create and team/add: the `members` JSON text
 MEMBERS_MAX_COUNT = 200  # team/add: at most 200 people per call
 TEXT_BODY_MAX = 5000  # msg/send*: the `body` JSON text, in characters
 BROADCAST_BODY_MAX = 4096
 
 # After an over-limit reply (416) the vendor blocks the app for a while.
-BLOCKED_FOR: dict[Operation, float] = {Operation.REGISTER: 10.0, Operation.SEND: 60.0}
-
+BLOCKED_FOR: dict[str, float] = {Operation.REGISTER.value: 10.0, Operation.SEND.value: 60.0}
 # The `desc` words of a 414 that mean the signature headers were refused.
 AUTH_DESC_WORDS = ("checksum", "appkey", "curtime", "nonce")
-RETRYABLE_CODES = {408, 500, 501, 503}
+# Replies that mean "it is already there" on one endpoint only.
+EXISTS = {(Operation.ADD_MEMBERS.value, "809"), (Operation.IMPORT_FRIENDS.value, "417")}
 
 ACCID_RULE = FieldRule(max_len=32, pattern=r"[A-Za-z0-9_@.\-]+",
                        pattern_hint="letters, digits, _ @ . - only", required=True)
+PROFILE_EXTRAS = {"sign": 256, "email": 64, "birth": 16, "mobile": 32, "ex": 1024}
+
+T = TypeVar("T")
 
 
 def checksum(secret: str, nonce: str, curtime: str) -> str:
@@ -50,40 +51,19 @@ def checksum(secret: str, nonce: str, curtime: str) -> str:
     return hashlib.sha1((secret + nonce + curtime).encode("utf-8")).hexdigest()
 
 
-def valid_accids(ids: Sequence[str], field: str, results: Any) -> list[int]:
-    """Indexes of the ids that are valid accids; each invalid one gets its
-    rejected Result in `results` (a list or dict by index), without a call."""
-    valid = []
-    for i, accid in enumerate(ids):
-        problem = ACCID_RULE.check(field, accid)
-        if problem:
-            results[i] = Result(Outcome.REJECTED, "invalid", problem)
-        else:
-            valid.append(i)
-    return valid
+class CheckSumAuth(httpx.Auth):
+    """Signs each request as it goes out: a fresh Nonce and CurTime every time."""
 
+    def __init__(self, app_key: str, app_secret: str):
+        self.app_key = app_key
+        self.app_secret = app_secret
 
-def json_list(items: Sequence[str]) -> str:
-    """A JSON array as the vendor takes it inside a form field, compact."""
-    return json.dumps(list(items), ensure_ascii=False, separators=(",", ":"))
-
-
-def member_slices(members: Sequence[str], max_bytes: int = MEMBERS_MAX_BYTES,
-                  max_count: int = MEMBERS_MAX_COUNT) -> list[list[str]]:
-    """Split members, in order, into lists whose JSON text fits `max_bytes`."""
-    slices: list[list[str]] = []
-    current: list[str] = []
-    size = 2  # the brackets
-    for member in members:
-        grows = len(json.dumps(member).encode()) + (1 if current else 0)
-        if current and (size + grows > max_bytes or len(current) >= max_count):
-            slices.append(current)
-            current, size, grows = [], 2, grows - 1
-        current.append(member)
-        size += grows
-    if current:
-        slices.append(current)
-    return slices
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        nonce = secrets.token_hex(16)  # 32 characters; the vendor allows up to 128
+        curtime = str(int(time.time()))
+        request.headers.update({"AppKey": self.app_key, "Nonce": nonce, "CurTime": curtime,
+                                "CheckSum": checksum(self.app_secret, nonce, curtime)})
+        yield request
 
 
 @dataclass(frozen=True)
@@ -94,20 +74,16 @@ class NeteaseConfig:
     base_url: str | None = None  # overrides the region's host (e.g. a sandbox)
     team_invite_msg: str = "welcome"  # team/create and team/add require one (≤ 150 bytes)
     broadcast_offline: bool = True  # keep broadcasts for users who are offline
+    concurrency: int = 8  # one-item calls in flight per method call
 
     @property
     def url(self) -> str:
         return (self.base_url or BASE_URLS[self.region]).rstrip("/")
 
 
-PROFILE_EXTRAS = {"sign": 256, "email": 64, "birth": 16, "mobile": 32, "ex": 1024}
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-
 class NeteaseClient(VendorClient):
     vendor = "netease"
+    config: NeteaseConfig
     capabilities = frozenset({
         Operation.REGISTER, Operation.UPDATE_PROFILE, Operation.GET_PROFILES,
         Operation.ISSUE_TOKEN, Operation.SEND, Operation.SEND_GROUP, Operation.BROADCAST,
@@ -136,159 +112,133 @@ class NeteaseClient(VendorClient):
             Operation.IMPORT_FRIENDS: 20,
         },
     )
-    max_in_flight = 8  # per method call: one-item endpoints go out side by side
+    # 408 timeout, 500 internal error, 501 database error, 503 busy; 416 frequency control.
+    codes = Codes(ok=frozenset({200}), rate_limited=frozenset({416}),
+                  retryable=frozenset({408, 500, 501, 503}))
 
-    def __init__(self, config: NeteaseConfig, http: httpx.AsyncClient, *,
-                 throttle: Throttle | None = None, timeout: float = 10.0):
-        super().__init__(config, http, throttle=throttle, timeout=timeout)
-        self.config = config
+    # -- signing, the call path and reading replies --------------------------------------
 
-    # -- signing and the one call path -----------------------------------------------
+    def auth(self) -> httpx.Auth:
+        return CheckSumAuth(self.config.app_key, self.config.app_secret)
 
-    def _headers(self) -> dict[str, str]:
-        nonce = secrets.token_hex(16)  # 32 characters, fresh per request
-        curtime = str(int(time.time()))
-        return {"AppKey": self.config.app_key, "Nonce": nonce, "CurTime": curtime,
-                "CheckSum": checksum(self.config.app_secret, nonce, curtime),
-                "Content-Type": FORM_CONTENT_TYPE}
-
-    async def _call(self, op: Operation, path: str, form: Mapping[str, Any]) -> Reply:
+    async def _post(self, op: Operation, path: str, form: Mapping[str, Any],
+                    expect: Sequence[str] = ()) -> tuple[Result, dict[str, Any]]:
         """POST one signed form; every value goes out as a string."""
-        return await self._request(op.value, "POST", f"{self.config.url}/{path}",
-                                   headers=self._headers(), content=urlencode(as_form(form)))
+        return await self.call(op, "POST", f"{self.config.url}/{path}", expect=expect,
+                               headers={"Content-Type": FORM_CONTENT_TYPE},
+                               content=urlencode(as_form(form)))
 
-    async def _each(self, items: Sequence[T], work: Callable[[T], Awaitable[R]]) -> list[R]:
-        gate = asyncio.Semaphore(self.max_in_flight)
+    def classify(self, key: str, reply: Reply) -> Result:
+        """The base's reading, then what NetEase's open codes mean per endpoint."""
+        result = super().classify(key, reply)
+        code, desc = result.code, result.message.lower()
+        if reply.status >= 500 and result.outcome is Outcome.REJECTED:
+            return replace(result, outcome=Outcome.RETRYABLE)  # a gateway's code, not the API's
+        if code == "416":
+            return replace(result, retry_after=result.retry_after or BLOCKED_FOR.get(key))
+        if code == "414" and any(word in desc for word in AUTH_DESC_WORDS):
+            return replace(result, outcome=Outcome.AUTH)
+        if (key, code) in EXISTS or (code == "414" and key == Operation.REGISTER.value
+                                     and "already register" in desc):
+            return replace(result, outcome=Outcome.EXISTS)
+        return result
 
-        async def one(item: T) -> R:
-            async with gate:
-                return await work(item)
+    async def _per_item(self, items: Sequence[T], problem: Callable[[T], str | None],
+                        work: Callable[[T], Awaitable[Result]]) -> list[Result]:
+        """One call per item that `problem` does not refuse, `concurrency` at a time."""
+        batch = Batch(items, problem)
+        batch.put(batch.valid, await self.each([items[i] for i in batch.valid], work))
+        return batch.done()
 
-        return list(await asyncio.gather(*(one(item) for item in items)))
+    def _profile_problem(self, profile: Profile) -> str | None:
+        return "; ".join(self.rules.check_profile(profile)) or None
 
-    # -- accounts ----------------------------------------------------------------------
+    # -- accounts ------------------------------------------------------------------------
 
     async def register_users(self, profiles: Sequence[Profile]) -> list[Result]:
         async def register(profile: Profile) -> Result:
-            invalid = self._invalid_profile(profile)
-            if invalid:
-                return invalid
             accid = profile.user_id.lower()  # the vendor lower-cases accids itself
-            try:
-                reply = await self._call(Operation.REGISTER, "user/create.action",
-                                         {"accid": accid, **profile_form(profile)})
-            except CallFailed as failed:
-                return failed.result
-            result = classify(Operation.REGISTER, reply)
-            info = reply.body.get("info") or {}
+            result, body = await self._post(Operation.REGISTER, "user/create.action",
+                                            {"accid": accid, **profile_form(profile)},
+                                            expect=("info",))
+            info = body.get("info") or {}
             data = {"user_id": str(info.get("accid") or accid)}
             if info.get("token"):
                 data["token"] = str(info["token"])
-            return with_data(result, data)
+            return replace(result, data=data)
 
-        return await self._each(profiles, register)
+        return await self._per_item(profiles, self._profile_problem, register)
 
     async def update_profiles(self, profiles: Sequence[Profile]) -> list[Result]:
         """user/updateUinfo.action with the fields that are set; empty ones stay as they are."""
         async def update(profile: Profile) -> Result:
-            invalid = self._invalid_profile(profile)
-            if invalid:
-                return invalid
             accid = profile.user_id.lower()
-            try:
-                reply = await self._call(Operation.UPDATE_PROFILE, "user/updateUinfo.action",
+            result, _ = await self._post(Operation.UPDATE_PROFILE, "user/updateUinfo.action",
                                          {"accid": accid, **profile_form(profile)})
-            except CallFailed as failed:
-                return failed.result
-            return with_data(classify(Operation.UPDATE_PROFILE, reply), {"user_id": accid})
+            return replace(result, data={"user_id": accid})
 
-        return await self._each(profiles, update)
+        return await self._per_item(profiles, self._profile_problem, update)
 
     async def get_profiles(self, user_ids: Sequence[str]) -> list[Profile | None]:
         """Unknown or malformed ids read back as None. A failed call raises CallFailed."""
         wanted = [u.lower() for u in user_ids if not ACCID_RULE.check("user_id", u)]
         found: dict[str, Profile] = {}
         for batch in chunks(wanted, self.rules.batch_size[Operation.GET_PROFILES]):
-            reply = await self._call(Operation.GET_PROFILES, "user/getUinfos.action",
-                                     {"accids": json_list(batch)})
-            result = classify(Operation.GET_PROFILES, reply)
+            result, body = await self._post(Operation.GET_PROFILES, "user/getUinfos.action",
+                                            {"accids": json_list(batch)})
             if not result.succeeded:
                 raise CallFailed(result)
-            for info in reply.body.get("uinfos") or []:
+            for info in body.get("uinfos") or []:
                 profile = profile_from(info)
                 found[profile.user_id] = profile
         return [found.get(u.lower()) for u in user_ids]
 
     async def issue_tokens(self, user_ids: Sequence[str]) -> list[Result]:
         async def refresh(user_id: str) -> Result:
-            problem = ACCID_RULE.check("user_id", user_id)
-            if problem:
-                return Result(Outcome.REJECTED, "invalid", problem)
             accid = user_id.lower()
-            try:
-                reply = await self._call(Operation.ISSUE_TOKEN, "user/refreshToken.action",
-                                         {"accid": accid})
-            except CallFailed as failed:
-                return failed.result
-            info = reply.body.get("info") or {}
+            result, body = await self._post(Operation.ISSUE_TOKEN, "user/refreshToken.action",
+                                            {"accid": accid}, expect=("info.token",))
             data = {"user_id": accid}
-            if info.get("token"):
-                data["token"] = str(info["token"])  # NetEase tokens do not expire
-            return with_data(classify(Operation.ISSUE_TOKEN, reply), data)
+            if result.outcome is Outcome.OK:  # `expect` saw the token; NetEase tokens do not expire
+                data["token"] = str(body["info"]["token"])
+            return replace(result, data=data)
 
-        return await self._each(user_ids, refresh)
+        return await self._per_item(user_ids, lambda u: ACCID_RULE.check("user_id", u), refresh)
 
-    # -- messages ----------------------------------------------------------------------
+    # -- messages ------------------------------------------------------------------------
 
     async def send(self, sender: str, recipients: Sequence[str], message: Message, *,
                    dedup_key: str | None = None) -> list[Result]:
         """msg/sendBatchMsg.action, 500 recipients a call. NetEase takes no
         deduplication key, so `dedup_key` is not used."""
-        results: list[Result | None] = [None] * len(recipients)
-        refused = (ACCID_RULE.check("fromAccid", sender)
-                   or message_problem(message, TEXT_BODY_MAX))
-        if refused:
-            return same_for_all(Result(Outcome.REJECTED, "invalid", refused), len(recipients))
-        valid = valid_accids(recipients, "toAccids", results)
+        refused = ACCID_RULE.check("fromAccid", sender) or message_problem(message, TEXT_BODY_MAX)
+        batch = Batch(recipients, lambda to: refused or ACCID_RULE.check("toAccids", to))
         kind, body = message_form(message)
-        for batch in chunks(valid, self.rules.batch_size[Operation.SEND]):
-            accids = [recipients[i].lower() for i in batch]
-            try:
-                reply = await self._call(Operation.SEND, "msg/sendBatchMsg.action", {
-                    "fromAccid": sender.lower(), "toAccids": json_list(accids),
-                    "type": kind, "body": body})
-            except CallFailed as failed:
-                for i in batch:
-                    results[i] = failed.result
-                continue
-            result = classify(Operation.SEND, reply)
-            unregistered = set(string_list(reply.body.get("unregister")))
-            for i, accid in zip(batch, accids):
-                if result.succeeded and accid in unregistered:
-                    results[i] = Result(Outcome.REJECTED, "unregister",
-                                        f"toAccids: {accid!r} is not a registered account")
-                else:
-                    results[i] = result
-        return [r for r in results if r is not None]
+        for indexes in chunks(batch.valid, self.rules.batch_size[Operation.SEND]):
+            accids = [recipients[i].lower() for i in indexes]
+            result, reply = await self._post(Operation.SEND, "msg/sendBatchMsg.action", {
+                "fromAccid": sender.lower(), "toAccids": json_list(accids),
+                "type": kind, "body": body})
+            unregistered = set(string_list(reply.get("unregister"))) if result.succeeded else set()
+            batch.put(indexes, [
+                Result(Outcome.REJECTED, "unregister",
+                       f"toAccids: {accid!r} is not a registered account")
+                if accid in unregistered else result for accid in accids])
+        return batch.done()
 
     async def send_group(self, sender: str, group_ids: Sequence[str], message: Message, *,
                          dedup_key: str | None = None) -> list[Result]:
         refused = ACCID_RULE.check("from", sender) or message_problem(message, TEXT_BODY_MAX)
-        if refused:
-            return same_for_all(Result(Outcome.REJECTED, "invalid", refused), len(group_ids))
         kind, body = message_form(message)
 
         async def send_one(tid: str) -> Result:
-            try:
-                reply = await self._call(Operation.SEND_GROUP, "msg/sendMsg.action", {
-                    "from": sender.lower(), "ope": 1, "to": tid, "type": kind, "body": body})
-            except CallFailed as failed:
-                return failed.result
-            msgid = (reply.body.get("data") or {}).get("msgid")
-            return with_data(classify(Operation.SEND_GROUP, reply),
-                             {"group_id": tid, **({"msg_id": str(msgid)} if msgid else {})})
+            result, reply = await self._post(Operation.SEND_GROUP, "msg/sendMsg.action", {
+                "from": sender.lower(), "ope": 1, "to": tid, "type": kind, "body": body})
+            msgid = (reply.get("data") or {}).get("msgid")
+            data = {"group_id": tid, **({"msg_id": str(msgid)} if msgid else {})}
+            return replace(result, data=data)
 
-        return await self._each(group_ids, send_one)
+        return await self._per_item(group_ids, lambda tid: refused, send_one)
 
     async def broadcast(self, sender: str, message: Message, *,
                         dedup_key: str | None = None) -> Result:
@@ -300,18 +250,13 @@ class NeteaseClient(VendorClient):
                    or FieldRule(max_len=BROADCAST_BODY_MAX, required=True).check("body", body))
         if problem:
             return Result(Outcome.REJECTED, "invalid", problem)
-        form = {"body": body, "isOffline": self.config.broadcast_offline}
-        if sender:
-            form["from"] = sender.lower()
-        try:
-            reply = await self._call(Operation.BROADCAST, "msg/broadcastMsg.action", form)
-        except CallFailed as failed:
-            return failed.result
-        broadcast_id = (reply.body.get("msg") or {}).get("broadcastId")
-        return with_data(classify(Operation.BROADCAST, reply),
-                         {"msg_id": str(broadcast_id)} if broadcast_id else {})
+        form = {"body": body, "isOffline": self.config.broadcast_offline,
+                "from": sender.lower() or None}
+        result, reply = await self._post(Operation.BROADCAST, "msg/broadcastMsg.action", form)
+        broadcast_id = (reply.get("msg") or {}).get("broadcastId")
+        return replace(result, data={"msg_id": str(broadcast_id)} if broadcast_id else {})
 
-    # -- groups and friends ------------------------------------------------------------
+    # -- groups and friends --------------------------------------------------------------
 
     async def create_group(self, group: Group) -> Result:
         """team/create.action with the first slice of members that fits the
@@ -320,25 +265,22 @@ class NeteaseClient(VendorClient):
         group was made but some slices could not be added, the result is still
         ok (the group exists: creating it again would make a second one) and
         data["members_not_added"] lists who is missing, for add_members."""
-        problem = (FieldRule(max_len=64, required=True).check("tname", group.name)
-                   or ACCID_RULE.check("owner", group.owner)
-                   or self._members_problem(group.members))
+        problem = next(filter(None, (
+            FieldRule(max_len=64, required=True).check("tname", group.name),
+            ACCID_RULE.check("owner", group.owner),
+            *(ACCID_RULE.check("members", m) for m in group.members))), None)
         if problem:
             return Result(Outcome.REJECTED, "invalid", problem)
         owner = group.owner.lower()
         members = list(dict.fromkeys(m.lower() for m in group.members if m.lower() != owner))
         first, *rest = member_slices(members) or [[]]
-        try:
-            reply = await self._call(Operation.CREATE_GROUP, "team/create.action", {
-                "tname": group.name, "owner": owner, "members": json_list(first),
-                "msg": self.config.team_invite_msg, "magree": 0, "joinmode": 0})
-        except CallFailed as failed:
-            return failed.result
-        result = classify(Operation.CREATE_GROUP, reply)
-        if not result.succeeded:
+        result, body = await self._post(Operation.CREATE_GROUP, "team/create.action", {
+            "tname": group.name, "owner": owner, "members": json_list(first),
+            "msg": self.config.team_invite_msg, "magree": 0, "joinmode": 0}, expect=("tid",))
+        if result.outcome is not Outcome.OK:
             return result
-        tid = str(reply.body.get("tid", ""))
-        missing = failed_accids(reply.body)
+        tid = str(body["tid"])
+        missing = failed_accids(body)
         for members_slice in rest:
             added = await self._add_slice(tid, owner, members_slice)
             missing += [m for m, r in zip(members_slice, added) if not r.succeeded]
@@ -347,103 +289,40 @@ class NeteaseClient(VendorClient):
                       data={"group_id": tid, "members_not_added": missing})
 
     async def add_members(self, group_id: str, owner: str, members: Sequence[str]) -> list[Result]:
-        problem = ACCID_RULE.check("owner", owner)
-        if problem:
-            return same_for_all(Result(Outcome.REJECTED, "invalid", problem), len(members))
-        results: dict[int, Result] = {}
-        valid = valid_accids(members, "members", results)
-        accids = [members[i].lower() for i in valid]
-        position = 0
+        refused = ACCID_RULE.check("owner", owner)
+        batch = Batch(members, lambda m: refused or ACCID_RULE.check("members", m))
+        accids = [members[i].lower() for i in batch.valid]
+        done = 0
         for members_slice in member_slices(accids):
             added = await self._add_slice(group_id, owner.lower(), members_slice)
-            for result in added:
-                results[valid[position]] = result
-                position += 1
-        return [results[i] for i in range(len(members))]
+            batch.put(batch.valid[done:done + len(added)], added)
+            done += len(added)
+        return batch.done()
 
     async def _add_slice(self, tid: str, owner: str, members: list[str]) -> list[Result]:
-        try:
-            reply = await self._call(Operation.ADD_MEMBERS, "team/add.action", {
-                "tid": tid, "owner": owner, "members": json_list(members),
-                "magree": 0, "msg": self.config.team_invite_msg})
-        except CallFailed as failed:
-            return same_for_all(failed.result, len(members))
-        result = with_data(classify(Operation.ADD_MEMBERS, reply), {"group_id": tid})
-        refused = set(failed_accids(reply.body))
-        reason = str((reply.body.get("faccid") or {}).get("msg") or "refused by the vendor")
+        result, body = await self._post(Operation.ADD_MEMBERS, "team/add.action", {
+            "tid": tid, "owner": owner, "members": json_list(members),
+            "magree": 0, "msg": self.config.team_invite_msg})
+        result = replace(result, data={"group_id": tid})
+        refused = set(failed_accids(body)) if result.succeeded else set()
+        reason = str((body.get("faccid") or {}).get("msg") or "refused by the vendor")
         return [Result(Outcome.REJECTED, "faccid", f"members: {m!r}: {reason}")
-                if result.succeeded and m in refused else result for m in members]
+                if m in refused else result for m in members]
 
     async def import_friends(self, owner: str, friend_ids: Sequence[str]) -> list[Result]:
         """friend/add.action type=1 (added directly, no request), one call per friend."""
-        problem = ACCID_RULE.check("accid", owner)
-        if problem:
-            return same_for_all(Result(Outcome.REJECTED, "invalid", problem), len(friend_ids))
+        refused = ACCID_RULE.check("accid", owner)
 
         async def befriend(friend: str) -> Result:
-            problem = ACCID_RULE.check("faccid", friend)
-            if problem:
-                return Result(Outcome.REJECTED, "invalid", problem)
-            try:
-                reply = await self._call(Operation.IMPORT_FRIENDS, "friend/add.action", {
-                    "accid": owner.lower(), "faccid": friend.lower(), "type": 1})
-            except CallFailed as failed:
-                return failed.result
-            return with_data(classify(Operation.IMPORT_FRIENDS, reply),
-                             {"user_id": friend.lower()})
+            result, _ = await self._post(Operation.IMPORT_FRIENDS, "friend/add.action", {
+                "accid": owner.lower(), "faccid": friend.lower(), "type": 1})
+            return replace(result, data={"user_id": friend.lower()})
 
-        return await self._each(friend_ids, befriend)
-
-    # -- local checks ------------------------------------------------------------------
-
-    def _invalid_profile(self, profile: Profile) -> Result | None:
-        errors = self.rules.check_profile(profile)
-        return Result(Outcome.REJECTED, "invalid", "; ".join(errors)) if errors else None
-
-    @staticmethod
-    def _members_problem(members: Sequence[str]) -> str | None:
-        for member in members:
-            problem = ACCID_RULE.check("members", member)
-            if problem:
-                return problem
-        return None
+        return await self._per_item(
+            friend_ids, lambda f: refused or ACCID_RULE.check("faccid", f), befriend)
 
 
-# -- reading replies -------------------------------------------------------------------
-
-def classify(op: Operation, reply: Reply) -> Result:
-    """One reply's outcome, read per endpoint (NetEase codes are open)."""
-    code = reply.body.get("code")
-    desc = str(reply.body.get("desc") or "")
-    if not isinstance(code, int):
-        if reply.status >= 500 or reply.status == 200:  # a gateway page, not the API
-            return Result(Outcome.RETRYABLE, f"http {reply.status}", "no code in the reply")
-        outcome = Outcome.AUTH if reply.status in (401, 403) else Outcome.REJECTED
-        return Result(outcome, f"http {reply.status}", "no code in the reply")
-    raw = str(code)
-    if code == 200:
-        return Result(Outcome.OK, raw)
-    if code == 416:
-        return Result(Outcome.RATE_LIMITED, raw, desc or "frequency control",
-                      retry_after=BLOCKED_FOR.get(op))
-    if code in RETRYABLE_CODES or reply.status >= 500:
-        return Result(Outcome.RETRYABLE, raw, desc)
-    if code == 414 and any(word in desc.lower() for word in AUTH_DESC_WORDS):
-        return Result(Outcome.AUTH, raw, desc)
-    if (op, code) in EXISTS or (code == 414 and op is Operation.REGISTER
-                                 and "already register" in desc.lower()):
-        return Result(Outcome.EXISTS, raw, desc)
-    return Result(Outcome.REJECTED, raw, desc)
-
-
-# Replies that mean "it is already there" on one endpoint.
-EXISTS = {(Operation.ADD_MEMBERS, 809), (Operation.IMPORT_FRIENDS, 417)}
-
-
-def with_data(result: Result, data: Mapping[str, Any]) -> Result:
-    return Result(result.outcome, result.code, result.message, data=dict(data),
-                  retry_after=result.retry_after, maybe_delivered=result.maybe_delivered)
-
+# -- forms and replies -----------------------------------------------------------------
 
 def as_form(values: Mapping[str, Any]) -> dict[str, str]:
     """Form fields as the vendor wants them: every value a string, booleans
@@ -460,6 +339,29 @@ def as_form(values: Mapping[str, Any]) -> dict[str, str]:
             raise TypeError(f"form field {key} must be a string, not {type(value).__name__}")
         form[key] = value
     return form
+
+
+def json_list(items: Sequence[str]) -> str:
+    """A JSON array as the vendor takes it inside a form field, compact."""
+    return json.dumps(list(items), ensure_ascii=False, separators=(",", ":"))
+
+
+def member_slices(members: Sequence[str], max_bytes: int = MEMBERS_MAX_BYTES,
+                  max_count: int = MEMBERS_MAX_COUNT) -> list[list[str]]:
+    """Split members, in order, into lists whose JSON text fits `max_bytes`."""
+    slices: list[list[str]] = []
+    current: list[str] = []
+    size = 2  # the brackets
+    for member in members:
+        grows = len(json.dumps(member).encode()) + (1 if current else 0)
+        if current and (size + grows > max_bytes or len(current) >= max_count):
+            slices.append(current)
+            current, size, grows = [], 2, grows - 1
+        current.append(member)
+        size += grows
+    if current:
+        slices.append(current)
+    return slices
 
 
 def profile_form(profile: Profile) -> dict[str, str]:

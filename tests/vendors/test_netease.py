@@ -12,8 +12,7 @@ import pytest
 
 from imshift.vendors.base import Group, Message, Operation, Outcome, Profile, Unsupported
 from imshift.vendors.client import Reply
-from imshift.vendors.netease import (BASE_URLS, NeteaseClient, NeteaseConfig, checksum,
-                                     classify, member_slices)
+from imshift.vendors.netease import BASE_URLS, NeteaseClient, NeteaseConfig, checksum, member_slices
 from imshift.vendors.sandbox.common import Faults
 from imshift.vendors.sandbox.netease import NeteaseSandbox
 
@@ -355,6 +354,11 @@ def test_414_is_read_per_endpoint():
     def reply(code, desc=""):
         return Reply(200, {"code": code, "desc": desc}, httpx.Headers())
 
+    client = NeteaseSandbox().client()
+
+    def classify(op, reply):
+        return client.classify(op.value, reply)
+
     assert classify(Operation.REGISTER, reply(414, "already register")).outcome is Outcome.EXISTS
     assert classify(Operation.ISSUE_TOKEN, reply(414, "already register")).outcome \
         is Outcome.REJECTED
@@ -363,6 +367,10 @@ def test_414_is_read_per_endpoint():
     assert classify(Operation.SEND, reply(414, "toAccids is not a JSON array")).outcome \
         is Outcome.REJECTED
     assert classify(Operation.IMPORT_FRIENDS, reply(417)).outcome is Outcome.EXISTS
+    assert classify(Operation.ADD_MEMBERS, reply(809)).outcome is Outcome.EXISTS
+    assert classify(Operation.SEND, reply(417)).outcome is Outcome.REJECTED
+    assert classify(Operation.SEND, Reply(502, {"code": 414}, httpx.Headers())).outcome \
+        is Outcome.RETRYABLE
     assert classify(Operation.BROADCAST, reply(416)).retry_after is None
     assert classify(Operation.SEND, reply(503)).outcome is Outcome.RETRYABLE
     assert classify(Operation.SEND, Reply(502, {}, httpx.Headers())).outcome is Outcome.RETRYABLE
