@@ -13,7 +13,7 @@ import pytest
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from imshift.context import Context
-from imshift.jobs import control, requests
+from imshift.jobs import control, kinds
 from imshift.jobs.progress import progress, results
 from imshift.vendors.base import Group, Message, Outcome, Profile
 from imshift.vendors.netease import NeteaseClient
@@ -126,7 +126,7 @@ def test_a_batch_send_job_whose_replies_cannot_be_read_delivers_each_message_onc
     behind_gateway(box, {"msg/sendBatchMsg.action": UNREADABLE["html"]})
     to = tmp_path / "to.txt"
     to.write_text("\n".join(recipients), encoding="utf-8")
-    planned = requests.plan_send(ctx.engine, ctx.target("new"), to, sender="sender",
+    planned = kinds.plan_send(ctx.engine, ctx.target("new"), to, sender="sender",
                                  message=Message(text="once only"), chunk_size=500)
     job_id = planned.report.job_id
     ctx.runtime  # noqa: B018
