@@ -9,7 +9,7 @@ and once more when refused. `OpenIMClient(config, ...)` builds the class
 for the config's API version: `OpenIMV3Client` (openim_v3.py) or
 `OpenIMV2Client` (openim_v2.py), with each version's endpoints, payload
 shapes, rules and reply parsing; the flows both run alike are here. Facts:
-vendors.md and the server's source (openimsdk/open-im-server v3 main and
+docs/vendors.md and the server's source (openimsdk/open-im-server v3 main and
 v2.3.3, openimsdk/protocol).
 """
 
