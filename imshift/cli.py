@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -17,7 +18,21 @@ EXIT_CODES = ("Exit codes: 0 the job finished and every item sent is ok or exist
               "2 a wrong request or setting, nothing run; 3 the job finished with items "
               "rejected, failed or unknown (`imshift results JOB`).")
 
-app = typer.Typer(help="Bulk work on cloud IM vendors' server APIs: migrations, token refreshes, "
+class App(typer.Typer):
+    def __call__(self, *args, **kwargs):
+        from sqlalchemy.exc import DBAPIError
+
+        try:
+            return super().__call__(*args, **kwargs)
+        except DBAPIError as exc:  # the database is down, full, or refuses us: one line
+            reason = str(exc.orig or exc).strip().splitlines()[0]
+            jobcli.err.print(f"[red]error:[/red] the database failed: {reason}. Fix it "
+                             "(DATABASE_URL), then run the command again; `imshift status` "
+                             "shows where each job stands", highlight=False)
+            sys.exit(1)
+
+
+app = App(help="Bulk work on cloud IM vendors' server APIs: migrations, token refreshes, "
                        "mass sends.", epilog=EXIT_CODES, no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
 console = Console()

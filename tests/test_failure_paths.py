@@ -270,3 +270,21 @@ def test_a_migration_whose_register_returns_passwords_needs_the_key(env, monkeyp
     monkeypatch.setenv("IMSHIFT_TOKEN_KEY", Fernet.generate_key().decode())
     result, output = run("migrate", "users", "--from", "new", "--to", "mx", "--input", path)
     assert result.exit_code == 0, output
+
+
+def test_a_database_that_does_not_answer_is_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from testsupport import free_port
+
+    env = {**os.environ, "IMSHIFT_CONFIG": str(tmp_path / "none.toml"),
+           "IMSHIFT_DATABASE_URL": f"postgresql://imshift:pw-never-shown@127.0.0.1:{free_port()}/x"}
+    env.pop("REDIS_URL", None)
+    result = subprocess.run([sys.executable, "-m", "imshift.cli", "status"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: the database failed: connection failed") and "Fix it" in line
+    assert "pw-never-shown" not in result.stderr + result.stdout
