@@ -30,6 +30,11 @@ class App(typer.Typer):
                              "(DATABASE_URL), then run the command again; `imshift status` "
                              "shows where each job stands", highlight=False)
             sys.exit(1)
+        except OSError as exc:  # a full disk, a folder that cannot be written
+            where = f" ({exc.filename})" if exc.filename else ""
+            jobcli.err.print(f"[red]error:[/red] {exc.strerror or exc}{where}; nothing in the "
+                             "jobs changed: fix it and run the command again", highlight=False)
+            sys.exit(1)
 
 
 app = App(help="Bulk work on cloud IM vendors' server APIs: migrations, token refreshes, "

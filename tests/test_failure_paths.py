@@ -288,3 +288,17 @@ def test_a_database_that_does_not_answer_is_one_line(tmp_path):
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("error: the database failed: connection failed") and "Fix it" in line
     assert "pw-never-shown" not in result.stderr + result.stdout
+
+
+def test_an_export_that_cannot_be_written_is_one_line(env):
+    import os
+    import subprocess
+    import sys
+
+    run("migrate", "users", "--from", "new", "--to", "new", "--input", users_csv(env, "a"))
+    result = subprocess.run([sys.executable, "-m", "imshift.cli", "results", "1", "--format", "csv",
+                             "-o", str(env / "missing" / "out.csv")], env=dict(os.environ),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: No such file or directory") and "missing/out.csv" in line
