@@ -3,19 +3,59 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from imshift import jobcli
+from imshift import __version__, jobcli
 from imshift.vendors.base import Operation
 
-app = typer.Typer(help="Bulk work on cloud IM vendors' server APIs: migrations, token refreshes, "
-                       "mass sends.", no_args_is_help=True, pretty_exceptions_show_locals=False)
+EXIT_CODES = ("Exit codes: 0 the job finished and every item sent is ok or exists; "
+              "1 the job stopped, was paused or cancelled, or a service (Redis) failed; "
+              "2 a wrong request or setting, nothing run; 3 the job finished with items "
+              "rejected, failed or unknown (`imshift results JOB`).")
+
+class App(typer.Typer):
+    def __call__(self, *args, **kwargs):
+        from sqlalchemy.exc import DBAPIError
+
+        try:
+            return super().__call__(*args, **kwargs)
+        except DBAPIError as exc:  # the database is down, full, or refuses us: one line
+            reason = str(exc.orig or exc).strip().splitlines()[0]
+            jobcli.err.print(f"[red]error:[/red] the database failed: {reason}. Fix it "
+                             "(DATABASE_URL), then run the command again; `imshift status` "
+                             "shows where each job stands", highlight=False)
+            sys.exit(1)
+        except OSError as exc:  # a full disk, a folder that cannot be written
+            where = f" ({exc.filename})" if exc.filename else ""
+            jobcli.err.print(f"[red]error:[/red] {exc.strerror or exc}{where}; nothing in the "
+                             "jobs changed: fix it and run the command again", highlight=False)
+            sys.exit(1)
+
+
+app = App(help="Bulk work on cloud IM vendors' server APIs: migrations, token refreshes, "
+                       "mass sends.", epilog=EXIT_CODES, no_args_is_help=True,
+                  pretty_exceptions_show_locals=False)
 console = Console()
 jobcli.register(app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"imshift {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    pass
 
 
 @app.command()
@@ -23,19 +63,20 @@ def worker(
     processes: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 2,
     threads: Annotated[int, typer.Option(min=1, help="Chunks in flight per process.")] = 8,
 ) -> None:
-    """Start workers that take chunks from Redis (REDIS_URL) and run them."""
-    import os
-    import sys
+    """Start workers that take chunks from Redis (REDIS_URL) and run them. A
+    worker process that dies is started again; SIGTERM or Ctrl-C stops them all."""
+    from imshift.pool import supervise
 
-    from imshift.settings import Settings
-
-    if not Settings().redis_url:
-        console.print("[red]error:[/red] workers need REDIS_URL; without it, imshift runs each "
-                      "job inside the command that starts it.")
-        raise typer.Exit(2)
-    os.execv(sys.executable, [sys.executable, "-m", "dramatiq", "imshift.worker_entry",
-                              "--processes", str(processes), "--threads", str(threads),
-                              "--queues", "imshift"])
+    ctx = jobcli._context()
+    if ctx.embedded:
+        jobcli.fail("workers need REDIS_URL; without it, imshift runs each job inside the "
+                    "command that starts it.")
+    for name in ctx.settings.apps:  # a typo in any app fails now, not in every chunk
+        try:
+            ctx.config(name)
+        except ValueError as exc:
+            jobcli.fail(str(exc))
+    raise typer.Exit(supervise(processes, threads))
 
 
 @app.command()

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from cryptography.fernet import Fernet
@@ -47,6 +48,18 @@ def vendor_config(app: str, config_class: type, fields: dict[str, Any]) -> Any:
         raise ValueError(f"app {app!r} settings do not fit {config_class.__name__}: {problems}") from None
 
 
+class SetupError(Exception):
+    """Settings or services a command cannot work with; the message names the fix."""
+
+
+def _sqlite_path(database_url: str) -> str | None:
+    """The file of a SQLite URL ("" for an in-memory database); None if not SQLite."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    return (url.database or "") if url.get_backend_name() == "sqlite" else None
+
+
 class Context:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings()
@@ -57,6 +70,40 @@ class Context:
     def embedded(self) -> bool:
         """No Redis: work runs inside the command's own process."""
         return not self.settings.redis_url
+
+    def check(self) -> None:
+        """Settings that cannot work whatever the command: refused before
+        anything is created. Raises SetupError."""
+        path = _sqlite_path(self.settings.database_url)
+        if self.settings.redis_url and path is not None and not path.startswith("/"):
+            where = f"the SQLite file {path!r} in the current folder" if path else "an in-memory SQLite"
+            raise SetupError(
+                f"REDIS_URL is set, so worker processes run the jobs, but DATABASE_URL is {where}: "
+                "each process would open its own database and nothing would finish. Set "
+                "DATABASE_URL to a PostgreSQL database every worker reaches (or an absolute "
+                "sqlite:////path for workers on this machine), or unset REDIS_URL to run jobs "
+                "inside the command")
+        self.cipher  # noqa: B018  (a malformed token key fails here)
+
+    def check_broker(self) -> None:
+        """With Redis: that it answers, before any job is queued. Raises SetupError."""
+        if self.embedded:
+            return
+        import redis
+
+        url = urlsplit(self.settings.redis_url)
+        where = f"{url.hostname or 'localhost'}:{url.port or 6379}"  # never the password
+        try:
+            client = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=3,
+                                          socket_timeout=3)
+            try:
+                client.ping()
+            finally:
+                client.close()
+        except (redis.RedisError, OSError) as exc:
+            raise SetupError(f"Redis at {where} (REDIS_URL) does not answer: "
+                             f"{type(exc).__name__}; start it, or unset REDIS_URL to run jobs "
+                             "inside the command") from None
 
     @functools.cached_property
     def engine(self):
@@ -133,7 +180,18 @@ class Context:
     @functools.cached_property
     def cipher(self) -> Fernet | None:
         key = self.settings.token_key
-        return Fernet(key.get_secret_value().encode()) if key else None
+        if not key or not key.get_secret_value():
+            return None
+        try:
+            return Fernet(key.get_secret_value().encode())
+        except ValueError:  # the message never holds the key
+            raise SetupError("IMSHIFT_TOKEN_KEY is not a valid key: it must be the 44 characters "
+                             "`imshift keygen` prints (the same key the tokens were stored with)") from None
+
+    def register_secrets(self, app: str) -> frozenset[str]:
+        """What registering at the app's vendor returns that is kept only
+        encrypted ("token", "password"), and so is dropped without a key."""
+        return register_secrets(self.settings.app(app).vendor)
 
     @functools.cached_property
     def runtime(self) -> Runtime:
@@ -152,3 +210,30 @@ class Context:
             return self.client(app, limiter.throttle_for(app, self.rates(app)))
 
         return configure(Runtime(self.engine, self.broker, clients, limiter, self.cipher, tuning))
+
+
+@functools.cache
+def register_secrets(vendor_name: str) -> frozenset[str]:
+    """The secret fields ("token", "password") registering at this vendor
+    returns. A vendor client may declare them (`register_secrets`); until
+    every one does, register one account at the vendor's in-memory sandbox
+    and look at the result."""
+    import asyncio
+
+    from imshift.vendors.base import Profile
+    from imshift.workers.runtime import SECRET_FIELDS
+
+    v = vendor(vendor_name)
+    declared = getattr(v.client, "register_secrets", None)
+    if declared is not None:
+        return frozenset(declared)
+    box = v.sandbox()
+
+    async def probe() -> frozenset[str]:
+        transport = httpx.ASGITransport(app=box.app)
+        async with httpx.AsyncClient(transport=transport) as http:
+            client = v.make_client(box.config("http://probe.internal"), http)
+            [result] = await client.register_users([Profile("imshift_probe_1", "probe")])
+        return frozenset(k for k in SECRET_FIELDS if k in (result.data or {}))
+
+    return asyncio.run(probe())

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import sys
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -19,15 +20,22 @@ from imshift import logs
 from imshift.jobs import control, kinds
 from imshift.jobs.inputs import InputError
 from imshift.jobs.plan import PlanReport
-from imshift.jobs.progress import progress, recent_jobs, results as item_results
-from imshift.models.tables import JobStatus
+from imshift.jobs.progress import (Progress, first_secret, progress, recent_jobs,
+                                   refused_at_planning, results as item_results)
+from imshift.models.tables import ItemState, JobStatus
 from imshift.vendors.base import Message, Operation, Unsupported
 
-from .context import Context
+from .context import Context, SetupError
 from .watch import _fmt_seconds, counts_text, run_in_process, summary, watch
 
+# Exit codes (the README and docs/failure-modes.md list them).
+EXIT_OK = 0  # the job finished and every item sent is ok or exists
+EXIT_STOPPED = 1  # the job stopped, paused or was cancelled; or a service (Redis) failed
+EXIT_USAGE = 2  # the request or the settings are wrong; nothing was run
+EXIT_FAILURES = 3  # the job finished, but some items were rejected, failed or are unknown
+
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error stays one line, however narrow the terminal
 
 migrate_app = typer.Typer(help="Move data from one vendor app to another.", no_args_is_help=True)
 tokens_app = typer.Typer(help="Bulk token work.", no_args_is_help=True)
@@ -40,19 +48,97 @@ Detach = Annotated[bool, typer.Option("--detach", help="With Redis: enqueue and 
                                       "of following progress.")]
 
 
-def fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(2)
+def fail(message: str, code: int = EXIT_USAGE) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
 
 
 def _context() -> Context:
     try:
         ctx = Context()
+        ctx.check()
+    except SetupError as exc:
+        fail(str(exc))
     except Exception as exc:  # settings that do not parse
         fail(f"configuration: {exc}")
         raise
     logs.install(ctx.secrets())
     return ctx
+
+
+def _check_broker(ctx: Context) -> None:
+    try:
+        ctx.check_broker()
+    except SetupError as exc:
+        fail(f"{exc}. Nothing was queued.", EXIT_STOPPED)
+
+
+def _need_key(ctx: Context, app: str, operation: str, note: bool = True) -> None:
+    """Results kept only encrypted need the token key before a job runs:
+    without it a password would be lost for good."""
+    if ctx.cipher is not None:
+        return
+    if operation == Operation.ISSUE_TOKEN.value:
+        fail("tokens are stored encrypted, and IMSHIFT_TOKEN_KEY is not set: "
+             "run `imshift keygen` and set it (keep the key safe; the same key reads the export)")
+    if operation != Operation.REGISTER.value:
+        return
+    secrets = ctx.register_secrets(app)
+    if "password" in secrets:
+        fail(f"registering at {app!r} returns each account's password, which is stored only "
+             "encrypted, and IMSHIFT_TOKEN_KEY is not set: run `imshift keygen`, set it, and run "
+             "this again (keep the key: the same key reads the export)")
+    if "token" in secrets and note:
+        err.print(f"note: IMSHIFT_TOKEN_KEY is not set, so the tokens {app!r} returns on "
+                  "registration are not kept (`imshift tokens refresh` issues new ones later)",
+                  highlight=False)
+
+
+def _runnable(ctx: Context, job_id: int) -> Progress:
+    """What must hold before a job is started, resumed or retried: its app's
+    settings are valid, a key is set where results need one, Redis answers."""
+    p = progress(ctx.engine, job_id)
+    if p is None:
+        fail(f"no job {job_id}")
+    _target(ctx, p.app)
+    _need_key(ctx, p.app, p.operation, note=False)
+    _check_broker(ctx)
+    return p
+
+
+def _queue(ctx: Context, job_id: int, change):
+    """Run a status change that queues work. If queuing fails half-way,
+    the job is paused: nothing (no worker, no sweeper) runs it later."""
+    import dramatiq
+    import redis
+
+    try:
+        return change()
+    except control.JobError as exc:
+        fail(str(exc))
+    except (redis.RedisError, dramatiq.errors.DramatiqError, OSError) as exc:
+        if ctx.embedded:
+            raise
+        try:
+            control.pause(ctx.engine, job_id)
+            state = "it is paused, so nothing runs it"
+        except control.JobError as again:
+            state = str(again)
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        fail(f"could not queue job {job_id}: Redis said {reason!r}; {state}. "
+             f"`imshift resume {job_id}` continues it once Redis works", EXIT_STOPPED)
+
+
+def exit_code(ctx: Context, p: Progress) -> int:
+    if p.status != JobStatus.FINISHED.value:
+        return EXIT_STOPPED
+    c = p.counts
+    sent_and_rejected = c.get(ItemState.REJECTED.value, 0) - refused_at_planning(ctx.engine, p.job_id)
+    succeeded = c.get(ItemState.OK.value, 0) + c.get(ItemState.EXISTS.value, 0)
+    if (c.get(ItemState.FAILED.value) or c.get(ItemState.UNKNOWN.value) or sent_and_rejected
+            or (p.total and not succeeded)):
+        return EXIT_FAILURES
+    return EXIT_OK
 
 
 def _target(ctx: Context, app: str):
@@ -105,10 +191,7 @@ def _launch(ctx: Context, planned: kinds.Planned, operation: Operation, app: str
 
 
 def _run(ctx: Context, job_id: int, detach: bool) -> None:
-    try:
-        control.start(ctx.engine, ctx.broker, job_id)
-    except control.JobError as exc:
-        fail(str(exc))
+    _queue(ctx, job_id, lambda: control.start(ctx.engine, ctx.broker, job_id))
     _follow(ctx, job_id, detach)
 
 
@@ -124,8 +207,9 @@ def _follow(ctx: Context, job_id: int, detach: bool) -> None:
     else:
         p = watch(ctx, job_id, console)
     summary(ctx, p, console)
-    if p.status == JobStatus.STOPPED.value:
-        raise typer.Exit(1)
+    code = exit_code(ctx, p)
+    if code:
+        raise typer.Exit(code)
 
 
 @migrate_app.command("users")
@@ -145,6 +229,9 @@ def migrate_users(
     if source != target:
         _target(ctx, source)  # a typo in --from should fail now, not after the run
     tgt = _target(ctx, target)
+    _need_key(ctx, target, Operation.REGISTER.value)
+    if not dry_run:
+        _check_broker(ctx)
     planned = _plan(ctx, lambda progress: kinds.plan_user_migration(
         ctx.engine, tgt, input, source_app=source, chunk_size=ctx.settings.chunk_size,
         progress=progress))
@@ -164,10 +251,10 @@ def tokens_refresh(
     and exported with `imshift results JOB --format csv`.
     """
     ctx = _context()
-    if ctx.cipher is None:
-        fail("tokens are stored encrypted, and IMSHIFT_TOKEN_KEY is not set: "
-             "run `imshift keygen` and set it (keep the key safe; the same key reads the export)")
+    _need_key(ctx, app, Operation.ISSUE_TOKEN.value)
     tgt = _target(ctx, app)
+    if not dry_run:
+        _check_broker(ctx)
     planned = _plan(ctx, lambda progress: kinds.plan_token_refresh(
         ctx.engine, tgt, input, chunk_size=ctx.settings.chunk_size, progress=progress))
     _launch(ctx, planned, Operation.ISSUE_TOKEN, app, dry_run, detach)
@@ -197,6 +284,8 @@ def send(
         message = Message(text=text)
     ctx = _context()
     tgt = _target(ctx, app)
+    if not dry_run:
+        _check_broker(ctx)
     planned = _plan(ctx, lambda progress: kinds.plan_send(
         ctx.engine, tgt, to, sender=sender, message=message, chunk_size=ctx.settings.chunk_size,
         progress=progress))
@@ -206,34 +295,63 @@ def send(
 def start(job: int, detach: Detach = False) -> None:
     """Run a job planned with --dry-run."""
     ctx = _context()
+    _runnable(ctx, job)
     _run(ctx, job, detach)
+
+
+def _json(p: Progress) -> dict:
+    return {"id": p.job_id, "kind": p.kind, "app": p.app, "status": p.status, "total": p.total,
+            "done": p.completed, "counts": p.counts, "stop_reason": p.stop_reason,
+            "started_at": p.started_at, "finished_at": p.finished_at}
 
 
 def status(
     job: Annotated[Optional[int], typer.Argument(help="A job id; the recent jobs when omitted.")] = None,
     watch_: Annotated[bool, typer.Option("--watch", "-w", help="Follow it live.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"jobs": [...]}: each job\'s id, '
+                                          "kind, app, status, total, done and counts per outcome.")] = False,
 ) -> None:
     """How far a job is: done/total, per-outcome counts, rate and ETA."""
+    if as_json and watch_:
+        fail("--json prints once; it does not go with --watch")
     ctx = _context()
     if job is None:
+        jobs = recent_jobs(ctx.engine)
+        if as_json:
+            print(json.dumps({"jobs": [_json(p) for p in jobs]}))
+            return
         table = Table(title="recent jobs")
         for column in ("job", "kind", "app", "status", "done", "counts"):
             table.add_column(column)
-        for p in recent_jobs(ctx.engine):
-            table.add_row(str(p.job_id), p.kind, p.app, p.status, f"{p.done}/{p.total}", counts_text(p))
+        for p in jobs:
+            table.add_row(str(p.job_id), p.kind, p.app, p.status, f"{p.completed}/{p.total}",
+                          counts_text(p))
         console.print(table)
         return
     p = progress(ctx.engine, job)
     if p is None:
         fail(f"no job {job}")
+    if as_json:
+        print(json.dumps({"jobs": [_json(p)]}))
+        return
     if watch_ and p.status == JobStatus.RUNNING.value:
         if ctx.embedded:
+            _target(ctx, p.app)  # this process runs it: check its app first
+            _need_key(ctx, p.app, p.operation, note=False)
             _follow(ctx, job, detach=False)
             return
         p = watch(ctx, job, console)
+        summary(ctx, p, console)
+        raise typer.Exit(exit_code(ctx, p))
     summary(ctx, p, console, examples=0 if not watch_ else 10)
     if p.status == JobStatus.RUNNING.value:
-        console.print(f"  rate {p.rate or 0:,.1f} items/s, ETA {_fmt_seconds(p.eta())}")
+        idle = p.idle_seconds()
+        if idle is not None and idle > ctx.settings.stale_after:
+            runner = (f"nothing runs it now: `imshift resume {job}` carries it on" if ctx.embedded
+                      else "are workers running? (`imshift worker`)")
+            console.print(f"  [yellow]no progress for {_fmt_seconds(idle)}[/yellow]: {runner}")
+        else:
+            console.print(f"  rate {p.rate or 0:,.1f} items/s, ETA {_fmt_seconds(p.eta())}")
 
 
 class Format(str, Enum):
@@ -251,9 +369,14 @@ def results(
 ) -> None:
     """What happened to each item. csv/jsonl include the tokens a job obtained
     (decrypted with IMSHIFT_TOKEN_KEY); the table never shows them."""
+    states = [s.value for s in ItemState]
+    if outcome is not None and outcome not in states:
+        fail(f"--outcome {outcome!r} is not an item state: choose one of {', '.join(states)}")
     ctx = _context()
     if progress(ctx.engine, job) is None:
         fail(f"no job {job}")
+    if format is not Format.table:
+        _check_token_key(ctx, job)
     rows = item_results(ctx.engine, job, outcome)
     if format is Format.table:
         table = Table(title=f"job {job}" + (f", {outcome}" if outcome else ""))
@@ -293,6 +416,26 @@ def results(
             out.close()
 
 
+def _check_token_key(ctx: Context, job: int) -> None:
+    """An export holds the job's tokens and passwords: say so when the key
+    is missing, and refuse a key that does not open them."""
+    from cryptography.fernet import InvalidToken
+
+    sealed = first_secret(ctx.engine, job)
+    if sealed is None:
+        return
+    if ctx.cipher is None:
+        err.print(f"warning: job {job} holds encrypted tokens or passwords and IMSHIFT_TOKEN_KEY "
+                  "is not set: their columns are empty; set the key they were stored with",
+                  highlight=False)
+        return
+    try:
+        ctx.cipher.decrypt(sealed)
+    except InvalidToken:
+        fail(f"IMSHIFT_TOKEN_KEY does not open the tokens of job {job}: they were stored with "
+             "another key; set that one (nothing was written)")
+
+
 def retry(
     job: int,
     unknown: Annotated[bool, typer.Option("--unknown", help="Also re-send items whose send may "
@@ -301,10 +444,9 @@ def retry(
 ) -> None:
     """Run the failed items of a job again (rejected by the vendor, out of attempts)."""
     ctx = _context()
-    try:
-        moved = control.retry(ctx.engine, ctx.broker, job, include_unknown=unknown)
-    except control.JobError as exc:
-        fail(str(exc))
+    _runnable(ctx, job)
+    moved = _queue(ctx, job, lambda: control.retry(ctx.engine, ctx.broker, job,
+                                                   include_unknown=unknown))
     console.print(f"{moved} items of job {job} put back to work")
     if moved:
         _follow(ctx, job, detach)
@@ -332,10 +474,14 @@ def pause(job: int) -> None:
 def resume(job: int, detach: Detach = False) -> None:
     """Resume a paused job, or one stopped by an auth failure once fixed."""
     ctx = _context()
-    try:
-        control.resume(ctx.engine, ctx.broker, job)
-    except control.JobError as exc:
-        fail(str(exc))
+    p = _runnable(ctx, job)
+    if p.status == JobStatus.FINISHED.value:
+        left = sum(p.counts.get(s.value, 0) for s in (ItemState.REJECTED, ItemState.FAILED,
+                                                     ItemState.UNKNOWN))
+        hint = (f"`imshift retry {job}` runs its rejected and failed items again "
+                f"(--unknown: also the unknown sends)" if left else "nothing is left to do")
+        fail(f"job {job} is finished: {hint}")
+    _queue(ctx, job, lambda: control.resume(ctx.engine, ctx.broker, job))
     _follow(ctx, job, detach)
 
 

@@ -72,8 +72,11 @@ def run_in_process(ctx: Context, job_id: int, console: Console, threads: int = 8
 
 def summary(ctx: Context, p: JobProgress, console: Console, examples: int = 10) -> None:
     elapsed = (p.finished_at or time.time()) - p.started_at if p.started_at else None
+    cancelled = p.counts.get("cancelled", 0)
     console.print(f"\n[bold]job {p.job_id}[/bold] ({p.kind} on {p.app}): {p.status}, "
-                  f"{p.done}/{p.total} items done in {_fmt_seconds(elapsed)}")
+                  f"{p.completed}/{p.total} items done"
+                  + (f", {cancelled} cancelled" if cancelled else "")
+                  + f" in {_fmt_seconds(elapsed)}")
     console.print("  " + counts_text(p))
     if p.stop_reason:
         console.print(f"  [red]{p.stop_reason}[/red]")

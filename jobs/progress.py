@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from imshift.models import store
@@ -29,10 +29,23 @@ class Progress:
     started_at: float | None = None
     finished_at: float | None = None
     stop_reason: str | None = None
+    operation: str | None = None
+    touched_at: float | None = None  # last recorded progress
 
     @property
     def done(self) -> int:
+        """Items no longer open (cancelled ones included)."""
         return sum(n for state, n in self.counts.items() if state not in OPEN)
+
+    @property
+    def completed(self) -> int:
+        """Items that ended with an outcome: what "done" means to a reader."""
+        return self.done - self.counts.get(ItemState.CANCELLED.value, 0)
+
+    def idle_seconds(self, now: float | None = None) -> float | None:
+        """Seconds since the job last recorded progress (or started)."""
+        last = self.touched_at or self.started_at
+        return None if last is None else max(0.0, (now or time.time()) - last)
 
     @property
     def rate(self) -> float | None:
@@ -54,7 +67,27 @@ def progress(engine: Engine, job_id: int) -> Progress | None:
         if job is None:
             return None
         return Progress(job.id, job.kind, job.app, job.status, job.total, store.counts(conn, job_id),
-                        job.started_at, job.finished_at, job.stop_reason)
+                        job.started_at, job.finished_at, job.stop_reason, job.operation,
+                        job.touched_at)
+
+
+PLANNING_CODES = ("invalid", "duplicate")  # rejected while planning, never sent
+
+
+def refused_at_planning(engine: Engine, job_id: int) -> int:
+    """Items rejected while planning (bad rows, repeated ids): reported when
+    the job was planned, never sent to the vendor."""
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(items).where(
+            items.c.job_id == job_id, items.c.state == ItemState.REJECTED.value,
+            items.c.code.in_(PLANNING_CODES))).scalar_one()
+
+
+def first_secret(engine: Engine, job_id: int) -> bytes | None:
+    """One item's encrypted result secrets, if any item of the job has them."""
+    with engine.connect() as conn:
+        return conn.execute(select(items.c.secret).where(
+            items.c.job_id == job_id, items.c.secret.is_not(None)).limit(1)).scalar()
 
 
 def recent_jobs(engine: Engine, limit: int = 20) -> list[Progress]:

@@ -83,3 +83,39 @@ def test_an_empty_setting_is_an_empty_string_not_json():
     from imshift.vendors.rongcloud import RongCloudConfig
     config = vendor_config("a", RongCloudConfig, {"app_key": "k", "app_secret": "s", "header_prefix": ""})
     assert config.header_prefix == ""
+
+
+def test_redis_and_postgres_take_no_host_port():
+    # Published on the host they would clash with a local Redis or PostgreSQL.
+    for name in ("redis", "postgres"):
+        assert "ports" not in services[name], name
+    for mapping in services["sandbox"].get("ports", []):
+        assert mapping.startswith("127.0.0.1:"), mapping
+
+
+def test_the_token_key_is_required_and_the_documented_way_makes_one():
+    from cryptography.fernet import Fernet
+
+    value = services["worker"]["environment"]["IMSHIFT_TOKEN_KEY"]
+    # ${VAR:?message}: compose refuses to start while the key is unset or empty.
+    assert re.fullmatch(r"\$\{IMSHIFT_TOKEN_KEY:\?[^}]+\}", value), value
+    assert services["cli"]["environment"]["IMSHIFT_TOKEN_KEY"] == value
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "docker compose run --rm --no-deps cli keygen" in text
+    result = CliRunner().invoke(app, ["keygen"])
+    assert result.exit_code == 0
+    Fernet(result.output.strip().encode())  # a valid key
+
+
+def test_the_compose_settings_pass_the_checks_commands_make():
+    from imshift.context import Context
+    from cryptography.fernet import Fernet
+
+    env = services["worker"]["environment"]
+    settings = Settings(redis_url=env["REDIS_URL"], database_url=env["DATABASE_URL"],
+                        token_key=Fernet.generate_key().decode(),
+                        **tomllib.loads((ROOT / "examples/compose.toml").read_text()))
+    ctx = Context(settings)
+    ctx.check()  # a shared database, a well-formed key
+    for name in settings.apps:
+        ctx.config(name)  # every example app's fields fit its vendor
