@@ -191,7 +191,8 @@ class Context:
     def register_secrets(self, app: str) -> frozenset[str]:
         """What registering at the app's vendor returns that is kept only
         encrypted ("token", "password"), and so is dropped without a key."""
-        return register_secrets(self.settings.app(app).vendor)
+        v = vendor(self.settings.app(app).vendor)
+        return v.client.for_config(self.config(app)).register_secrets
 
     @functools.cached_property
     def runtime(self) -> Runtime:
@@ -210,30 +211,3 @@ class Context:
             return self.client(app, limiter.throttle_for(app, self.rates(app)))
 
         return configure(Runtime(self.engine, self.broker, clients, limiter, self.cipher, tuning))
-
-
-@functools.cache
-def register_secrets(vendor_name: str) -> frozenset[str]:
-    """The secret fields ("token", "password") registering at this vendor
-    returns. A vendor client may declare them (`register_secrets`); until
-    every one does, register one account at the vendor's in-memory sandbox
-    and look at the result."""
-    import asyncio
-
-    from imshift.vendors.base import Profile
-    from imshift.workers.runtime import SECRET_FIELDS
-
-    v = vendor(vendor_name)
-    declared = getattr(v.client, "register_secrets", None)
-    if declared is not None:
-        return frozenset(declared)
-    box = v.sandbox()
-
-    async def probe() -> frozenset[str]:
-        transport = httpx.ASGITransport(app=box.app)
-        async with httpx.AsyncClient(transport=transport) as http:
-            client = v.make_client(box.config("http://probe.internal"), http)
-            [result] = await client.register_users([Profile("imshift_probe_1", "probe")])
-        return frozenset(k for k in SECRET_FIELDS if k in (result.data or {}))
-
-    return asyncio.run(probe())

@@ -153,6 +153,9 @@ class VendorClient:
     # repeat (create_group where the app picks the id: a repeat is `exists`).
     repeat_safe_ops: ClassVar[frozenset[Operation]] = frozenset()
     max_reply_bytes: ClassVar[int] = MAX_REPLY_BYTES
+    # The secret fields registering returns ("token", "password"): kept only
+    # encrypted, so a migration without a token key loses them.
+    register_secrets: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: Any, http: httpx.AsyncClient, *, throttle: Throttle | None = None,
                  timeout: float = 10.0):

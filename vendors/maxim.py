@@ -129,6 +129,7 @@ def _is_id(value: Any) -> bool:
 
 
 class MaximClient(VendorClient):
+    register_secrets = frozenset({"password"})  # the only way to a user token later
     vendor = "maxim"
     capabilities = frozenset(Operation)
     deduplicates_sends = True  # /message/send takes transaction_id (broadcast does not)

@@ -82,6 +82,7 @@ class NeteaseConfig:
 
 
 class NeteaseClient(VendorClient):
+    register_secrets = frozenset({"token"})
     vendor = "netease"
     config: NeteaseConfig
     capabilities = frozenset({

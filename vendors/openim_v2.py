@@ -48,6 +48,7 @@ CODES_V2 = Codes(
 
 
 class OpenIMV2Client(OpenIMClient):
+    register_secrets = frozenset({"token"})  # v2 register returns the user's token
     version = "v2"
     rules = RULES_V2
     codes = CODES_V2

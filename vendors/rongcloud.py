@@ -115,6 +115,7 @@ class _Signer(httpx.Auth):
 
 
 class RongCloudClient(VendorClient):
+    register_secrets = frozenset({"token"})  # getToken registers and issues in one
     vendor = "rongcloud"
     capabilities = frozenset({
         Operation.REGISTER, Operation.UPDATE_PROFILE, Operation.GET_PROFILES,
