@@ -3,6 +3,9 @@
 Each change is a status change in the database plus, where work is to be
 done, chunk messages: workers check the job's status before claiming, so a
 pause or cancel takes effect at the next chunk without touching the queue.
+A status change is one compare-and-set (an UPDATE whose WHERE names the
+states it may come from): of two commands racing on one job, one wins and
+the other is refused as if it had come second.
 """
 
 from __future__ import annotations
@@ -10,34 +13,69 @@ from __future__ import annotations
 import time
 
 import dramatiq
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from imshift.models import store
-from imshift.models.tables import Item, ItemState, Job, JobStatus
+from imshift.models.tables import Item, ItemState, Job, JobCount, JobStatus
+from imshift.workers.embedded import runner_gone, runner_id
 from imshift.workers.enqueue import chunk_ranges, enqueue_ranges, open_ranges
 
 jobs = Job.__table__
 items = Item.__table__
+job_counts = JobCount.__table__
+
+# Planning stores items batch by batch and writes the job's total last, so a
+# `planning` job whose items do not add up to its total was never planned
+# whole (its producer died or is still reading): it must never run.
+_STORED = (select(func.coalesce(func.sum(job_counts.c.n), 0))
+           .where(job_counts.c.job_id == jobs.c.id).scalar_subquery())
+_PLANNED_WHOLE = or_(jobs.c.status != JobStatus.PLANNING.value, jobs.c.total == _STORED)
 
 
-class JobError(Exception):
+class JobError(ValueError):
     """A request that does not fit the job's state (or an unknown job)."""
 
 
 def _job(conn, job_id: int):
-    job = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+    job = conn.execute(select(jobs, _STORED.label("stored")).where(jobs.c.id == job_id)).first()
     if job is None:
         raise JobError(f"no job {job_id}")
     return job
 
 
-def _set_status(conn, job_id: int, allowed: tuple[JobStatus, ...], status: JobStatus, **values) -> None:
-    job = _job(conn, job_id)
-    if job.status not in {s.value for s in allowed}:
-        raise JobError(f"job {job_id} is {job.status}; cannot make it {status.value} "
-                       f"(only from {', '.join(s.value for s in allowed)})")
-    conn.execute(update(jobs).where(jobs.c.id == job_id).values(status=status.value, **values))
+def _half_planned(job) -> bool:
+    return job.status == JobStatus.PLANNING.value and job.total != job.stored
+
+
+def _refusal(job, allowed: tuple[JobStatus, ...], status: JobStatus) -> str:
+    if _half_planned(job):
+        return (f"job {job.id} was never planned whole ({job.stored:,} rows stored, then its "
+                f"producer stopped or is still reading the input): it cannot run; "
+                f"`imshift cancel {job.id}` removes it")
+    if job.status == JobStatus.RUNNING.value and job.runner \
+            and runner_gone(job.runner, job.runner_seen_at, time.time()):
+        return (f"job {job.id} is running, but its runner ({job.runner}) is gone: "
+                f"`imshift resume {job.id}` takes it over")
+    return (f"job {job.id} is {job.status}; cannot make it {status.value} "
+            f"(only from {', '.join(s.value for s in allowed)})")
+
+
+def _set_status(conn, job_id: int, allowed: tuple[JobStatus, ...], status: JobStatus,
+                **values) -> None:
+    """Compare-and-set: the change lands only if the job is in `allowed`
+    (and, coming from planning, was planned whole) at that moment."""
+    changed = conn.execute(update(jobs).where(
+        jobs.c.id == job_id, jobs.c.status.in_([s.value for s in allowed]), _PLANNED_WHOLE)
+        .values(status=status.value, **values)).rowcount
+    if changed != 1:
+        raise JobError(_refusal(_job(conn, job_id), allowed, status))
+
+
+def _runner(broker: dramatiq.Broker, now: float) -> dict:
+    """Who runs the job from now: this process in the embedded mode, else the workers."""
+    return {"runner": runner_id(broker), "runner_seen_at": now}
 
 
 def start(engine: Engine, broker: dramatiq.Broker, job_id: int) -> int:
@@ -45,7 +83,7 @@ def start(engine: Engine, broker: dramatiq.Broker, job_id: int) -> int:
     now = time.time()
     with engine.begin() as conn:
         _set_status(conn, job_id, (JobStatus.PLANNING, JobStatus.PLANNED), JobStatus.RUNNING,
-                    started_at=now, touched_at=now, stop_reason=None)
+                    started_at=now, touched_at=now, stop_reason=None, **_runner(broker, now))
         job = _job(conn, job_id)
         finished = store.finish_if_done(conn, job_id)  # every row was invalid
     if finished:
@@ -64,18 +102,63 @@ def pause(engine: Engine, job_id: int) -> None:
 
 
 def resume(engine: Engine, broker: dramatiq.Broker, job_id: int) -> int:
+    """Run a paused or stopped job again, or take over a running one whose
+    runner is gone (an embedded command that was killed)."""
+    now = time.time()
     with engine.begin() as conn:
-        _set_status(conn, job_id, (JobStatus.PAUSED, JobStatus.STOPPED), JobStatus.RUNNING,
-                    touched_at=time.time(), stop_reason=None)
+        job = _job(conn, job_id)
+        if job.status == JobStatus.RUNNING.value:
+            _take_over(conn, job, broker, now)
+        else:
+            _set_status(conn, job_id, (JobStatus.PAUSED, JobStatus.STOPPED), JobStatus.RUNNING,
+                        touched_at=now, stop_reason=None, **_runner(broker, now))
     return _send_open(engine, broker, job_id)
 
 
+def _take_over(conn, job, broker: dramatiq.Broker, now: float) -> None:
+    if job.runner is None:
+        raise JobError(f"job {job.id} is running on the workers; "
+                       f"follow it with `imshift status {job.id} --watch`")
+    if not runner_gone(job.runner, job.runner_seen_at, now):
+        raise JobError(f"job {job.id} is running in {job.runner} (seen "
+                       f"{max(0.0, now - job.runner_seen_at):.0f} s ago); "
+                       f"`imshift pause {job.id}` stops it there")
+    if not store.take_over(conn, job.id, job.runner, job.runner_seen_at, runner_id(broker), now):
+        raise JobError(f"job {job.id} was taken over by another command just now")
+
+
 def cancel(engine: Engine, job_id: int) -> int:
-    """Stop a job for good; its pending items end `cancelled`. Returns how many."""
-    with engine.begin() as conn:
-        _set_status(conn, job_id, (JobStatus.PLANNED, JobStatus.RUNNING, JobStatus.PAUSED,
-                                   JobStatus.STOPPED), JobStatus.CANCELLED, finished_at=time.time())
-        return store.move(conn, job_id, [ItemState.PENDING], ItemState.CANCELLED)
+    """Stop a job for good: its pending and claimed items end `cancelled`
+    (a claimed send whose call was let go ends `unknown`). A job never
+    planned whole is removed. Returns how many items were closed."""
+    now = time.time()
+    try:
+        with engine.begin() as conn:
+            removed = _remove_half_planned(conn, job_id)
+            if removed is not None:
+                return removed
+            _set_status(conn, job_id, (JobStatus.PLANNING, JobStatus.PLANNED, JobStatus.RUNNING,
+                                       JobStatus.PAUSED, JobStatus.STOPPED), JobStatus.CANCELLED,
+                        finished_at=now)
+            return (store.move(conn, job_id, [ItemState.PENDING], ItemState.CANCELLED)
+                    + store.close_claimed(conn, job_id, now))
+    except IntegrityError:  # its producer stored another batch meanwhile
+        raise JobError(f"job {job_id} is still being planned; try `imshift cancel {job_id}` again")
+
+
+def _remove_half_planned(conn, job_id: int) -> int | None:
+    """Delete a job that was never planned whole with its items; None if it
+    is not such a job. (A producer still storing rows then fails on its next
+    batch: its job is gone.)"""
+    claimed = conn.execute(update(jobs).where(
+        jobs.c.id == job_id, jobs.c.status == JobStatus.PLANNING.value, ~_PLANNED_WHOLE)
+        .values(status=JobStatus.CANCELLED.value)).rowcount
+    if not claimed:
+        return None
+    removed = conn.execute(delete(items).where(items.c.job_id == job_id)).rowcount
+    conn.execute(delete(job_counts).where(job_counts.c.job_id == job_id))
+    conn.execute(delete(jobs).where(jobs.c.id == job_id))
+    return removed
 
 
 def retry(engine: Engine, broker: dramatiq.Broker, job_id: int, *, include_unknown: bool = False) -> int:
@@ -84,17 +167,24 @@ def retry(engine: Engine, broker: dramatiq.Broker, job_id: int, *, include_unkno
     delivered) the unknown sends. Rows that were invalid in the input stay as
     they are: the same input would fail the same way. Returns how many."""
     states = [ItemState.FAILED, ItemState.REJECTED] + ([ItemState.UNKNOWN] if include_unknown else [])
+    now = time.time()
     with engine.begin() as conn:
         job = _job(conn, job_id)
         if job.status in (JobStatus.PLANNING.value, JobStatus.PLANNED.value, JobStatus.CANCELLED.value):
             raise JobError(f"job {job_id} is {job.status}: nothing to retry")
+        if job.status == JobStatus.PAUSED.value:
+            raise JobError(f"job {job_id} is paused: `imshift resume {job_id}` first, then retry")
         moved = store.move(conn, job_id, states, ItemState.PENDING,
                            items.c.code.notin_(["invalid", "duplicate"]) | items.c.code.is_(None),
                            not_before=None, attempts=0)
         if moved:
-            conn.execute(update(jobs).where(jobs.c.id == job_id).values(
-                status=JobStatus.RUNNING.value, finished_at=None, touched_at=time.time()))
-    if moved and job.status != JobStatus.PAUSED.value:
+            if job.status == JobStatus.RUNNING.value:  # its runner carries on
+                _set_status(conn, job_id, (JobStatus.RUNNING,), JobStatus.RUNNING, touched_at=now)
+            else:
+                _set_status(conn, job_id, (JobStatus.STOPPED, JobStatus.FINISHED), JobStatus.RUNNING,
+                            finished_at=None, touched_at=now, stop_reason=None,
+                            **_runner(broker, now))
+    if moved:
         _send_open(engine, broker, job_id)
     return moved
 

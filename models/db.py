@@ -4,6 +4,7 @@ The schema is created, or migrated, on first use."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         database = make_url(url).database
         if database and database != ":memory:":
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            _create_private(Path(database).expanduser())
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
                                **_JSON)
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -50,6 +51,17 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, **_JSON)
     upgrade(engine)
     return engine
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file readable by its owner only: it holds ids,
+    names and encrypted tokens. SQLite gives its -wal and -shm files the
+    database file's permissions. An existing file is left as it is."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
 
 
 def _sqlite_pragmas(connection, _record) -> None:

@@ -24,8 +24,14 @@ def alembic_config(connection) -> Config:
 
 def upgrade(engine: Engine) -> None:
     with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":  # one migrator at a time across processes
+        # One migrator at a time across processes; the others wait, then
+        # find the tables made.
+        if conn.dialect.name == "postgresql":
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7342001)")
+        elif conn.dialect.name == "sqlite":
+            # The write lock before the first look: SQLite's DDL is
+            # transactional, so a second process sees all the tables or none.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         fresh = not inspect(conn).has_table("jobs")
         current = MigrationContext.configure(conn).get_current_revision()
         config = alembic_config(conn)

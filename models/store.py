@@ -42,14 +42,17 @@ _IN_RANGE = and_(items.c.job_id == bindparam("b_job"), items.c.seq >= bindparam(
 _EXPIRED = and_(items.c.state == ItemState.CLAIMED.value, items.c.lease_until < bindparam("b_now"))
 _DUE = and_(items.c.state == ItemState.PENDING.value,
             or_(items.c.not_before.is_(None), items.c.not_before <= bindparam("b_now")))
-_LOSE_EXPIRED = update(items).where(_IN_RANGE, _EXPIRED).values(
+# Of the items a dead worker held, only those whose call was let go (sent_at)
+# may have reached the vendor; the others never left it and are taken again.
+_LOSE_EXPIRED = update(items).where(_IN_RANGE, _EXPIRED, items.c.sent_at.isnot(None)).values(
     state=ItemState.UNKNOWN.value, claim=None, lease_until=None, updated_at=bindparam("b_now"),
     code="unknown", message="the worker stopped after sending; not re-sent")
 _TAKE = dict(state=ItemState.CLAIMED.value, claim=bindparam("b_token"),
              lease_until=bindparam("b_lease_until"), attempts=items.c.attempts + 1,
-             claimed_at=bindparam("b_now"), updated_at=bindparam("b_now"))
+             claimed_at=bindparam("b_now"), updated_at=bindparam("b_now"), sent_at=None)
 _CLAIMED_COLUMNS = (items.c.seq, items.c.key, items.c.row, items.c.payload, items.c.attempts)
-# (without, with) the claimed rows returned: SQLite reads them back afterwards
+# (without, with) the claimed rows returned: SQLite reads them back afterwards.
+# After _LOSE_EXPIRED has run, the expired items left were never sent.
 _TAKE_EXPIRED = update(items).where(_IN_RANGE, _EXPIRED).values(**_TAKE)
 _TAKE_DUE = update(items).where(_IN_RANGE, _DUE).values(**_TAKE)
 _TAKE_EXPIRED_RETURNING = _TAKE_EXPIRED.returning(*_CLAIMED_COLUMNS)
@@ -92,9 +95,10 @@ def claim(conn: Connection, job_id: int, start: int, end: int, *, lease: float,
 
     Pending items whose backoff has passed are claimed. Items still claimed
     by a worker whose lease ran out are claimed again when the operation is
-    safe to repeat (`resend_expired`); otherwise their call may have reached
-    the vendor unrecorded, so they become `unknown`. Returns the claim id and
-    the claimed rows (seq, key, row, payload, attempts).
+    safe to repeat (`resend_expired`), or when their call was never let go
+    (no `mark_sent`); otherwise their call may have reached the vendor
+    unrecorded, so they become `unknown`. Returns the claim id and the
+    claimed rows (seq, key, row, payload, attempts).
     """
     now = time.time() if now is None else now
     token = uuid.uuid4().hex
@@ -107,11 +111,11 @@ def claim(conn: Connection, job_id: int, start: int, end: int, *, lease: float,
     # `_claimed_sqlite`); other databases return them from the updates.
     returning = conn.dialect.name != "sqlite"
     rows: list[Any] = []
-    if resend_expired:  # already counted as claimed: no count changes
-        if returning:
-            rows += conn.execute(_TAKE_EXPIRED_RETURNING, take).all()
-        else:
-            conn.execute(_TAKE_EXPIRED, take)
+    # already counted as claimed: no count changes
+    if returning:
+        rows += conn.execute(_TAKE_EXPIRED_RETURNING, take).all()
+    else:
+        conn.execute(_TAKE_EXPIRED, take)
     if returning:
         fresh_rows = conn.execute(_TAKE_DUE_RETURNING, take).all()
         fresh = len(fresh_rows)
@@ -144,14 +148,36 @@ def _claimed_sqlite(conn: Connection, job_id: int, start: int, end: int,
     return [Claimed(*r) for r in json_value(packed)]
 
 
+_MARK_SENT = (update(items).where(items.c.job_id == bindparam("b_job"),
+                                  items.c.claim == bindparam("b_token"),
+                                  items.c.seq >= bindparam("b_first"), items.c.seq <= bindparam("b_last"))
+              .values(sent_at=bindparam("b_now")))
+
+
+def mark_sent(conn: Connection, job_id: int, token: str, first: int, last: int,
+              now: float | None = None) -> None:
+    """Record that the call for the claim's items first <= seq <= last is let
+    go (it may reach the vendor from now on): one update per batch."""
+    conn.execute(_MARK_SENT, {"b_job": job_id, "b_token": token, "b_first": first, "b_last": last,
+                              "b_now": time.time() if now is None else now})
+
+
 def record(conn: Connection, job_id: int, token: str, outcomes: Sequence[Mapping[str, Any]],
-           now: float | None = None) -> int:
+           now: float | None = None, *, cancelled: bool = False) -> int:
     """Write the outcomes of claimed items (each a mapping with seq, state,
     code, message, result, secret, not_before). Only the claim holder's
-    writes land. Returns how many landed."""
+    writes land. Returns how many landed.
+
+    `cancelled`: the job was cancelled while the claim was out (its items
+    were closed by `close_claimed`): what is known lands, and what would wait
+    for another attempt ends `cancelled`."""
     if not outcomes:
         return 0
     now = time.time() if now is None else now
+    if cancelled:
+        outcomes = [{**o, "state": ItemState.CANCELLED, "not_before": None,
+                     "message": f"cancelled; last attempt: {o.get('message') or o.get('code')}"}
+                    if str(o["state"]) == ItemState.PENDING.value else o for o in outcomes]
     if conn.dialect.name == "sqlite":
         landed = _record_sqlite(conn, job_id, token, outcomes, now)
     else:
@@ -160,7 +186,9 @@ def record(conn: Connection, job_id: int, token: str, outcomes: Sequence[Mapping
              "b_state": str(o["state"]), "b_code": o.get("code"), "b_message": o.get("message"),
              "b_result": o.get("result"), "b_secret": o.get("secret"),
              "b_not_before": o.get("not_before")} for o in outcomes]).rowcount
-    if landed == len(outcomes):
+    if cancelled:  # the rows were counted as closed, not claimed
+        recount(conn, job_id)
+    elif landed == len(outcomes):
         deltas = Counter(str(o["state"]) for o in outcomes)
         deltas[ItemState.CLAIMED.value] -= landed
         add_counts(conn, job_id, deltas)
@@ -214,6 +242,41 @@ def move(conn: Connection, job_id: int, from_states: Iterable[str], to_state: st
         add_counts(conn, job_id, {str(state): -n, str(to_state): n})
         moved += n
     return moved
+
+
+def close_claimed(conn: Connection, job_id: int, now: float | None = None) -> int:
+    """On cancel: claimed items end `cancelled`, or `unknown` when their call
+    was let go. Their claim stays, so a chunk still running records what the
+    vendor answered over it (see `record`). Returns how many."""
+    now = time.time() if now is None else now
+    claimed = and_(items.c.job_id == job_id, items.c.state == ItemState.CLAIMED.value)
+    sent = conn.execute(update(items).where(claimed, items.c.sent_at.isnot(None)).values(
+        state=ItemState.UNKNOWN.value, code="unknown", updated_at=now,
+        message="cancelled while its send was under way; it may have been delivered, so it is "
+                "not re-sent")).rowcount
+    rest = conn.execute(update(items).where(claimed).values(
+        state=ItemState.CANCELLED.value, updated_at=now)).rowcount
+    add_counts(conn, job_id, {ItemState.CLAIMED.value: -(sent + rest), ItemState.UNKNOWN.value: sent,
+                              ItemState.CANCELLED.value: rest})
+    return sent + rest
+
+
+def take_over(conn: Connection, job_id: int, runner: str | None, seen_at: float | None,
+              new_runner: str | None, now: float | None = None) -> bool:
+    """Hand a running job whose runner is gone to `new_runner`: one
+    compare-and-set on the runner it had, so one of two racing takers wins.
+    The gone runner's claims are released at once. True if taken."""
+    now = time.time() if now is None else now
+    seen = jobs.c.runner_seen_at.is_(None) if seen_at is None else jobs.c.runner_seen_at == seen_at
+    taken = conn.execute(update(jobs).where(
+        jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value,
+        jobs.c.runner.is_(None) if runner is None else jobs.c.runner == runner, seen)
+        .values(runner=new_runner, runner_seen_at=now, touched_at=now)).rowcount == 1
+    if taken:
+        conn.execute(update(items).where(items.c.job_id == job_id,
+                                         items.c.state == ItemState.CLAIMED.value,
+                                         items.c.lease_until > now).values(lease_until=now))
+    return taken
 
 
 def finish_if_done(conn: Connection, job_id: int) -> bool:

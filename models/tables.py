@@ -58,6 +58,10 @@ class Job(SQLModel, table=True):
     touched_at: Optional[float] = None  # last recorded progress; a stale running job is re-sent
     started_at: Optional[float] = None
     finished_at: Optional[float] = None
+    # Embedded mode: the command process running the job ("host:pid") and its
+    # last heartbeat, so `resume` can take over from a runner that is gone.
+    runner: Optional[str] = None
+    runner_seen_at: Optional[float] = None
 
 
 class Item(SQLModel, table=True):
@@ -81,6 +85,9 @@ class Item(SQLModel, table=True):
     claim: Optional[str] = None  # who holds it: a recorded outcome must come from the holder
     claimed_at: Optional[float] = None  # when the last attempt began
     lease_until: Optional[float] = None
+    # Set when a call that is not safe to repeat was let go by the rate
+    # limiter: only such an item may have reached the vendor unrecorded.
+    sent_at: Optional[float] = None
     not_before: Optional[float] = None  # retry backoff: not claimed before this time
     updated_at: Optional[float] = None
 

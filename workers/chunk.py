@@ -25,7 +25,7 @@ from imshift.vendors.base import Operation, Outcome, Result
 from imshift.vendors.client import VendorClient
 from imshift.vendors.operations import WorkItem, dedup_key, step
 
-from .runtime import Runtime
+from .runtime import Runtime, before_send
 
 log = logging.getLogger("imshift.workers")
 
@@ -41,6 +41,11 @@ _EARLIEST_PENDING = (select(func.min(func.coalesce(items.c.not_before, 0.0)))
 _TOUCH = (update(jobs).where(jobs.c.id == bindparam("b_job"),
                              jobs.c.status == JobStatus.RUNNING.value)
           .values(touched_at=bindparam("b_now")))
+_STOP = (update(jobs).where(jobs.c.id == bindparam("b_job"),
+                            jobs.c.status == JobStatus.RUNNING.value)
+         .values(touched_at=bindparam("b_now"), status=JobStatus.STOPPED.value,
+                 stop_reason=bindparam("b_reason")))
+MIN_UNREACHABLE_CALLS = 3  # failed connections, over `unreachable_after`, before a job is stopped
 
 
 @dataclass(frozen=True)
@@ -123,16 +128,41 @@ async def _run_slice(runtime: Runtime, client: VendorClient, job: JobView, start
         return SliceRun(stop=False, due=waiting)
     keeper = asyncio.create_task(_keep_lease(runtime, job.id, token))
     try:
-        results = await execute(runtime, client, job, rows)
+        results = await execute(runtime, client, job, rows, None if repeat_safe else token)
     finally:
         keeper.cancel()
     now = time.time()
     outcomes = [decide(runtime, row, result, repeat_safe, now) for row, result in zip(rows, results)]
-    refused = next((r for r in results if r.outcome is Outcome.AUTH), None)
-    await asyncio.to_thread(_record, runtime, job, token, outcomes, refused)
+    stop = _stop_reason(runtime, job, results, now)
+    await asyncio.to_thread(_record, runtime, job, token, outcomes, stop)
     backoffs = [o["not_before"] for o in outcomes if o["not_before"] is not None]
     due = min(backoffs + ([waiting] if waiting is not None else []), default=None)
-    return SliceRun(stop=refused is not None, due=due)
+    return SliceRun(stop=stop is not None, due=due)
+
+
+def _stop_reason(runtime: Runtime, job: JobView, results: Sequence[Result], now: float) -> str | None:
+    """Why the job must stop, for every item alike: the vendor refused our
+    credentials, or it could not be reached at all for a while."""
+    refused = next((r for r in results if r.outcome is Outcome.AUTH), None)
+    if refused is not None:
+        return (f"{job.app} refused the credentials: {refused.code} {refused.message}; "
+                f"fix them, then `imshift resume {job.id}`")
+    down = runtime.unreachable.get(job.app)
+    if down and down[1] >= MIN_UNREACHABLE_CALLS and now - down[0] >= runtime.tuning.unreachable_after:
+        return (f"{job.app} could not be reached for {now - down[0]:.0f} s ({down[2]}); "
+                f"check the network and the app's base URL, then `imshift resume {job.id}`")
+    return None
+
+
+def _note_reachability(runtime: Runtime, app: str, results: Sequence[Result]) -> None:
+    """A call that got any answer resets the app's unreachable streak; a
+    call that could not connect (code "network") extends it."""
+    if any(r.code not in ("network", "invalid") for r in results):
+        runtime.unreachable.pop(app, None)
+    elif any(r.code == "network" for r in results):
+        first, calls, _ = runtime.unreachable.get(app, (time.time(), 0, ""))
+        message = next(r.message for r in results if r.code == "network")
+        runtime.unreachable[app] = (first, calls + 1, message)
 
 
 def _claim(runtime: Runtime, job_id: int, start: int, end: int, repeat_safe: bool):
@@ -167,19 +197,22 @@ async def _keep_lease(runtime: Runtime, job_id: int, token: str) -> None:
 
 
 def _record(runtime: Runtime, job: JobView, token: str, outcomes: list[dict[str, Any]],
-            refused: Result | None) -> None:
+            stop: str | None) -> None:
     with runtime.engine.begin() as conn:
-        store.record(conn, job.id, token, outcomes)
-        if refused is None:
-            conn.execute(_TOUCH, {"b_job": job.id, "b_now": time.time()})
+        now = time.time()
+        # The job's row first: while this transaction holds it, a cancel
+        # waits, so it closes whatever this record leaves pending; a cancel
+        # that came first is seen here.
+        params = {"b_job": job.id, "b_now": now}
+        if stop is None:
+            running = conn.execute(_TOUCH, params).rowcount == 1
         else:
-            log.error("job %s stopped: %s refused the credentials (%s)", job.id, job.app, refused.code)
-            conn.execute(update(jobs).where(jobs.c.id == job.id,
-                                            jobs.c.status == JobStatus.RUNNING.value)
-                         .values(touched_at=time.time(), status=JobStatus.STOPPED.value,
-                                 stop_reason=f"{job.app} refused the credentials: {refused.code} "
-                                             f"{refused.message}; fix them, then "
-                                             f"`imshift resume {job.id}`"))
+            running = conn.execute(_STOP, {**params, "b_reason": stop}).rowcount == 1
+            if running:
+                log.error("job %s stopped: %s", job.id, stop)
+        cancelled = not running and \
+            conn.execute(_STATUS, {"b_job": job.id}).scalar() == JobStatus.CANCELLED.value
+        store.record(conn, job.id, token, outcomes, now, cancelled=cancelled)
         store.finish_if_done(conn, job.id)
 
 
@@ -198,7 +231,10 @@ def decide(runtime: Runtime, row: Any, result: Result, repeat_safe: bool, now: f
         return {**outcome, "state": ItemState.UNKNOWN,
                 "message": f"{result.message}; the message may have been delivered, so it is not "
                            "re-sent (`imshift retry --unknown` sends it again)"}
-    budget = runtime.tuning.max_attempts * (4 if o is Outcome.RATE_LIMITED else 1)
+    # A rate limit or a call that never connected says nothing about the item
+    # (and a vendor down for everyone stops the job): a larger budget.
+    budget = runtime.tuning.max_attempts * (4 if o is Outcome.RATE_LIMITED or result.code == "network"
+                                            else 1)
     if row.attempts >= budget:
         return {**outcome, "state": ItemState.FAILED,
                 "message": f"gave up after {row.attempts} attempts: {result.message}"}
@@ -212,19 +248,24 @@ def _backoff(attempts: int) -> float:
 
 # -- calling the vendor -----------------------------------------------------------------------
 
-async def execute(runtime: Runtime, client: VendorClient, job: JobView,
-                  rows: Sequence[Any]) -> list[Result]:
-    """One Result per row, from the vendor's batch calls made concurrently."""
+async def execute(runtime: Runtime, client: VendorClient, job: JobView, rows: Sequence[Any],
+                  announce: str | None = None) -> list[Result]:
+    """One Result per row, from the vendor's batch calls made concurrently.
+    With `announce` (the claim of a call that is not safe to repeat), each
+    batch is marked sent once the rate limiter lets its call go."""
     size = max(1, client.rules.batch_size.get(job.operation, 1))
     batches = [rows[i:i + size] for i in range(0, len(rows), size)]
 
     async def one(batch: Sequence[Any]) -> list[Result]:
+        if announce is not None:
+            before_send.set(_announcer(runtime, job.id, announce, batch[0].seq, batch[-1].seq))
         async with runtime.gate():
             try:
                 results = await call(client, job, batch)
             except Exception as exc:  # a client bug must not lose the batch: retry it
                 log.exception("job %s: %s call failed", job.id, job.operation)
                 return [Result(Outcome.RETRYABLE, "client-error", f"{type(exc).__name__}")] * len(batch)
+        _note_reachability(runtime, job.app, results)
         # Tell the limiter now, not when the chunk ends: a pause reported
         # seconds later starts again after the vendor's block is over.
         limited = [r for r in results if r.outcome is Outcome.RATE_LIMITED]
@@ -235,6 +276,26 @@ async def execute(runtime: Runtime, client: VendorClient, job: JobView,
 
     parts = await asyncio.gather(*(one(b) for b in batches))
     return [r for part in parts for r in part]
+
+
+def _announcer(runtime: Runtime, job_id: int, token: str, first: int, last: int):
+    """The batch's before_send: one update marking its items sent, the first
+    time the limiter lets one of its calls go (a vendor may split a batch)."""
+    done = False
+
+    async def mark() -> None:
+        nonlocal done
+        if done:
+            return
+        done = True
+
+        def write() -> None:
+            with runtime.engine.begin() as conn:
+                store.mark_sent(conn, job_id, token, first, last)
+
+        await asyncio.to_thread(write)
+
+    return mark
 
 
 async def call(client: VendorClient, job: JobView, batch: Sequence[Any]) -> list[Result]:

@@ -8,6 +8,7 @@ whatever engine, broker and vendor clients a test hands it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -34,6 +35,26 @@ class Tuning:
     concurrency: int = 128  # vendor calls in flight per process
     stale_after: float = 60.0
     claim_seconds: float = 0.5  # quota seconds of items a process holds claimed per operation
+    unreachable_after: float = 15.0  # every call to an app failing to connect this long stops its jobs
+
+
+# Set by a chunk around one batch call that is not safe to repeat: awaited
+# once, after the rate limiter lets the call go and before it is sent, to
+# record that it may reach the vendor from now on.
+before_send: contextvars.ContextVar[Callable[[], Any] | None] = contextvars.ContextVar(
+    "imshift_before_send", default=None)
+
+
+def announcing(throttle: Callable[[str, int], Any]) -> Callable[[str, int], Any]:
+    """`throttle`, then the current batch's `before_send` (once)."""
+
+    async def throttled(key: str, weight: int) -> None:
+        await throttle(key, weight)
+        hook = before_send.get()
+        if hook is not None:
+            await hook()
+
+    return throttled
 
 
 class ClaimBudget:
@@ -65,6 +86,8 @@ class Runtime:
     cipher: Fernet | None = None
     tuning: Tuning = field(default_factory=Tuning)
     jobs: dict[int, Any] = field(default_factory=dict, repr=False)  # job id -> workers.chunk.JobView
+    # app -> (when its calls began failing to connect, how many did, the last message)
+    unreachable: dict[str, tuple[float, int, str]] = field(default_factory=dict, repr=False)
     _loop_state: dict = field(default_factory=dict, repr=False)
 
     def remember_job(self, job_id: int, view: Any) -> None:
@@ -85,7 +108,8 @@ class Runtime:
     def client(self, app: str) -> VendorClient:
         clients = self._state()["clients"]
         if app not in clients:
-            clients[app] = self.clients(app)
+            client = clients[app] = self.clients(app)
+            client.throttle = announcing(client.throttle)
         return clients[app]
 
     def gate(self) -> asyncio.Semaphore:

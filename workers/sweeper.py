@@ -12,8 +12,10 @@ import time
 import dramatiq
 from sqlalchemy import and_, or_, select, update
 
+from imshift.models import store
 from imshift.models.tables import Job, JobStatus
 
+from .embedded import runner_gone, runner_id
 from .enqueue import enqueue_ranges, open_ranges
 from .runtime import Runtime
 
@@ -22,16 +24,25 @@ jobs = Job.__table__
 
 
 def sweep(runtime: Runtime, now: float | None = None) -> int:
-    """Re-send the open chunks of stale running jobs; returns how many were sent."""
+    """Re-send the open chunks of stale running jobs; returns how many were sent.
+
+    Only jobs this process may run: the workers' jobs with Redis, its own
+    jobs in the embedded mode, and a job whose embedded runner is gone, which
+    it takes over. A half-planned job is never running, so it is never swept."""
     now = time.time() if now is None else now
     cutoff = now - runtime.tuning.stale_after
+    me = runner_id(runtime.broker)
     with runtime.engine.begin() as conn:
-        stale = conn.execute(select(jobs.c.id, jobs.c.params).where(
-            jobs.c.status == JobStatus.RUNNING.value,
-            or_(jobs.c.touched_at < cutoff,
-                and_(jobs.c.touched_at.is_(None), jobs.c.started_at < cutoff)))).all()
+        stale = conn.execute(select(jobs.c.id, jobs.c.params, jobs.c.runner, jobs.c.runner_seen_at)
+                             .where(jobs.c.status == JobStatus.RUNNING.value,
+                                    or_(jobs.c.touched_at < cutoff,
+                                        and_(jobs.c.touched_at.is_(None), jobs.c.started_at < cutoff)))
+                             ).all()
         plans = []
-        for job_id, params in stale:
+        for job_id, params, runner, seen_at in stale:
+            if runner != me and not (runner and runner_gone(runner, seen_at, now)
+                                     and store.take_over(conn, job_id, runner, seen_at, me, now)):
+                continue  # another live runner's job, or one for the workers
             size = params.get("chunk_size", runtime.tuning.chunk_size)
             plans.append((job_id, open_ranges(conn, job_id, size)))
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(touched_at=now))

@@ -57,10 +57,28 @@ def test_an_expired_lease_is_reclaimed_or_marked_unknown(database_url):
         # The first worker's late writes do not land on items it lost.
         assert store.record(conn, job_id, old, [{"seq": 0, "state": ItemState.OK}]) == 0
         assert store.record(conn, job_id, new, [{"seq": 0, "state": ItemState.OK}]) == 1
-        # A send: expired claims may have reached the vendor, so they end unknown.
+        # A send: expired claims whose call was let go may have reached the
+        # vendor, so they end unknown.
+        store.mark_sent(conn, job_id, old, 2, 3, now=1001)
         _, rows = store.claim(conn, job_id, 2, 4, lease=10, resend_expired=False, now=1020)
         assert rows == []
         assert store.counts(conn, job_id) == {"claimed": 1, "ok": 1, "unknown": 2}
+        assert store.recount(conn, job_id) == store.counts(conn, job_id)
+    engine.dispose()
+
+
+def test_an_expired_send_never_let_go_is_taken_again_not_unknown(database_url):
+    engine = make_engine(database_url)
+    job_id = make_job(engine, 4)
+    with engine.begin() as conn:
+        old, _ = store.claim(conn, job_id, 0, 4, lease=10, resend_expired=False, now=1000)
+        store.mark_sent(conn, job_id, old, 0, 1, now=1001)  # one batch let go; 2 and 3 waited
+        new, rows = store.claim(conn, job_id, 0, 4, lease=10, resend_expired=False, now=1020)
+        assert [r.seq for r in rows] == [2, 3] and all(r.attempts == 2 for r in rows)
+        assert store.counts(conn, job_id) == {"claimed": 2, "unknown": 2}
+        # The new claim starts unsent: its worker marks what it lets go.
+        _, rows = store.claim(conn, job_id, 0, 4, lease=10, resend_expired=False, now=1040)
+        assert [r.seq for r in rows] == [2, 3]
         assert store.recount(conn, job_id) == store.counts(conn, job_id)
     engine.dispose()
 
