@@ -135,6 +135,7 @@ class NeteaseClient(VendorClient):
             Operation.BROADCAST: 0.1, Operation.CREATE_GROUP: 5, Operation.ADD_MEMBERS: 5,
             Operation.IMPORT_FRIENDS: 20,
         },
+        id_form=str.lower,
     )
     max_in_flight = 8  # per method call: one-item endpoints go out side by side
 
