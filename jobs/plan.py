@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-from sqlalchemy import Column, Integer, MetaData, Table, Text, bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from imshift.models import store
@@ -110,29 +110,42 @@ def _batches(specs: Iterable[Spec], size: int) -> Iterator[list[Spec]]:
 class _Claims:
     """The id forms valid rows have taken, for a target that folds ids. The
     items' unique (job, key) index compares keys as written, so a temporary
-    table on the planning connection, keyed by the form, keeps memory flat."""
+    table on the planning connection, keyed by the form, keeps memory flat.
+    Each batch's forms are staged (COPY on PostgreSQL, the driver's
+    executemany on SQLite) and matched with one join: SQLAlchemy's
+    row-by-row parameters and IN lists cost more than the rest of planning."""
 
     def __init__(self, conn: Connection, id_key: Callable[[str], str]):
         self.id_key = id_key
-        self.table = Table("plan_claims", MetaData(), Column("form", Text, primary_key=True),
-                           Column("row", Integer), Column("key", Text), prefixes=["TEMPORARY"])
         with conn.begin():
-            self.table.create(conn)
+            conn.exec_driver_sql("CREATE TEMPORARY TABLE plan_claims "
+                                 "(form text PRIMARY KEY, row integer, key text)")
 
-    def earlier(self, conn: Connection, forms: Iterable[str]) -> dict[str, tuple[int, str]]:
-        """The forms among `forms` an earlier batch took: form -> (row, key)."""
-        t = self.table
-        return {form: (row, key) for form, row, key in
-                conn.execute(select(t.c.form, t.c.row, t.c.key).where(t.c.form.in_(list(forms))))}
-
-    def take(self, conn: Connection, taken: dict[str, tuple[int, Spec]]) -> None:
-        if taken:
-            conn.execute(insert(self.table), [{"form": form, "row": spec.row, "key": spec.key}
-                                              for form, (_, spec) in taken.items()])
+    def take(self, conn: Connection, first: dict[str, tuple[int, Spec]]) -> dict[str, tuple[int, str]]:
+        """Take the batch's forms; returns those an earlier batch took first:
+        form -> (row, key) of the row that took it."""
+        if not first:
+            return {}
+        conn.exec_driver_sql("CREATE TEMPORARY TABLE plan_forms (form text, row integer, key text)")
+        staged = [(form, spec.row, spec.key) for form, (_, spec) in first.items()]
+        if conn.dialect.name == "postgresql":
+            with conn.connection.driver_connection.cursor() as cursor:
+                with cursor.copy("COPY plan_forms FROM STDIN") as copy:
+                    for values in staged:
+                        copy.write_row(values)
+        else:
+            conn.exec_driver_sql("INSERT INTO plan_forms VALUES (?, ?, ?)", staged)
+        earlier = {form: (row, key) for form, row, key in conn.exec_driver_sql(
+            "SELECT c.form, c.row, c.key FROM plan_forms f JOIN plan_claims c ON c.form = f.form")}
+        # WHERE true: without it SQLite reads ON CONFLICT as a join's ON.
+        conn.exec_driver_sql("INSERT INTO plan_claims SELECT form, row, key FROM plan_forms "
+                             "WHERE true ON CONFLICT (form) DO NOTHING")
+        conn.exec_driver_sql("DROP TABLE plan_forms")
+        return earlier
 
     def drop(self, conn: Connection) -> None:
         with conn.begin():
-            self.table.drop(conn)
+            conn.exec_driver_sql("DROP TABLE plan_claims")
 
 
 def _duplicate(spec: Spec, first_row: int, first_key: str) -> str:
@@ -157,10 +170,9 @@ def _store_batch(conn: Connection, job_id: int, batch: list[Spec], report: PlanR
             if held[0] != seq:
                 repeats.append((seq, spec, held[1].row, held[1].key))
     if claims:
-        for form, (row, key) in claims.earlier(conn, first).items():
+        for form, (row, key) in claims.take(conn, first).items():
             seq, spec = first.pop(form)
             repeats.append((seq, spec, row, key))
-        claims.take(conn, first)
     valid = {seq for seq, _ in first.values()}
     keys = {spec.key for _, spec in first.values()}  # the keys this batch's valid rows take
     rows = []
