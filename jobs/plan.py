@@ -5,7 +5,8 @@ valid rows are `pending`; a row the target vendor would refuse is
 `rejected` (code "invalid") with the reason; a repeated id (as the target
 compares ids) is `rejected` (code "duplicate") naming the row it repeats. Memory stays flat: rows are
 read, checked and inserted a batch at a time, and duplicates are found by the
-database's unique (job, key) index rather than a set in memory.
+database's unique (job, key) index rather than a set in memory (for a target
+that folds ids, by a temporary table keyed by the folded form).
 """
 
 from __future__ import annotations
@@ -215,11 +216,9 @@ def _store_batch(conn: Connection, job_id: int, batch: list[Spec], report: PlanR
     report.pending += counts[PENDING]
     report.duplicates += len(repeats)
     report.invalid += sum(1 for r in stored if r["code"] == "invalid")
-    for r in sorted(stored, key=lambda r: r["seq"]):
-        if len(report.examples) >= 20:
-            break
-        if r["state"] == REJECTED:
-            report.examples.append((r["row"], r["spec"].key, r["message"]))
+    rejected = sorted((r for r in stored if r["state"] == REJECTED), key=lambda r: r["seq"])
+    report.examples += [(r["row"], r["spec"].key, r["message"])
+                        for r in rejected[:max(0, 20 - len(report.examples))]]
 
 
 def _aside(spec: Spec) -> str:

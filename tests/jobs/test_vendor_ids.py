@@ -4,7 +4,10 @@ rules, runs against the sandboxes over in-process HTTP."""
 
 import asyncio
 
+import pytest
+
 from imshift.jobs import control, kinds
+from imshift.jobs.inputs import InputError
 from imshift.jobs.progress import results
 from imshift.vendors.base import Message, Profile
 from imshift.workers.embedded import in_process_workers
@@ -110,4 +113,18 @@ def test_netease_gets_names_as_written_one_account_per_id_and_one_message_each(
                                          message=Message(text="once"), chunk_size=100))
     assert p.counts == {"ok": 2, "rejected": 2}, p
     assert len(box.inbox("bob")) == 1 and len(box.inbox("ann")) == 1
+    ctx.engine.dispose()
+
+
+def test_a_netease_plan_that_fails_part_way_leaves_nothing_for_the_next_one(database_url, tmp_path):
+    ctx = context(database_url, apps={"new": {"vendor": "netease", "sandbox": True}})
+    broken = tmp_path / "broken.csv"
+    broken.write_bytes(b"accid,name\n" + b"".join(b"u%d,N\n" % i for i in range(6000)) + b"x,\xff\n")
+    with pytest.raises(InputError, match="line 6002 is not UTF-8"):
+        kinds.plan_user_migration(ctx.engine, ctx.target("new"), broken, source_app=None, chunk_size=100)
+    for _ in range(2):  # the same engine (and pool) plans again, twice
+        users = write_csv(tmp_path / "u.csv", ["accid,name", "u1,A", "U1,B"])
+        r = kinds.plan_user_migration(ctx.engine, ctx.target("new"), users, source_app=None,
+                                      chunk_size=100).report
+        assert (r.pending, r.duplicates) == (1, 1)
     ctx.engine.dispose()
