@@ -18,6 +18,7 @@ from rich.table import Table
 
 from imshift import logs
 from imshift.jobs import control, kinds
+from imshift.jobs.exports import csv_record
 from imshift.jobs.inputs import InputError
 from imshift.jobs.plan import PlanReport
 from imshift.jobs.progress import (Progress, first_secret, progress, recent_jobs,
@@ -407,7 +408,7 @@ def results(
                       "password": secrets.get("password"),
                       "result": json.dumps(item.result, ensure_ascii=False) if item.result else None}
             if writer:
-                writer.writerow(record)
+                writer.writerow(csv_record(record))  # a cell is never a formula
             else:
                 out.write(json.dumps({k: v for k, v in record.items() if v is not None},
                                      ensure_ascii=False) + "\n")

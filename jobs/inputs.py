@@ -4,6 +4,11 @@ Rows come out one at a time with the line they started on, so memory stays
 flat whatever the file's size. A problem with the file itself (not UTF-8, a
 missing column, a line over the size limit) raises `InputError` with one
 clear message; a problem with one row is that row's own, reported with it.
+
+Values pass through as written, spaces and all: a name is not ours to edit,
+and an id is what the target's rules say it is (they refuse ` bob` where the
+vendor would). Only column names are trimmed and lower-cased, and a row of
+nothing but whitespace counts as blank.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ def read_rows(path: str | Path, *, key_columns: Sequence[str] = USER_ID_COLUMNS)
         elif suffix in (".txt", ".ids", ""):
             for number, text in enumerate(lines, 1):
                 if text.strip():
-                    yield Row(number, {"key": text.strip()})
+                    yield _checked(Row(number, {"key": text.rstrip("\n").removesuffix("\r")}))
         else:
             raise InputError(f"{path}: unknown input format {suffix!r} (use .csv, .jsonl or .txt)")
 
@@ -107,9 +112,8 @@ def _csv_rows(lines: Iterator[str], path: Path, key_columns: Sequence[str]) -> I
             if any(v.strip() for v in values):
                 yield Row(line, problem=f"{len(values)} values for {len(names)} columns")
             continue
-        fields = {name: v.strip() for name, v in zip(names, values)}
-        if any(fields.values()):
-            yield Row(line, fields)
+        if any(v.strip() for v in values):
+            yield _checked(Row(line, dict(zip(names, values))))
 
 
 def _jsonl_rows(lines: Iterator[tuple[int, str]], key_columns: Sequence[str]) -> Iterator[Row]:
@@ -130,12 +134,23 @@ def _jsonl_rows(lines: Iterator[tuple[int, str]], key_columns: Sequence[str]) ->
             yield Row(number, fields, problem=f"no id field (one of {', '.join(key_columns)})")
             continue
         fields["key"] = fields.pop(key)
-        yield Row(number, fields)
+        yield _checked(Row(number, fields))
+
+
+def _checked(row: Row) -> Row:
+    """The row, refused when a field holds a NUL byte: no vendor takes one and
+    PostgreSQL cannot store one, so it is the row's problem on every database."""
+    for name, value in row.fields.items():
+        if "\x00" in name:
+            return Row(row.line, problem="a field name contains a NUL byte")
+        if "\x00" in value:
+            return Row(row.line, problem=f"{'user_id' if name == 'key' else name}: contains a NUL byte")
+    return row
 
 
 def _as_text(value: object) -> str:
     if isinstance(value, str):
-        return value.strip()
+        return value
     if isinstance(value, (dict, list)):
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     if isinstance(value, bool):

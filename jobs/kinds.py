@@ -73,7 +73,9 @@ def _start_plan(engine: Engine, kind: str, operation: Operation, target: Target,
     params["chunk_size"] = max(params["chunk_size"], target.batch_size(operation))
     job_id = create_job(engine, kind=kind, operation=operation.value, app=target.app,
                         source_app=source_app, params=params)
-    return plan(engine, job_id, specs, progress)
+    # Ids are told apart as the target tells them (NetEase: `Bob` is `bob`).
+    return plan(engine, job_id, specs, progress,
+                id_key=target.rules.id_key if target.rules.id_form else None)
 
 
 def plan_user_migration(engine: Engine, target: Target, input_path: str | Path, *,

@@ -2,10 +2,11 @@
 
 Every input row becomes exactly one item, so nothing is silently dropped:
 valid rows are `pending`; a row the target vendor would refuse is
-`rejected` (code "invalid") with the reason; a repeated key is `rejected`
-(code "duplicate") naming the row it repeats. Memory stays flat: rows are
+`rejected` (code "invalid") with the reason; a repeated id (as the target
+compares ids) is `rejected` (code "duplicate") naming the row it repeats. Memory stays flat: rows are
 read, checked and inserted a batch at a time, and duplicates are found by the
-database's unique (job, key) index rather than a set in memory.
+database's unique (job, key) index rather than a set in memory (for a target
+that folds ids, by a temporary table keyed by the folded form).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from imshift.models import store
@@ -57,18 +58,29 @@ def create_job(engine: Engine, **fields: Any) -> int:
 
 
 def plan(engine: Engine, job_id: int, specs: Iterable[Spec],
-         progress: Callable[[int], None] | None = None) -> PlanReport:
-    """Store every spec as an item of `job_id`. If reading the input fails
-    part-way (an InputError), everything of the job is removed again and the
-    error goes to the caller: nothing half-created."""
+         progress: Callable[[int], None] | None = None,
+         id_key: Callable[[str], str] | None = None) -> PlanReport:
+    """Store every spec as an item of `job_id`. `id_key` is how the target
+    tells ids apart when not as written (NetEase: `Bob` is `bob`); repeats
+    under it are duplicates. If reading the input fails part-way (an
+    InputError), everything of the job is removed again and the error goes
+    to the caller: nothing half-created."""
     report = PlanReport(job_id)
     started = time.perf_counter()
     try:
-        for batch in _batches(specs, BATCH):
-            with engine.begin() as conn:
-                _store_batch(conn, job_id, batch, report)
-            if progress:
-                progress(report.total)
+        with engine.connect() as conn:
+            try:
+                claims = _Claims(conn, id_key) if id_key else None
+                for batch in _batches(specs, BATCH):
+                    with conn.begin():
+                        _store_batch(conn, job_id, batch, report, claims)
+                    if progress:
+                        progress(report.total)
+            except BaseException:
+                conn.invalidate()  # closed, not pooled: its temporary table goes with it
+                raise
+            if claims:
+                claims.drop(conn)
     except BaseException:
         discard(engine, job_id)
         raise
@@ -96,47 +108,128 @@ def _batches(specs: Iterable[Spec], size: int) -> Iterator[list[Spec]]:
         yield batch
 
 
-def _store_batch(conn: Connection, job_id: int, batch: list[Spec], report: PlanReport) -> None:
-    first_seq = report.total
-    rows, repeats = [], []
-    seen_here: dict[str, int] = {}
-    for offset, spec in enumerate(batch):
-        seq = first_seq + offset
-        if spec.key in seen_here:
-            repeats.append((seq, spec, seen_here[spec.key]))
-            continue
-        seen_here[spec.key] = spec.row
-        rows.append({"seq": seq, "key": spec.key, "row": spec.row, "payload": spec.payload,
-                     "state": REJECTED if spec.problems else PENDING,
-                     "code": "invalid" if spec.problems else None,
-                     "message": "; ".join(spec.problems) or None})
+class _Claims:
+    """The id forms valid rows have taken, for a target that folds ids. The
+    items' unique (job, key) index compares keys as written, so a temporary
+    table on the planning connection, keyed by the form, keeps memory flat.
+    Each batch's forms are staged (COPY on PostgreSQL, the driver's
+    executemany on SQLite) and matched with one join: SQLAlchemy's
+    row-by-row parameters and IN lists cost more than the rest of planning."""
+
+    def __init__(self, conn: Connection, id_key: Callable[[str], str]):
+        self.id_key = id_key
+        with conn.begin():
+            conn.exec_driver_sql("CREATE TEMPORARY TABLE plan_claims "
+                                 "(form text PRIMARY KEY, row integer, key text)")
+
+    def take(self, conn: Connection, first: dict[str, tuple[int, Spec]]) -> dict[str, tuple[int, str]]:
+        """Take the batch's forms; returns those an earlier batch took first:
+        form -> (row, key) of the row that took it."""
+        if not first:
+            return {}
+        conn.exec_driver_sql("CREATE TEMPORARY TABLE plan_forms (form text, row integer, key text)")
+        staged = [(form, spec.row, spec.key) for form, (_, spec) in first.items()]
+        if conn.dialect.name == "postgresql":
+            with conn.connection.driver_connection.cursor() as cursor:
+                with cursor.copy("COPY plan_forms FROM STDIN") as copy:
+                    for values in staged:
+                        copy.write_row(values)
+        else:
+            conn.exec_driver_sql("INSERT INTO plan_forms VALUES (?, ?, ?)", staged)
+        earlier = {form: (row, key) for form, row, key in conn.exec_driver_sql(
+            "SELECT c.form, c.row, c.key FROM plan_forms f JOIN plan_claims c ON c.form = f.form")}
+        # WHERE true: without it SQLite reads ON CONFLICT as a join's ON.
+        conn.exec_driver_sql("INSERT INTO plan_claims SELECT form, row, key FROM plan_forms "
+                             "WHERE true ON CONFLICT (form) DO NOTHING")
+        conn.exec_driver_sql("DROP TABLE plan_forms")
+        return earlier
+
+    def drop(self, conn: Connection) -> None:
+        with conn.begin():
+            conn.exec_driver_sql("DROP TABLE plan_claims")
+
+
+def _duplicate(spec: Spec, first_row: int, first_key: str) -> str:
+    if first_key == spec.key:
+        return f"duplicate of row {first_row} (same id {spec.key!r})"
+    return (f"same account as row {first_row} at the target "
+            f"({first_key!r} and {spec.key!r} are one id there)")
+
+
+def _store_batch(conn: Connection, job_id: int, batch: list[Spec], report: PlanReport,
+                 claims: _Claims | None) -> None:
+    """Store one batch. Only a valid row takes its id: a rejected row holds
+    its key only until a valid row with that id comes, then steps aside to
+    `key#rowN`, so an invalid first row never makes a good one a duplicate."""
+    entries = list(enumerate(batch, report.total))
+    form_of = claims.id_key if claims else None
+    first: dict[str, tuple[int, Spec]] = {}  # form -> the batch's first valid row of it
+    repeats: list[tuple[int, Spec, int, str]] = []  # seq, spec, first row, first key
+    for seq, spec in entries:
+        if not spec.problems:
+            held = first.setdefault(form_of(spec.key) if form_of else spec.key, (seq, spec))
+            if held[0] != seq:
+                repeats.append((seq, spec, held[1].row, held[1].key))
+    if claims:
+        for form, (row, key) in claims.take(conn, first).items():
+            seq, spec = first.pop(form)
+            repeats.append((seq, spec, row, key))
+    valid = {seq for seq, _ in first.values()}
+    keys = {spec.key for _, spec in first.values()}  # the keys this batch's valid rows take
+    rows = []
+    for seq, spec in entries:
+        if seq in valid:
+            rows.append(_item(seq, spec, spec.key, PENDING, None, None))
+        elif spec.problems:
+            key = _aside(spec) if spec.key in keys else spec.key
+            keys.add(key)
+            rows.append(_item(seq, spec, key, REJECTED, "invalid", "; ".join(spec.problems)))
     inserted = set(_insert_new(conn, job_id, rows))
-    earlier = [r for r in rows if r["seq"] not in inserted]  # keys stored by an earlier batch
-    if earlier:
-        first_rows = dict(conn.execute(select(items.c.key, items.c.row).where(
-            items.c.job_id == job_id, items.c.key.in_([r["key"] for r in earlier]))).all())
-        repeats += [(r["seq"], Spec(r["row"], r["key"], r["payload"]), first_rows[r["key"]])
-                    for r in earlier]
-    if repeats:
-        conn.execute(insert(items), [
-            {"job_id": job_id, "seq": seq, "key": f"{spec.key}#row{spec.row}", "row": spec.row,
-             "payload": spec.payload, "state": REJECTED, "attempts": 0,
-             "code": "duplicate", "message": f"duplicate of row {first_row} (same id {spec.key!r})"}
-            for seq, spec, first_row in repeats])
-    counts = Counter(r["state"] for r in rows if r["seq"] in inserted)
-    counts[REJECTED] += len(repeats)
+    held_earlier = [r for r in rows if r["seq"] not in inserted]  # keys an earlier batch stored
+    later = []  # rows stored after the first insert, under keys that cannot clash
+    if held_earlier:
+        holders = {key: (row, code) for key, row, code in conn.execute(
+            select(items.c.key, items.c.row, items.c.code).where(
+                items.c.job_id == job_id, items.c.key.in_([r["key"] for r in held_earlier])))}
+        step_aside = [{"old": r["key"], "new": f"{r['key']}#row{holders[r['key']][0]}"}
+                      for r in held_earlier if r["state"] == PENDING and holders[r["key"]][1] == "invalid"]
+        if step_aside:
+            conn.execute(update(items).where(items.c.job_id == job_id, items.c.key == bindparam("old"))
+                         .values(key=bindparam("new")), step_aside)
+        for r in held_earlier:
+            row, code = holders[r["key"]]
+            if r["state"] == REJECTED:
+                later.append({**r, "key": _aside(r["spec"])})
+            elif code == "invalid":
+                later.append(r)
+            else:
+                repeats.append((r["seq"], r["spec"], row, r["key"]))
+    later += [_item(seq, spec, _aside(spec), REJECTED, "duplicate", _duplicate(spec, row, key))
+              for seq, spec, row, key in repeats]
+    if later:
+        conn.execute(insert(items), [{"job_id": job_id, "attempts": 0,
+                                      **{k: v for k, v in r.items() if k != "spec"}} for r in later])
+    stored = [r for r in rows if r["seq"] in inserted] + later
+    counts = Counter(r["state"] for r in stored)
     store.add_counts(conn, job_id, counts)
     report.total += len(batch)
     report.pending += counts[PENDING]
     report.duplicates += len(repeats)
-    report.invalid += sum(1 for r in rows if r["seq"] in inserted and r["code"] == "invalid")
-    for r in rows:
-        if len(report.examples) >= 20:
-            break
-        if r["code"] == "invalid":
-            report.examples.append((r["row"], r["key"], r["message"]))
-    for seq, spec, first_row in repeats[:max(0, 20 - len(report.examples))]:
-        report.examples.append((spec.row, spec.key, f"duplicate of row {first_row}"))
+    report.invalid += sum(1 for r in stored if r["code"] == "invalid")
+    rejected = sorted((r for r in stored if r["state"] == REJECTED), key=lambda r: r["seq"])
+    report.examples += [(r["row"], r["spec"].key, r["message"])
+                        for r in rejected[:max(0, 20 - len(report.examples))]]
+
+
+def _aside(spec: Spec) -> str:
+    """The key of a row that does not hold its id: unique to the row."""
+    return f"{spec.key}#row{spec.row}"
+
+
+def _item(seq: int, spec: Spec, key: str, state: str, code: str | None,
+          message: str | None) -> dict[str, Any]:
+    return {"seq": seq, "key": key, "row": spec.row, "payload": spec.payload, "state": state,
+            "code": code, "message": message, "spec": spec}
 
 
 def _insert_new(conn: Connection, job_id: int, rows: list[dict[str, Any]]) -> list[int]:

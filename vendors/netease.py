@@ -112,6 +112,7 @@ class NeteaseClient(VendorClient):
             Operation.BROADCAST: 0.1, Operation.CREATE_GROUP: 5, Operation.ADD_MEMBERS: 5,
             Operation.IMPORT_FRIENDS: 20,
         },
+        id_form=str.lower,
     )
     # 408 timeout, 500 internal error, 501 database error, 503 busy; 416 frequency control.
     codes = Codes(ok=frozenset({200}), rate_limited=frozenset({416}),

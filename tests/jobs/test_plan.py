@@ -48,3 +48,35 @@ def test_a_failing_input_leaves_nothing_behind(database_url):
         assert conn.execute(select(Item.__table__.c.seq)).first() is None
         assert store.counts(conn, job_id) == {}
     engine.dispose()
+
+
+def items_by_row(engine, job_id):
+    with engine.begin() as conn:
+        return {r.row: r for r in conn.execute(select(Item.__table__).where(
+            Item.__table__.c.job_id == job_id))}
+
+
+def test_a_rejected_row_does_not_take_the_id_from_a_later_valid_row(database_url):
+    engine = make_engine(database_url)
+    job_id = create_job(engine, kind="migrate_users", operation="register", app="t", params={})
+    bad = ["user_id: too long"]
+    rows = [Spec(2, "u1", problems=bad), Spec(3, "u1"), Spec(4, "u1"),  # in one batch
+            Spec(5, "far", problems=bad), Spec(6, "far", problems=bad),
+            Spec(7, "kept", problems=bad)]
+    rows += [Spec(10 + i, f"fill{i}") for i in range(6000)]  # the next batch repeats "far"
+    rows += [Spec(90_000, "far"), Spec(90_001, "far"), Spec(90_002, "far", problems=bad)]
+    report = plan(engine, job_id, rows)
+    assert (report.total, report.pending, report.invalid, report.duplicates) == (6009, 6002, 5, 2)
+    got = items_by_row(engine, job_id)
+    assert (got[3].key, got[3].state) == ("u1", "pending")
+    assert (got[90_000].key, got[90_000].state) == ("far", "pending")
+    assert got[4].message == "duplicate of row 3 (same id 'u1')"
+    assert got[90_001].message == "duplicate of row 90000 (same id 'far')"
+    for row in (2, 5, 6, 90_002):  # still rejected for their own reason, under a key of their own
+        assert (got[row].state, got[row].code, got[row].message) == ("rejected", "invalid", bad[0])
+    assert {got[r].key for r in (2, 5, 6, 90_002)} == {"u1#row2", "far#row5", "far#row6", "far#row90002"}
+    assert got[7].key == "kept"  # nobody valid wanted it: it keeps its id as written
+    with engine.begin() as conn:
+        assert store.counts(conn, job_id) == store.recount(conn, job_id) == {
+            "pending": 6002, "rejected": 7}
+    engine.dispose()
