@@ -78,7 +78,12 @@ async def run_chunk(runtime: Runtime, job_id: int, start: int, end: int) -> None
     job = await job_view(runtime, job_id)
     if job is None:
         return
-    client = runtime.client(job.app)
+    try:
+        client = runtime.client(job.app)
+    except ValueError as exc:  # the app's settings cannot work: retrying never helps
+        await asyncio.to_thread(_stop_job, runtime, job, f"{exc}; fix the settings, then "
+                                                         f"`imshift resume {job.id}`")
+        return
     repeat_safe = client.repeat_safe(job.operation)
     # Claim the range a slice at a time, within the process's budget: claimed
     # items wait for the rate limiter, so the budget is what the quota serves
@@ -194,6 +199,12 @@ async def _keep_lease(runtime: Runtime, job_id: int, token: str) -> None:
                              .values(lease_until=time.time() + runtime.tuning.lease_seconds))
 
         await asyncio.to_thread(extend)
+
+
+def _stop_job(runtime: Runtime, job: JobView, reason: str) -> None:
+    with runtime.engine.begin() as conn:
+        if conn.execute(_STOP, {"b_job": job.id, "b_now": time.time(), "b_reason": reason}).rowcount:
+            log.error("job %s stopped: %s", job.id, reason)
 
 
 def _record(runtime: Runtime, job: JobView, token: str, outcomes: list[dict[str, Any]],

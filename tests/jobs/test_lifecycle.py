@@ -136,3 +136,25 @@ def test_tokens_are_stored_encrypted_and_exported_in_clear(db, tmp_path):
     with ctx.engine.connect() as conn:
         stored = b"".join(conn.execute(select(Item.__table__.c.secret)).scalars().all()[:30])
     assert box.token(ids[0]).encode() not in stored
+
+
+def test_settings_that_break_after_planning_stop_the_job_in_the_worker(db, tmp_path):
+    """A worker whose app settings cannot work stops the job with the reason,
+    instead of retrying the same error forever; fixed settings resume it."""
+    good = {"vendor": "netease", "sandbox": True}
+    ctx = context(db, apps={"new": good})
+    report = plan(ctx, tmp_path / "u.csv", 30)
+    broken = context(db, apps={"new": {**good, "app_secrt": "s3cret-typo"}})
+    broken.runtime  # noqa: B018
+    with in_process_workers(broken.broker):
+        control.start(broken.engine, broken.broker, report.job_id)
+        p = wait_until_done(broken, report.job_id, 30)
+    assert p.status == "stopped"
+    assert "app_secrt not a setting" in p.stop_reason and "imshift resume" in p.stop_reason
+    assert "s3cret-typo" not in p.stop_reason
+    assert p.counts == {"pending": 30}
+    ctx.runtime  # noqa: B018
+    with in_process_workers(ctx.broker):
+        control.resume(ctx.engine, ctx.broker, report.job_id)
+        p = wait_until_done(ctx, report.job_id, 30)
+    assert p.counts == {"ok": 30}
