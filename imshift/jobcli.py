@@ -345,6 +345,10 @@ def status(
         summary(ctx, p, console)
         raise typer.Exit(exit_code(ctx, p))
     summary(ctx, p, console, examples=0 if not watch_ else 10)
+    if p.status == JobStatus.PLANNING.value:
+        # Planning writes the total last: a producer that died leaves this state for good.
+        console.print(f"  [yellow]still being planned[/yellow], or never planned whole if its "
+                      f"command stopped: such a job never runs, `imshift cancel {job}` removes it")
     if p.status == JobStatus.RUNNING.value:
         idle = p.idle_seconds()
         if idle is not None and idle > ctx.settings.stale_after:

@@ -71,6 +71,10 @@ def test_a_producer_killed_mid_plan_leaves_a_job_that_never_runs_and_cancel_remo
             attempt()
     assert sweep(ctx.runtime, now=time.time() + 3600) == 0  # the sweeper never runs it
     assert progress(ctx.engine, job_id).status == "planning"
+    shown = subprocess.run([sys.executable, "-m", "imshift.cli", "status", str(job_id)],
+                           env=cli_env(database_url, tmp_path), capture_output=True, text=True,
+                           timeout=60)
+    assert "never planned whole" in shown.stdout and f"imshift cancel {job_id}" in shown.stdout
     stored = stored_items(ctx, job_id)
     assert control.cancel(ctx.engine, job_id) == stored
     assert progress(ctx.engine, job_id) is None and stored_items(ctx, job_id) == 0
