@@ -23,6 +23,8 @@ from imshift.models import store
 from imshift.models.db import json_text
 from imshift.models.tables import Item, ItemState, Job, JobCount, JobStatus
 
+from .inputs import InputError
+
 BATCH = 5000
 items = Item.__table__
 jobs = Job.__table__
@@ -81,13 +83,30 @@ def plan(engine: Engine, job_id: int, specs: Iterable[Spec],
                 raise
             if claims:
                 claims.drop(conn)
-    except BaseException:
+    except BaseException as exc:
+        # A batch fails once its job is gone (a foreign-key violation, told
+        # apart by the driver in its own words): that is a cancel, not a fault.
+        gone = isinstance(exc, Exception) and not isinstance(exc, InputError) \
+            and not _exists(engine, job_id)
         discard(engine, job_id)
+        if gone:
+            raise Cancelled(f"job {job_id} was cancelled while its input was being read") from None
         raise
     with engine.begin() as conn:
-        conn.execute(update(jobs).where(jobs.c.id == job_id).values(total=report.total))
+        if not conn.execute(update(jobs).where(jobs.c.id == job_id)
+                            .values(total=report.total)).rowcount:
+            raise Cancelled(f"job {job_id} was cancelled while its input was being read")
     report.seconds = time.perf_counter() - started
     return report
+
+
+class Cancelled(InputError):
+    """The job was removed (`imshift cancel`) while it was being planned."""
+
+
+def _exists(engine: Engine, job_id: int) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(select(jobs.c.id).where(jobs.c.id == job_id)).first() is not None
 
 
 def discard(engine: Engine, job_id: int) -> None:

@@ -80,3 +80,23 @@ def test_a_rejected_row_does_not_take_the_id_from_a_later_valid_row(database_url
         assert store.counts(conn, job_id) == store.recount(conn, job_id) == {
             "pending": 6002, "rejected": 7}
     engine.dispose()
+
+
+def test_a_job_cancelled_while_it_is_planned_ends_planning_with_one_clear_error(database_url):
+    from imshift.jobs import control
+    from imshift.jobs.plan import Cancelled
+
+    engine = make_engine(database_url)
+    job_id = create_job(engine, kind="migrate_users", operation="register", app="t", params={})
+
+    def cancelled_midway():
+        for i, spec in enumerate(specs(12_000)):
+            if i == 6_000:  # the first batch is stored; the user cancels the half-planned job
+                control.cancel(engine, job_id)
+            yield spec
+
+    with pytest.raises(Cancelled, match=f"job {job_id} was cancelled while its input was being read"):
+        plan(engine, job_id, cancelled_midway())
+    with engine.begin() as conn:
+        assert conn.execute(select(Item.__table__.c.seq)).first() is None
+    engine.dispose()
