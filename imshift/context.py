@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 from cryptography.fernet import Fernet
+from sqlalchemy.engine import make_url
 from pydantic import TypeAdapter, ValidationError
 
 from imshift.jobs.target import Target
@@ -194,6 +199,15 @@ class Context:
         v = vendor(self.settings.app(app).vendor)
         return v.client.for_config(self.config(app)).register_secrets
 
+    def limits_folder(self) -> Path:
+        """Without Redis, where the commands that share this database share
+        their rate-limit schedules (one folder per database and OS user)."""
+        url = make_url(self.settings.database_url)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            url = url.set(database=str(Path(url.database).resolve()))
+        digest = hashlib.sha256(url.render_as_string(hide_password=True).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"imshift-limits-{os.getuid()}" / digest
+
     @functools.cached_property
     def runtime(self) -> Runtime:
         redis = None
@@ -201,7 +215,8 @@ class Context:
             import redis.asyncio as aioredis
             redis = aioredis.from_url(self.settings.redis_url)
         limiter = RateLimiter(redis=redis, margin=self.settings.rate_margin,
-                              guard=self.settings.rate_guard)
+                              guard=self.settings.rate_guard,
+                              shared_dir=None if redis else self.limits_folder())
         s = self.settings
         tuning = Tuning(chunk_size=s.chunk_size, lease_seconds=s.lease_seconds,
                         max_attempts=s.max_attempts, concurrency=s.concurrency,

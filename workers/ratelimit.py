@@ -34,15 +34,18 @@ makes up a late wake-up) and it cannot see the vendor's windows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..vendors.client import Throttle
+from .shared_slots import SharedSlots
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -255,11 +258,16 @@ class RateLimiter:
     """
 
     def __init__(self, rates: Mapping[str, float] | None = None, *, redis: Redis | None = None,
-                 margin: float = MARGIN, guard: float = GUARD, namespace: str = "imshift:rl"):
+                 margin: float = MARGIN, guard: float = GUARD, namespace: str = "imshift:rl",
+                 shared_dir: Path | None = None):
         if not 0 <= guard < 0.25 or not 0 <= margin < 1:
             raise ValueError("guard must be in [0, 0.25) seconds and margin in [0, 1)")
         self.rates = {str(k): float(v) for k, v in (rates or {}).items()}
-        self.redis = redis  # None: embedded mode, this process only
+        self.redis = redis  # None: embedded mode
+        # Embedded mode: the schedules live in files there, shared by every
+        # process on this machine that is given the same folder (None: this process only).
+        self.shared_dir = shared_dir
+        self._shared: dict[tuple[str, str], SharedSlots] = {}
         self.margin = margin
         self.guard = guard
         self.namespace = namespace
@@ -311,11 +319,11 @@ class RateLimiter:
         the schedule is the same either way."""
         if self.redis is not None or self._waiting.get((app, key)):
             return None
-        slots = self._slots.setdefault((app, key), _Slots())
-        now = time.time()
-        if slots.paused > now or slots.next_slot(self.guard) > now + HORIZON:
-            return None  # a backlog: reserve in HORIZON-sized batches, see `_lead`
-        delay, latest = slots.reserve(now, limit, limit * (1 - self.margin), weight, self.guard)
+        with self._schedule(app, key) as slots:
+            now = time.time()
+            if slots.paused > now or slots.next_slot(self.guard) > now + HORIZON:
+                return None  # a backlog: reserve in HORIZON-sized batches, see `_lead`
+            delay, latest = slots.reserve(now, limit, limit * (1 - self.margin), weight, self.guard)
         at = asyncio.get_running_loop().time()
         return at + delay, at + latest
 
@@ -373,7 +381,8 @@ class RateLimiter:
         key = str(key)
         pause = DEFAULT_PAUSE if retry_after is None else max(0.0, retry_after)
         if self.redis is None:
-            self._slots.setdefault((app, key), _Slots()).slow_down(time.time(), pause)
+            with self._schedule(app, key) as slots:
+                slots.slow_down(time.time(), pause)
         else:
             await self._run(self._slow_down_script, app, key, RECOVER, pause, MIN_FACTOR, CUT)
 
@@ -382,12 +391,24 @@ class RateLimiter:
         """Per weight, in order: (seconds until its slot, seconds until it is too late to use it)."""
         rate = limit * (1 - self.margin)
         if self.redis is None:
-            slots = self._slots.setdefault((app, key), _Slots())
-            now = time.time()
-            return [slots.reserve(now, limit, rate, w, self.guard) for w in weights]
+            with self._schedule(app, key) as slots:
+                now = time.time()
+                return [slots.reserve(now, limit, rate, w, self.guard) for w in weights]
         flat = await self._run(self._reserve_script, app, key,
                                RECOVER, limit, rate, self.guard, *weights)
         return [(float(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    @contextlib.contextmanager
+    def _schedule(self, app: str, key: str) -> Iterator[_Slots]:
+        """The embedded schedule of (app, key): this process's, or the file's under its lock."""
+        if self.shared_dir is None:
+            yield self._slots.setdefault((app, key), _Slots())
+            return
+        shared = self._shared.get((app, key))
+        if shared is None:
+            shared = self._shared[(app, key)] = SharedSlots(self.shared_dir, app, key, _Slots)
+        with shared.locked() as slots:
+            yield slots
 
     async def _run(self, script, app: str, key: str, *args: float):
         # Both scripts are safe to repeat (at worst a slot goes unused), so a
