@@ -47,12 +47,12 @@ def wait_for_port(port: int, process: subprocess.Popen | None = None, seconds: f
 
 @contextlib.contextmanager
 def sandbox_process(vendor: str, *, rates: Mapping[str, float] | None = None,
-                    latency: float = 0.0) -> Iterator[str]:
+                    latency: float = 0.0, jitter: float = 0.0) -> Iterator[str]:
     """`imshift sandbox` for one vendor in its own process (so its CPU is not
     ours); yields its base URL. Read its counters with `sandbox_stats`."""
     port = free_port()
     command = [sys.executable, "-m", "imshift.cli", "sandbox", "--vendor", vendor,
-               "--port", str(port), "--latency", str(latency)]
+               "--port", str(port), "--latency", str(latency), "--jitter", str(jitter)]
     for op, rate in (rates or {}).items():
         command += ["--rate", f"{op}={rate}"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -59,6 +59,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--users", type=int, default=20_000)
     p.add_argument("--rate", type=float, default=400.0, help="register calls/s the sandbox allows (R)")
     p.add_argument("--latency", type=float, default=0.05, help="seconds the sandbox adds per call")
+    p.add_argument("--jitter", type=float, default=0.0,
+                   help="up to this many seconds (uniform) before the sandbox counts a call")
+    p.add_argument("--margin", type=float, default=None,
+                   help="the limiter's rate_margin (default: the settings' default)")
     p.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--threads", type=int, default=8, help="chunks in flight per worker process")
     p.add_argument("--chunk-size", type=int, default=200, help="items per chunk message")
@@ -119,8 +123,10 @@ def producer_and_workers(base_url: str, db_url: str, redis_url: str, rates: dict
 
 def run_once(args, tmp: Path, redis_url: str, db_url: str, users_csv: Path, processes: int) -> dict:
     rates = {OP: args.rate}
-    with sandbox_process("netease", rates=rates, latency=args.latency) as base_url:
+    with sandbox_process("netease", rates=rates, latency=args.latency, jitter=args.jitter) as base_url:
         ctx, env = producer_and_workers(base_url, db_url, redis_url, rates, args.chunk_size)
+        if args.margin is not None:
+            env["IMSHIFT_RATE_MARGIN"] = str(args.margin)
         planned = kinds.plan_user_migration(ctx.engine, ctx.target(APP), users_csv,
                                                source_app=None, chunk_size=args.chunk_size)
         job_id = planned.report.job_id
@@ -211,7 +217,8 @@ def main(argv: list[str]) -> int:
                     print(f"  per second: {r['timeline']}", flush=True)
     print(f"load average: {os.getloadavg()[0]:.2f} (2 cores shared with other work)", flush=True)
     out = {"users": args.users, "rate": args.rate, "db": "postgres" if args.postgres else "sqlite",
-           "threads": args.threads, "chunk": args.chunk_size}
+           "threads": args.threads, "chunk": args.chunk_size, "jitter": args.jitter,
+           "margin": "default" if args.margin is None else args.margin}
     for n, r in results.items():
         out.update({f"util_p{n}": r["util"], f"util_job_p{n}": r["util_job"], f"over_p{n}": r["over"],
                     f"maxsec_p{n}": r["maxsec"], f"p50_p{n}": r["p50"], f"p99_p{n}": r["p99"]})

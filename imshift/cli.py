@@ -126,6 +126,8 @@ def sandbox(
     rate: Annotated[Optional[list[str]], typer.Option(
         help="Rate limit per operation, OP=CALLS_PER_SECOND (repeatable), e.g. register=400.")] = None,
     latency: Annotated[float, typer.Option(help="Seconds added to every call.")] = 0.0,
+    jitter: Annotated[float, typer.Option(
+        help="Up to this many seconds (uniform) before a call is counted: network jitter.")] = 0.0,
     error_rate: Annotated[float, typer.Option(help="Share of calls answered with a 5xx.")] = 0.0,
 ) -> None:
     """Serve vendor sandboxes (in-memory simulators of the vendors' APIs) on loopback."""
@@ -148,7 +150,8 @@ def sandbox(
             raise typer.BadParameter(f"{item!r} is not OP=NUMBER", param_hint="--rate") from None
     pairs = []
     for v in chosen:
-        box = v.sandbox(rate_limits=limits, faults=Faults(latency=latency, error_rate=error_rate))
+        box = v.sandbox(rate_limits=limits, faults=Faults(latency=latency, jitter=jitter,
+                                                                error_rate=error_rate))
         where = port if port is not None else v.sandbox_port
         pairs.append((box, where))
         console.print(f"{v.title:15} http://{host}:{where}   client config: {box.config(f'http://{host}:{where}')!r}")

@@ -43,6 +43,10 @@ class Faults:
     """Faults injected into calls that pass auth (shares are 0..1)."""
 
     latency: float = 0.0  # seconds added to every call
+    # Network jitter: each call reaches the vendor's counter up to this many
+    # seconds late (uniform), so a call sent near a window's edge may be
+    # counted in the next window.
+    jitter: float = 0.0
     error_rate: float = 0.0  # share answered with the vendor's 5xx/internal error
     timeout_rate: float = 0.0  # share that hang for `hang_seconds`, then get the 5xx
     hang_seconds: float = 30.0
@@ -239,6 +243,8 @@ class Sandbox:
         what the call counts against the limit (vendors that count messages,
         not calls, pass the number of recipients)."""
         self.calls[op] += 1
+        if self.faults.jitter:
+            await asyncio.sleep(self._random.uniform(0, self.faults.jitter))
         # A vendor's gateway counts a call when it arrives, not when the work
         # behind it is done: the window is the arrival's second.
         arrived = self.clock()
