@@ -45,3 +45,17 @@ def redis_server():
 
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """A folder of its own for a CLI test: an embedded SQLite database there,
+    no Redis, no config file, and app `new` the built-in NetEase sandbox."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("REDIS_URL", "IMSHIFT_REDIS_URL", "IMSHIFT_TOKEN_KEY", "DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("IMSHIFT_CONFIG", str(tmp_path / "none.toml"))
+    monkeypatch.setenv("IMSHIFT_DATABASE_URL", f"sqlite:///{tmp_path}/imshift.db")
+    monkeypatch.setenv("IMSHIFT_APPS__NEW__VENDOR", "netease")
+    monkeypatch.setenv("IMSHIFT_APPS__NEW__SANDBOX", "true")
+    return tmp_path

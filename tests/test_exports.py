@@ -21,18 +21,6 @@ def test_only_cells_a_spreadsheet_would_run_get_a_quote(value, cell):
     assert spreadsheet_safe(value) == cell
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("REDIS_URL", raising=False)
-    monkeypatch.delenv("IMSHIFT_REDIS_URL", raising=False)
-    monkeypatch.setenv("IMSHIFT_CONFIG", str(tmp_path / "none.toml"))
-    monkeypatch.setenv("IMSHIFT_DATABASE_URL", f"sqlite:///{tmp_path}/imshift.db")
-    monkeypatch.setenv("IMSHIFT_APPS__NEW__VENDOR", "netease")
-    monkeypatch.setenv("IMSHIFT_APPS__NEW__SANDBOX", "true")
-    return tmp_path
-
-
 def test_a_csv_export_never_holds_a_formula_and_jsonl_keeps_the_values(env):
     users = env / "users.csv"
     users.write_text("accid,name\n@home,Home\n-dash,Dash\n\"=cmd|' /C calc'!A0\",Evil\nplain,Plain\n",

@@ -22,18 +22,6 @@ from imshift.workers.sweeper import sweep
 runner = CliRunner()
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    for name in ("REDIS_URL", "IMSHIFT_REDIS_URL", "IMSHIFT_TOKEN_KEY", "DATABASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("IMSHIFT_CONFIG", str(tmp_path / "none.toml"))
-    monkeypatch.setenv("IMSHIFT_DATABASE_URL", f"sqlite:///{tmp_path}/imshift.db")
-    monkeypatch.setenv("IMSHIFT_APPS__NEW__VENDOR", "netease")
-    monkeypatch.setenv("IMSHIFT_APPS__NEW__SANDBOX", "true")
-    return tmp_path
-
-
 def run(*args):
     result = runner.invoke(app, list(args))
     return result, " ".join(result.output.split())

@@ -13,18 +13,6 @@ from imshift.models import make_engine
 runner = CliRunner()
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("REDIS_URL", raising=False)
-    monkeypatch.delenv("IMSHIFT_REDIS_URL", raising=False)
-    monkeypatch.setenv("IMSHIFT_CONFIG", str(tmp_path / "none.toml"))
-    monkeypatch.setenv("IMSHIFT_DATABASE_URL", f"sqlite:///{tmp_path}/imshift.db")
-    monkeypatch.setenv("IMSHIFT_APPS__NEW__VENDOR", "netease")
-    monkeypatch.setenv("IMSHIFT_APPS__NEW__SANDBOX", "true")
-    return tmp_path
-
-
 def run(*args):
     result = runner.invoke(app, list(args))
     return result, " ".join(result.output.split())
