@@ -275,6 +275,30 @@ class OpenIMClient(VendorClient):
         problems = list(dict.fromkeys(filter(None, [owner(group.owner), *map(member, group.members)])))
         return "; ".join(problems) or (None if group.group_id else "group_id: required")
 
+    async def _complete_group(self, group: Group, result: Result, members: list[str],
+                              rest: list[str]) -> Result:
+        """After create_group: a group that existed gets the members it lacks,
+        a new one the members past the first call's."""
+        if result.outcome is Outcome.EXISTS:
+            try:
+                rest = await self._not_members(group.group_id, members)
+            except CallFailed as failed:
+                return failed.result
+        elif result.outcome is not Outcome.OK:
+            return result
+        failed = worst(await self.add_members(group.group_id, group.owner, rest))
+        if failed:
+            return replace(failed, message=f"group {result.outcome}; some members not added: "
+                                           f"{failed.message}")
+        return replace(result, data={"group_id": group.group_id})
+
+    async def _not_members(self, group_id: str, user_ids: list[str]) -> list[str]:
+        missing = []
+        for part in chunks(user_ids, MAX_IDS_PER_CALL):
+            members = await self._members(group_id, part)
+            missing += [u for u in part if u not in members]
+        return missing
+
     def _profiles(self, profiles: Sequence[Profile]) -> tuple[Batch[Profile], list[int], dict[int, int]]:
         """Profiles checked by the rules: the Batch, the indexes to send, and
         repeats of a user id (index -> its first valid occurrence), not sent."""

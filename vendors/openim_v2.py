@@ -11,15 +11,13 @@ takes one user per call and answers an existing one with an HTTP 500.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from typing import Any, AsyncIterator, Sequence
 
 import httpx
 
 from .base import FieldRule, Group, Operation, Outcome, Profile, Result, VendorRules
 from .client import Batch, CallFailed, Codes, chunks, invalid, same_for_all
-from .openim import (MAX_IDS_PER_CALL, OpenIMClient, data_of, exists, listed, new_operation_id, ok, with_data,
-                     worst)
+from .openim import (MAX_IDS_PER_CALL, OpenIMClient, data_of, exists, listed, new_operation_id, ok, with_data)
 from .openim_v3 import RULES_V3
 
 GROUP_TYPE = 0  # NormalGroup
@@ -182,18 +180,7 @@ class OpenIMV2Client(OpenIMClient):
             "memberList": [{"userID": m, "roleLevel": ORDINARY_MEMBER} for m in members[:MAX_IDS_PER_CALL]]})
         if result.outcome is Outcome.RETRYABLE and await self._group_exists(group.group_id):
             result = Result(Outcome.EXISTS, result.code, "group id exists")
-        if result.outcome is Outcome.EXISTS:
-            try:
-                rest = await self._not_members(group.group_id, members)
-            except CallFailed as failed:
-                return failed.result
-        elif result.outcome is not Outcome.OK:
-            return result
-        failed = worst(await self.add_members(group.group_id, group.owner, rest))
-        if failed:
-            return replace(failed, message=f"group {result.outcome}; some members not added: "
-                                           f"{failed.message}")
-        return replace(result, data={"group_id": group.group_id})
+        return await self._complete_group(group, result, members, rest)
 
     async def _group_exists(self, group_id: str) -> bool:
         result, body = await self._post(Operation.CREATE_GROUP, "/group/get_groups_info",
@@ -207,13 +194,6 @@ class OpenIMV2Client(OpenIMClient):
         if not result.succeeded:
             raise CallFailed(result)
         return {m.get("userID") for m in listed(body.get("data"), None) if isinstance(m, dict)}
-
-    async def _not_members(self, group_id: str, user_ids: list[str]) -> list[str]:
-        missing = []
-        for part in chunks(user_ids, MAX_IDS_PER_CALL):
-            members = await self._members(group_id, part)
-            missing += [u for u in part if u not in members]
-        return missing
 
     async def _invite(self, group_id: str, user_ids: list[str]) -> list[Result]:
         """The reply lists each user's result (0: invited, -1: not, being a

@@ -9,15 +9,13 @@ duration (`expireTimeSeconds`).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, AsyncIterator, Sequence
 
 import httpx
 
 from .base import FieldRule, Group, Operation, Outcome, Profile, Result, VendorRules
 from .client import Batch, CallFailed, Codes, chunks, invalid, same_for_all
-from .openim import (MAX_IDS_PER_CALL, OpenIMClient, data_of, exists, listed, new_operation_id, ok, with_data,
-                     worst)
+from .openim import (MAX_IDS_PER_CALL, OpenIMClient, data_of, exists, listed, new_operation_id, ok, with_data)
 
 GROUP_TYPE = 2  # v3 accepts only WorkingGroup
 GROUP_CHAT = 3  # ReadGroupChatType
@@ -213,18 +211,7 @@ class OpenIMV3Client(OpenIMClient):
         result, _ = await self._post(Operation.CREATE_GROUP, "/group/create_group", {
             "ownerUserID": group.owner, "memberUserIDs": members[:MAX_IDS_PER_CALL], "adminUserIDs": [],
             "groupInfo": {"groupID": group.group_id, "groupName": group.name, "groupType": GROUP_TYPE}})
-        if result.outcome is Outcome.EXISTS:
-            try:
-                rest = await self._not_members(group.group_id, members)
-            except CallFailed as failed:
-                return failed.result
-        elif result.outcome is not Outcome.OK:
-            return result
-        failed = worst(await self.add_members(group.group_id, group.owner, rest))
-        if failed:
-            return replace(failed, message=f"group {result.outcome}; some members not added: "
-                                           f"{failed.message}")
-        return replace(result, data={"group_id": group.group_id})
+        return await self._complete_group(group, result, members, rest)
 
     async def _members(self, group_id: str, user_ids: Sequence[str]) -> set[str]:
         """Which of `user_ids` are members of the group. Raises CallFailed."""
@@ -233,13 +220,6 @@ class OpenIMV3Client(OpenIMClient):
         if not result.succeeded:
             raise CallFailed(result)
         return {m.get("userID") for m in listed(body.get("data"), "members") if isinstance(m, dict)}
-
-    async def _not_members(self, group_id: str, user_ids: list[str]) -> list[str]:
-        missing = []
-        for part in chunks(user_ids, MAX_IDS_PER_CALL):
-            members = await self._members(group_id, part)
-            missing += [u for u in part if u not in members]
-        return missing
 
     async def _invite(self, group_id: str, user_ids: list[str], rounds: int = 2) -> list[Result]:
         """Inviting a member again fails the whole call (a duplicate-key 500),
