@@ -80,6 +80,20 @@ def worker(
 
 
 @app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on (beyond loopback only with "
+                                      "IMSHIFT_API_TOKEN set).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8080,
+) -> None:
+    """Serve the HTTP API (/api, /openapi.json), the live page (/) and
+    Prometheus metrics (/metrics). Without Redis it also runs the jobs it
+    resumes or retries."""
+    from imshift.api import serve as run
+
+    raise typer.Exit(run(jobcli._context(), host, port, console.print))
+
+
+@app.command()
 def keygen() -> None:
     """Print a new key for IMSHIFT_TOKEN_KEY (tokens are stored encrypted with it)."""
     from cryptography.fernet import Fernet
