@@ -155,10 +155,9 @@ class Rates:
         now = time.time() if now is None else now
         with self._lock:
             samples = self._samples.setdefault(p.job_id, collections.deque())
-            if not samples or now - samples[-1][0] >= 1.0 or samples[-1][1] != p.done:
-                if samples and now - samples[-1][0] < 1.0:
-                    samples.pop()  # keep one sample a second, the newest
-                samples.append((now, p.done))
+            settled = p.status != JobStatus.RUNNING.value
+            if not samples or now - samples[-1][0] >= 1.0 or (settled and samples[-1][1] != p.done):
+                samples.append((now, p.done))  # at most one a second while it runs
             while samples and now - samples[0][0] > self.keep:
                 samples.popleft()
             recent = [s for s in samples if now - s[0] <= self.window]

@@ -104,6 +104,7 @@ def test_progress_matches_the_cli_and_keyset_pages_cover_every_item_once(databas
     assert {k: p[k] for k in status} == status
     assert p["counts"] == {"ok": 599, "rejected": 1} and p["done"] == 600
     assert [f["id"] for f in p["failures"]] == ["no good"]
+    assert len(p["history"]) >= 2 and p["history"][-1]["done"] == 600  # the page's rate chart
     by_outcome = []
     for outcome in ("ok", "rejected"):
         after = -1

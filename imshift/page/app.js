@@ -137,7 +137,10 @@ function render(c, job) {
   p.counts.replaceChildren(...STATES.filter((s) => job.counts[s]).map((s) =>
     el("li", {class: s, "data-count": s}, `${s} ${job.counts[s].toLocaleString()}`)));
   p.reason.textContent = job.stop_reason || "";
-  for (const b of p.buttons.children) b.disabled = !ACTIONS[b.dataset.action].includes(job.status);
+  const failed = ["rejected", "failed", "unknown"].some((s) => job.counts[s]);
+  for (const b of p.buttons.children) {
+    b.disabled = !ACTIONS[b.dataset.action].includes(job.status) || (b.dataset.action === "retry" && !failed);
+  }
 }
 
 function renderDetail(c, job) {
