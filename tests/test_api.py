@@ -2,6 +2,7 @@
 
 import csv
 import io
+import itertools
 import json
 import os
 import socket
@@ -16,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from typer.testing import CliRunner
 
 import schemathesis
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
                                                status_code_conformance)
@@ -255,14 +257,16 @@ def test_no_generated_request_gets_a_500_or_breaks_the_schema(fuzzed_app):
               content_type_conformance]
     operations = [result.ok() for result in fuzzed_app.get_all_operations()]
     assert len(operations) >= 9
-    for operation in operations:
-        @given(case=operation.as_strategy())
+    statuses = []
+    for operation, mode in itertools.product(operations, GenerationMode):
+        @given(case=operation.as_strategy(generation_mode=mode))
         @settings(max_examples=10, deadline=None, derandomize=True, database=None,
                   suppress_health_check=list(HealthCheck))
         def call(case):
-            case.call_and_validate(headers=AUTH, checks=checks)
+            statuses.append(case.call_and_validate(headers=AUTH, checks=checks).status_code)
 
         call()
+    assert len(statuses) >= 10 * len(operations) and {200, 404, 422} <= set(statuses), set(statuses)
 
 
 # -- memory of a streamed export ---------------------------------------------------------------
