@@ -62,6 +62,8 @@ def main(
 def worker(
     processes: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 2,
     threads: Annotated[int, typer.Option(min=1, help="Chunks in flight per process.")] = 8,
+    metrics_port: Annotated[Optional[int], typer.Option(
+        min=1, max=65535, help="Serve the processes' Prometheus metrics on this port (loopback).")] = None,
 ) -> None:
     """Start workers that take chunks from Redis (REDIS_URL) and run them. A
     worker process that dies is started again; SIGTERM or Ctrl-C stops them all."""
@@ -76,7 +78,25 @@ def worker(
             ctx.config(name)
         except ValueError as exc:
             jobcli.fail(str(exc))
+    if metrics_port is not None:
+        from imshift.metrics import serve_workers
+
+        serve_workers(metrics_port)
     raise typer.Exit(supervise(processes, threads))
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on (beyond loopback only with "
+                                      "IMSHIFT_API_TOKEN set).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8080,
+) -> None:
+    """Serve the HTTP API (/api, /openapi.json), the live page (/) and
+    Prometheus metrics (/metrics). Without Redis it also runs the jobs it
+    resumes or retries."""
+    from imshift.api import serve as run
+
+    raise typer.Exit(run(jobcli._context(), host, port, console.print))
 
 
 @app.command()

@@ -5,7 +5,7 @@ import logging
 
 import redis
 
-from imshift import logs
+from imshift import logs, metrics
 from imshift.context import Context
 from imshift.workers import heap
 from imshift.workers.sweeper import Sweeper
@@ -15,6 +15,7 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 context = Context()
 logs.install(context.secrets())
 runtime = context.runtime
+metrics.worker_process(runtime)  # its calls and chunks, for `imshift worker --metrics-port`
 broker = context.broker
 broker.add_middleware(Sweeper(runtime, redis.Redis.from_url(context.settings.redis_url)))
 heap.settle()

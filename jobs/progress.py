@@ -96,19 +96,44 @@ def recent_jobs(engine: Engine, limit: int = 20) -> list[Progress]:
     return [p for p in (progress(engine, i) for i in ids) if p is not None]
 
 
+ITEM_COLUMNS = (items.c.seq, items.c.row, items.c.key, items.c.state, items.c.attempts,
+                items.c.code, items.c.message, items.c.result, items.c.secret, items.c.updated_at)
+
+
+def items_page(engine: Engine, job_id: int, state: str | None = None, after: int = -1,
+               limit: int = 100) -> list[Any]:
+    """One keyset page: the job's items (or those in `state`) with seq > after,
+    in input order. An index range scan, however deep the page."""
+    query = select(*ITEM_COLUMNS).where(items.c.job_id == job_id, items.c.seq > after)
+    if state:
+        query = query.where(items.c.state == state)
+    with engine.connect() as conn:
+        return conn.execute(query.order_by(items.c.seq).limit(limit)).all()
+
+
+def item(engine: Engine, job_id: int, key: str) -> Any | None:
+    """One item by its id in the input (unique per job)."""
+    with engine.connect() as conn:
+        return conn.execute(select(*ITEM_COLUMNS).where(items.c.job_id == job_id,
+                                                        items.c.key == key)).first()
+
+
+def job_ids(engine: Engine, before: int | None = None, limit: int = 20) -> list[int]:
+    """Job ids, newest first, below `before` (keyset paging over the jobs)."""
+    query = select(jobs.c.id)
+    if before is not None:
+        query = query.where(jobs.c.id < before)
+    with engine.connect() as conn:
+        return list(conn.execute(query.order_by(jobs.c.id.desc()).limit(limit)).scalars())
+
+
 def results(engine: Engine, job_id: int, state: str | None = None,
             batch: int = 2000) -> Iterator[Any]:
     """Every item of a job (or those in `state`) in input order, streamed
     in keyset pages so a million-item export never sits in memory."""
     after = -1
     while True:
-        query = select(items.c.seq, items.c.row, items.c.key, items.c.state, items.c.attempts,
-                       items.c.code, items.c.message, items.c.result, items.c.secret,
-                       items.c.updated_at).where(items.c.job_id == job_id, items.c.seq > after)
-        if state:
-            query = query.where(items.c.state == state)
-        with engine.connect() as conn:
-            page = conn.execute(query.order_by(items.c.seq).limit(batch)).all()
+        page = items_page(engine, job_id, state, after, batch)
         if not page:
             return
         yield from page

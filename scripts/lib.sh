@@ -59,3 +59,11 @@ ensure_postgres() {
     for _ in $(seq 50); do pg_isready -h 127.0.0.1 -p 5432 -q && return 0; sleep 0.2; done
     die "PostgreSQL did not answer on 127.0.0.1:5432"
 }
+
+# Debian's chromium, for the browser test of the live page (Playwright drives
+# it at /usr/bin/chromium: `playwright install` needs a download).
+ensure_chromium() {
+    [ -x /usr/bin/chromium ] && return 0
+    ensure_command chromium chromium
+    [ -x /usr/bin/chromium ] || die "the page test needs /usr/bin/chromium: apt-get install chromium"
+}

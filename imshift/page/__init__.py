@@ -1,0 +1,1 @@
+"""The live page `imshift serve` shows at / (plain HTML, one script, one style)."""

@@ -1,0 +1,192 @@
+// The live page: polls the API every second, draws each job's state.
+// Plain DOM (no library, nothing from a CDN). User data goes in as text only.
+"use strict";
+
+const STATES = ["ok", "exists", "rejected", "failed", "unknown", "cancelled", "claimed", "pending"];
+const FINISHED = ["finished", "cancelled"];
+const ACTIONS = {
+  pause: ["running"],
+  resume: ["paused", "stopped"],
+  cancel: ["planning", "planned", "running", "paused", "stopped"],
+  retry: ["running", "stopped", "finished"],
+};
+const cards = new Map(); // job id -> {root, parts, status}
+const POLL_MS = 1000;
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("data-") || k === "style") node.setAttribute(k, v);
+    else node[k] = v;
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+function seconds(s) {
+  if (s === null || s === undefined) return "?";
+  s = Math.round(s);
+  if (s >= 3600) return `${Math.floor(s / 3600)}h${String(Math.floor(s % 3600 / 60)).padStart(2, "0")}m`;
+  return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
+}
+
+async function api(path, options) {
+  const response = await fetch(path, Object.assign({credentials: "same-origin"}, options || {}));
+  if (response.status === 401) { location.href = "/"; throw new Error("logged out"); }
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.detail || `${response.status} ${response.statusText}`);
+  return body;
+}
+
+function card(job) {
+  const parts = {
+    title: el("h2", {}, `job ${job.id}`),
+    what: el("span", {class: "muted"}),
+    status: el("span", {class: "status", "data-role": "status"}),
+    bar: el("div", {class: "bar", "data-role": "bar"}),
+    done: el("span", {class: "done", "data-role": "done"}),
+    rate: el("span", {"data-role": "rate"}),
+    eta: el("span", {"data-role": "eta"}),
+    counts: el("ul", {class: "counts"}),
+    chart: el("canvas", {class: "chart", width: 300, height: 60, "data-role": "chart"}),
+    reason: el("p", {class: "error"}),
+    failures: el("table", {class: "failures", "data-role": "failures"}),
+    note: el("p", {class: "note", "data-role": "note", role: "status"}),
+    buttons: el("div", {class: "buttons"}),
+  };
+  for (const action of Object.keys(ACTIONS)) {
+    const button = el("button", {type: "button", "data-action": action}, action);
+    button.addEventListener("click", () => steer(job.id, action, parts.note));
+    parts.buttons.append(button);
+  }
+  const root = el("section", {class: "job", "data-job": String(job.id)},
+    el("div", {class: "head"}, parts.title, parts.what, parts.status),
+    parts.bar,
+    el("div", {class: "numbers"}, parts.done, parts.rate, parts.eta),
+    el("div", {class: "row"}, parts.counts, parts.chart),
+    parts.reason, parts.failures, parts.buttons, parts.note);
+  return {root, parts, status: null, detailAt: 0};
+}
+
+async function steer(id, action, note) {
+  if (action === "cancel" && !confirm(`Cancel job ${id} for good?`)) return;
+  note.textContent = `${action}…`;
+  try {
+    const out = await api(`/api/jobs/${id}/${action}`, {method: "POST"});
+    note.textContent = `${out.message}: now ${out.status}`;
+  } catch (e) {
+    note.textContent = e.message;
+  }
+  poll();
+}
+
+function drawBar(bar, job) {
+  bar.replaceChildren();
+  for (const state of STATES) {
+    const n = job.counts[state] || 0;
+    if (!n || state === "pending" || !job.total) continue;
+    bar.append(el("span", {class: `seg ${state}`, title: `${state}: ${n}`,
+                           style: `width:${(100 * n / job.total).toFixed(3)}%`}));
+  }
+}
+
+function drawChart(canvas, history) {
+  const g = canvas.getContext("2d");
+  g.clearRect(0, 0, canvas.width, canvas.height);
+  const rates = [];
+  for (let i = 1; i < history.length; i++) {
+    const dt = history[i].t - history[i - 1].t;
+    if (dt > 0) rates.push({t: history[i].t, r: (history[i].done - history[i - 1].done) / dt});
+  }
+  if (rates.length < 2) {
+    g.fillStyle = "#888"; g.font = "11px sans-serif";
+    g.fillText("rate: collecting…", 4, canvas.height / 2);
+    return;
+  }
+  // Smooth over ~5 samples: workers record whole chunks.
+  const smooth = rates.map((p, i) => {
+    const w = rates.slice(Math.max(0, i - 4), i + 1);
+    return {t: p.t, r: w.reduce((a, b) => a + b.r, 0) / w.length};
+  });
+  const t0 = smooth[0].t, t1 = smooth[smooth.length - 1].t || t0 + 1;
+  const top = Math.max(1, ...smooth.map((p) => p.r));
+  g.strokeStyle = "#2b7"; g.lineWidth = 1.5; g.beginPath();
+  smooth.forEach((p, i) => {
+    const x = (p.t - t0) / Math.max(1, t1 - t0) * (canvas.width - 2) + 1;
+    const y = canvas.height - 12 - p.r / top * (canvas.height - 16);
+    if (i) g.lineTo(x, y); else g.moveTo(x, y);
+  });
+  g.stroke();
+  g.fillStyle = "#888"; g.font = "10px sans-serif";
+  g.fillText(`${Math.round(top)}/s max, last ${seconds(t1 - t0)}`, 2, canvas.height - 1);
+}
+
+function render(c, job) {
+  const p = c.parts;
+  c.status = job.status;
+  c.root.dataset.status = job.status;
+  p.what.textContent = ` ${job.kind} on ${job.app}`;
+  p.status.textContent = job.status;
+  p.status.className = `status ${job.status}`;
+  drawBar(p.bar, job);
+  const pct = job.total ? Math.floor(100 * (job.done + job.cancelled) / job.total) : 100;
+  p.done.textContent = `${job.done.toLocaleString()} / ${job.total.toLocaleString()} done (${pct}%)`;
+  p.rate.textContent = job.rate ? `${job.rate.toFixed(1)} items/s` : "";
+  p.eta.textContent = job.status === "running" ? `ETA ${seconds(job.eta_seconds)}` : "";
+  p.counts.replaceChildren(...STATES.filter((s) => job.counts[s]).map((s) =>
+    el("li", {class: s, "data-count": s}, `${s} ${job.counts[s].toLocaleString()}`)));
+  p.reason.textContent = job.stop_reason || "";
+  const failed = ["rejected", "failed", "unknown"].some((s) => job.counts[s]);
+  for (const b of p.buttons.children) {
+    b.disabled = !ACTIONS[b.dataset.action].includes(job.status) || (b.dataset.action === "retry" && !failed);
+  }
+}
+
+function renderDetail(c, job) {
+  drawChart(c.parts.chart, job.history);
+  const t = c.parts.failures;
+  t.replaceChildren();
+  if (!job.failures.length) return;
+  t.append(el("caption", {}, "first problems"),
+           el("tr", {}, ...["row", "id", "outcome", "code", "reason"].map((h) => el("th", {}, h))));
+  for (const f of job.failures) {
+    t.append(el("tr", {}, ...[f.row, f.id, f.outcome, f.code || "", f.message || ""].map(
+      (v) => el("td", {}, String(v)))));
+  }
+}
+
+let busy = false;
+async function poll() {
+  if (busy) return;
+  busy = true;
+  try {
+    const page = await api("/api/jobs?limit=20");
+    const main = document.getElementById("jobs");
+    document.getElementById("empty").hidden = page.jobs.length > 0;
+    const seen = new Set();
+    for (const job of page.jobs) {
+      seen.add(job.id);
+      let c = cards.get(job.id);
+      const was = c ? c.status : null;
+      if (!c) { c = card(job); cards.set(job.id, c); }
+      main.append(c.root); // keeps the API's order, newest first
+      render(c, job);
+      // Details (chart, failures) each second while it moves, once when it settles.
+      if (!FINISHED.includes(job.status) || was !== job.status || !c.detailAt) {
+        c.detailAt = Date.now();
+        renderDetail(c, await api(`/api/jobs/${job.id}`));
+      }
+    }
+    for (const [id, c] of cards) if (!seen.has(id)) { c.root.remove(); cards.delete(id); }
+    document.getElementById("problem").textContent = "";
+    document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  } catch (e) {
+    document.getElementById("problem").textContent = `cannot reach the server: ${e.message}`;
+  } finally {
+    busy = false;
+  }
+}
+
+poll();
+setInterval(poll, POLL_MS);

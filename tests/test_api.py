@@ -1,0 +1,314 @@
+"""The HTTP API over real databases while real jobs run (httpx over ASGITransport)."""
+
+import csv
+import io
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from cryptography.fernet import Fernet
+from hypothesis import HealthCheck, given, settings
+from typer.testing import CliRunner
+
+import schemathesis
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
+                                               status_code_conformance)
+
+from imshift.api import create_app
+from imshift.cli import app as cli
+from imshift.jobs import control, kinds
+from imshift.jobs.progress import progress
+from imshift.workers.embedded import in_process_workers
+
+from api_support import context, wait_until_done, write_users
+
+TOKEN = "api-token-for-tests-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+NEW = {"vendor": "netease", "sandbox": True}
+
+
+def plan(ctx, path, users, **kw):
+    return kinds.plan_user_migration(ctx.engine, ctx.target("new"), write_users(path, users, **kw),
+                                     source_app="new", chunk_size=ctx.settings.chunk_size).report.job_id
+
+
+@pytest.fixture
+def api():
+    """A sync client over the ASGI app (httpx's ASGITransport is async only)."""
+    import asyncio
+
+    def make(ctx, token=TOKEN, host="127.0.0.1"):
+        app = create_app(ctx, token)
+        transport = httpx.ASGITransport(app=app, client=(host, 40000))
+
+        class Sync:
+            def request(self, method, url, **kw):
+                async def go():
+                    async with httpx.AsyncClient(transport=transport, base_url="http://imshift.test",
+                                                 headers=AUTH if token else {}) as c:
+                        return await c.request(method, url, **kw)
+                return asyncio.run(go())
+
+            def get(self, url, **kw):
+                return self.request("GET", url, **kw)
+
+            def post(self, url, **kw):
+                return self.request("POST", url, **kw)
+
+        return Sync()
+
+    return make
+
+
+def cli_status(monkeypatch, database_url, job_id):
+    monkeypatch.setenv("IMSHIFT_DATABASE_URL", database_url)
+    monkeypatch.setenv("IMSHIFT_CONFIG", "/nonexistent/imshift.toml")
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    result = CliRunner().invoke(cli, ["status", str(job_id), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)["jobs"][0]
+
+
+def test_progress_matches_the_cli_and_keyset_pages_cover_every_item_once(database_url, tmp_path,
+                                                                         api, monkeypatch):
+    ctx = context(database_url, chunk_size=50, apps={"new": {**NEW, "rates": {"register": 400}}})
+    job = plan(ctx, tmp_path / "u.csv", 600, bad_rows={7: {"user_id": "no good"}})
+    http = api(ctx)
+    ctx.runtime  # noqa: B018
+    seen_running = []
+    with in_process_workers(ctx.broker, threads=2):
+        control.start(ctx.engine, ctx.broker, job)
+        while True:  # page through every item while the workers record them
+            seqs, after = [], -1
+            while True:
+                page = http.get(f"/api/jobs/{job}/items", params={"after": after, "limit": 97}).json()
+                seqs += [i["seq"] for i in page["items"]]
+                if page["next_after"] is None:
+                    break
+                after = page["next_after"]
+            assert seqs == list(range(600))
+            p = http.get(f"/api/jobs/{job}").json()
+            if p["status"] != "running":
+                break
+            seen_running.append(p["done"])
+        wait_until_done(ctx, job, 30)
+    assert seen_running, "the job finished before a page was read while it ran"
+    p = http.get(f"/api/jobs/{job}").json()
+    status = cli_status(monkeypatch, database_url, job)
+    assert {k: p[k] for k in status} == status
+    assert p["counts"] == {"ok": 599, "rejected": 1} and p["done"] == 600
+    assert [f["id"] for f in p["failures"]] == ["no good"]
+    assert len(p["history"]) >= 2 and p["history"][-1]["done"] == 600  # the page's rate chart
+    by_outcome = []
+    for outcome in ("ok", "rejected"):
+        after = -1
+        while after is not None:
+            page = http.get(f"/api/jobs/{job}/items",
+                            params={"outcome": outcome, "after": after, "limit": 300}).json()
+            assert {i["outcome"] for i in page["items"]} <= {outcome}
+            by_outcome += [i["seq"] for i in page["items"]]
+            after = page["next_after"]
+    assert sorted(by_outcome) == list(range(600))
+    one = http.get(f"/api/jobs/{job}/items/user_000042").json()
+    assert one["outcome"] == "ok" and one["row"] == 44 and one["result"] == {"user_id": "user_000042"}
+    assert http.get(f"/api/jobs/{job}/items/nobody").status_code == 404
+    listed = http.get("/api/jobs").json()
+    assert [j["id"] for j in listed["jobs"]] == [job] and listed["next_before"] is None
+    assert http.get("/api/jobs/999999").status_code == 404
+
+
+def test_control_changes_state_and_a_wrong_state_is_a_409(database_url, tmp_path, api):
+    ctx = context(database_url, chunk_size=10, apps={"new": {**NEW, "rates": {"register": 40}}})
+    job = plan(ctx, tmp_path / "u.csv", 400)
+    http = api(ctx)
+    ctx.runtime  # noqa: B018
+    with in_process_workers(ctx.broker, threads=2):
+        r = http.post(f"/api/jobs/{job}/pause")
+        assert r.status_code == 409 and "cannot make it paused (only from running)" in r.json()["detail"]
+        control.start(ctx.engine, ctx.broker, job)
+        r = http.post(f"/api/jobs/{job}/pause")
+        assert r.status_code == 200 and r.json()["status"] == "paused"
+        r = http.post(f"/api/jobs/{job}/pause")
+        assert r.status_code == 409 and r.json()["detail"] == (
+            f"job {job} is paused; cannot make it paused (only from running)")
+        r = http.post(f"/api/jobs/{job}/retry")
+        assert r.status_code == 409 and "resume" in r.json()["detail"]
+        r = http.post(f"/api/jobs/{job}/resume")
+        assert r.status_code == 200 and r.json()["status"] == "running"
+        r = http.post(f"/api/jobs/{job}/cancel")
+        assert r.status_code == 200 and r.json()["status"] == "cancelled" and r.json()["changed"] > 0
+        for action in ("resume", "pause", "cancel", "retry"):
+            r = http.post(f"/api/jobs/{job}/{action}")
+            assert r.status_code == 409, (action, r.text)
+    p = progress(ctx.engine, job)
+    assert p.status == "cancelled" and p.counts.get("cancelled", 0) > 0
+    assert http.post("/api/jobs/424242/pause").status_code == 404
+
+
+def test_the_token_is_needed_and_secrets_never_appear(database_url, tmp_path, api):
+    key = Fernet.generate_key().decode()
+    secret_app = {"vendor": "netease", "app_key": "k" * 32, "app_secret": "SECRET-never-shown-9876"}
+    ctx = context(database_url, token_key=key, chunk_size=50,
+                  apps={"new": NEW, "tok": {"vendor": "netease", "sandbox": True}, "real": secret_app})
+    ids = tmp_path / "ids.txt"
+    ids.write_text("".join(f"user_{i:06d}\n" for i in range(20)))
+    reg = plan(ctx, tmp_path / "u.csv", 20)
+    ctx.runtime  # noqa: B018
+    with in_process_workers(ctx.broker):
+        control.start(ctx.engine, ctx.broker, reg)
+        wait_until_done(ctx, reg, 30)
+        job = kinds.plan_token_refresh(ctx.engine, ctx.target("new"), ids, chunk_size=50).report.job_id
+        control.start(ctx.engine, ctx.broker, job)
+        assert wait_until_done(ctx, job, 30).counts == {"ok": 20}
+    http = api(ctx)
+    anonymous = api(ctx, host="203.0.113.9")
+    responses = []
+    for path in ("/api/jobs", f"/api/jobs/{job}", f"/api/jobs/{job}/items",
+                 f"/api/jobs/{job}/items/user_000003", "/openapi.json", "/metrics", "/"):
+        r = http.get(path)
+        assert r.status_code == 200, (path, r.text)
+        responses.append(r.text)
+        bare = http.get(path, headers={"Authorization": ""})
+        wrong = http.get(path, headers={"Authorization": "Bearer not-it"})
+        if path == "/":
+            assert "IMSHIFT_API_TOKEN" in bare.text and 'name="token"' in bare.text  # the login form
+        elif path in ("/openapi.json", "/metrics"):  # open on loopback only
+            assert bare.status_code == 200
+            assert anonymous.get(path, headers={"Authorization": ""}).status_code == 401
+            assert anonymous.get(path).status_code == 200
+        else:
+            assert bare.status_code == 401 and wrong.status_code == 401, path
+            assert "IMSHIFT_API_TOKEN" in bare.json()["detail"]
+    for r in (http.post(f"/api/jobs/{job}/pause", headers={"Authorization": ""}),):
+        assert r.status_code == 401
+    # The page's login puts the token in an HttpOnly cookie, which the API takes.
+    r = http.get("/", params={"token": TOKEN}, headers={"Authorization": ""})
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert http.get("/", params={"token": "wrong"}, headers={"Authorization": ""}).status_code == 401
+    jar = {"Authorization": "", "Cookie": f"imshift_token={TOKEN}"}
+    assert http.get(f"/api/jobs/{job}", headers=jar).status_code == 200
+    r = http.post("/login", content=f"token={TOKEN}",
+                  headers={"Authorization": "", "Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 303 and "imshift_token=" in r.headers["set-cookie"]
+    # Tokens appear only in the exports, and only with the key set.
+    export = http.get(f"/api/jobs/{job}/results", params={"format": "csv"})
+    rows = list(csv.DictReader(io.StringIO(export.text)))
+    assert len(rows) == 20 and all(row["token"] for row in rows)
+    tokens = [row["token"] for row in rows]
+    lines = http.get(f"/api/jobs/{job}/results", params={"format": "jsonl"}).text.splitlines()
+    assert [json.loads(line)["token"] for line in lines] == tokens
+    everything = " ".join(responses)
+    for secret in tokens + [key, secret_app["app_secret"], TOKEN]:
+        assert secret not in everything
+    keyless = api(context(database_url, apps={"new": NEW}))
+    r = keyless.get(f"/api/jobs/{job}/results", params={"format": "csv"})
+    assert "IMSHIFT_TOKEN_KEY is not set" in r.headers["x-imshift-warning"]
+    assert not any(row["token"] for row in csv.DictReader(io.StringIO(r.text)))
+    other = api(context(database_url, token_key=Fernet.generate_key().decode(), apps={"new": NEW}))
+    r = other.get(f"/api/jobs/{job}/results", params={"format": "csv"})
+    assert r.status_code == 409 and "another key" in r.json()["detail"]
+
+
+def test_csv_cells_are_defused_and_data_passes_through(tmp_path, api):
+    ctx = context(f"sqlite:///{tmp_path}/x.db", apps={"new": NEW})
+    job = plan(ctx, tmp_path / "u.csv", 3, bad_rows={1: {"user_id": "=cmd|' /C calc'!A0"}})
+    http = api(ctx)
+    rows = list(csv.DictReader(io.StringIO(http.get(f"/api/jobs/{job}/results").text)))
+    assert rows[1]["id"] == "'=cmd|' /C calc'!A0"
+    lines = http.get(f"/api/jobs/{job}/results?format=jsonl&outcome=rejected").text.splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ["=cmd|' /C calc'!A0"]
+
+
+def test_serve_without_a_token_stays_on_loopback(monkeypatch, tmp_path):
+    monkeypatch.delenv("IMSHIFT_API_TOKEN", raising=False)
+    monkeypatch.setenv("IMSHIFT_DATABASE_URL", f"sqlite:///{tmp_path}/x.db")
+    monkeypatch.setenv("IMSHIFT_CONFIG", "/nonexistent/imshift.toml")
+    result = CliRunner().invoke(cli, ["serve", "--host", "0.0.0.0"])
+    assert result.exit_code == 2
+    assert "IMSHIFT_API_TOKEN is not set, so the server listens on loopback only" in result.output
+
+
+# -- schemathesis over /openapi.json -----------------------------------------------------------
+
+@pytest.fixture
+def fuzzed_app(database_url, tmp_path):
+    ctx = context(database_url, chunk_size=20, apps={"new": NEW})
+    job = plan(ctx, tmp_path / "u.csv", 60, bad_rows={2: {"user_id": "bad id"}})
+    ctx.runtime  # noqa: B018
+    with in_process_workers(ctx.broker):
+        control.start(ctx.engine, ctx.broker, job)
+        wait_until_done(ctx, job, 30)
+    plan(ctx, tmp_path / "v.csv", 30)  # one left planning, one finished
+    return schemathesis.openapi.from_asgi("/openapi.json", create_app(ctx, TOKEN))
+
+
+def test_no_generated_request_gets_a_500_or_breaks_the_schema(fuzzed_app):
+    checks = [not_a_server_error, response_schema_conformance, status_code_conformance,
+              content_type_conformance]
+    operations = [result.ok() for result in fuzzed_app.get_all_operations()]
+    assert len(operations) >= 9
+    statuses = []
+    for operation, mode in itertools.product(operations, GenerationMode):
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(max_examples=10, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def call(case):
+            statuses.append(case.call_and_validate(headers=AUTH, checks=checks).status_code)
+
+        call()
+    assert len(statuses) >= 10 * len(operations) and {200, 404, 422} <= set(statuses), set(statuses)
+
+
+# -- memory of a streamed export ---------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_100k_item_export_streams_in_bounded_memory(tmp_path):
+    url = f"sqlite:///{tmp_path}/big.db"
+    ctx = context(url, apps={"new": NEW})
+    job = plan(ctx, tmp_path / "u.csv", 100_000)
+    port = _free_port()
+    env = {**os.environ, "IMSHIFT_DATABASE_URL": url, "IMSHIFT_API_TOKEN": TOKEN,
+           "IMSHIFT_CONFIG": str(tmp_path / "none.toml"), "IMSHIFT_APPS__NEW__VENDOR": "netease",
+           "IMSHIFT_APPS__NEW__SANDBOX": "true"}
+    env.pop("REDIS_URL", None)
+    server = subprocess.Popen([sys.executable, "-m", "imshift.cli", "serve", "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=1)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "the server did not answer in 30 s"
+                time.sleep(0.2)
+        lines = 0
+        with httpx.stream("GET", f"http://127.0.0.1:{port}/api/jobs/{job}/results?format=jsonl",
+                          headers=AUTH, timeout=60) as r:
+            assert r.status_code == 200
+            for _ in r.iter_lines():
+                lines += 1
+        with open(f"/proc/{server.pid}/status") as f:
+            peak_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+        print(f"peak RSS of the server over a 100,000-item export: {peak_kb / 1024:.0f} MB")
+        assert lines == 100_000
+        assert peak_kb < 150 * 1024
+    finally:
+        server.terminate()
+        server.wait(10)
