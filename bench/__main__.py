@@ -10,6 +10,7 @@ BENCHMARKS = {
     "plan": "planning a 100k and a 1M row CSV: rows/s and peak memory, SQLite and PostgreSQL",
     "query": "progress and failed-items queries on a 1M item job: p50/p99",
     "send": "a mass send to 100k recipients through a batch endpoint",
+    "api": "the HTTP API's progress and failures requests on a 1M item job: p50/p99",
 }
 
 
