@@ -26,7 +26,7 @@ services = compose["services"]
 
 
 def test_services_reach_each_other_by_name():
-    for name in ("worker", "cli"):
+    for name in ("worker", "cli", "api"):
         env = services[name]["environment"]
         assert make_url(env["REDIS_URL"]).host == "redis"
         db = make_url(env["DATABASE_URL"])
@@ -46,7 +46,7 @@ def test_the_image_holds_every_package_the_project_installs():
     assert folders <= copied
 
 
-@pytest.mark.parametrize("service", ["worker", "sandbox"])
+@pytest.mark.parametrize("service", ["worker", "sandbox", "api"])
 def test_service_commands_are_imshift_commands(service):
     command = services[service]["command"]
     result = CliRunner().invoke(app, [command[0], "--help"])
@@ -119,3 +119,11 @@ def test_the_compose_settings_pass_the_checks_commands_make():
     ctx.check()  # a shared database, a well-formed key
     for name in settings.apps:
         ctx.config(name)  # every example app's fields fit its vendor
+
+
+def test_the_api_needs_its_token_and_listens_on_loopback_only():
+    api = services["api"]
+    assert api["environment"]["IMSHIFT_API_TOKEN"].startswith("${IMSHIFT_API_TOKEN:?")
+    assert api["environment"]["IMSHIFT_TOKEN_KEY"] == services["worker"]["environment"]["IMSHIFT_TOKEN_KEY"]
+    assert all(port.startswith("127.0.0.1:") for port in api["ports"])
+
