@@ -264,13 +264,19 @@ def tokens_refresh(
 def send(
     app: Annotated[str, typer.Option("--vendor", "--app", help="The app to send through.")],
     sender: Annotated[str, typer.Option(help="The sending user's id at that vendor.")],
-    to: Annotated[Path, typer.Option(help="Recipients: .csv with a user_id column, or .txt.")],
+    to: Annotated[Optional[Path], typer.Option(help="Recipients: .csv with a user_id column, "
+                                               "or .txt.")] = None,
+    to_groups: Annotated[Optional[Path], typer.Option(help="Groups: .csv with a group_id "
+                                                      "column, or .txt.")] = None,
     text: Annotated[Optional[str], typer.Option(help="Text of the message.")] = None,
     content: Annotated[Optional[str], typer.Option(help="A custom message as a JSON object.")] = None,
     dry_run: DryRun = False,
     detach: Detach = False,
 ) -> None:
-    """Send one-to-one messages from SENDER to every recipient, in the vendor's batches."""
+    """Send one-to-one messages from SENDER to every recipient (--to), or a
+    message in every group (--to-groups), in the vendor's batches."""
+    if (to is None) == (to_groups is None):
+        fail("give exactly one of --to (recipients) or --to-groups (groups)")
     if (text is None) == (content is None):
         fail("give exactly one of --text or --content")
     if content is not None:
@@ -287,10 +293,52 @@ def send(
     tgt = _target(ctx, app)
     if not dry_run:
         _check_broker(ctx)
+    if to_groups is not None:
+        planned = _plan(ctx, lambda progress: kinds.plan_group_send(
+            ctx.engine, tgt, to_groups, sender=sender, message=message,
+            chunk_size=ctx.settings.chunk_size, progress=progress))
+        _launch(ctx, planned, Operation.SEND_GROUP, app, dry_run, detach)
+        return
     planned = _plan(ctx, lambda progress: kinds.plan_send(
         ctx.engine, tgt, to, sender=sender, message=message, chunk_size=ctx.settings.chunk_size,
         progress=progress))
     _launch(ctx, planned, Operation.SEND, app, dry_run, detach)
+
+
+def _message(text: Optional[str], content: Optional[str]) -> Message:
+    """--text or --content (a JSON object) as a Message; exactly one."""
+    if (text is None) == (content is None):
+        fail("give exactly one of --text or --content")
+    if text is not None:
+        return Message(text=text)
+    try:
+        custom = json.loads(content)
+    except ValueError as exc:
+        fail(f"--content is not JSON: {exc}")
+    if not isinstance(custom, dict):
+        fail("--content must be a JSON object")
+    return Message(custom=custom)
+
+
+def broadcast(
+    app: Annotated[str, typer.Option("--vendor", "--app", help="The app to broadcast through.")],
+    sender: Annotated[str, typer.Option(help="The sending user's id, where the vendor "
+                                        "names one (RongCloud, NetEase).")] = "",
+    text: Annotated[Optional[str], typer.Option(help="Text of the message.")] = None,
+    content: Annotated[Optional[str], typer.Option(help="A custom message as a JSON object.")] = None,
+    dry_run: DryRun = False,
+    detach: Detach = False,
+) -> None:
+    """Send one message to every user of the app with the vendor's broadcast:
+    one vendor call, one result. A vendor without a broadcast is refused."""
+    message = _message(text, content)
+    ctx = _context()
+    tgt = _target(ctx, app)
+    if not dry_run:
+        _check_broker(ctx)
+    planned = _plan(ctx, lambda progress: kinds.plan_broadcast(
+        ctx.engine, tgt, sender=sender, message=message, chunk_size=ctx.settings.chunk_size))
+    _launch(ctx, planned, Operation.BROADCAST, app, dry_run, detach)
 
 
 def start(job: int, detach: Detach = False) -> None:
@@ -493,5 +541,5 @@ def resume(job: int, detach: Detach = False) -> None:
 def register(app: typer.Typer) -> None:
     app.add_typer(migrate_app, name="migrate")
     app.add_typer(tokens_app, name="tokens")
-    for command in (send, start, status, results, retry, cancel, pause, resume):
+    for command in (send, broadcast, start, status, results, retry, cancel, pause, resume):
         app.command()(command)
