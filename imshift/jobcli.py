@@ -569,7 +569,7 @@ def _seconds(text: str) -> float:
 def _scheduled(args: list[str]) -> tuple[str, str, dict]:
     """The command after `--` parsed by its own options, as (command, app,
     params): the same checks as typing it, nothing run."""
-    import click
+    from typer.exceptions import TyperException
 
     from imshift.vendors.operations import encode_message
 
@@ -580,9 +580,9 @@ def _scheduled(args: list[str]) -> tuple[str, str, dict]:
     one.command()(commands[args[0]])
     try:
         parsed = typer.main.get_command(one).make_context(args[0], list(args[1:])).params
-    except click.exceptions.Exit:
+    except typer.Exit:
         raise typer.Exit(0)  # --help
-    except click.ClickException as exc:
+    except TyperException as exc:  # a usage error: one line, not the help panel
         fail(f"{args[0]}: {exc.format_message()}")
     if parsed.get("dry_run") or parsed.get("detach"):
         fail("--dry-run and --detach do not go with a schedule")
