@@ -47,7 +47,7 @@ jobs = Job.__table__
 CATCH_UP = 900.0  # seconds: the default catch-up window
 COMMANDS = {"send": Operation.SEND, "send_group": Operation.SEND_GROUP,
             "broadcast": Operation.BROADCAST}
-ORPHAN_AFTER = 600.0  # a scheduler's planned job with no fire after this long is litter
+ORPHAN_AFTER = 3600.0  # a planned job with no fire this old is a killed scheduler's (planning is minutes)
 ACTIVE = ScheduleStatus.ACTIVE.value
 _SECOND = timedelta(seconds=1)
 
