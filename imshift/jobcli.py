@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from imshift import logs
-from imshift.jobs import control, kinds
+from imshift.jobs import control, kinds, schedules
 from imshift.jobs.exports import csv_record
 from imshift.jobs.inputs import InputError
 from imshift.jobs.plan import PlanReport
@@ -264,13 +264,19 @@ def tokens_refresh(
 def send(
     app: Annotated[str, typer.Option("--vendor", "--app", help="The app to send through.")],
     sender: Annotated[str, typer.Option(help="The sending user's id at that vendor.")],
-    to: Annotated[Path, typer.Option(help="Recipients: .csv with a user_id column, or .txt.")],
+    to: Annotated[Optional[Path], typer.Option(help="Recipients: .csv with a user_id column, "
+                                               "or .txt.")] = None,
+    to_groups: Annotated[Optional[Path], typer.Option(help="Groups: .csv with a group_id "
+                                                      "column, or .txt.")] = None,
     text: Annotated[Optional[str], typer.Option(help="Text of the message.")] = None,
     content: Annotated[Optional[str], typer.Option(help="A custom message as a JSON object.")] = None,
     dry_run: DryRun = False,
     detach: Detach = False,
 ) -> None:
-    """Send one-to-one messages from SENDER to every recipient, in the vendor's batches."""
+    """Send one-to-one messages from SENDER to every recipient (--to), or a
+    message in every group (--to-groups), in the vendor's batches."""
+    if (to is None) == (to_groups is None):
+        fail("give exactly one of --to (recipients) or --to-groups (groups)")
     if (text is None) == (content is None):
         fail("give exactly one of --text or --content")
     if content is not None:
@@ -287,10 +293,52 @@ def send(
     tgt = _target(ctx, app)
     if not dry_run:
         _check_broker(ctx)
+    if to_groups is not None:
+        planned = _plan(ctx, lambda progress: kinds.plan_group_send(
+            ctx.engine, tgt, to_groups, sender=sender, message=message,
+            chunk_size=ctx.settings.chunk_size, progress=progress))
+        _launch(ctx, planned, Operation.SEND_GROUP, app, dry_run, detach)
+        return
     planned = _plan(ctx, lambda progress: kinds.plan_send(
         ctx.engine, tgt, to, sender=sender, message=message, chunk_size=ctx.settings.chunk_size,
         progress=progress))
     _launch(ctx, planned, Operation.SEND, app, dry_run, detach)
+
+
+def _message(text: Optional[str], content: Optional[str]) -> Message:
+    """--text or --content (a JSON object) as a Message; exactly one."""
+    if (text is None) == (content is None):
+        fail("give exactly one of --text or --content")
+    if text is not None:
+        return Message(text=text)
+    try:
+        custom = json.loads(content)
+    except ValueError as exc:
+        fail(f"--content is not JSON: {exc}")
+    if not isinstance(custom, dict):
+        fail("--content must be a JSON object")
+    return Message(custom=custom)
+
+
+def broadcast(
+    app: Annotated[str, typer.Option("--vendor", "--app", help="The app to broadcast through.")],
+    sender: Annotated[str, typer.Option(help="The sending user's id, where the vendor "
+                                        "names one (RongCloud, NetEase).")] = "",
+    text: Annotated[Optional[str], typer.Option(help="Text of the message.")] = None,
+    content: Annotated[Optional[str], typer.Option(help="A custom message as a JSON object.")] = None,
+    dry_run: DryRun = False,
+    detach: Detach = False,
+) -> None:
+    """Send one message to every user of the app with the vendor's broadcast:
+    one vendor call, one result. A vendor without a broadcast is refused."""
+    message = _message(text, content)
+    ctx = _context()
+    tgt = _target(ctx, app)
+    if not dry_run:
+        _check_broker(ctx)
+    planned = _plan(ctx, lambda progress: kinds.plan_broadcast(
+        ctx.engine, tgt, sender=sender, message=message, chunk_size=ctx.settings.chunk_size))
+    _launch(ctx, planned, Operation.BROADCAST, app, dry_run, detach)
 
 
 def start(job: int, detach: Detach = False) -> None:
@@ -493,5 +541,235 @@ def resume(job: int, detach: Detach = False) -> None:
 def register(app: typer.Typer) -> None:
     app.add_typer(migrate_app, name="migrate")
     app.add_typer(tokens_app, name="tokens")
-    for command in (send, start, status, results, retry, cancel, pause, resume):
+    app.add_typer(schedule_app, name="schedule")
+    for command in (send, broadcast, start, status, results, retry, cancel, pause, resume,
+                    scheduler):
         app.command()(command)
+
+
+# -- schedules ----------------------------------------------------------------------------------
+
+schedule_app = typer.Typer(help="Sends and broadcasts at a set time or on a cron schedule; "
+                                "`imshift scheduler` fires them.", no_args_is_help=True)
+
+
+def _seconds(text: str) -> float:
+    """A duration: 900, 90s, 15m, 2h."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1)
+    try:
+        value = float(number) * unit
+    except ValueError:
+        fail(f"--catch-up {text!r} is not a duration such as 900, 90s, 15m or 2h")
+    if value < 0:
+        fail("--catch-up must be 0 or more")
+    return value
+
+
+def _scheduled(args: list[str]) -> tuple[str, str, dict]:
+    """The command after `--` parsed by its own options, as (command, app,
+    params): the same checks as typing it, nothing run."""
+    from typer.exceptions import TyperException
+
+    from imshift.vendors.operations import encode_message
+
+    commands = {"send": send, "broadcast": broadcast}
+    if not args or args[0] not in commands:
+        fail("after `--` give the command to schedule: `send ...` or `broadcast ...`")
+    one = typer.Typer()
+    one.command()(commands[args[0]])
+    try:
+        parsed = typer.main.get_command(one).make_context(args[0], list(args[1:])).params
+    except typer.Exit:
+        raise typer.Exit(0)  # --help
+    except TyperException as exc:  # a usage error: one line, not the help panel
+        fail(f"{args[0]}: {exc.format_message()}")
+    if parsed.get("dry_run") or parsed.get("detach"):
+        fail("--dry-run and --detach do not go with a schedule")
+    message = encode_message(_message(parsed["text"], parsed["content"]))
+    if args[0] == "broadcast":
+        return "broadcast", parsed["app"], {"sender": parsed["sender"], "message": message}
+    if (parsed["to"] is None) == (parsed["to_groups"] is None):
+        fail("give exactly one of --to (recipients) or --to-groups (groups)")
+    if parsed["to_groups"] is not None:
+        return "send_group", parsed["app"], {"sender": parsed["sender"], "message": message,
+                                             "to_groups": str(parsed["to_groups"])}
+    return "send", parsed["app"], {"sender": parsed["sender"], "message": message,
+                                   "to": str(parsed["to"])}
+
+
+def _when(row) -> str:
+    return (f"at {schedules.local(row.at, row.tz)}" if row.at is not None
+            else f"cron {row.cron!r} in {row.tz}")
+
+
+@schedule_app.command("add", context_settings={"allow_extra_args": True,
+                                               "ignore_unknown_options": True})
+def schedule_add(
+    context: typer.Context,
+    at: Annotated[Optional[str], typer.Option(help="An ISO 8601 local time, e.g. "
+                                              "'2026-12-24 09:00', read in --tz.")] = None,
+    cron: Annotated[Optional[str], typer.Option(help="Five cron fields (six: seconds first), "
+                                                "e.g. '0 9 * * MON', read in --tz.")] = None,
+    tz: Annotated[str, typer.Option(help="The zone of --at and --cron (IANA name).")] = "UTC",
+    catch_up: Annotated[str, typer.Option(help="A fire this late (no scheduler ran) still "
+                                          "fires once; later ones are recorded missed.")] = "15m",
+) -> None:
+    """Schedule a send or broadcast: `imshift schedule add --at TIME --tz ZONE -- send ...`.
+
+    The recipient file is checked now and read when the schedule fires."""
+    command, app, params = _scheduled(list(context.args))
+    window = _seconds(catch_up)
+    ctx = _context()
+    tgt = _target(ctx, app)
+    try:
+        when = schedules.parse_at(at, tz) if at is not None else None
+        schedule_id = schedules.add(ctx.engine, tgt, command=command, params=params, at=when,
+                                    cron=cron, tz=tz, catch_up=window)
+    except schedules.ScheduleError as exc:
+        fail(f"{exc}. Nothing was scheduled.")
+    row = schedules.get(ctx.engine, schedule_id)
+    console.print(f"schedule [bold]{schedule_id}[/bold]: {command} on {app}, {_when(row)}; "
+                  f"next fire {schedules.local(row.next_at, row.tz)}. `imshift scheduler` fires it.",
+                  highlight=False)
+
+
+def _schedule(ctx: Context, schedule_id: int):
+    try:
+        return schedules.get(ctx.engine, schedule_id)
+    except schedules.ScheduleError as exc:
+        fail(str(exc))
+
+
+@schedule_app.command("list")
+def schedule_list(
+    all_: Annotated[bool, typer.Option("--all", help="Removed schedules too.")] = False,
+) -> None:
+    """The schedules, with their next fire."""
+    ctx = _context()
+    table = Table(title="schedules")
+    for column in ("id", "command", "app", "when", "status", "next fire"):
+        table.add_column(column)
+    for row in schedules.listed(ctx.engine, include_removed=all_):
+        table.add_row(str(row.id), row.command, row.app, _when(row), row.status,
+                      schedules.local(row.next_at, row.tz))
+    console.print(table)
+
+
+@schedule_app.command("show")
+def schedule_show(schedule_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+    """One schedule: what it sends, when, and its last fires."""
+    ctx = _context()
+    row = _schedule(ctx, schedule_id)
+    p = row.params
+    to = p.get("to") or p.get("to_groups")
+    console.print(f"schedule {row.id}: {row.command} on {row.app}, {_when(row)}, {row.status}",
+                  highlight=False)
+    console.print(f"  sender {p.get('sender') or '-'}" + (f", recipients from {to}" if to else "")
+                  + f"; message {json.dumps(p['message'], ensure_ascii=False)}", highlight=False)
+    console.print(f"  next fire {schedules.local(row.next_at, row.tz)}; catch-up "
+                  f"{row.catch_up:g} s; `imshift schedule history {row.id}` lists its fires",
+                  highlight=False)
+
+
+@schedule_app.command("history")
+def schedule_history(schedule_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+    """Each fire of a schedule: when it was due, what happened, its job's counts."""
+    ctx = _context()
+    row = _schedule(ctx, schedule_id)
+    table = Table(title=f"fires of schedule {schedule_id}")
+    for column in ("due", "fire", "job", "job status", "counts", "note"):
+        table.add_column(column)
+    for fire in schedules.history(ctx.engine, schedule_id):
+        p = progress(ctx.engine, fire.job_id) if fire.job_id else None
+        table.add_row(schedules.local(fire.fire_at, row.tz), fire.state,
+                      str(fire.job_id or ""), fire.job_status or "", counts_text(p) if p else "",
+                      fire.note or "")
+    console.print(table)
+
+
+def _schedule_change(schedule_id: int, change, done: str) -> None:
+    ctx = _context()
+    try:
+        change(ctx.engine, schedule_id)
+    except schedules.ScheduleError as exc:
+        fail(str(exc))
+    row = schedules.get(ctx.engine, schedule_id)
+    console.print(f"schedule {schedule_id} {done}; next fire "
+                  f"{schedules.local(row.next_at, row.tz)}", highlight=False)
+
+
+@schedule_app.command("pause")
+def schedule_pause(schedule_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+    """No fires until resumed (a fire's job already running runs on: `imshift cancel JOB`)."""
+    _schedule_change(schedule_id, schedules.pause, "paused")
+
+
+@schedule_app.command("resume")
+def schedule_resume(schedule_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+    """Fire again from now on (fires due while paused are not made up)."""
+    _schedule_change(schedule_id, schedules.resume, "resumed")
+
+
+@schedule_app.command("remove")
+def schedule_remove(schedule_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+    """No more fires; its history is kept."""
+    _schedule_change(schedule_id, schedules.remove, "removed")
+
+
+def scheduler(
+    poll: Annotated[float, typer.Option(min=0.05, help="Seconds between looks for due schedules.")] = 1.0,
+) -> None:
+    """Fire due schedules, each exactly once however many schedulers run.
+    Without Redis it also runs the fired jobs in this process."""
+    import contextlib
+
+    import dramatiq
+    import redis
+    from sqlalchemy.exc import DBAPIError
+
+    from imshift.workers.embedded import in_process_workers
+    from imshift.workers.sweeper import sweep
+
+    ctx = _context()
+    _check_broker(ctx)
+    firing = schedules.Firing(ctx.engine, ctx.target,
+                              lambda job_id: control.start(ctx.engine, ctx.broker, job_id),
+                              ctx.settings.chunk_size)
+    where = "this process runs their jobs" if ctx.embedded else "workers run their jobs"
+    console.print(f"scheduler: looking for due schedules every {poll:g} s; {where}. Ctrl-C stops.")
+    last_orphans = last_sweep = 0.0
+    ctx.runtime  # noqa: B018  (configures the workers before they start)
+    with in_process_workers(ctx.broker) if ctx.embedded else contextlib.nullcontext():
+        try:
+            while True:
+                try:
+                    for fired in schedules.fire_due(firing):
+                        _print_fired(ctx, fired)
+                    now = time.monotonic()
+                    if now - last_orphans > 60:
+                        schedules.sweep_orphans(ctx.engine)
+                        last_orphans = now
+                    # The embedded mode has no worker to re-send stale chunks,
+                    # or to take over a killed scheduler's job: this does.
+                    if ctx.embedded and now - last_sweep > ctx.settings.stale_after / 4:
+                        sweep(ctx.runtime)
+                        last_sweep = now
+                except (DBAPIError, redis.RedisError, dramatiq.errors.DramatiqError) as exc:
+                    reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
+                    err.print(f"scheduler: {type(exc).__name__}: {reason}; trying again in "
+                              f"{poll:g} s (fired jobs not yet started are started then)",
+                              highlight=False)
+                time.sleep(poll)
+        except KeyboardInterrupt:
+            console.print("scheduler stopped")
+
+
+def _print_fired(ctx: Context, fired) -> None:
+    if fired.state == "elsewhere":
+        return
+    row = schedules.get(ctx.engine, fired.schedule_id)
+    what = {"fired": f"fired as job {fired.job_id}", "missed": "missed (see its history)",
+            "failed": f"failed: {fired.note}"}[fired.state]
+    console.print(f"schedule {fired.schedule_id} due {schedules.local(fired.fire_at, row.tz)}: "
+                  f"{what}", highlight=False)

@@ -1,6 +1,6 @@
 """The kinds of job a user asks for, from input rows to planned items:
-user migration (register with profile), token refresh, mass send. Each is
-one producer; how its items are run is the operation table's
+user migration (register with profile), token refresh, mass send, group
+send and app-wide broadcast. Each is one producer; how its items are run is the operation table's
 (imshift.vendors.operations)."""
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def id_specs(rows: Iterator[Row]) -> Iterator[Spec]:
 
 def _start_plan(engine: Engine, kind: str, operation: Operation, target: Target,
                 params: dict[str, Any], specs: Iterator[Spec], source_app: str | None = None,
-                progress=None) -> PlanReport:
+                progress=None, user_ids: bool = True) -> PlanReport:
     target.require(operation)
     # A chunk carries at least one full vendor batch, or batching is wasted.
     params["chunk_size"] = max(params["chunk_size"], target.batch_size(operation))
@@ -75,7 +75,7 @@ def _start_plan(engine: Engine, kind: str, operation: Operation, target: Target,
                         source_app=source_app, params=params)
     # Ids are told apart as the target tells them (NetEase: `Bob` is `bob`).
     return plan(engine, job_id, specs, progress,
-                id_key=target.rules.id_key if target.rules.id_form else None)
+                id_key=target.rules.id_key if target.rules.id_form and user_ids else None)
 
 
 def plan_user_migration(engine: Engine, target: Target, input_path: str | Path, *,
@@ -96,9 +96,46 @@ def plan_token_refresh(engine: Engine, target: Target, input_path: str | Path, *
 
 
 def plan_send(engine: Engine, target: Target, input_path: str | Path, *, sender: str,
-              message: Message, chunk_size: int, progress=None) -> Planned:
+              message: Message, chunk_size: int, progress=None,
+              extra: dict[str, Any] | None = None) -> Planned:
     report = _start_plan(engine, "send", Operation.SEND, target,
                          {"input": str(input_path), "sender": sender, "message": encode_message(message),
-                          "chunk_size": chunk_size},
+                          "chunk_size": chunk_size, **(extra or {})},
                          id_specs(read_rows(input_path)), progress=progress)
+    return Planned(report)
+
+
+GROUP_ID_COLUMNS = ("group_id", "groupid", "tid", "id", "group")
+
+
+def plan_group_send(engine: Engine, target: Target, input_path: str | Path, *, sender: str,
+                    message: Message, chunk_size: int, progress=None,
+                    extra: dict[str, Any] | None = None) -> Planned:
+    """A message from `sender` in each group of the input, in the vendor's
+    batches (RongCloud: 3 groups a call). Group ids are compared as written."""
+    rows = read_rows(input_path, key_columns=GROUP_ID_COLUMNS)
+    report = _start_plan(engine, "send_group", Operation.SEND_GROUP, target,
+                         {"input": str(input_path), "sender": sender, "message": encode_message(message),
+                          "chunk_size": chunk_size, **(extra or {})},
+                         _group_specs(rows), progress=progress, user_ids=False)
+    return Planned(report)
+
+
+def _group_specs(rows: Iterator[Row]) -> Iterator[Spec]:
+    for spec in id_specs(rows):
+        yield Spec(spec.row, spec.key, spec.payload,
+                   [p.replace("user_id", "group_id") for p in spec.problems])
+
+
+BROADCAST_KEY = "all"  # the one item of a broadcast: every user of the app
+
+
+def plan_broadcast(engine: Engine, target: Target, *, sender: str, message: Message,
+                   chunk_size: int, extra: dict[str, Any] | None = None) -> Planned:
+    """The vendor's app-wide broadcast: one item, one vendor call, one result.
+    A vendor without one is refused here, before a job exists."""
+    report = _start_plan(engine, "broadcast", Operation.BROADCAST, target,
+                         {"sender": sender, "message": encode_message(message),
+                          "chunk_size": chunk_size, **(extra or {})},
+                         iter([Spec(1, BROADCAST_KEY)]), user_ids=False)
     return Planned(report)

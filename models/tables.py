@@ -100,3 +100,50 @@ class JobCount(SQLModel, table=True):
     job_id: int = Field(foreign_key="jobs.id", primary_key=True)
     state: str = Field(primary_key=True)
     n: int = 0
+
+
+class ScheduleStatus(str, enum.Enum):
+    ACTIVE = "active"
+    PAUSED = "paused"  # no fires until resumed
+    DONE = "done"  # a one-off that fired (or was missed)
+    REMOVED = "removed"  # kept for its history
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Schedule(SQLModel, table=True):
+    """A send or broadcast to run at a time (`at`) or on a cron expression,
+    read in zone `tz`. `params` are the command's parameters (app, sender,
+    the message, the recipient file's path): never a secret."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (Index("ix_schedules_due", "status", "next_at"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    command: str  # "send", "send_group" or "broadcast"
+    app: str
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    at: Optional[float] = None  # a one-off's fire time (epoch seconds)
+    cron: Optional[str] = None
+    tz: str = "UTC"
+    catch_up: float = 900.0  # seconds: a fire later than this after its time is `missed`
+    status: str = Field(default=ScheduleStatus.ACTIVE.value)
+    next_at: Optional[float] = None  # the next fire time; None once nothing is left to fire
+    created_at: float = Field(default_factory=now)
+
+
+class ScheduleFire(SQLModel, table=True):
+    """One fire of a schedule, unique per (schedule, fire time): inserted in
+    the transaction that makes its job the fire's, so it happens once."""
+
+    __tablename__ = "schedule_fires"
+    __table_args__ = (UniqueConstraint("schedule_id", "fire_at", name="uq_fires_schedule_time"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    schedule_id: int = Field(foreign_key="schedules.id", index=True)
+    fire_at: float  # the time it was due (epoch seconds), not when it ran
+    state: str  # "fired", "missed" or "failed" (the job could not be made: the reason is in note)
+    job_id: Optional[int] = Field(default=None, foreign_key="jobs.id")
+    note: Optional[str] = None
+    created_at: float = Field(default_factory=now)

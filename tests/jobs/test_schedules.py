@@ -1,0 +1,219 @@
+"""Schedules with a fake clock: exactly once under racing schedulers,
+daylight-saving days, missed fires and the catch-up window, pause and
+resume, a recipient file gone at fire time, a fire whose start was lost;
+and what `add` refuses. On SQLite and PostgreSQL."""
+
+import threading
+
+import pytest
+from sqlalchemy import func, select
+
+from imshift.jobs import control, schedules
+from imshift.jobs.schedules import Firing, ScheduleError, local, parse_at
+from imshift.models.tables import Job
+from imshift.vendors.base import Message
+from imshift.vendors.operations import encode_message
+
+from helpers import context
+
+NY = "America/New_York"
+HELLO = {"sender": "", "message": encode_message(Message(text="hello"))}
+
+
+@pytest.fixture
+def ctx(database_url):
+    return context(database_url, apps={"ne": {"vendor": "netease", "sandbox": True},
+                                       "rc": {"vendor": "rongcloud", "sandbox": True}})
+
+
+def firing(ctx, started=None):
+    """Jobs are started for real; with no worker in this process, none runs."""
+    started = [] if started is None else started
+
+    def start(job_id):
+        control.start(ctx.engine, ctx.broker, job_id)
+        started.append(job_id)
+
+    return Firing(ctx.engine, ctx.target, start, 100)
+
+
+def job_count(ctx) -> int:
+    with ctx.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(Job)).scalar_one()
+
+
+def fires_of(ctx, schedule_id):
+    return [(local(f.fire_at, schedules.get(ctx.engine, schedule_id).tz), f.state)
+            for f in schedules.history(ctx.engine, schedule_id)]
+
+
+def run_clock(f, start: float, end: float, step: float):
+    t = start
+    while t <= end:
+        schedules.fire_due(f, t)
+        t += step
+
+
+def test_racing_schedulers_fire_a_schedule_once(ctx):
+    at = parse_at("2026-12-24 09:00", "Asia/Shanghai")
+    sid = schedules.add(ctx.engine, ctx.target("ne"), command="broadcast", params=HELLO, at=at,
+                        tz="Asia/Shanghai", now=at - 60)
+    started, barrier = [], threading.Barrier(4)
+
+    def scheduler():
+        barrier.wait()
+        schedules.fire_due(firing(ctx, started), at + 1)
+
+    threads = [threading.Thread(target=scheduler) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert fires_of(ctx, sid) == [("2026-12-24 09:00:00+08:00", "fired")]
+    [fire] = schedules.history(ctx.engine, sid)
+    assert started == [fire.job_id]
+    assert job_count(ctx) == 1  # the losers' jobs were discarded
+    assert schedules.get(ctx.engine, sid).status == "done"
+
+
+def test_spring_forward_fires_once_when_the_clocks_skip_the_time(ctx):
+    start = parse_at("2026-03-07 12:00", NY)
+    sid = schedules.add(ctx.engine, ctx.target("ne"), command="broadcast", params=HELLO,
+                        cron="30 2 * * *", tz=NY, now=start)
+    run_clock(firing(ctx), start, start + 2 * 86400, 600)
+    assert fires_of(ctx, sid) == [("2026-03-08 03:30:00-04:00", "fired"),
+                                  ("2026-03-09 02:30:00-04:00", "fired")]
+
+
+def test_the_autumn_repeat_hour_does_not_fire_twice(ctx):
+    start = parse_at("2026-10-31 12:00", NY)
+    sid = schedules.add(ctx.engine, ctx.target("ne"), command="broadcast", params=HELLO,
+                        cron="30 1 * * *", tz=NY, now=start)
+    run_clock(firing(ctx), start, start + 2 * 86400, 600)
+    assert fires_of(ctx, sid) == [("2026-11-01 01:30:00-04:00", "fired"),
+                                  ("2026-11-02 01:30:00-05:00", "fired")]
+    assert job_count(ctx) == 2
+
+
+def test_a_fire_inside_the_catch_up_window_fires_once_and_an_older_one_is_missed(ctx):
+    at = parse_at("2026-06-01 09:00", "UTC")
+    soon = schedules.add(ctx.engine, ctx.target("ne"), command="broadcast", params=HELLO, at=at,
+                         now=at - 60)
+    late = schedules.add(ctx.engine, ctx.target("ne"), command="broadcast", params=HELLO, at=at,
+                         catch_up=300, now=at - 60)
+    f = firing(ctx)
+    schedules.fire_due(f, at + 600)  # the scheduler starts 10 minutes late
+    schedules.fire_due(f, at + 700)
+    assert fires_of(ctx, soon) == [("2026-06-01 09:00:00+00:00", "fired")]
+    assert fires_of(ctx, late) == [("2026-06-01 09:00:00+00:00", "missed")]
+    assert job_count(ctx) == 1
+    [missed] = schedules.history(ctx.engine, late)
+    assert "catch-up window (300 s; it was 600 s late)" in missed.note
+
+
+def test_a_recurring_schedule_after_downtime_fires_the_latest_once_never_a_pile(ctx):
+    start = parse_at("2026-06-01 09:00", "UTC")
+    sid = schedules.add(ctx.engine, ctx.target("ne"), command="broadcast", params=HELLO,
+                        cron="*/5 * * * *", now=start - 1)
+    f = firing(ctx)
+    schedules.fire_due(f, start + 1)
+    schedules.fire_due(f, start + 3600 + 120)  # down for an hour; 10:00 is 2 minutes old
+    schedules.fire_due(f, start + 3600 + 130)
+    assert fires_of(ctx, sid) == [("2026-06-01 09:00:00+00:00", "fired"),
+                                  ("2026-06-01 09:05:00+00:00", "missed"),
+                                  ("2026-06-01 10:00:00+00:00", "fired")]
+    assert job_count(ctx) == 2
+    assert local(schedules.get(ctx.engine, sid).next_at, "UTC") == "2026-06-01 10:05:00+00:00"
+    schedules.fire_due(f, start + 86400 + 60)  # down for a day: one record, one fire
+    assert fires_of(ctx, sid)[3:] == [("2026-06-01 10:05:00+00:00", "missed"),
+                                      ("2026-06-02 09:00:00+00:00", "fired")]
+    assert job_count(ctx) == 3
+    hourly = schedules.add(ctx.engine, ctx.target("ne"), command="broadcast", params=HELLO,
+                           cron="0 * * * *", catch_up=60, now=start - 1)
+    schedules.fire_due(f, start + 3 * 3600 + 120)  # 12:00 is 2 minutes old: beyond 60 s
+    assert fires_of(ctx, hourly) == [("2026-06-01 09:00:00+00:00", "missed"),
+                                     ("2026-06-01 12:00:00+00:00", "missed")]
+    assert job_count(ctx) == 3
+
+
+def test_pause_holds_fires_and_resume_does_not_make_them_up(ctx):
+    start = parse_at("2026-06-01 09:00", "UTC")
+    sid = schedules.add(ctx.engine, ctx.target("ne"), command="broadcast", params=HELLO,
+                        cron="0 * * * *", now=start - 1)
+    f = firing(ctx)
+    schedules.pause(ctx.engine, sid)
+    schedules.fire_due(f, start + 1)
+    assert fires_of(ctx, sid) == []
+    with pytest.raises(ScheduleError, match="is paused; cannot make it paused"):
+        schedules.pause(ctx.engine, sid)
+    schedules.resume(ctx.engine, sid, now=start + 7200 + 5)
+    schedules.fire_due(f, start + 7200 + 6)
+    assert fires_of(ctx, sid) == []
+    schedules.fire_due(f, start + 3 * 3600)
+    assert fires_of(ctx, sid) == [("2026-06-01 12:00:00+00:00", "fired")]
+    schedules.remove(ctx.engine, sid)
+    schedules.fire_due(f, start + 4 * 3600)
+    assert len(fires_of(ctx, sid)) == 1
+
+
+def test_a_recipient_file_gone_at_fire_time_is_a_failed_fire_with_the_reason(ctx, tmp_path):
+    to = tmp_path / "to.txt"
+    to.write_text("alice\n")
+    at = parse_at("2026-06-01 09:00", "UTC")
+    sid = schedules.add(ctx.engine, ctx.target("ne"), command="send", at=at, now=at - 60,
+                        params={**HELLO, "sender": "boss", "to": str(to)})
+    to.unlink()
+    [fired] = schedules.fire_due(firing(ctx), at + 1)
+    assert fired.state == "failed" and "to.txt: no such file" in fired.note
+    assert fires_of(ctx, sid) == [("2026-06-01 09:00:00+00:00", "failed")]
+    assert job_count(ctx) == 0
+
+
+def test_a_fire_whose_start_was_lost_is_started_by_the_next_pass(ctx):
+    at = parse_at("2026-06-01 09:00", "UTC")
+    schedules.add(ctx.engine, ctx.target("ne"), command="broadcast", params=HELLO, at=at,
+                  now=at - 60)
+
+    def lost(job_id):
+        raise ConnectionError("the scheduler died here")
+
+    with pytest.raises(ConnectionError):
+        schedules.fire_due(Firing(ctx.engine, ctx.target, lost, 100), at + 1)
+    started = []
+    assert schedules.fire_due(firing(ctx, started), at + 2) == []
+    assert len(started) == 1
+
+
+def test_a_planned_job_of_a_fire_never_committed_is_swept(ctx):
+    at = parse_at("2026-06-01 09:00", "UTC")
+    sid = schedules.add(ctx.engine, ctx.target("ne"), command="broadcast", params=HELLO, at=at,
+                        now=at - 60)
+    # What a scheduler killed between planning and the fire's commit leaves.
+    job_id = schedules.plan_job(firing(ctx), schedules.get(ctx.engine, sid), at)
+    assert schedules.sweep_orphans(ctx.engine) == []  # it may still be committing
+    assert schedules.sweep_orphans(ctx.engine, now=at + 10 ** 9) == [job_id]
+    assert job_count(ctx) == 0
+    schedules.fire_due(firing(ctx), at + 1)
+    assert fires_of(ctx, sid) == [("2026-06-01 09:00:00+00:00", "fired")]
+
+
+def test_add_refuses_what_cannot_fire(ctx, tmp_path):
+    ne, now = ctx.target("ne"), parse_at("2026-06-01 09:00", "UTC")
+    with pytest.raises(ScheduleError, match="nope.txt: no such file"):
+        schedules.add(ctx.engine, ne, command="send", at=now + 60, now=now,
+                      params={**HELLO, "to": str(tmp_path / "nope.txt")})
+    with pytest.raises(ScheduleError, match="is already past"):
+        schedules.add(ctx.engine, ne, command="broadcast", params=HELLO, at=now - 3600, now=now)
+    with pytest.raises(ScheduleError, match="not a time zone"):
+        schedules.add(ctx.engine, ne, command="broadcast", params=HELLO, at=now, tz="Mars/Base")
+    with pytest.raises(ScheduleError, match="not a cron expression"):
+        schedules.add(ctx.engine, ne, command="broadcast", params=HELLO, cron="0 9 * *", now=now)
+    with pytest.raises(ScheduleError, match="does not exist in America/New_York"):
+        parse_at("2026-03-08 02:30", NY)
+    with pytest.raises(ScheduleError, match=r"allows one broadcast every 1,800 s \(2 an hour\)"):
+        schedules.add(ctx.engine, ctx.target("rc"), command="broadcast", params=HELLO,
+                      cron="*/10 * * * *", now=now)
+    assert schedules.add(ctx.engine, ctx.target("rc"), command="broadcast", params=HELLO,
+                         cron="0 9 * * MON", tz="Asia/Shanghai", now=now)
+    assert schedules.add(ctx.engine, ne, command="broadcast", params=HELLO,
+                         cron="*/20 * * * * *", now=now)  # six fields: seconds first
