@@ -78,6 +78,18 @@ async def test_sandbox_holds_fixed_one_second_windows_and_counts():
     assert sandbox.max_per_second("register") == 3
 
 
+async def test_a_limit_under_one_call_a_second_allows_one_call_per_its_window():
+    now = [3600.0 * 100]
+    sandbox = TinySandbox(rate_limits={"register": 2 / 3600}, clock=lambda: now[0])  # 2 an hour
+    client = tiny_client(sandbox)
+    statuses = [(await client._request("register", "POST", "http://t/call")).status for _ in range(2)]
+    assert statuses == [200, 429]
+    now[0] += 1799  # still the same half hour
+    assert (await client._request("register", "POST", "http://t/call")).status == 429
+    now[0] += 1  # the next one
+    assert (await client._request("register", "POST", "http://t/call")).status == 200
+
+
 async def test_sandbox_blocks_the_app_after_an_over_limit_call():
     now = [50.0]
     sandbox = TinySandbox(rate_limits={"register": 1}, block_seconds=10, clock=lambda: now[0])

@@ -17,6 +17,7 @@ A vendor module subclasses `Sandbox` and provides `endpoints()`,
 from __future__ import annotations
 
 import asyncio
+import math
 import inspect
 import json
 import random
@@ -142,6 +143,7 @@ class Sandbox:
         self.duplicates: Counter[str] = Counter()  # creations of something already there
         self.window_counts: dict[str, Counter[int]] = defaultdict(Counter)  # op -> second -> accepted
         self._blocked_until: dict[str, float] = {}
+        self._slow_windows: dict[tuple[str, int], int] = {}  # (op, window) -> calls, for limits under 1/s
         self.store = Store()
         self.app = Starlette(routes=self.routes() + [Route(STATS_PATH, self._stats, methods=["GET"])])
 
@@ -271,10 +273,17 @@ class Sandbox:
         if now < self._blocked_until.get(op, 0.0):
             return False
         second = int(now)
-        if self.window_counts[op][second] + weight > limit:
+        if limit >= 1:
+            over = self.window_counts[op][second] + weight > limit
+        else:  # under one call a second (2 broadcasts an hour): one call per 1/limit seconds
+            window = (op, math.floor(now * limit))
+            over = self._slow_windows.get(window, 0) + weight > 1
+        if over:
             if self.block_seconds:
                 self._blocked_until[op] = now + self.block_seconds
             return False
+        if limit < 1:
+            self._slow_windows[window] = self._slow_windows.get(window, 0) + weight
         self.window_counts[op][second] += weight
         return True
 
