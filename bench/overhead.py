@@ -215,7 +215,7 @@ def worker_engine(setup: Setup):
 
 async def plain_loop(setup: Setup, path: Path) -> tuple[int, float]:
     """The same calls through the same client class, C at a time, results in memory."""
-    from imshift.vendors.base import Profile
+    from imshift.vendors.vocabulary import Profile
     from imshift.vendors.http import http_client
 
     with path.open(encoding="utf-8") as f:

@@ -41,7 +41,7 @@ from bench.quota import APP, database, producer_and_workers, steady_window, wait
 from imshift.jobs import control, kinds
 from imshift.jobs.progress import progress
 from testsupport import RedisServer
-from imshift.vendors.base import Message
+from imshift.vendors.vocabulary import Message
 
 OP = "send"
 SENDER = "bench_sender"

@@ -44,7 +44,7 @@ from imshift.jobs.exports import csv_record
 from imshift.jobs.progress import (Progress, first_secret, item as find_item, items_page, job_ids,
                                    progress, results as item_results)
 from imshift.models.tables import ItemState, JobStatus
-from imshift.vendors.base import Operation
+from imshift.vendors.vocabulary import Operation
 
 from .context import Context, SetupError
 

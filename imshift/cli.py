@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from imshift import __version__, jobcli
-from imshift.vendors.base import Operation
+from imshift.vendors.vocabulary import Operation
 
 EXIT_CODES = ("Exit codes: 0 the job finished and every item sent is ok or exists; "
               "1 the job stopped, was paused or cancelled, or a service (Redis) failed; "

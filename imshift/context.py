@@ -26,7 +26,7 @@ from imshift.jobs.target import Target
 from imshift.logs import secret_fields
 from imshift.models import make_engine
 from imshift.settings import Settings
-from imshift.vendors.base import VendorRules
+from imshift.vendors.vocabulary import VendorRules
 from imshift.vendors.client import Throttle, VendorClient
 from imshift.vendors.http import http_client
 from imshift.vendors.registry import vendor

@@ -19,7 +19,7 @@ from imshift.context import Context
 from imshift.jobs import control, kinds
 from imshift.jobs.progress import results
 from imshift.settings import AppSettings, Settings
-from imshift.vendors.base import Message, Operation
+from imshift.vendors.vocabulary import Message, Operation
 
 from imshift.workers.embedded import in_process_workers
 

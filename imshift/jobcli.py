@@ -24,7 +24,7 @@ from imshift.jobs.plan import PlanReport
 from imshift.jobs.progress import (Progress, first_secret, progress, recent_jobs,
                                    refused_at_planning, results as item_results)
 from imshift.models.tables import ItemState, JobStatus
-from imshift.vendors.base import Message, Operation, Unsupported
+from imshift.vendors.vocabulary import Message, Operation, Unsupported
 
 from .context import Context, SetupError
 from .watch import _fmt_seconds, counts_text, run_in_process, summary, watch

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 from sqlalchemy.engine import Engine
 
-from imshift.vendors.base import Message, Operation, Profile
+from imshift.vendors.vocabulary import Message, Operation, Profile
 from imshift.vendors.operations import encode_message, encode_profile
 
 from .inputs import AVATAR_COLUMNS, NAME_COLUMNS, Row, read_rows

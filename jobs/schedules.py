@@ -33,7 +33,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from imshift.models.tables import Job, JobStatus, Schedule, ScheduleFire, ScheduleStatus
-from imshift.vendors.base import Message, Operation, Unsupported
+from imshift.vendors.vocabulary import Message, Operation, Unsupported
 
 from . import kinds
 from .inputs import InputError

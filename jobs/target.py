@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import AbstractSet, Mapping
 
-from imshift.vendors.base import Operation, Unsupported, VendorRules
+from imshift.vendors.vocabulary import Operation, Unsupported, VendorRules
 
 
 @dataclass(frozen=True)

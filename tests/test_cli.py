@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from imshift.cli import app
-from imshift.vendors.base import Outcome, Profile
+from imshift.vendors.vocabulary import Outcome, Profile
 from imshift.vendors.http import http_client
 from imshift.vendors.registry import VENDORS
 from testsupport import free_port

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from imshift.cli import app
 from imshift.context import vendor_config
 from imshift.settings import Settings
-from imshift.vendors.base import Outcome, Profile
+from imshift.vendors.vocabulary import Outcome, Profile
 from imshift.vendors.http import http_client
 from imshift.vendors.registry import VENDORS
 from imshift.vendors.sandbox.serve import served

@@ -1,7 +1,7 @@
 """imshift.vendors: signed async clients for four IM vendors' server APIs, and
 a sandbox (an in-memory ASGI simulator) of each. Imports nothing else of imshift."""
 
-from .base import FieldRule, Group, Message, Operation, Outcome, Profile, Result, Unsupported, VendorRules
+from .vocabulary import FieldRule, Group, Message, Operation, Outcome, Profile, Result, Unsupported, VendorRules
 from .client import VendorClient
 
 __all__ = ["FieldRule", "Group", "Message", "Operation", "Outcome", "Profile", "Result",

@@ -25,7 +25,7 @@ from typing import (Any, AsyncIterator, Awaitable, Callable, ClassVar, Generic, 
 
 import httpx
 
-from .base import Group, Message, Operation, Outcome, Profile, Result, Unsupported, VendorRules
+from .vocabulary import Group, Message, Operation, Outcome, Profile, Result, Unsupported, VendorRules
 from .operations import idempotent
 
 Throttle = Callable[[str, int], Awaitable[None]]

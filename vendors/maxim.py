@@ -26,7 +26,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Mapping, 
 
 import httpx
 
-from .base import FieldRule, Group, Message, Operation, Outcome, Profile, Result, VendorRules
+from .vocabulary import FieldRule, Group, Message, Operation, Outcome, Profile, Result, VendorRules
 from .client import Batch, CallFailed, Codes, Reply, VendorClient, chunks, invalid, same_for_all
 
 MAX_TARGETS = 500  # message targets per call (the vendor's 12005 cap on push lists)

@@ -25,7 +25,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, ClassVar, Sequence
 
 import httpx
 
-from .base import Group, Message, Operation, Outcome, Profile, Result, VendorRules
+from .vocabulary import Group, Message, Operation, Outcome, Profile, Result, VendorRules
 from .client import Batch, CallFailed, Reply, VendorClient, chunks, invalid, same_for_all
 
 API_VERSIONS = ("v3", "v2")

@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator, Sequence
 
 import httpx
 
-from .base import FieldRule, Group, Operation, Outcome, Profile, Result, VendorRules
+from .vocabulary import FieldRule, Group, Operation, Outcome, Profile, Result, VendorRules
 from .client import Batch, CallFailed, Codes, chunks, invalid, same_for_all
 from .openim import (MAX_IDS_PER_CALL, OpenIMClient, data_of, exists, listed, new_operation_id, ok, with_data)
 

@@ -16,7 +16,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Sequence
 
-from .base import Group, Message, Operation, Outcome, Profile, Result
+from .vocabulary import Group, Message, Operation, Outcome, Profile, Result
 
 if TYPE_CHECKING:
     from .client import VendorClient

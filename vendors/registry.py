@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from .base import VendorRules
+from .vocabulary import VendorRules
 from .client import Throttle, VendorClient
 from .maxim import MaximClient, MaximConfig
 from .netease import NeteaseClient, NeteaseConfig

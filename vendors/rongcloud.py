@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 
 import httpx
 
-from .base import FieldRule, Group, Message, Operation, Outcome, Profile, Result, VendorRules
+from .vocabulary import FieldRule, Group, Message, Operation, Outcome, Profile, Result, VendorRules
 from .client import (Batch, CallFailed, Codes, Reply, VendorClient, chunks, invalid,
                      same_for_all)
 from .hosts import HostPool

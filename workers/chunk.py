@@ -21,7 +21,7 @@ from sqlalchemy import bindparam, func, select, update
 
 from imshift.models import store
 from imshift.models.tables import Item, ItemState, Job, JobStatus
-from imshift.vendors.base import Operation, Outcome, Result
+from imshift.vendors.vocabulary import Operation, Outcome, Result
 from imshift.vendors.client import VendorClient
 from imshift.vendors.operations import WorkItem, dedup_key, step
 

@@ -6,7 +6,7 @@ from sqlalchemy import select
 
 from imshift.jobs import kinds
 from imshift.models import Item, Job
-from imshift.vendors.base import Operation
+from imshift.vendors.vocabulary import Operation
 
 from helpers import context
 

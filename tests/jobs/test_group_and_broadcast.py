@@ -11,7 +11,7 @@ from imshift.jobs import kinds
 from imshift.jobs import control
 from imshift.jobs.progress import results
 from imshift.models.tables import Job
-from imshift.vendors.base import Message, Operation, Profile, Unsupported
+from imshift.vendors.vocabulary import Message, Operation, Profile, Unsupported
 from imshift.vendors.sandbox.store import Record
 from imshift.workers.embedded import in_process_workers
 

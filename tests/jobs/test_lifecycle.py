@@ -14,7 +14,7 @@ from sqlalchemy import select
 from imshift.jobs import control, kinds
 from imshift.jobs.progress import progress, results
 from imshift.models import Item
-from imshift.vendors.base import Profile
+from imshift.vendors.vocabulary import Profile
 from imshift.vendors.sandbox.netease import NeteaseSandbox
 from imshift.vendors.sandbox.rongcloud import RongCloudSandbox
 from imshift.vendors.sandbox.serve import served

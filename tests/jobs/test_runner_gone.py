@@ -17,7 +17,7 @@ import pytest
 
 from imshift.jobs import control, kinds
 from imshift.jobs.progress import progress, results
-from imshift.vendors.base import Message, Profile
+from imshift.vendors.vocabulary import Message, Profile
 from imshift.vendors.sandbox.netease import NeteaseSandbox
 from imshift.vendors.sandbox.serve import served
 from imshift.workers.embedded import in_process_workers

@@ -17,7 +17,7 @@ import pytest
 
 from imshift.jobs import schedules
 from imshift.jobs.progress import progress
-from imshift.vendors.base import Message, Profile
+from imshift.vendors.vocabulary import Message, Profile
 from imshift.vendors.operations import encode_message
 from imshift.vendors.sandbox.netease import NeteaseSandbox
 from imshift.vendors.sandbox.serve import served

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from imshift.jobs import control, schedules
 from imshift.jobs.schedules import Firing, ScheduleError, local, parse_at
 from imshift.models.tables import Job
-from imshift.vendors.base import Message
+from imshift.vendors.vocabulary import Message
 from imshift.vendors.operations import encode_message
 
 from helpers import context

@@ -9,7 +9,7 @@ import pytest
 from imshift.jobs import control, kinds
 from imshift.jobs.inputs import InputError
 from imshift.jobs.progress import results
-from imshift.vendors.base import Message, Profile
+from imshift.vendors.vocabulary import Message, Profile
 from imshift.workers.embedded import in_process_workers
 
 from helpers import context, wait_until_done

@@ -19,7 +19,7 @@ import pytest
 from imshift.jobs import control, kinds
 from imshift.jobs.progress import progress, results
 from testsupport import app_environment
-from imshift.vendors.base import Message, Profile
+from imshift.vendors.vocabulary import Message, Profile
 from imshift.vendors.sandbox.common import Faults
 from imshift.vendors.sandbox.netease import NeteaseSandbox
 from imshift.vendors.sandbox.serve import served

@@ -7,7 +7,7 @@ import itertools
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from imshift.vendors.base import Group, Message, Operation, Outcome, Profile, Unsupported
+from imshift.vendors.vocabulary import Group, Message, Operation, Outcome, Profile, Unsupported
 from imshift.vendors.client import VendorClient
 from imshift.vendors.http import http_client
 from imshift.vendors.registry import VENDORS

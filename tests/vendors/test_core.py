@@ -6,7 +6,7 @@ import asyncio
 import httpx
 import pytest
 
-from imshift.vendors.base import FieldRule, Operation, Outcome, Profile, VendorRules
+from imshift.vendors.vocabulary import FieldRule, Operation, Outcome, Profile, VendorRules
 from imshift.vendors.client import CallFailed, VendorClient
 from imshift.vendors.hosts import HostPool
 from imshift.vendors.sandbox.common import Faults
@@ -170,7 +170,7 @@ async def test_throttle_sees_every_call_with_its_key_and_weight():
 async def test_unsupported_operations_raise_before_any_call():
     sandbox = TinySandbox()
     client = tiny_client(sandbox)
-    from imshift.vendors.base import Unsupported
+    from imshift.vendors.vocabulary import Unsupported
     with pytest.raises(Unsupported, match="tiny does not support send"):
         await client.send("a", ["b"], None)
     assert sandbox.calls.total() == 0

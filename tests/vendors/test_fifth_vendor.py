@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from imshift.vendors.base import FieldRule, Operation, Outcome, Profile, VendorRules
+from imshift.vendors.vocabulary import FieldRule, Operation, Outcome, Profile, VendorRules
 from imshift.vendors.client import Batch, Codes, VendorClient
 from imshift.vendors.operations import WorkItem, encode_profile, step
 

@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from imshift.vendors.base import Group, Message, Operation, Outcome, Profile
+from imshift.vendors.vocabulary import Group, Message, Operation, Outcome, Profile
 from imshift.vendors.client import CallFailed
 from imshift.vendors.maxim import (MaximClient, MaximConfig, acting_as, admin_headers, expires_at,
                                    transaction_id)

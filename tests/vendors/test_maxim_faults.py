@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from imshift.vendors.base import Group, Message, Operation, Outcome, Profile
+from imshift.vendors.vocabulary import Group, Message, Operation, Outcome, Profile
 from imshift.vendors.maxim import MaximClient, MaximConfig
 from imshift.vendors.sandbox.maxim import MaximSandbox
 

@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl, urlencode
 import httpx
 import pytest
 
-from imshift.vendors.base import Group, Message, Operation, Outcome, Profile, Unsupported
+from imshift.vendors.vocabulary import Group, Message, Operation, Outcome, Profile, Unsupported
 from imshift.vendors.client import Reply
 from imshift.vendors.netease import BASE_URLS, NeteaseClient, NeteaseConfig, checksum, member_slices
 from imshift.vendors.sandbox.common import Faults

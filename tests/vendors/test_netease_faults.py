@@ -15,7 +15,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from imshift.context import Context
 from imshift.jobs import control, kinds
 from imshift.jobs.progress import progress, results
-from imshift.vendors.base import Group, Message, Outcome, Profile
+from imshift.vendors.vocabulary import Group, Message, Outcome, Profile
 from imshift.vendors.netease import NeteaseClient
 from imshift.vendors.sandbox.netease import NeteaseSandbox
 from imshift.settings import AppSettings, Settings

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from imshift.vendors.base import FieldRule, Group, Message, Operation, Outcome, Profile, VendorRules
+from imshift.vendors.vocabulary import FieldRule, Group, Message, Operation, Outcome, Profile, VendorRules
 from imshift.vendors.openim import OpenIMClient, OpenIMConfig, new_operation_id
 from imshift.vendors.openim_v3 import RULES_V3
 from imshift.vendors.sandbox.common import Faults

@@ -12,7 +12,7 @@ import json
 import httpx
 import pytest
 
-from imshift.vendors.base import Message, Operation, Outcome, Profile
+from imshift.vendors.vocabulary import Message, Operation, Outcome, Profile
 from imshift.vendors.client import CallFailed
 from imshift.vendors.openim import OpenIMClient, OpenIMConfig
 from imshift.vendors.openim_v2 import RULES_V2, OpenIMV2Client

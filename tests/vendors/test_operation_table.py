@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 
-from imshift.vendors.base import Group, Message, Operation, Outcome
+from imshift.vendors.vocabulary import Group, Message, Operation, Outcome
 from imshift.vendors.client import VendorClient
 from imshift.vendors.operations import (STEPS, WorkItem, dedup_key, encode_friends, encode_group,
                                         encode_members, encode_message, encode_profile, step)

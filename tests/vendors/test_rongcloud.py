@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from imshift.vendors.base import Group, Message, Operation, Outcome, Profile
+from imshift.vendors.vocabulary import Group, Message, Operation, Outcome, Profile
 from imshift.vendors.rongcloud import (RongCloudClient, RongCloudConfig, new_nonce, sign)
 from imshift.vendors.sandbox.common import Faults
 from imshift.vendors.sandbox.rongcloud import RongCloudSandbox

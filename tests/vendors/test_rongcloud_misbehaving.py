@@ -10,7 +10,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from imshift.vendors.base import Group, Message, Operation, Outcome, Profile
+from imshift.vendors.vocabulary import Group, Message, Operation, Outcome, Profile
 from imshift.vendors.rongcloud import RongCloudClient, RongCloudConfig
 from imshift.vendors.sandbox.rongcloud import RongCloudSandbox
 

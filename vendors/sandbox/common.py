@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..base import Profile
+from ..vocabulary import Profile
 from ..client import VendorClient
 from .store import Store
 

@@ -27,7 +27,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..base import Profile
+from ..vocabulary import Profile
 from ..maxim import EXTRA_FIELDS, MAX_PAGE_SIZE, MAX_TARGETS, MaximClient, MaximConfig
 from .common import Call, Endpoint, Form, Refusal, Sandbox
 

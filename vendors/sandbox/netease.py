@@ -21,7 +21,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from ..base import Profile
+from ..vocabulary import Profile
 from ..netease import NeteaseClient, NeteaseConfig, checksum
 from .common import Call, Endpoint, Form, Refusal, Sandbox
 from .store import Record

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ..base import Operation, Profile
+from ..vocabulary import Operation, Profile
 from ..openim import ADMIN_PLATFORM_ID, API_VERSIONS, CUSTOM, TEXT, OpenIMClient, OpenIMConfig
 from .common import Refusal, Sandbox
 

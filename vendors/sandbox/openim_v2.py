@@ -10,7 +10,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from ..base import Operation
+from ..vocabulary import Operation
 from ..openim import CUSTOM, TEXT
 from .common import Endpoint, Refusal
 from .openim import Fail, OpenIMSandbox

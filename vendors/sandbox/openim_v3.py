@@ -10,7 +10,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from ..base import Operation
+from ..vocabulary import Operation
 from ..openim import ADMIN_PLATFORM_ID, MAX_IDS_PER_CALL
 from .common import Endpoint, Refusal
 from .openim import Fail, OpenIMSandbox, legal_user_id, page, repeated

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from starlette.requests import Request
 
-from ..base import Profile
+from ..vocabulary import Profile
 from ..rongcloud import (ID_HINT, ID_PATTERN, MAX_CONTENT_BYTES, MAX_GROUP_CALL_MEMBERS,
                          MAX_GROUP_TARGETS, MAX_PUBLISH_RECIPIENTS, TEXT_OBJECT_NAME,
                          RongCloudClient, RongCloudConfig, sign)
