@@ -194,3 +194,15 @@ async def test_the_counters_can_be_read_over_http():
     assert stats["calls"] == {"register": 3}
     assert stats["over_limit"]["register"] >= 1
     assert stats["max_per_second"] == {"register": 1}
+
+
+def test_the_clients_and_the_registry_import_no_web_framework():
+    """vendors/ is a client library: the sandboxes' ASGI stack is loaded only when asked for."""
+    import subprocess
+    import sys
+
+    code = ("import sys, imshift.vendors.registry as r; assert r.vendor('netease').client; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('starlette', 'fastapi')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
