@@ -117,6 +117,7 @@ async def test_a_hanging_call_is_a_retryable_timeout_that_may_have_been_delivere
         await client._request("register", "POST", "http://t/call")
     assert failed.value.result.outcome is Outcome.RETRYABLE
     assert failed.value.result.code == "timeout"
+    assert failed.value.result.message.startswith("timeout")
     assert failed.value.result.maybe_delivered
 
 
@@ -152,6 +153,42 @@ async def test_a_dropped_connection_is_retryable_and_may_have_been_delivered():
                     await client._request("register", "POST", f"http://127.0.0.1:{port}/x")
             assert failed.value.result.outcome is Outcome.RETRYABLE
             assert failed.value.result.maybe_delivered, type(http._transport)
+
+
+async def test_a_reply_over_the_size_cap_is_not_read_whole():
+    """A proxy answering 50 MB: the client stops reading at its cap."""
+    written = []
+
+    async def huge_reply(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 52428800\r\n\r\n")
+        try:
+            for _ in range(50):
+                writer.write(b"x" * 1024 * 1024)
+                await writer.drain()
+                written.append(1)
+        except (ConnectionError, OSError):
+            pass
+        writer.close()
+
+    class SmallCap(TinyClient):
+        max_reply_bytes = 64 * 1024
+
+    server = await asyncio.start_server(huge_reply, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        for http in both_transports():
+            written.clear()
+            async with http:
+                with pytest.raises(CallFailed) as failed:
+                    await SmallCap(None, http, timeout=10)._request("send", "POST",
+                                                                    f"http://127.0.0.1:{port}/x")
+            result = failed.value.result
+            assert (result.outcome, result.code) == (Outcome.RETRYABLE, "oversized"), result
+            assert result.maybe_delivered and "65536 bytes" in result.message
+            await asyncio.sleep(0.2)
+            assert len(written) < 30, type(http._transport)  # it hung up long before 50 MB
 
 
 async def test_throttle_sees_every_call_with_its_key_and_weight():
