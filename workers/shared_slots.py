@@ -31,22 +31,24 @@ class SharedSlots:
         # The name is a digest: app and key names may hold any character.
         name = hashlib.sha256(f"{app}\0{key}".encode()).hexdigest()[:32]
         self.fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o600)
-        self.slots_class = slots_class
         self.names = [f.name for f in dataclasses.fields(slots_class)]
-        self.format = "<" + "d" * len(self.names)
-        self.size = struct.calcsize(self.format)
+        self.record = struct.Struct("<" + "d" * len(self.names))
+        self.slots = slots_class()  # one object, refilled from the file under each lock
+        self.fresh = dict(vars(self.slots))
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[S]:
+        # Called for every vendor call: kept to a lock, a read and a write.
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         try:
-            data = os.pread(self.fd, self.size, 0)
-            slots = self.slots_class()
-            if len(data) == self.size:
-                for name, value in zip(self.names, struct.unpack(self.format, data)):
-                    setattr(slots, name, type(getattr(slots, name))(value))
-            yield slots
-            os.pwrite(self.fd, struct.pack(self.format, *(float(getattr(slots, n)) for n in self.names)), 0)
+            data = os.pread(self.fd, self.record.size, 0)
+            state = vars(self.slots)
+            if len(data) == self.record.size:  # numbers come back as floats: the schedule takes both
+                state.update(zip(self.names, self.record.unpack(data)))
+            else:
+                state.update(self.fresh)
+            yield self.slots
+            os.pwrite(self.fd, self.record.pack(*(state[n] for n in self.names)), 0)
         finally:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
 
