@@ -485,13 +485,7 @@ def _queue(ctx: Context, job_id: int, change):
     try:
         return change()
     except (redis.RedisError, dramatiq.errors.DramatiqError, OSError) as exc:
-        try:
-            control.pause(ctx.engine, job_id)
-            state = "it is paused, so nothing runs it"
-        except control.JobError as again:
-            state = str(again)
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise HTTPException(503, f"could not queue job {job_id}: Redis said {reason!r}; {state}; "
+        raise HTTPException(503, f"{control.hold_after_failed_queue(ctx.engine, job_id, exc)}; "
                                  "resume it once Redis works")
 
 

@@ -120,13 +120,7 @@ def _queue(ctx: Context, job_id: int, change):
     except (redis.RedisError, dramatiq.errors.DramatiqError, OSError) as exc:
         if ctx.embedded:
             raise
-        try:
-            control.pause(ctx.engine, job_id)
-            state = "it is paused, so nothing runs it"
-        except control.JobError as again:
-            state = str(again)
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        fail(f"could not queue job {job_id}: Redis said {reason!r}; {state}. "
+        fail(f"{control.hold_after_failed_queue(ctx.engine, job_id, exc)}. "
              f"`imshift resume {job_id}` continues it once Redis works", EXIT_STOPPED)
 
 

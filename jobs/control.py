@@ -101,6 +101,19 @@ def pause(engine: Engine, job_id: int) -> None:
         _set_status(conn, job_id, (JobStatus.RUNNING,), JobStatus.PAUSED)
 
 
+def hold_after_failed_queue(engine: Engine, job_id: int, exc: BaseException) -> str:
+    """Queuing a job's chunks failed half-way (Redis down): pause it, so
+    nothing runs it later by surprise. Returns what went wrong and the
+    job's state now, in words for either face."""
+    try:
+        pause(engine, job_id)
+        state = "it is paused, so nothing runs it"
+    except JobError as again:
+        state = str(again)
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    return f"could not queue job {job_id}: Redis said {reason!r}; {state}"
+
+
 def resume(engine: Engine, broker: dramatiq.Broker, job_id: int) -> int:
     """Run a paused or stopped job again, or take over a running one whose
     runner is gone (an embedded command that was killed)."""
