@@ -271,18 +271,7 @@ def send(
     message in every group (--to-groups), in the vendor's batches."""
     if (to is None) == (to_groups is None):
         fail("give exactly one of --to (recipients) or --to-groups (groups)")
-    if (text is None) == (content is None):
-        fail("give exactly one of --text or --content")
-    if content is not None:
-        try:
-            custom = json.loads(content)
-        except ValueError as exc:
-            fail(f"--content is not JSON: {exc}")
-        if not isinstance(custom, dict):
-            fail("--content must be a JSON object")
-        message = Message(custom=custom)
-    else:
-        message = Message(text=text)
+    message = _message(text, content)
     ctx = _context()
     tgt = _target(ctx, app)
     if not dry_run:
