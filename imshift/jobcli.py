@@ -49,6 +49,20 @@ Detach = Annotated[bool, typer.Option("--detach", help="With Redis: enqueue and 
                                       "of following progress.")]
 
 
+JobRef = Annotated[str, typer.Argument(metavar="JOB|RUN", help="A job id, or a run as R<n>.")]
+
+
+def _ref(text: str) -> tuple[str, int]:
+    """("job", n) or ("run", n) from a command's argument."""
+    from imshift.jobs.run_control import parse_ref
+
+    try:
+        return parse_ref(text)
+    except control.JobError as exc:
+        fail(str(exc))
+        raise
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> None:
     err.print(f"[red]error:[/red] {message}", highlight=False)
     raise typer.Exit(code)
@@ -324,9 +338,13 @@ def broadcast(
     _launch(ctx, planned, Operation.BROADCAST, app, dry_run, detach)
 
 
-def start(job: int, detach: Detach = False) -> None:
-    """Run a job planned with --dry-run."""
+def start(ref: JobRef, detach: Detach = False) -> None:
+    """Run a job or a run planned with --dry-run."""
+    kind, job = _ref(ref)
     ctx = _context()
+    if kind == "run":
+        from . import runcli
+        return runcli.steer(ctx, "start", job, detach)
     _runnable(ctx, job)
     _run(ctx, job, detach)
 
@@ -338,7 +356,8 @@ def _json(p: Progress) -> dict:
 
 
 def status(
-    job: Annotated[Optional[int], typer.Argument(help="A job id; the recent jobs when omitted.")] = None,
+    ref: Annotated[Optional[str], typer.Argument(metavar="[JOB|RUN]", help="A job id or a run "
+                                                 "(R<n>); the recent jobs and runs when omitted.")] = None,
     watch_: Annotated[bool, typer.Option("--watch", "-w", help="Follow it live.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help='Print {"jobs": [...]}: each job\'s id, '
                                           "kind, app, status, total, done and counts per outcome.")] = False,
@@ -346,7 +365,11 @@ def status(
     """How far a job is: done/total, per-outcome counts, rate and ETA."""
     if as_json and watch_:
         fail("--json prints once; it does not go with --watch")
+    kind, job = _ref(ref) if ref is not None else ("job", None)
     ctx = _context()
+    if kind == "run":
+        from . import runcli
+        return runcli.status(ctx, job, watch_, as_json)
     if job is None:
         jobs = recent_jobs(ctx.engine)
         if as_json:
@@ -359,6 +382,18 @@ def status(
             table.add_row(str(p.job_id), p.kind, p.app, p.status, f"{p.completed}/{p.total}",
                           counts_text(p))
         console.print(table)
+        from imshift.jobs.run_control import recent_runs
+
+        listed = recent_runs(ctx.engine)
+        if listed:
+            table = Table(title="recent runs (`imshift status R<n>` shows one)")
+            for column in ("run", "from", "to", "status", "stage now"):
+                table.add_column(column)
+            for r in listed:
+                current = r.current
+                table.add_row(f"R{r.run_id}", r.source_app, r.app, r.status,
+                              f"{current[0]} {current[1].completed}/{current[1].total}" if current else "")
+            console.print(table)
         return
     p = progress(ctx.engine, job)
     if p is None:
@@ -397,7 +432,9 @@ class Format(str, Enum):
 
 
 def results(
-    job: int,
+    ref: JobRef,
+    stage: Annotated[Optional[str], typer.Option(help="A run's stage only (accounts, friends, "
+                                                 "groups, members, tokens, verify).")] = None,
     outcome: Annotated[Optional[str], typer.Option(help="Only items in this state "
                                                    "(ok, exists, rejected, failed, unknown, ...).")] = None,
     format: Annotated[Format, typer.Option(help="table on screen; csv or jsonl to export.")] = Format.table,
@@ -408,7 +445,13 @@ def results(
     states = [s.value for s in ItemState]
     if outcome is not None and outcome not in states:
         fail(f"--outcome {outcome!r} is not an item state: choose one of {', '.join(states)}")
+    kind, job = _ref(ref)
     ctx = _context()
+    if kind == "run":
+        from . import runcli
+        return runcli.results(ctx, job, stage, outcome, format.value, output)
+    if stage is not None:
+        fail("--stage goes with a run (R<n>), not a job")
     if progress(ctx.engine, job) is None:
         fail(f"no job {job}")
     if format is not Format.table:
@@ -430,26 +473,41 @@ def results(
     if output:
         os.chmod(output, 0o600)  # it may hold tokens
     try:
-        fields = ["row", "id", "outcome", "attempts", "code", "message", "user_id", "token",
-                  "password", "result"]
-        writer = csv.DictWriter(out, fields) if format is Format.csv else None
+        writer = csv.DictWriter(out, RESULT_FIELDS) if format is Format.csv else None
         if writer:
             writer.writeheader()
-        for item in rows:
-            secrets = ctx.runtime.unseal(item.secret) if item.secret else {}
-            record = {"row": item.row, "id": item.key, "outcome": item.state, "attempts": item.attempts,
-                      "code": item.code, "message": item.message,
-                      "user_id": (item.result or {}).get("user_id"), "token": secrets.get("token"),
-                      "password": secrets.get("password"),
-                      "result": json.dumps(item.result, ensure_ascii=False) if item.result else None}
-            if writer:
-                writer.writerow(csv_record(record))  # a cell is never a formula
-            else:
-                out.write(json.dumps({k: v for k, v in record.items() if v is not None},
-                                     ensure_ascii=False) + "\n")
+        for record in records(ctx, job, outcome):
+            write_record(out, writer, record)
     finally:
         if output:
             out.close()
+
+
+RESULT_FIELDS = ["row", "id", "outcome", "attempts", "code", "message", "user_id", "token",
+                 "password", "result"]
+
+
+def records(ctx: Context, job: int, outcome: Optional[str]):
+    """Each item of the job as an export record, its secrets decrypted."""
+    for item in item_results(ctx.engine, job, outcome):
+        secrets = ctx.runtime.unseal(item.secret) if item.secret else {}
+        yield {"row": item.row, "id": item.key, "outcome": item.state, "attempts": item.attempts,
+               "code": item.code, "message": item.message,
+               "user_id": (item.result or {}).get("user_id"), "token": secrets.get("token"),
+               "password": secrets.get("password"),
+               "result": json.dumps(item.result, ensure_ascii=False) if item.result else None}
+
+
+def write_record(out, writer, record: dict) -> None:
+    if writer:
+        writer.writerow(csv_record(record))  # a cell is never a formula
+    else:
+        out.write(json.dumps({k: v for k, v in record.items() if v is not None},
+                             ensure_ascii=False) + "\n")
+
+
+def csv_cells(values) -> list:
+    return list(csv_record(dict(enumerate(values))).values())
 
 
 def _check_token_key(ctx: Context, job: int) -> None:
@@ -473,12 +531,16 @@ def _check_token_key(ctx: Context, job: int) -> None:
 
 
 def retry(
-    job: int,
+    ref: JobRef,
     unknown: Annotated[bool, typer.Option("--unknown", help="Also re-send items whose send may "
                                           "have been delivered already.")] = False,
     detach: Detach = False,
 ) -> None:
     """Run the failed items of a job again (rejected by the vendor, out of attempts)."""
+    kind, job = _ref(ref)
+    if kind == "run":
+        fail("retry takes a job: `imshift results R<n>` names each stage's job; retry the "
+             "stage's job (the stages after it are not re-run)")
     ctx = _context()
     _runnable(ctx, job)
     moved = _queue(ctx, job, lambda: control.retry(ctx.engine, ctx.broker, job,
@@ -488,8 +550,12 @@ def retry(
         _follow(ctx, job, detach)
 
 
-def _steer(action, job: int, done: str) -> None:
+def _steer(action, ref: str, done: str) -> None:
+    kind, job = _ref(ref)
     ctx = _context()
+    if kind == "run":
+        from . import runcli
+        return runcli.steer(ctx, {"cancelled": "cancel", "paused": "pause"}[done], job)
     try:
         action(ctx, job)
     except control.JobError as exc:
@@ -497,19 +563,24 @@ def _steer(action, job: int, done: str) -> None:
     console.print(f"job {job} {done}")
 
 
-def cancel(job: int) -> None:
-    """Stop a job for good; its pending items end cancelled."""
-    _steer(lambda ctx, j: control.cancel(ctx.engine, j), job, "cancelled")
+def cancel(ref: JobRef) -> None:
+    """Stop a job (or every stage of a run) for good; its pending items end cancelled."""
+    _steer(lambda ctx, j: control.cancel(ctx.engine, j), ref, "cancelled")
 
 
-def pause(job: int) -> None:
-    """Pause a running job; workers finish the chunks they hold."""
-    _steer(lambda ctx, j: control.pause(ctx.engine, j), job, "paused")
+def pause(ref: JobRef) -> None:
+    """Pause a running job (or a run's running stage); workers finish the chunks they hold."""
+    _steer(lambda ctx, j: control.pause(ctx.engine, j), ref, "paused")
 
 
-def resume(job: int, detach: Detach = False) -> None:
-    """Resume a paused job, or one stopped by an auth failure once fixed."""
+def resume(ref: JobRef, detach: Detach = False) -> None:
+    """Resume a paused job or run, one stopped by an auth failure once fixed,
+    or one whose command was killed."""
+    kind, job = _ref(ref)
     ctx = _context()
+    if kind == "run":
+        from . import runcli
+        return runcli.steer(ctx, "resume", job, detach)
     p = _runnable(ctx, job)
     if p.status == JobStatus.FINISHED.value:
         left = sum(p.counts.get(s.value, 0) for s in (ItemState.REJECTED, ItemState.FAILED,
@@ -525,7 +596,10 @@ def register(app: typer.Typer) -> None:
     app.add_typer(migrate_app, name="migrate")
     app.add_typer(tokens_app, name="tokens")
     app.add_typer(schedule_app, name="schedule")
-    for command in (send, broadcast, start, status, results, retry, cancel, pause, resume,
+    from . import runcli
+
+    migrate_app.command("run")(runcli.migrate_run)
+    for command in (runcli.idmap, send, broadcast, start, status, results, retry, cancel, pause, resume,
                     scheduler):
         app.command()(command)
 

@@ -17,7 +17,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from imshift.models import store
+from imshift.models import runs, store
 from imshift.models.tables import Item, ItemState, Job, JobCount, JobStatus
 from imshift.workers.embedded import runner_gone, runner_id
 from imshift.workers.enqueue import chunk_ranges, enqueue_ranges, open_ranges
@@ -78,17 +78,31 @@ def _runner(broker: dramatiq.Broker, now: float) -> dict:
     return {"runner": runner_id(broker), "runner_seen_at": now}
 
 
-def start(engine: Engine, broker: dramatiq.Broker, job_id: int) -> int:
-    """Run a planned job: returns how many chunk messages were sent."""
+def start(engine: Engine, broker: dramatiq.Broker, job_id: int, *, stage_ok: bool = False) -> int:
+    """Run a planned job: returns how many chunk messages were sent. A run's
+    stage starts only through its run (`stage_ok`), in its turn."""
     now = time.time()
     with engine.begin() as conn:
+        if not stage_ok:
+            _not_a_stage(conn, job_id)
         _set_status(conn, job_id, (JobStatus.PLANNING, JobStatus.PLANNED), JobStatus.RUNNING,
                     started_at=now, touched_at=now, stop_reason=None, **_runner(broker, now))
         job = _job(conn, job_id)
         finished = store.finish_if_done(conn, job_id)  # every row was invalid
+        handed = runs.hand_over(conn, job_id, runner_id(broker), now) if finished else None
+    if handed:  # a run's stage with nothing to do: the next one starts
+        return enqueue_ranges(broker, handed[0], chunk_ranges(handed[1], handed[2]))
     if finished:
         return 0
     return enqueue_ranges(broker, job_id, chunk_ranges(job.total, job.params["chunk_size"]))
+
+
+def _not_a_stage(conn, job_id: int) -> None:
+    row = conn.execute(select(jobs.c.run_id, jobs.c.stage).where(jobs.c.id == job_id)).first()
+    if row is not None and row.run_id is not None:
+        raise JobError(f"job {job_id} is the {row.stage} stage of run R{row.run_id}: it starts "
+                       f"when the stage before it has finished (`imshift start R{row.run_id}` "
+                       "starts a planned run)")
 
 
 def mark_planned(engine: Engine, job_id: int) -> None:
@@ -206,5 +220,8 @@ def _send_open(engine: Engine, broker: dramatiq.Broker, job_id: int) -> int:
     with engine.begin() as conn:
         job = _job(conn, job_id)
         ranges = open_ranges(conn, job_id, job.params["chunk_size"])
-        store.finish_if_done(conn, job_id)
+        handed = runs.hand_over(conn, job_id, runner_id(broker)) \
+            if store.finish_if_done(conn, job_id) else None
+    if handed:
+        return enqueue_ranges(broker, handed[0], chunk_ranges(handed[1], handed[2]))
     return enqueue_ranges(broker, job_id, ranges)

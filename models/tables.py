@@ -33,6 +33,7 @@ class ItemState(str, enum.Enum):
     FAILED = "failed"  # retryable failures outlasted the attempt budget
     UNKNOWN = "unknown"  # a send may have gone out but was never recorded
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # a run's later stage: what it needs (an account, a group) did not make it
 
     def __str__(self) -> str:
         return self.value
@@ -62,6 +63,10 @@ class Job(SQLModel, table=True):
     # last heartbeat, so `resume` can take over from a runner that is gone.
     runner: Optional[str] = None
     runner_seen_at: Optional[float] = None
+    # A migration run's stage (None for a job of its own): stages start in
+    # order, each when the one before it has finished.
+    run_id: Optional[int] = Field(default=None, foreign_key="runs.id", index=True)
+    stage: Optional[str] = None
 
 
 class Item(SQLModel, table=True):
@@ -100,6 +105,35 @@ class JobCount(SQLModel, table=True):
     job_id: int = Field(foreign_key="jobs.id", primary_key=True)
     state: str = Field(primary_key=True)
     n: int = 0
+
+
+class Run(SQLModel, table=True):
+    """A migration from one app to another as stages (accounts, friends,
+    groups, members, tokens, verify), each a job. Its status follows theirs;
+    `params` name the inputs and options (never a secret)."""
+
+    __tablename__ = "runs"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    source_app: str
+    app: str  # the target
+    status: str = Field(default=JobStatus.PLANNING.value)
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    since: Optional[int] = Field(default=None, foreign_key="runs.id")  # a delta re-run's earlier run
+    created_at: float = Field(default_factory=now)
+    finished_at: Optional[float] = None
+
+
+class IdMap(SQLModel, table=True):
+    """Source id -> target id, per run, for users and groups: filled in the
+    transaction that records the target's answer, read by every later stage."""
+
+    __tablename__ = "id_map"
+
+    run_id: int = Field(foreign_key="runs.id", primary_key=True)
+    kind: str = Field(primary_key=True)  # "user" or "group"
+    source_id: str = Field(primary_key=True)
+    target_id: str
 
 
 class ScheduleStatus(str, enum.Enum):

@@ -63,19 +63,57 @@ def encode_message(message: Message) -> dict[str, Any]:
     return {"text": message.text} if message.text is not None else {"custom": dict(message.custom)}
 
 
-def encode_group(group: Group) -> dict[str, Any]:
-    """A group item's payload; its key is the group id."""
-    return {"name": group.name, "owner": group.owner, "members": list(group.members)}
+def encode_group(group: Group, **extra: str) -> dict[str, Any]:
+    """A group item's payload; its key is the group id. `members` is the
+    slice the create call takes (a migration run adds the rest as members)."""
+    return {"name": group.name, "owner": group.owner, "members": list(group.members), **extra}
 
 
-def encode_members(group_id: str, owner: str, members: Sequence[str]) -> dict[str, Any]:
-    """An add_members item: one slice of one group's members."""
-    return {"group_id": group_id, "owner": owner, "members": list(members)}
+def encode_member(group_id: str, owner: str, member: str) -> dict[str, Any]:
+    """An add_members item: one member of one group."""
+    return {"group_id": group_id, "owner": owner, "member": member}
 
 
-def encode_friends(owner: str, friend_ids: Sequence[str]) -> dict[str, Any]:
-    """An import_friends item: one owner's friends (its key is the owner)."""
-    return {"friends": list(friend_ids)}
+def encode_pair(user_id: str, friend_id: str) -> dict[str, Any]:
+    """An import_friends item: one friendship."""
+    return {"user_id": user_id, "friend_id": friend_id}
+
+
+# Payload fields that hold a user's or a group's id. In a migration run the
+# worker translates them through the run's id map before a step runs: a
+# scalar field must be found (else the item is skipped), a list keeps the
+# ids found (a group is still made without a member whose account failed).
+ID_FIELDS: dict[str, str] = {"user_id": "user", "friend_id": "user", "owner": "user",
+                             "member": "user", "members": "user", "friends": "user",
+                             "group_id": "group"}
+
+
+def bind(item: WorkItem, target_id: Callable[[str, str], str | None]) -> WorkItem | tuple[str, str]:
+    """The item with its ids as the target knows them, or the (kind, id)
+    that has none there (its account or group did not make it)."""
+    payload = dict(item.payload)
+    for name, kind in ID_FIELDS.items():
+        value = payload.get(name)
+        if isinstance(value, list):
+            payload[name] = [t for t in (target_id(kind, v) for v in value) if t is not None]
+        elif isinstance(value, str):
+            found = target_id(kind, value)
+            if found is None:
+                return kind, value
+            payload[name] = found
+    return WorkItem(item.seq, item.key, payload)
+
+
+def references(item: WorkItem) -> list[tuple[str, str]]:
+    """Every (kind, source id) the item's payload names."""
+    refs = []
+    for name, kind in ID_FIELDS.items():
+        value = item.payload.get(name)
+        if isinstance(value, list):
+            refs += [(kind, v) for v in value]
+        elif isinstance(value, str):
+            refs.append((kind, value))
+    return refs
 
 
 def dedup_key(scope: str, items: Sequence[WorkItem]) -> str:
@@ -102,29 +140,65 @@ async def _update(client, items, params, key):
 
 
 async def _issue(client, items, params, key):
-    return await client.issue_tokens([i.key for i in items])
+    # A run's token items name the account in the payload, translated to the target's id.
+    return await client.issue_tokens([i.payload.get("user_id", i.key) for i in items])
 
 
 async def _verify(client, items, params, key):
-    """An item is `ok` when the target has the account with the profile it was given."""
+    """An item is `ok` when the target holds what it was given: an account
+    with its profile, a group with its members, a user's friends. Anything
+    else is `rejected` with what was expected and what was found."""
     from .client import CallFailed
 
+    users = [i for i in items if i.payload.get("check", "profile") == "profile"]
+    results: dict[int, Result] = {}
     try:
-        found = await client.get_profiles([i.key for i in items])
+        found = await client.get_profiles([i.payload.get("user_id", i.key) for i in users])
     except CallFailed as failed:
-        return [failed.result] * len(items)
-    results = []
-    for item, profile in zip(items, found):
-        if profile is None:
-            results.append(Result(Outcome.REJECTED, "missing", f"{item.key!r} is not at the target"))
-            continue
-        want = item.payload.get("name")
-        if want and profile.name != want:
-            results.append(Result(Outcome.REJECTED, "differs",
-                                  f"name is {profile.name!r} at the target, {want!r} in the input"))
-        else:
-            results.append(Result(Outcome.OK, "found", data={"user_id": profile.user_id}))
-    return results
+        found = [failed] * len(users)
+    for item, profile in zip(users, found):
+        results[item.seq] = _profile_check(item, profile)
+    for item in items:
+        if item.seq not in results:
+            try:
+                results[item.seq] = await _relation_check(client, item)
+            except CallFailed as failed:
+                results[item.seq] = failed.result
+    return [results[i.seq] for i in items]
+
+
+def _profile_check(item: WorkItem, profile: Any) -> Result:
+    from .client import CallFailed
+
+    if isinstance(profile, CallFailed):
+        return profile.result
+    user_id = item.payload.get("user_id", item.key)
+    if profile is None:
+        return Result(Outcome.REJECTED, "missing", f"{user_id!r} is not at the target")
+    differs = [f"{name} is {getattr(profile, name)!r} at the target, {item.payload[name]!r} expected"
+               for name in ("name", "avatar") if item.payload.get(name)
+               and getattr(profile, name) != item.payload[name]]
+    if differs:
+        return Result(Outcome.REJECTED, "differs", "; ".join(differs))
+    return Result(Outcome.OK, "found", data={"user_id": profile.user_id})
+
+
+async def _relation_check(client, item: WorkItem) -> Result:
+    """A group's members or a user's friends, as a set: what is missing."""
+    p = item.payload
+    if p["check"] == "members":
+        there = await client.get_members(p["group_id"], p["owner"])
+        if there is None:
+            return Result(Outcome.REJECTED, "missing", f"group {p['group_id']!r} is not at the target")
+        want, what = set(p["members"]) | {p["owner"]}, "members"
+    else:
+        there, want, what = await client.get_friends(p["user_id"]), set(p["friends"]), "friends"
+    missing = sorted(want - set(there))
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        return Result(Outcome.REJECTED, "differs",
+                      f"{len(missing)} of {len(want)} {what} missing at the target: {shown}")
+    return Result(Outcome.OK, "found", data={what: len(want)})
 
 
 async def _send(client, items, params, key):
@@ -149,16 +223,37 @@ async def _create_group(client, items, params, key):
     return [await one(item) for item in items]
 
 
+def _runs(items: Sequence[WorkItem], field: str) -> list[list[WorkItem]]:
+    """Consecutive items sharing a payload field (a group's members, an
+    owner's friends): one vendor call each."""
+    out: list[list[WorkItem]] = []
+    for item in items:
+        if out and out[-1][0].payload[field] == item.payload[field]:
+            out[-1].append(item)
+        else:
+            out.append([item])
+    return out
+
+
 async def _add_members(client, items, params, key):
     results = []
-    for item in items:
-        p = item.payload
-        results.append(_all_of(await client.add_members(p["group_id"], p["owner"], p["members"])))
+    for part in _runs(items, "group_id"):
+        p = part[0].payload
+        results += await client.add_members(p["group_id"], p["owner"], [i.payload["member"] for i in part])
     return results
 
 
 async def _import_friends(client, items, params, key):
-    return [_all_of(await client.import_friends(item.key, item.payload["friends"])) for item in items]
+    """One call per owner's run of pairs. Where the vendor keeps a roster
+    per user (`friends_one_way`), the other side is written too."""
+    results = [await client.import_friends(part[0].payload["user_id"],
+                                           [i.payload["friend_id"] for i in part])
+               for part in _runs(items, "user_id")]
+    flat = [r for part in results for r in part]
+    if getattr(client, "friends_one_way", False):
+        back = [await client.import_friends(i.payload["friend_id"], [i.payload["user_id"]]) for i in items]
+        flat = [a if not a.succeeded else _all_of([a, *b]) for a, b in zip(flat, back)]
+    return flat
 
 
 STEPS: dict[Operation, Step] = {s.operation: s for s in (

@@ -15,16 +15,18 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from sqlalchemy import bindparam, func, select, update
 
-from imshift.models import store
+from imshift.models import runs, store
 from imshift.models.tables import Item, ItemState, Job, JobStatus
 from imshift.vendors.vocabulary import Operation, Outcome, Result
 from imshift.vendors.client import VendorClient
-from imshift.vendors.operations import WorkItem, dedup_key, step
+from imshift.vendors.operations import WorkItem, bind, dedup_key, references, step
 
+from .embedded import runner_id
+from .enqueue import chunk_ranges, enqueue_ranges
 from .runtime import Runtime, before_send
 
 log = logging.getLogger("imshift.workers")
@@ -54,6 +56,11 @@ class JobView:
     operation: Operation
     app: str
     params: dict[str, Any]
+
+    @property
+    def run(self) -> int | None:
+        """The migration run this job is a stage of."""
+        return self.params.get("run")
 
 
 def load_job(runtime: Runtime, job_id: int) -> JobView | None:
@@ -131,15 +138,19 @@ async def _run_slice(runtime: Runtime, client: VendorClient, job: JobView, start
     token, rows, waiting = claimed
     if not rows:
         return SliceRun(stop=False, due=waiting)
+    skipped: list[dict[str, Any]] = []
+    if job.run is not None:  # a run's stage: ids as the target knows them
+        rows, skipped = await asyncio.to_thread(_bind_ids, runtime, job.run, rows)
     keeper = asyncio.create_task(_keep_lease(runtime, job.id, token))
     try:
-        results = await execute(runtime, client, job, rows, None if repeat_safe else token)
+        results = await execute(runtime, client, job, rows, None if repeat_safe else token) if rows else []
     finally:
         keeper.cancel()
     now = time.time()
     outcomes = [decide(runtime, row, result, repeat_safe, now) for row, result in zip(rows, results)]
     stop = _stop_reason(runtime, job, results, now)
-    await asyncio.to_thread(_record, runtime, job, token, outcomes, stop)
+    made = _made_ids(job, rows, results)
+    await asyncio.to_thread(_record, runtime, job, token, outcomes + skipped, stop, made)
     backoffs = [o["not_before"] for o in outcomes if o["not_before"] is not None]
     due = min(backoffs + ([waiting] if waiting is not None else []), default=None)
     return SliceRun(stop=stop is not None, due=due)
@@ -179,12 +190,15 @@ def _claim(runtime: Runtime, job_id: int, start: int, end: int, repeat_safe: boo
             return None
         token, rows = store.claim(conn, job_id, start, end, lease=runtime.tuning.lease_seconds,
                                   resend_expired=repeat_safe)
-        if not rows:  # the claim may have closed the last items (as unknown)
-            store.finish_if_done(conn, job_id)
+        handed = None
+        if not rows and store.finish_if_done(conn, job_id):  # the claim closed the last items (as unknown)
+            handed = runs.hand_over(conn, job_id, runner_id(runtime.broker))
         # What is still pending in the range waits out a backoff.
         waiting = conn.execute(_EARLIEST_PENDING,
                                {"b_job": job_id, "b_start": start, "b_end": end}).scalar()
-        return token, rows, waiting
+    if handed:
+        start_stage(runtime, *handed)
+    return token, rows, waiting
 
 
 async def _keep_lease(runtime: Runtime, job_id: int, token: str) -> None:
@@ -207,8 +221,46 @@ def _stop_job(runtime: Runtime, job: JobView, reason: str) -> None:
             log.error("job %s stopped: %s", job.id, reason)
 
 
+class Bound(NamedTuple):
+    seq: int
+    key: str
+    payload: Any
+    attempts: int
+
+
+def _bind_ids(runtime: Runtime, run_id: int, rows: Sequence[Any]) -> tuple[list[Bound], list[dict[str, Any]]]:
+    """The claimed rows with their ids translated through the run's id map,
+    and a `skipped` outcome for each row whose account or group did not make it."""
+    wanted: dict[str, set[str]] = {}
+    for row in rows:
+        for kind, source in references(WorkItem(row.seq, row.key, row.payload)):
+            wanted.setdefault(kind, set()).add(source)
+    with runtime.engine.connect() as conn:
+        found = {kind: runs.target_ids(conn, run_id, kind, ids) for kind, ids in wanted.items()}
+        bound, skipped = [], []
+        for row in rows:
+            item = bind(WorkItem(row.seq, row.key, row.payload), lambda k, s: found[k].get(s))
+            if isinstance(item, WorkItem):
+                bound.append(Bound(row.seq, row.key, item.payload, row.attempts))
+            else:
+                skipped.append({"seq": row.seq, "state": ItemState.SKIPPED, "code": "skipped",
+                                "message": runs.why_missing(conn, run_id, *item), "not_before": None})
+    return bound, skipped
+
+
+def _made_ids(job: JobView, rows: Sequence[Any], results: Sequence[Result]) -> dict[str, str]:
+    """What a run's accounts or groups stage made: source id -> target id."""
+    kind = job.params.get("makes")
+    if job.run is None or kind is None:
+        return {}
+    field = f"{kind}_id"
+    return {row.key: str(result.data.get(field) or row.key)
+            for row, result in zip(rows, results) if result.succeeded}
+
+
 def _record(runtime: Runtime, job: JobView, token: str, outcomes: list[dict[str, Any]],
-            stop: str | None) -> None:
+            stop: str | None, made: dict[str, str] | None = None) -> None:
+    handed: tuple[int, int, int] | None = None
     with runtime.engine.begin() as conn:
         now = time.time()
         # The job's row first: while this transaction holds it, a cancel
@@ -224,7 +276,22 @@ def _record(runtime: Runtime, job: JobView, token: str, outcomes: list[dict[str,
         cancelled = not running and \
             conn.execute(_STATUS, {"b_job": job.id}).scalar() == JobStatus.CANCELLED.value
         store.record(conn, job.id, token, outcomes, now, cancelled=cancelled)
-        store.finish_if_done(conn, job.id)
+        if made:
+            runs.remember(conn, job.run, job.params["makes"], made)
+        if store.finish_if_done(conn, job.id) and job.run is not None:
+            handed = runs.hand_over(conn, job.id, runner_id(runtime.broker), now)
+    if handed:
+        start_stage(runtime, *handed)
+
+
+def start_stage(runtime: Runtime, job_id: int, total: int, chunk_size: int) -> None:
+    """Queue a run's next stage, started by the hand-over (if queuing fails,
+    the sweeper re-sends a running job that makes no progress)."""
+    try:
+        enqueue_ranges(runtime.broker, job_id, chunk_ranges(total, chunk_size))
+    except Exception:
+        log.warning("job %s: queuing the run's next stage failed; the sweeper re-sends it",
+                    job_id, exc_info=True)
 
 
 def decide(runtime: Runtime, row: Any, result: Result, repeat_safe: bool, now: float) -> dict[str, Any]:

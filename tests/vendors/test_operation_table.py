@@ -7,8 +7,8 @@ import pytest
 
 from imshift.vendors.vocabulary import Group, Message, Operation, Outcome
 from imshift.vendors.client import VendorClient
-from imshift.vendors.operations import (STEPS, WorkItem, dedup_key, encode_friends, encode_group,
-                                        encode_members, encode_message, encode_profile, step)
+from imshift.vendors.operations import (STEPS, WorkItem, dedup_key, encode_group, encode_member,
+                                        encode_message, encode_pair, encode_profile, step)
 from imshift.vendors.registry import VENDORS
 
 ALL = list(VENDORS.values())
@@ -69,9 +69,10 @@ async def test_every_supported_step_runs_from_stored_payloads(vendor):
         assert found.outcome is Outcome.OK, found
         assert missing.outcome is Outcome.REJECTED, missing
     if supports(Operation.IMPORT_FRIENDS):
-        [friends] = await run(client, Operation.IMPORT_FRIENDS,
-                              items((owner, encode_friends(owner, [peer, third]))))
-        assert friends.succeeded, friends
+        friends = await run(client, Operation.IMPORT_FRIENDS,
+                            items((f"{owner}~{peer}", encode_pair(owner, peer)),
+                                  (f"{owner}~{third}", encode_pair(owner, third))))
+        assert all(r.succeeded for r in friends), friends
         assert {peer, third} <= box.friends(owner)
     if supports(Operation.CREATE_GROUP):
         group = Group(f"grp{tag}", "Team", owner, [peer])
@@ -81,7 +82,7 @@ async def test_every_supported_step_runs_from_stored_payloads(vendor):
         assert {owner, peer} <= box.group_members(group_id)
         if supports(Operation.ADD_MEMBERS):
             [added] = await run(client, Operation.ADD_MEMBERS,
-                                items((f"{group_id}:1", encode_members(group_id, owner, [third]))))
+                                items((f"{group_id}:{third}", encode_member(group_id, owner, third))))
             assert added.succeeded, added
             assert third in box.group_members(group_id)
         if supports(Operation.SEND_GROUP):

@@ -1,0 +1,357 @@
+"""Migration runs: one request, planned as stages (accounts, friends,
+groups, members, tokens, verify), each a job of its own kind.
+
+Everything is planned up front, so a dry run reports every stage: each
+input row becomes an item (rejected ones with the reason), references are
+checked against the run's accounts (a pair or member naming a user the
+accounts do not hold is rejected, so is a group over the target's size
+limit), and each stage is estimated in vendor calls and time. Items name
+source ids; the workers translate them through the run's id map, and an
+item whose account or group did not make it ends `skipped`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Engine
+
+from imshift.models.runs import STAGES, id_map
+from imshift.models.tables import Item, Job, JobStatus, Run
+from imshift.vendors.operations import encode_group, encode_member, encode_pair
+from imshift.vendors.vocabulary import Group, Operation
+
+from .inputs import InputError, Row, read_rows
+from .kinds import user_specs
+from .plan import BATCH, PlanReport, Spec, create_job, discard, plan
+from .target import Target
+
+runs = Run.__table__
+jobs = Job.__table__
+items = Item.__table__
+
+OPERATIONS = {"accounts": Operation.REGISTER, "friends": Operation.IMPORT_FRIENDS,
+              "groups": Operation.CREATE_GROUP, "members": Operation.ADD_MEMBERS,
+              "tokens": Operation.ISSUE_TOKEN, "verify": Operation.GET_PROFILES}
+GROUP_ID_COLUMNS = ("group_id", "groupid", "tid", "id")
+FRIEND_COLUMNS = ("friend_id", "friendid", "friend", "faccid")
+PAIR = "↔"  # joins a friend pair's two ids in its item key
+
+
+@dataclass
+class RunRequest:
+    users: Path | None = None
+    friends: Path | None = None
+    groups: Path | None = None
+    tokens: bool = False
+    verify: bool = False
+
+
+@dataclass
+class StagePlan:
+    stage: str
+    job_id: int
+    report: PlanReport
+    calls: int
+    seconds: float | None
+    ignored_columns: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunPlan:
+    run_id: int
+    stages: list[StagePlan]
+
+    @property
+    def seconds(self) -> float | None:
+        times = [s.seconds for s in self.stages if s.report.pending]
+        return None if any(t is None for t in times) else sum(times)
+
+
+class RunError(ValueError):
+    """A run request that cannot be planned; nothing was created."""
+
+
+def plan_run(engine: Engine, source_app: str, target: Target, request: RunRequest, *,
+             chunk_size: int, progress: Callable[[str, int], None] | None = None) -> RunPlan:
+    """Plan every stage of a run from `source_app` into `target`."""
+    if request.users is None:
+        raise RunError("--users is needed: reading the accounts through the source's own API "
+                       "is not built yet")
+    for stage, wanted in (("friends", request.friends), ("groups", request.groups)):
+        if wanted is not None:
+            target.require(OPERATIONS[stage])
+    if request.groups is not None:
+        target.require(Operation.ADD_MEMBERS)
+    if request.tokens:
+        target.require(Operation.ISSUE_TOKEN)
+    if request.verify:
+        target.require(Operation.GET_PROFILES)
+    with engine.begin() as conn:
+        run_id = conn.execute(insert(runs).values(
+            source_app=source_app, app=target.app, status=JobStatus.PLANNING.value,
+            params={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(request).items()},
+            created_at=time.time()).returning(runs.c.id)).scalar_one()
+    planner = _Planner(engine, run_id, source_app, target, chunk_size, progress)
+    try:
+        planner.accounts(request.users)
+        if request.friends is not None:
+            planner.friends(request.friends)
+        if request.groups is not None:
+            planner.groups(request.groups)
+        if request.tokens:
+            planner.tokens()
+        if request.verify:
+            planner.verify()
+    except BaseException:
+        remove(engine, run_id)
+        raise
+    with engine.begin() as conn:
+        conn.execute(update(runs).where(runs.c.id == run_id).values(status=JobStatus.PLANNED.value))
+    return RunPlan(run_id, planner.stages)
+
+
+def remove(engine: Engine, run_id: int) -> None:
+    """Delete a run that was never planned whole, with its stages."""
+    with engine.connect() as conn:
+        job_ids = conn.execute(select(jobs.c.id).where(jobs.c.run_id == run_id)).scalars().all()
+    for job_id in job_ids:
+        discard(engine, job_id)
+    with engine.begin() as conn:
+        conn.execute(id_map.delete().where(id_map.c.run_id == run_id))
+        conn.execute(runs.delete().where(runs.c.id == run_id))
+
+
+class _Planner:
+    def __init__(self, engine: Engine, run_id: int, source_app: str, target: Target,
+                 chunk_size: int, progress: Callable[[str, int], None] | None):
+        self.engine, self.run_id, self.source_app, self.target = engine, run_id, source_app, target
+        self.chunk_size, self.progress = chunk_size, progress
+        self.stages: list[StagePlan] = []
+        self.job_of: dict[str, int] = {}
+
+    def _stage(self, stage: str, specs: Iterator[Spec], *, makes: str | None = None,
+               user_ids: bool = False, calls: int | None = None, ignored: set[str] | None = None,
+               **params: Any) -> StagePlan:
+        operation = OPERATIONS[stage]
+        chunk = max(self.chunk_size, self.target.batch_size(operation))
+        job_id = create_job(self.engine, kind=f"run_{stage}", operation=operation.value,
+                            app=self.target.app, source_app=self.source_app, run_id=self.run_id,
+                            stage=stage, params={"run": self.run_id, "stage": stage,
+                                                 "chunk_size": chunk, **({"makes": makes} if makes else {}),
+                                                 **params})
+        rules = self.target.rules
+        report = plan(self.engine, job_id, specs,
+                      (lambda n: self.progress(stage, n)) if self.progress else None,
+                      id_key=rules.id_key if rules.id_form and user_ids else None)
+        with self.engine.begin() as conn:  # planned, waiting for its turn
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(status=JobStatus.PLANNED.value))
+        if calls is None:
+            calls = math.ceil(report.pending / self.target.batch_size(operation))
+        rate = self.target.rates.get(operation.value)
+        planned = StagePlan(stage, job_id, report, calls, calls / rate if rate else None,
+                            sorted(ignored or ()))
+        self.stages.append(planned)
+        self.job_of[stage] = job_id
+        return planned
+
+    def accounts(self, path: Path) -> None:
+        ignored: set[str] = set()
+        self._stage("accounts", user_specs(read_rows(path), self.target, ignored), makes="user",
+                    user_ids=True, ignored=ignored, input=str(path))
+
+    def _known_users(self, keys: set[str]) -> set[str]:
+        """Which of `keys` are accounts of this run (valid or not: one that
+        fails is skipped later, with its reason)."""
+        found: set[str] = set()
+        wanted = sorted(keys)
+        with self.engine.connect() as conn:
+            for lo in range(0, len(wanted), BATCH):
+                found.update(conn.execute(select(items.c.key).where(
+                    items.c.job_id == self.job_of["accounts"],
+                    items.c.key.in_(wanted[lo:lo + BATCH]))).scalars())
+        return found
+
+    def _checked_refs(self, specs: Iterator[tuple[Spec, list[tuple[str, str]]]]) -> Iterator[Spec]:
+        """Specs whose user references (field, id) are looked up in the run's
+        accounts a batch at a time: one naming an unknown user is rejected."""
+        batch: list[tuple[Spec, list[tuple[str, str]]]] = []
+
+        def flush() -> Iterator[Spec]:
+            known = self._known_users({uid for _, refs in batch for _, uid in refs})
+            for spec, refs in batch:
+                for name, uid in refs:
+                    if uid not in known:
+                        spec.problems.append(f"{name}: user {uid!r} is not in the accounts (--users)")
+                yield spec
+            batch.clear()
+
+        for pair in specs:
+            batch.append(pair)
+            if len(batch) >= BATCH:
+                yield from flush()
+        yield from flush()
+
+    def friends(self, path: Path) -> None:
+        form = self.target.rules.id_key
+
+        def specs() -> Iterator[tuple[Spec, list[tuple[str, str]]]]:
+            for row in read_rows(path):
+                if row.problem:
+                    yield Spec(row.line, f"#line{row.line}", problems=[row.problem]), []
+                    continue
+                user, friend = row.fields.get("key", ""), _first(row, FRIEND_COLUMNS)
+                problems = [f"{n}: required" for n, v in (("user_id", user), ("friend_id", friend)) if not v]
+                if user and friend and form(user) == form(friend):
+                    problems.append("friend_id: a user cannot befriend themself")
+                # A pair is one friendship whichever way round it is written.
+                low, high = sorted((user, friend), key=form)
+                yield (Spec(row.line, f"{low}{PAIR}{high}", encode_pair(user, friend), problems),
+                       [] if problems else [("user_id", user), ("friend_id", friend)])
+
+        self._stage("friends", self._checked_refs(specs()), user_ids=True, input=str(path))
+
+    def groups(self, path: Path) -> None:
+        """The groups stage (owner and a first slice of members) and the
+        members stage (the rest, one item per member). A member the accounts
+        do not hold becomes a rejected member item, not a reason to refuse
+        its group; a group whose owner they do not hold is refused whole."""
+        first = self.target.batch_size(Operation.ADD_MEMBERS)
+        limit = getattr(self.target.rules, "group_size", None)
+        members_of: list[tuple[int, str, str, list[str], set[str]]] = []  # row, group, owner, rest, unknown
+
+        def specs() -> Iterator[Spec]:
+            batch: list[tuple[Row, Spec, list[str]]] = []
+
+            def flush() -> Iterator[Spec]:
+                known = self._known_users({u for _, spec, members in batch
+                                           for u in [spec.payload.get("owner", ""), *members]})
+                for row, spec, members in batch:
+                    owner = spec.payload.get("owner", "")
+                    if not spec.problems and owner not in known:
+                        spec.problems.append(f"owner: user {owner!r} is not in the accounts (--users)")
+                    unknown = {m for m in members if m not in known}
+                    kept = [m for m in members if m in known]
+                    if not spec.problems:
+                        spec.payload["members"] = kept[:first]
+                    members_of.append((row.line, spec.key, owner, kept[first:] + sorted(unknown), unknown))
+                    yield spec
+                batch.clear()
+
+            for row in read_rows(path, key_columns=GROUP_ID_COLUMNS):
+                spec, members = _group_spec(row, limit)
+                batch.append((row, spec, members))
+                if len(batch) >= 500:
+                    yield from flush()
+            yield from flush()
+
+        planned = self._stage("groups", specs(), makes="group", input=str(path))
+        refused = self._refused(planned.job_id)
+
+        def member_specs() -> Iterator[Spec]:
+            for line, group_id, owner, rest, unknown in members_of:
+                for member in rest:
+                    problems = ([f"group {group_id!r} was refused at planning"] if group_id in refused
+                                else [f"member: user {member!r} is not in the accounts (--users)"]
+                                if member in unknown else [])
+                    yield Spec(line, f"{group_id}/{member}", encode_member(group_id, owner, member), problems)
+
+        self._stage("members", member_specs(), input=str(path))
+
+    def _refused(self, job_id: int) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(items.c.key).where(
+                items.c.job_id == job_id, items.c.state == "rejected")).scalars())
+
+    def _valid(self, stage: str) -> Iterator[Any]:
+        """The valid items of an earlier stage, in order, a page at a time."""
+        after = -1
+        while True:
+            with self.engine.connect() as conn:
+                page = conn.execute(select(items.c.seq, items.c.key, items.c.row, items.c.payload).where(
+                    items.c.job_id == self.job_of[stage], items.c.seq > after,
+                    items.c.state == "pending").order_by(items.c.seq).limit(BATCH)).all()
+            if not page:
+                return
+            yield from page
+            after = page[-1].seq
+
+    def tokens(self) -> None:
+        self._stage("tokens", (Spec(r.row, r.key, {"user_id": r.key}) for r in self._valid("accounts")))
+
+    def verify(self) -> None:
+        self._stage("verify", self._checks())
+
+    def _checks(self) -> Iterator[Spec]:
+        caps = self.target.capabilities
+        for r in self._valid("accounts"):
+            p = r.payload
+            yield Spec(r.row, r.key, {"check": "profile", "user_id": r.key,
+                                      **{k: p[k] for k in ("name", "avatar") if p.get(k)}})
+        if "groups" in self.job_of and _can(caps, "GET_MEMBERS"):
+            rest: dict[str, list[str]] = {}
+            for r in self._valid("members"):
+                rest.setdefault(r.payload["group_id"], []).append(r.payload["member"])
+            for r in self._valid("groups"):
+                members = r.payload["members"] + rest.pop(r.key, [])
+                yield Spec(r.row, f"group:{r.key}", {"check": "members", "group_id": r.key,
+                                                     "owner": r.payload["owner"], "members": members})
+        if "friends" in self.job_of and _can(caps, "GET_FRIENDS"):
+            friends: dict[str, list[str]] = {}
+            for r in self._valid("friends"):
+                a, b = r.payload["user_id"], r.payload["friend_id"]
+                friends.setdefault(a, []).append(b)
+                friends.setdefault(b, []).append(a)
+            for user, theirs in friends.items():
+                yield Spec(0, f"friends:{user}", {"check": "friends", "user_id": user, "friends": theirs})
+
+
+def _can(capabilities, name: str) -> bool:
+    operation = getattr(Operation, name, None)
+    return operation is not None and operation in capabilities
+
+
+def _first(row: Row, columns: tuple[str, ...]) -> str:
+    return next((row.fields[c] for c in columns if c in row.fields), "")
+
+
+def _group_spec(row: Row, limit: int | None) -> tuple[Spec, list[str]]:
+    """A groups.jsonl row as the create item (its members filled in once
+    they are checked) and every member but the owner, in input order."""
+    if row.problem:
+        return Spec(row.line, f"#line{row.line}", problems=[row.problem]), []
+    f = row.fields
+    group_id, name, owner = f.get("key", ""), f.get("name", ""), f.get("owner", "")
+    problems = [f"{n}: required" for n, v in (("group_id", group_id), ("name", name), ("owner", owner))
+                if not v]
+    try:
+        members = json.loads(f.get("members", "[]"))
+    except ValueError:
+        members = None
+    if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+        problems.append("members: not a JSON list of user ids")
+        members = []
+    members = [m for m in dict.fromkeys(members) if m != owner]
+    if limit is not None and len(members) + 1 > limit:
+        problems.append(f"members: {len(members) + 1} with the owner, the target allows at most {limit}")
+    extra = {k: f[k] for k in ("avatar", "intro") if f.get(k)}
+    payload = encode_group(Group(group_id, name, owner, []), **extra)
+    return Spec(row.line, group_id or f"#line{row.line}", payload, problems), members
+
+
+def stage_of(engine: Engine, job_id: int) -> tuple[int, str] | None:
+    """(run id, stage) when the job is a run's stage."""
+    with engine.connect() as conn:
+        row = conn.execute(select(jobs.c.run_id, jobs.c.stage).where(jobs.c.id == job_id)).first()
+    return (row.run_id, row.stage) if row and row.run_id is not None else None
+
+
+def check_input(path: Path | None) -> None:
+    if path is not None and not Path(path).is_file():
+        raise InputError(f"{path}: no such file")

@@ -1,0 +1,112 @@
+"""Migration runs end to end: every stage planned up front, run in order
+through the id map, against the sandboxes over HTTP, on SQLite and
+PostgreSQL, with the engine's in-process workers."""
+
+import json
+
+import pytest
+from cryptography.fernet import Fernet
+
+from imshift.jobs import run_control, runs
+from imshift.jobs.progress import results
+from imshift.workers.embedded import in_process_workers
+
+from helpers import context, wait_until_done, write_users
+
+
+FAST = {op: 500.0 for op in ("register", "update_profile", "get_profiles", "issue_token",
+                             "create_group", "add_members", "import_friends", "get_members",
+                             "get_friends")}
+
+
+def write_pairs(path, pairs):
+    path.write_text("user_id,friend_id\n" + "".join(f"{a},{b}\n" for a, b in pairs), encoding="utf-8")
+    return path
+
+
+def write_groups(path, groups):
+    path.write_text("".join(json.dumps(g, ensure_ascii=False) + "\n" for g in groups), encoding="utf-8")
+    return path
+
+
+def user(i):
+    return f"user_{i:06d}"
+
+
+def run_to_the_end(ctx, run_id, timeout=120):
+    ctx.runtime  # noqa: B018  (configures the workers)
+    with in_process_workers(ctx.broker):
+        run_control.start(ctx.engine, ctx.broker, run_id)
+        for stage, p in run_control.run_progress(ctx.engine, run_id).stages:
+            wait_until_stage(ctx, p.job_id, timeout)
+    return run_control.run_progress(ctx.engine, run_id)
+
+
+def wait_until_stage(ctx, job_id, timeout):
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        p = wait_until_done(ctx, job_id, timeout)
+        if p.status == "finished":
+            return p
+        time.sleep(0.1)
+    raise AssertionError(f"stage job {job_id} did not finish")
+
+
+def by_key(ctx, job_id):
+    return {i.key: i for i in results(ctx.engine, job_id)}
+
+
+def test_a_run_into_maxim_uses_the_ids_maxim_assigns_in_every_later_stage(database_url, tmp_path,
+                                                                          monkeypatch):
+    ctx = context(database_url, token_key=Fernet.generate_key().decode(),
+                  apps={"old": {"vendor": "rongcloud", "sandbox": True},
+                        "new": {"vendor": "maxim", "sandbox": True, "rates": FAST}})
+    users = write_users(tmp_path / "u.csv", 160, bad_rows={7: {"user_id": "mta_7"}})  # Maxim refuses mta*
+    pairs = [(user(i), user(i + 1)) for i in range(0, 40)]
+    pairs += [(user(1), user(0)),  # the first pair again, the other way round
+              (user(3), "ghost"),  # a user not in the accounts
+              ("mta_7", user(9))]  # that account is refused at planning
+    friends = write_pairs(tmp_path / "f.csv", pairs)
+    big = [user(i) for i in range(10, 160)]  # over Maxim's 100 a call: the rest are the members stage
+    groups = write_groups(tmp_path / "g.jsonl", [
+        {"group_id": "g_small", "name": "Small", "owner": user(0), "members": [user(1), user(2)]},
+        {"group_id": "g_big", "name": "Big", "owner": user(1), "members": big + ["ghost"]},
+        {"group_id": "g_orphan", "name": "Orphan", "owner": "mta_7", "members": [user(2)]},
+    ])
+    plan = runs.plan_run(ctx.engine, "old", ctx.target("new"),
+                         runs.RunRequest(users=users, friends=friends, groups=groups, tokens=True,
+                                         verify=True), chunk_size=50)
+    stages = {s.stage: s.report for s in plan.stages}
+    assert list(stages) == ["accounts", "friends", "groups", "members", "tokens", "verify"]
+    assert (stages["accounts"].pending, stages["accounts"].invalid) == (159, 1)
+    assert (stages["friends"].total, stages["friends"].pending, stages["friends"].duplicates,
+            stages["friends"].invalid) == (43, 39, 1, 3)  # user_000007 is mta_7 now: 2 pairs dangle
+    assert stages["members"].total == 150 - 100 + 1 + 0  # the rest of g_big, and ghost (rejected)
+
+    p = run_to_the_end(ctx, plan.run_id)
+    assert p.status == "finished", p
+    box = ctx.sandbox("new")
+    ids = {source: target for kind, source, target in run_control.id_map_rows(ctx.engine, plan.run_id)
+           if kind == "user"}
+    groups_map = {source: target for kind, source, target in run_control.id_map_rows(ctx.engine, plan.run_id)
+                  if kind == "group"}
+    assert len(ids) == 159 and all(t.isdigit() for t in ids.values())
+    assert ids[user(0)] != user(0)
+    assert {ids[user(1)], ids[user(2)]} <= box.group_members(groups_map["g_small"])
+    assert box.group_members(groups_map["g_big"]) == {ids[u] for u in [user(1), *big]}
+    assert "g_orphan" not in groups_map
+    assert ids[user(1)] in box.friends(ids[user(0)]) and ids[user(0)] in box.friends(ids[user(1)])
+
+    stage_jobs = {s: sp.job_id for s, sp in p.stages}
+    friend_items = by_key(ctx, stage_jobs["friends"])
+    skipped = friend_items[f"mta_7↔{user(9)}"]
+    assert skipped.state == "skipped" and skipped.message.startswith("user mta_7 was not migrated: rejected")
+    group_items = by_key(ctx, stage_jobs["groups"])
+    assert group_items["g_orphan"].state == "skipped", group_items["g_orphan"]
+    tokens = by_key(ctx, stage_jobs["tokens"])
+    assert sum(1 for i in tokens.values() if i.state == "ok") == 159
+    verify = by_key(ctx, stage_jobs["verify"])
+    assert {i.state for i in verify.values()} == {"ok"}, [
+        (i.key, i.state, i.message) for i in verify.values() if i.state != "ok"][:5]
+    ctx.engine.dispose()
