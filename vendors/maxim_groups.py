@@ -93,8 +93,8 @@ class MaximGroups:
     # -- reading back --------------------------------------------------------------------
 
     async def get_members(self, group_id: str, owner: str) -> list[str] | None:
-        """GET /group/member_list, 1000 a page, acting as the owner (a
-        member may read its group). An unknown group (20001) is None."""
+        """GET /group/member_list, 1000 a page, acting as the owner (as the
+        other group calls do). An unknown group (20001) is None."""
         gid = vendor_id(group_id)
         if gid is None:
             return None
