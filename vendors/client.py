@@ -249,6 +249,23 @@ class VendorClient:
         """Every user id of the app, page by page."""
         raise self._unsupported(Operation.LIST_USERS)
 
+    def list_user_pages(self, cursor: str | None = None,
+                        page_size: int = 200) -> AsyncIterator[tuple[list[Profile], str | None]]:
+        """The app's users with their profiles, a page at a time, from
+        `cursor` (None: the start). Each page comes with the cursor that
+        resumes after it (None after the last page). A failed read raises
+        CallFailed; a cursor this vendor never gave raises ValueError."""
+        raise self._unsupported(Operation.LIST_USERS)
+
+    async def get_members(self, group_id: str, owner: str) -> list[str] | None:
+        """The group's member ids at the vendor, owner included, or None when
+        there is no such group. Any other failure raises CallFailed."""
+        raise self._unsupported(Operation.GET_MEMBERS)
+
+    async def get_friends(self, user_id: str) -> list[str]:
+        """The user's friend ids at the vendor ([] for none). Raises CallFailed."""
+        raise self._unsupported(Operation.GET_FRIENDS)
+
     # -- hooks a vendor fills in ---------------------------------------------------------
 
     def reply_code(self, body: dict[str, Any]) -> Any:

@@ -13,6 +13,9 @@ User tokens need the user's password (`POST /token/id`). The client keeps no
 passwords, so registering generates one per user and returns it, and
 `issue_tokens` sets a fresh password first and returns it with the token:
 issuing a token therefore invalidates the user's previous password.
+
+Users and messages are here; groups and friends (and which friend list is
+read) in maxim_groups.py; ids and acting-as headers in maxim_wire.py.
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Mapping, 
 
 import httpx
 
-from .vocabulary import FieldRule, Group, Message, Operation, Outcome, Profile, Result, VendorRules
+from .vocabulary import FieldRule, Message, Operation, Outcome, Profile, Result, VendorRules
 from .client import Batch, CallFailed, Codes, Reply, VendorClient, chunks, invalid, same_for_all
+from .maxim_groups import MaximGroups
+from .maxim_wire import acting_as, is_id as _is_id, items_by, not_an_id, vendor_id
+from .paging import offset_pages
 
 MAX_TARGETS = 500  # message targets per call (the vendor's 12005 cap on push lists)
 MAX_PAGE_SIZE = 200  # GET /user/list
@@ -36,7 +42,6 @@ CONTENT_TEXT = 0
 CONTENT_COMMAND = 6  # "custom" content: our JSON object, serialised in `content`
 MISSING = Result(Outcome.RETRYABLE, "missing", "the reply left this user out")
 
-_VENDOR_ID = re.compile(r"[0-9]{1,19}")
 _CODE_IN_REASON = re.compile(r"\s*(\d{3,5})\b")
 
 
@@ -53,13 +58,6 @@ class MaximConfig:
 def admin_headers(config: MaximConfig) -> dict[str, str]:
     """The headers every call carries."""
     return {"app_id": config.app_id, "access-token": config.access_token}
-
-
-def acting_as(*, user_id: int | None = None, group_id: int | None = None) -> dict[str, str]:
-    """One call's extra headers: `user_id` acts as that user, `group_id` as
-    that group's admin (both only with an admin token)."""
-    return {name: str(value) for name, value in (("user_id", user_id), ("group_id", group_id))
-            if value is not None}
 
 
 class MaximAuth(httpx.Auth):
@@ -84,18 +82,6 @@ def new_password() -> str:
     return secrets.token_urlsafe(18)
 
 
-def vendor_id(value: str) -> int | None:
-    """Maxim's numeric id, or None when `value` cannot be one."""
-    if _VENDOR_ID.fullmatch(value) and 0 < int(value) < 2 ** 63:
-        return int(value)
-    return None
-
-
-def not_an_id(field_name: str, value: str) -> str | None:
-    """The reason `value` cannot be a Maxim id for `field_name`, or None."""
-    return None if vendor_id(value) else f"{field_name}: {value[:80]!r} is not a Maxim id (digits)"
-
-
 def message_fields(message: Message) -> dict[str, Any]:
     if message.text is not None:
         return {"content": message.text, "content_type": CONTENT_TEXT}
@@ -117,18 +103,7 @@ def expires_at(expire: Any) -> int | None:
     return expire // 1000 if expire > 10 ** 11 else expire
 
 
-def items_by(body: dict[str, Any], key: str) -> dict[Any, dict[str, Any]]:
-    """A batch reply's items (`data`, a list of objects) by their `key` field."""
-    data = body.get("data")
-    return {item.get(key): item for item in (data if isinstance(data, list) else [])
-            if isinstance(item, dict)}
-
-
-def _is_id(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2 ** 63
-
-
-class MaximClient(VendorClient):
+class MaximClient(MaximGroups, VendorClient):
     register_secrets = frozenset({"password"})  # the only way to a user token later
     vendor = "maxim"
     capabilities = frozenset(Operation)
@@ -165,6 +140,7 @@ class MaximClient(VendorClient):
             Operation.ISSUE_TOKEN: 1, Operation.SEND: MAX_TARGETS, Operation.SEND_GROUP: MAX_TARGETS,
             Operation.BROADCAST: 1, Operation.CREATE_GROUP: 1, Operation.ADD_MEMBERS: 100,
             Operation.IMPORT_FRIENDS: 100, Operation.LIST_USERS: MAX_PAGE_SIZE,
+            Operation.GET_MEMBERS: 1, Operation.GET_FRIENDS: 1,  # one group / user a call
         },
         # No documented rate limits: conservative calls/s, meant to be overridden.
         rates={
@@ -172,7 +148,11 @@ class MaximClient(VendorClient):
             Operation.ISSUE_TOKEN: 10, Operation.SEND: 5, Operation.SEND_GROUP: 5,
             Operation.BROADCAST: 1, Operation.CREATE_GROUP: 5, Operation.ADD_MEMBERS: 5,
             Operation.IMPORT_FRIENDS: 10, Operation.LIST_USERS: 5,
+            Operation.GET_MEMBERS: 10, Operation.GET_FRIENDS: 10,
         },
+        # The vendor's docs name group size limits only as refusals (codes
+        # 20007-20010, docs/vendors.md) and give no default figure: None.
+        group_size=None,
     )
 
     @classmethod
@@ -353,21 +333,30 @@ class MaximClient(VendorClient):
             out["expires_at"] = expiry
         return Result(Outcome.OK, "200", data=out)
 
+    async def _user_page(self, number: int, size: int) -> tuple[list[str], bool]:
+        """One page of GET /user/list (≤ 200): its user_ids, and whether it is the last."""
+        call, body = await self.call(Operation.LIST_USERS, "GET", "/user/list",
+                                     params={"page_num": number, "page_size": size})
+        if not call.succeeded:
+            raise CallFailed(call)
+        page = body.get("data") if isinstance(body.get("data"), list) else []
+        return [str(item["user_id"]) for item in page if isinstance(item, dict)], len(page) < size
+
     async def list_users(self, page_size: int = MAX_PAGE_SIZE) -> AsyncIterator[str]:
         """Every user_id of the app (GET /user/list, ≤ 200 a page)."""
-        page_size = min(max(1, page_size), MAX_PAGE_SIZE)
-        page_num = 1
-        while True:
-            call, body = await self.call(Operation.LIST_USERS, "GET", "/user/list",
-                                         params={"page_num": page_num, "page_size": page_size})
-            if not call.succeeded:
-                raise CallFailed(call)
-            page = body.get("data") if isinstance(body.get("data"), list) else []
-            for item in page:
-                yield str(item["user_id"])
-            if len(page) < page_size:
-                return
-            page_num += 1
+        async for ids, _ in offset_pages(self._user_page, None, min(max(1, page_size), MAX_PAGE_SIZE)):
+            for user_id in ids:
+                yield user_id
+
+    async def list_user_pages(self, cursor: str | None = None, page_size: int = MAX_PAGE_SIZE
+                              ) -> AsyncIterator[tuple[list[Profile], str | None]]:
+        """Pages of GET /user/list (≤ 200) with each user's profile. Maxim has
+        no bulk profile read, so a page costs one /user/profile call per user
+        (`concurrency` at a time); a user deleted meanwhile is left out."""
+        size = min(max(1, page_size), MAX_PAGE_SIZE)
+        async for ids, after in offset_pages(self._user_page, cursor, size):
+            profiles = await self.each(ids, self._get_profile)
+            yield [p for p in profiles if p is not None], after
 
     # -- messages ------------------------------------------------------------------------
 
@@ -411,69 +400,6 @@ class MaximClient(VendorClient):
         if call.succeeded and isinstance(body.get("data"), dict):
             return replace(call, data={"send_num": body["data"].get("send_num")})
         return call
-
-    # -- groups and friends --------------------------------------------------------------
-
-    async def create_group(self, group: Group) -> Result:
-        """POST /group/create as the owner with the first slice of members,
-        then /group/invite for the rest. Maxim assigns the group id
-        (data["group_id"]); the app's `group.group_id` cannot be kept. Not
-        idempotent: a non-success Result that has data["group_id"] means the
-        group exists, so finish it with add_members rather than create again."""
-        if problem := not_an_id("user_id: owner", group.owner):
-            return invalid(problem)
-        if not group.name:
-            return invalid("name: required")
-        others = [m for m in dict.fromkeys(group.members) if m != group.owner]
-        members = [vendor_id(m) for m in others]
-        if None in members:
-            return invalid(not_an_id("user_list", others[members.index(None)]))
-        first = self.rules.batch_size[Operation.ADD_MEMBERS]
-        payload = {"name": group.name, "description": "", "type": 0, "user_list": members[:first]}
-        call, body = await self.call(Operation.CREATE_GROUP, "POST", "/group/create",
-                                     headers=acting_as(user_id=vendor_id(group.owner)), json=payload,
-                                     expect=("data.group_id",))
-        if not call.succeeded:
-            return call
-        group_id = str(body["data"]["group_id"])
-        rest = await self.add_members(group_id, group.owner, others[first:])
-        if failed := [r for r in rest if not r.succeeded]:
-            return replace(failed[0], data={"group_id": group_id}, message=(
-                f"group {group_id} created, but {len(failed)} of {len(members)} members "
-                f"were not added: {failed[0].message}"))
-        return Result(Outcome.OK, "200", data={"group_id": group_id})
-
-    async def add_members(self, group_id: str, owner: str, members: Sequence[str]) -> list[Result]:
-        """POST /group/invite as the owner; per-user results."""
-        if problem := not_an_id("group_id", group_id) or not_an_id("owner", owner):
-            return same_for_all(invalid(problem), len(members))
-        gid, as_owner = vendor_id(group_id), acting_as(user_id=vendor_id(owner))
-
-        async def call(ids: list[int]) -> list[Result]:
-            result, body = await self.call(Operation.ADD_MEMBERS, "POST", "/group/invite",
-                                           headers=as_owner, json={"group_id": gid, "user_list": ids})
-            if not result.succeeded:
-                return same_for_all(result, len(ids))
-            items = items_by(body, "user_id")
-            return [self.item_result(items.get(uid)) for uid in ids]
-
-        return await self._by_batch(Operation.ADD_MEMBERS, members, "user_list", call)
-
-    async def import_friends(self, owner: str, friend_ids: Sequence[str]) -> list[Result]:
-        """POST /user/add_roster acting as `owner`: adds friends directly."""
-        if problem := not_an_id("user_id: owner", owner):
-            return same_for_all(invalid(problem), len(friend_ids))
-        as_owner = acting_as(user_id=vendor_id(owner))
-
-        async def call(ids: list[int]) -> Result:
-            result, _ = await self.call(Operation.IMPORT_FRIENDS, "POST", "/user/add_roster",
-                                        headers=as_owner, json={"list": ids})
-            return result
-
-        batch = Batch(friend_ids, lambda f: "list: cannot befriend oneself" if f == owner else None)
-        batch.put(batch.valid, await self._by_batch(Operation.IMPORT_FRIENDS,
-                                                    [friend_ids[i] for i in batch.valid], "list", call))
-        return batch.done()
 
     async def _by_batch(self, op: Operation, values: Sequence[str], field_name: str,
                         call: Callable[[list[int]], Awaitable[Result | list[Result]]]) -> list[Result]:

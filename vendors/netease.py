@@ -29,6 +29,7 @@ BASE_URLS = {
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded;charset=utf-8"
 MEMBERS_MAX_BYTES = 1024  # team/create and team/add: the `members` JSON text
 MEMBERS_MAX_COUNT = 200  # team/add: at most 200 people per call
+TEAM_SIZE = 200  # an advanced team's default member limit, owner included
 TEXT_BODY_MAX = 5000  # msg/send*: the `body` JSON text, in characters
 BROADCAST_BODY_MAX = 4096
 
@@ -89,6 +90,7 @@ class NeteaseClient(VendorClient):
         Operation.REGISTER, Operation.UPDATE_PROFILE, Operation.GET_PROFILES,
         Operation.ISSUE_TOKEN, Operation.SEND, Operation.SEND_GROUP, Operation.BROADCAST,
         Operation.CREATE_GROUP, Operation.ADD_MEMBERS, Operation.IMPORT_FRIENDS,
+        Operation.GET_MEMBERS, Operation.GET_FRIENDS,
     })
     rules = VendorRules(
         fields={
@@ -103,6 +105,7 @@ class NeteaseClient(VendorClient):
             Operation.ISSUE_TOKEN: 1, Operation.SEND: 500, Operation.SEND_GROUP: 1,
             Operation.BROADCAST: 1, Operation.CREATE_GROUP: 1,
             Operation.ADD_MEMBERS: MEMBERS_MAX_COUNT, Operation.IMPORT_FRIENDS: 1,
+            Operation.GET_MEMBERS: 1, Operation.GET_FRIENDS: 1,
         },
         # Documented: account creation 100 calls/s; batch send 120 calls/min.
         # The rest are undocumented, so conservative.
@@ -110,9 +113,13 @@ class NeteaseClient(VendorClient):
             Operation.REGISTER: 100, Operation.SEND: 2, Operation.UPDATE_PROFILE: 20,
             Operation.GET_PROFILES: 20, Operation.ISSUE_TOKEN: 20, Operation.SEND_GROUP: 10,
             Operation.BROADCAST: 0.1, Operation.CREATE_GROUP: 5, Operation.ADD_MEMBERS: 5,
-            Operation.IMPORT_FRIENDS: 20,
+            Operation.IMPORT_FRIENDS: 20, Operation.GET_MEMBERS: 20, Operation.GET_FRIENDS: 20,
         },
         id_form=str.lower,
+        # An advanced team (高级群) holds 200 people by default, owner included
+        # (NetEase's create-team reference: the member limit defaults to 200;
+        # the app raises it in the console). Over it: code 801.
+        group_size=TEAM_SIZE,
     )
     # 408 timeout, 500 internal error, 501 database error, 503 busy; 416 frequency control.
     codes = Codes(ok=frozenset({200}), rate_limited=frozenset({416}),
@@ -323,6 +330,37 @@ class NeteaseClient(VendorClient):
         return await self._per_item(
             friend_ids, lambda f: refused or ACCID_RULE.check("faccid", f), befriend)
 
+
+    # -- reading back --------------------------------------------------------------------
+
+    async def get_members(self, group_id: str, owner: str) -> list[str] | None:
+        """team/query.action with ope=1. The reply names the owner and the
+        admins apart from `members`, so all three are joined. A tid is a
+        number the vendor assigned: anything else, or an unknown one, is None."""
+        if not (group_id.isascii() and group_id.isdigit()):
+            return None
+        result, body = await self._post(Operation.GET_MEMBERS, "team/query.action",
+                                        {"tids": json_list([group_id]), "ope": 1})
+        if not result.succeeded:
+            raise CallFailed(result)
+        for info in body.get("tinfos") or []:
+            if isinstance(info, dict) and str(info.get("tid")) == group_id:
+                people = [info.get("owner"), *string_list(info.get("admins")),
+                          *string_list(info.get("members"))]
+                return list(dict.fromkeys(str(p) for p in people if p))
+        return None
+
+    async def get_friends(self, user_id: str) -> list[str]:
+        """friend/get.action from updatetime 0 (every friend). Raises CallFailed."""
+        problem = ACCID_RULE.check("accid", user_id)
+        if problem:
+            raise CallFailed(Result(Outcome.REJECTED, "invalid", problem))
+        result, body = await self._post(Operation.GET_FRIENDS, "friend/get.action",
+                                        {"accid": user_id.lower(), "updatetime": 0})
+        if not result.succeeded:
+            raise CallFailed(result)
+        friends = [f.get("faccid") for f in body.get("friends") or [] if isinstance(f, dict)]
+        return list(dict.fromkeys(str(f) for f in friends if f))
 
 # -- forms and replies -----------------------------------------------------------------
 

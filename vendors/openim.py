@@ -3,9 +3,8 @@
 OpenIM has no request signature: the shared `secret` buys an admin token,
 and every other call carries that token in a `token` header plus a fresh
 random `operationID` (a header in v3, a body field in v2); `OpenIMAuth`
-stamps both. The admin token is cached until it expires, fetched once per
-client at a time (a new admin token leaves older ones only five minutes),
-and once more when refused. `OpenIMClient(config, ...)` builds the class
+stamps both, and the token's keeping is in openim_auth.py.
+`OpenIMClient(config, ...)` builds the class
 for the config's API version: `OpenIMV3Client` (openim_v3.py) or
 `OpenIMV2Client` (openim_v2.py), with each version's endpoints, payload
 shapes, rules and reply parsing; the flows both run alike are here. Facts:
@@ -27,15 +26,12 @@ import httpx
 
 from .vocabulary import Group, Message, Operation, Outcome, Profile, Result, VendorRules
 from .client import Batch, CallFailed, Reply, VendorClient, chunks, invalid, same_for_all
+from .openim_auth import AdminToken, OpenIMAuth
+from .paging import offset_pages
 
 API_VERSIONS = ("v3", "v2")
 ADMIN_PLATFORM_ID = 10  # v3 refuses user tokens for it
 MAX_IDS_PER_CALL = 1000  # openimsdk/protocol constant.ParamMaxLength
-TOKEN_MARGIN = 60.0  # fetch a new admin token this long before the old one expires
-# The auth flow reads a reply for a refused token only when it declares at most
-# this length: a refusal is short, and this cannot decode past the reply cap.
-PEEK_BYTES = 8 * 1024
-
 TEXT, CUSTOM = 101, 110  # contentType
 SINGLE_CHAT = 1
 ECHOED_TOKEN = re.compile(r"(token\s*[:=]\s*)\S+", re.IGNORECASE)
@@ -72,36 +68,6 @@ class OpenIMConfig:
             raise ValueError("concurrency: at least 1")
 
 
-class OpenIMAuth(httpx.Auth):
-    """Stamps a request the version's way (`client.stamp`): a fresh operationID
-    and, unless `admin` is False (v2 calls carrying the secret), the admin
-    token: cached, fetched here when none is fresh, and again once if refused."""
-
-    def __init__(self, client: OpenIMClient, *, admin: bool = True):
-        self.client = client
-        self.admin = admin
-
-    async def async_auth_flow(self, request: httpx.Request) -> AsyncIterator[httpx.Request]:
-        client = self.client
-        if not self.admin:
-            yield client.stamp(request, None)
-            return
-        stale: str | None = None
-        for attempt in range(2):
-            token = client._fresh_token(stale)
-            if token is None:
-                async with client._token_lock:  # one fetch at a time: the others wait and share it
-                    token = client._fresh_token(stale)
-                    if token is None:
-                        await client.throttle("auth", 1)
-                        response = yield client.stamp(client._token_request(), None)
-                        token = client._keep_token(await _reply(response))
-            response = yield client.stamp(request, token)
-            if attempt or not await client._refused_token(response):
-                return
-            stale = token
-
-
 def _by_version(self: Any, *args: Any, **kwargs: Any) -> Any:
     raise NotImplementedError("implemented by OpenIMV3Client and OpenIMV2Client")
 
@@ -116,7 +82,7 @@ class _DefaultRules:
         return RULES_V3
 
 
-class OpenIMClient(VendorClient):
+class OpenIMClient(AdminToken, VendorClient):
     vendor = "openim"
     capabilities = frozenset(Operation)
     rules = _DefaultRules()  # type: ignore[assignment]
@@ -125,8 +91,6 @@ class OpenIMClient(VendorClient):
 
     # -- what each version sets ----------------------------------------------------------
     version: ClassVar[str]
-    token_codes: ClassVar[range]  # the codes of a refused token
-    token_path: ClassVar[str]
     send_path: ClassVar[str]  # one message
     group_chat: ClassVar[int]  # sessionType of a group message
     text_key: ClassVar[str]  # where a text message's text goes in `content`
@@ -140,12 +104,13 @@ class OpenIMClient(VendorClient):
 
     # ... and these methods: _token_body() -> the token request's body;
     # _expiry(token reply data) -> epoch seconds; _invite(group_id, ids) and
-    # _import(owner, ids) -> Results; and the operations each version does
-    # whole, named here where the registry looks, so that this class says it
-    # implements every operation.
-    _token_body = _expiry = _invite = _import = _by_version
+    # _import(owner, ids) -> Results; _users(ids) -> stored users by id and
+    # _profile_of(user) -> its Profile; _user_ids() -> a PageFetch of user
+    # ids; and the operations each version does whole, named here where the
+    # registry looks, so that this class says it implements every operation.
+    _token_body = _expiry = _invite = _import = _users = _profile_of = _user_ids = _by_version
     register_users = update_profiles = get_profiles = _by_version  # type: ignore[assignment]
-    issue_tokens = list_users = create_group = _by_version  # type: ignore[assignment]
+    issue_tokens = create_group = get_members = get_friends = _by_version  # type: ignore[assignment]
 
     def __new__(cls, config: OpenIMConfig | None = None, *args: Any, **kwargs: Any) -> OpenIMClient:
         # The registry and the sandbox name only OpenIMClient, and some code
@@ -177,50 +142,6 @@ class OpenIMClient(VendorClient):
     @classmethod
     def rules_for(cls, config: Any) -> VendorRules:
         return cls.for_config(config).rules
-
-    # -- auth ----------------------------------------------------------------------------
-
-    def auth(self) -> httpx.Auth:
-        return self._admin_auth
-
-    def _token_refused(self, status: int, code: int, message: str) -> bool:
-        return code in self.token_codes
-
-    def _fresh_token(self, stale: str | None) -> str | None:
-        """The cached admin token unless missing, expiring, or `stale`."""
-        token = self._admin_token
-        fresh = token is not None and token != stale and self.clock() < self._admin_expires - TOKEN_MARGIN
-        return token if fresh else None
-
-    def _token_request(self) -> httpx.Request:
-        url = self.config.base_url.rstrip("/") + self.token_path
-        return self.http.build_request("POST", url, json=self._token_body())
-
-    def _keep_token(self, reply: Reply) -> str:
-        """Cache the token a token reply carries, or raise CallFailed."""
-        result = self.classify("auth", reply)
-        data = reply.body.get("data")
-        token = data.get("token") if isinstance(data, dict) else None
-        if result.outcome is Outcome.OK and not token:
-            result = Result(Outcome.RETRYABLE, "incomplete", "the admin token reply carried no token")
-        if result.outcome is Outcome.REJECTED:  # e.g. 1001 "userID is error": a config problem
-            why = result.message or result.code
-            result = Result(Outcome.AUTH, result.code, f"admin token refused: {why}")
-        if result.outcome is not Outcome.OK:
-            raise CallFailed(result)
-        assert isinstance(data, dict)
-        self._admin_token, self._admin_expires = str(token), self._expiry(data)
-        return self._admin_token
-
-    async def _refused_token(self, response: httpx.Response) -> bool:
-        """Whether a reply says the token it answers was refused. Read only
-        when short (see PEEK_BYTES); a longer reply is left to the base."""
-        declared = response.headers.get("content-length", "")
-        if not declared.isdigit() or int(declared) > PEEK_BYTES:
-            return False
-        reply = await _reply(response)
-        code = self.reply_code(reply.body)
-        return bool(code) and self._token_refused(reply.status, code, self.reply_message(reply.body))
 
     # -- calls and their replies ---------------------------------------------------------
 
@@ -336,6 +257,29 @@ class OpenIMClient(VendorClient):
         batch.put(batch.valid, [answers[ids[i]] for i in batch.valid])
         return batch.done()
 
+    # -- listing users (a migration source) ---------------------------------------------
+
+    async def _id_pages(self, cursor: str | None,
+                        page_size: int) -> AsyncIterator[tuple[list[str], str | None]]:
+        """Pages of user ids, the configured admin left out, each with the cursor after it."""
+        size = max(1, min(page_size, self.rules.batch_size[Operation.LIST_USERS]))
+        async for ids, after in offset_pages(self._user_ids(), cursor, size):
+            yield [u for u in ids if u != self.config.admin_user_id], after
+
+    async def list_users(self, page_size: int = 200) -> AsyncIterator[str]:
+        """Every user id except the configured admin. Raises CallFailed."""
+        async for ids, _ in self._id_pages(None, page_size):
+            for user_id in ids:
+                yield user_id
+
+    async def list_user_pages(self, cursor: str | None = None, page_size: int = 200
+                              ) -> AsyncIterator[tuple[list[Profile], str | None]]:
+        """Each page's profiles come from one get_users_info call (a user
+        deleted meanwhile is left out). Raises CallFailed."""
+        async for ids, after in self._id_pages(cursor, page_size):
+            users = await self._users(ids) if ids else {}
+            yield [self._profile_of(users[u]) for u in ids if u in users], after
+
     # -- what the two versions share ----------------------------------------------------
 
     def _token_target(self, user_id: str) -> str | None:
@@ -439,16 +383,6 @@ class OpenIMClient(VendorClient):
         sent, failed = self._batch_outcome(body)
         text = f"{len(failed)} recipients failed" if failed else ""
         return Result(Outcome.OK, "0", text, data={"sent": len(sent), "failed_user_ids": sorted(failed)})
-
-
-async def _reply(response: httpx.Response) -> Reply:
-    """A reply read in the auth flow, parsed as the base parses one."""
-    content = await response.aread()
-    try:
-        body = json.loads(content) if content else {}
-    except ValueError:
-        return Reply(response.status_code, {}, response.headers, readable=False)
-    return Reply(response.status_code, body if isinstance(body, dict) else {"data": body}, response.headers)
 
 
 def listed(data: Any, key: str | None) -> list[Any]:

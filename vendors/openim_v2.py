@@ -11,7 +11,7 @@ takes one user per call and answers an existing one with an HTTP 500.
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, Sequence
 
 import httpx
 
@@ -19,6 +19,7 @@ from .vocabulary import FieldRule, Group, Operation, Outcome, Profile, Result, V
 from .client import Batch, CallFailed, Codes, chunks, invalid, same_for_all
 from .openim import (MAX_IDS_PER_CALL, OpenIMClient, data_of, exists, listed, new_operation_id, ok, with_data)
 from .openim_v3 import RULES_V3
+from .paging import PageFetch, sliced
 
 GROUP_TYPE = 0  # NormalGroup
 GROUP_CHAT = 2  # GroupChatType
@@ -34,7 +35,8 @@ RULES_V2 = VendorRules(  # the ApiUserInfo binding; v3's batches and rates, but 
             "phoneNumber": FieldRule(max_len=32),
             "birth": FieldRule(max_len=10, pattern=r"[0-9]+", pattern_hint="a uint32 number"),
             "email": FieldRule(max_len=64)},
-    batch_size={**RULES_V3.batch_size, Operation.REGISTER: 1}, rates=RULES_V3.rates)
+    batch_size={**RULES_V3.batch_size, Operation.REGISTER: 1}, rates=RULES_V3.rates,
+    group_size=RULES_V3.group_size)
 
 # pkg/common/constant/error_info.go
 CODES_V2 = Codes(
@@ -152,15 +154,23 @@ class OpenIMV2Client(OpenIMClient):
         return Result(Outcome.OK, result.code, data={"user_id": user_id, "token": data.get("token"),
                                                      "expires_at": data.get("expiredTime")})
 
-    async def list_users(self, page_size: int = 200) -> AsyncIterator[str]:
-        """Every user id except the configured admin, in one list (v2 has no pages). Raises CallFailed."""
-        result, body = await self._post(Operation.LIST_USERS, "/user/get_all_users_uid", {})
-        if not result.succeeded:
-            raise CallFailed(result)
-        ids = body.get("data")
-        for user_id in ids if isinstance(ids, list) else []:
-            if user_id != self.config.admin_user_id:
-                yield user_id
+    def _user_ids(self) -> PageFetch[str]:
+        """v2 lists every id in one reply: read it once per listing, then page through it."""
+        everyone: list[str] | None = None
+
+        async def page(number: int, size: int) -> tuple[Sequence[str], bool]:
+            nonlocal everyone
+            if everyone is None:
+                result, body = await self._post(Operation.LIST_USERS, "/user/get_all_users_uid", {})
+                if not result.succeeded:
+                    raise CallFailed(result)
+                everyone = [u for u in listed(body.get("data"), None) if isinstance(u, str)]
+            return await sliced(everyone)(number, size)
+        return page
+
+    @staticmethod
+    def _profile_of(user: dict[str, Any]) -> Profile:
+        return _profile(user)
 
     # -- groups and friends --------------------------------------------------------------
 
@@ -226,6 +236,31 @@ class OpenIMV2Client(OpenIMClient):
                 Result(Outcome.REJECTED, str(per_user.get(f, "missing")),
                        f"friend_id: {f!r} not imported {result.message}".strip()) for f in friend_ids]
 
+
+    # -- reading back --------------------------------------------------------------------
+
+    async def get_members(self, group_id: str, owner: str) -> list[str] | None:
+        """/group/get_group_all_member_list: every member in one reply. v2
+        answers an unknown group with no members; a group keeps its owner,
+        so no members means no group."""
+        if not group_id:
+            return None
+        result, body = await self._post(Operation.GET_MEMBERS, "/group/get_group_all_member_list",
+                                        {"groupID": group_id})
+        if not result.succeeded:
+            raise CallFailed(result)
+        members = [m.get("userID") for m in listed(body.get("data"), None) if isinstance(m, dict)]
+        return list(dict.fromkeys(str(m) for m in members if m)) or None
+
+    async def get_friends(self, user_id: str) -> list[str]:
+        """/friend/get_friend_list: every friend in one reply. Raises CallFailed."""
+        result, body = await self._post(Operation.GET_FRIENDS, "/friend/get_friend_list",
+                                        {"fromUserID": user_id})
+        if not result.succeeded:
+            raise CallFailed(result)
+        friends = [(f.get("friendUser") or {}).get("userID") for f in listed(body.get("data"), None)
+                   if isinstance(f, dict)]
+        return list(dict.fromkeys(str(f) for f in friends if f))
 
 def _per_user(body: dict[str, Any]) -> dict[str, Any] | None:
     """The per-user `result` list (0 = done), when the reply has one."""

@@ -9,16 +9,18 @@ duration (`expireTimeSeconds`).
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, Sequence
 
 import httpx
 
 from .vocabulary import FieldRule, Group, Operation, Outcome, Profile, Result, VendorRules
 from .client import Batch, CallFailed, Codes, chunks, invalid, same_for_all
 from .openim import (MAX_IDS_PER_CALL, OpenIMClient, data_of, exists, listed, new_operation_id, ok, with_data)
+from .paging import NoSuchList, PageFetch, read_all
 
 GROUP_TYPE = 2  # v3 accepts only WorkingGroup
 GROUP_CHAT = 3  # ReadGroupChatType
+GROUP_MISSING = ("1004", "1201")  # RecordNotFound, GroupIDNotFound
 
 RULES_BATCH = {
     Operation.REGISTER: 1000,  # no cap in v3 code; one InsertMany, like the protocol's 1000-id lists
@@ -32,6 +34,8 @@ RULES_BATCH = {
     Operation.ADD_MEMBERS: MAX_IDS_PER_CALL,
     Operation.IMPORT_FRIENDS: MAX_IDS_PER_CALL,
     Operation.LIST_USERS: 1000,  # showNumber per page
+    Operation.GET_MEMBERS: 1,  # one group a call (its pages are 1000 members)
+    Operation.GET_FRIENDS: 1,
 }
 # Self-hosted, limiter off by default: moderate rates a single-node
 # deployment carries; batch calls (up to 1000 items each) go slower.
@@ -47,6 +51,8 @@ RULES_RATES = {
     Operation.ADD_MEMBERS: 20,
     Operation.IMPORT_FRIENDS: 20,
     Operation.LIST_USERS: 50,
+    Operation.GET_MEMBERS: 50,
+    Operation.GET_FRIENDS: 50,
 }
 RULES_V3 = VendorRules(
     fields={
@@ -58,7 +64,10 @@ RULES_V3 = VendorRules(
         "avatar": FieldRule(max_len=1024, unit="bytes"),  # faceURL
         "ex": FieldRule(max_len=1024),
     },
-    batch_size=RULES_BATCH, rates=RULES_RATES)
+    batch_size=RULES_BATCH, rates=RULES_RATES,
+    # OpenIM's docs state no cap on a group's members (the deployer's own
+    # server): None.
+    group_size=None)
 
 # pkg/common/servererrs and tools/errs
 CODES_V3 = Codes(
@@ -176,25 +185,22 @@ class OpenIMV3Client(OpenIMClient):
         return Result(Outcome.OK, result.code, data={"user_id": user_id, "token": data.get("token"),
                                                      "expires_at": round(self._expiry(data))})
 
-    async def list_users(self, page_size: int = 200) -> AsyncIterator[str]:
-        """Every user id except the configured admin. Raises CallFailed."""
-        size = max(1, min(page_size, self.rules.batch_size[Operation.LIST_USERS]))
-        page = 1
-        while True:
-            result, body = await self._post(Operation.LIST_USERS, "/user/get_all_users_uid",
-                                            {"pagination": {"pageNumber": page, "showNumber": size}})
-            if not result.succeeded:
-                raise CallFailed(result)
-            data = body.get("data")
-            ids = data.get("userIDs") if isinstance(data, dict) else None
-            ids = ids if isinstance(ids, list) else []
-            for user_id in ids:
-                if user_id != self.config.admin_user_id:
-                    yield user_id
-            total = data.get("total") if isinstance(data, dict) else None
-            if len(ids) < size or (isinstance(total, int) and page * size >= total):
-                return
-            page += 1
+    def _user_ids(self) -> PageFetch[str]:
+        return self._uid_page
+
+    async def _uid_page(self, number: int, size: int) -> tuple[list[str], bool]:
+        result, body = await self._post(Operation.LIST_USERS, "/user/get_all_users_uid",
+                                        {"pagination": {"pageNumber": number, "showNumber": size}})
+        if not result.succeeded:
+            raise CallFailed(result)
+        data = data_of(body)
+        ids = [u for u in listed(data, "userIDs") if isinstance(u, str)]
+        total = data.get("total")
+        return ids, len(ids) < size or (isinstance(total, int) and number * size >= total)
+
+    @staticmethod
+    def _profile_of(user: dict[str, Any]) -> Profile:
+        return _profile(user)
 
     # -- groups and friends --------------------------------------------------------------
 
@@ -265,6 +271,46 @@ class OpenIMV3Client(OpenIMClient):
                         for f in friend_ids]
         return same_for_all(result, len(friend_ids))
 
+
+    # -- reading back --------------------------------------------------------------------
+
+    async def get_members(self, group_id: str, owner: str) -> list[str] | None:
+        """/group/get_group_member_list, 1000 a page. An unknown group, or
+        one without members (a group keeps at least its owner), is None."""
+        async def page(number: int, size: int) -> tuple[list[str], bool]:
+            result, body = await self._post(Operation.GET_MEMBERS, "/group/get_group_member_list", {
+                "groupID": group_id, "pagination": {"pageNumber": number, "showNumber": size}})
+            if result.code in GROUP_MISSING:
+                raise NoSuchList(group_id)
+            return _page_of(result, body, "members", lambda m: m.get("userID"), number, size)
+
+        try:
+            members = await read_all(page, MAX_IDS_PER_CALL) if group_id else []
+        except NoSuchList:
+            return None
+        return list(dict.fromkeys(members)) or None
+
+    async def get_friends(self, user_id: str) -> list[str]:
+        """/friend/get_friend_list, 1000 a page. Raises CallFailed."""
+        async def page(number: int, size: int) -> tuple[list[str], bool]:
+            result, body = await self._post(Operation.GET_FRIENDS, "/friend/get_friend_list", {
+                "userID": user_id, "pagination": {"pageNumber": number, "showNumber": size}})
+            return _page_of(result, body, "friendsInfo",
+                            lambda f: (f.get("friendUser") or {}).get("userID"), number, size)
+
+        return list(dict.fromkeys(await read_all(page, MAX_IDS_PER_CALL)))
+
+
+def _page_of(result: Result, body: dict[str, Any], key: str, id_of: Any, number: int,
+             size: int) -> tuple[list[str], bool]:
+    """The ids on one page of a v3 listing ({total, <key>: [...]}) and whether it is the last."""
+    if not result.succeeded:
+        raise CallFailed(result)
+    data = data_of(body)
+    entries = [e for e in listed(data, key) if isinstance(e, dict)]
+    ids = [str(i) for i in map(id_of, entries) if i]
+    total = data.get("total")
+    return ids, len(entries) < size or (isinstance(total, int) and number * size >= total)
 
 def _profile(user: dict[str, Any]) -> Profile:
     return Profile(user_id=user["userID"], name=user.get("nickname") or "",

@@ -6,7 +6,8 @@ whose `code` 200 means success. The vendor asks callers to switch to a backup
 host on failure, so calls go through a HostPool.
 
 Facts come from RongCloud's published Server API guide and status-code table
-and its own server SDKs (Go, Java, Python).
+and its own server SDKs (Go, Java, Python). Groups and friends are in
+rongcloud_groups.py, the id rule and per-call counts in rongcloud_rules.py.
 """
 
 from __future__ import annotations
@@ -21,24 +22,16 @@ from urllib.parse import urlencode
 
 import httpx
 
-from .vocabulary import FieldRule, Group, Message, Operation, Outcome, Profile, Result, VendorRules
+from .vocabulary import FieldRule, Message, Operation, Outcome, Profile, Result, VendorRules
 from .client import (Batch, CallFailed, Codes, Reply, VendorClient, chunks, invalid,
                      same_for_all)
 from .hosts import HostPool
+from .rongcloud_groups import RongCloudGroups
+from .rongcloud_rules import (ID_RULE, MAX_CONTENT_BYTES, MAX_GROUP_CALL_MEMBERS, MAX_GROUP_MEMBERS,
+                              MAX_GROUP_TARGETS, id_problem, problems)
 
 DEFAULT_HOSTS = ("https://api.rong-api.com", "https://api-b.rong-api.com")
 TEXT_OBJECT_NAME = "RC:TxtMsg"
-MAX_CONTENT_BYTES = 128 * 1024  # one message
-MAX_PUBLISH_RECIPIENTS = 1000  # toUserId per private publish call
-MAX_GROUP_TARGETS = 3  # toGroupId per group publish call
-MAX_GROUP_CALL_MEMBERS = 1000  # userId per group create / join call
-MAX_GROUP_MEMBERS = 3000  # per group
-
-ID_PATTERN = r"[A-Za-z0-9_=+\-]+"
-ID_HINT = "letters, digits and + = - _"
-ID_RULE = FieldRule(max_len=64, unit="bytes", pattern=ID_PATTERN, pattern_hint=ID_HINT,
-                    required=True)
-
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 # Publish endpoints: path, target field, the target's name in our messages,
 # and its field in the reply's messageUIDs.
@@ -63,15 +56,6 @@ def sign(secret: str, nonce: str, timestamp_ms: int | str) -> str:
 def new_nonce() -> str:
     """A random number of at most 18 digits (the guide's limit for Nonce)."""
     return str(secrets.randbelow(10 ** 18))
-
-
-def id_problem(name: str, value: str) -> str | None:
-    return ID_RULE.check(name, value)
-
-
-def problems(*found: str | None) -> str | None:
-    """Every reason given, as one message (None when there is none)."""
-    return "; ".join(p for p in found if p) or None
 
 
 @dataclass(frozen=True)
@@ -114,13 +98,14 @@ class _Signer(httpx.Auth):
         yield request
 
 
-class RongCloudClient(VendorClient):
+class RongCloudClient(RongCloudGroups, VendorClient):
     register_secrets = frozenset({"token"})  # getToken registers and issues in one
     vendor = "rongcloud"
     capabilities = frozenset({
         Operation.REGISTER, Operation.UPDATE_PROFILE, Operation.GET_PROFILES,
         Operation.ISSUE_TOKEN, Operation.SEND, Operation.SEND_GROUP, Operation.BROADCAST,
         Operation.CREATE_GROUP, Operation.ADD_MEMBERS, Operation.IMPORT_FRIENDS,
+        Operation.GET_MEMBERS, Operation.GET_FRIENDS,
     })
     codes = Codes(ok=frozenset({200}), retryable=frozenset({1000, 1050}),
                   auth=frozenset({1001, 1004, 1006, 1007}), rate_limited=frozenset({1008}))
@@ -143,6 +128,7 @@ class RongCloudClient(VendorClient):
             Operation.CREATE_GROUP: MAX_GROUP_CALL_MEMBERS,
             Operation.ADD_MEMBERS: MAX_GROUP_CALL_MEMBERS,
             Operation.IMPORT_FRIENDS: 1,
+            Operation.GET_MEMBERS: 1, Operation.GET_FRIENDS: 1,  # one group / user a call
         },
         # The vendor's documented per-endpoint limits. SEND and SEND_GROUP are in
         # messages/s (a call's weight is its number of recipients or groups).
@@ -160,7 +146,10 @@ class RongCloudClient(VendorClient):
             Operation.CREATE_GROUP: 100.0,
             Operation.ADD_MEMBERS: 100.0,
             Operation.IMPORT_FRIENDS: 100.0,  # /friend/add.json
+            Operation.GET_MEMBERS: 100.0,  # /group/user/query.json
+            Operation.GET_FRIENDS: 100.0,  # /friend/get.json
         },
+        group_size=MAX_GROUP_MEMBERS,  # 3000 (rongcloud_rules.py says where from)
     )
 
     def __init__(self, config: RongCloudConfig, http: httpx.AsyncClient, *,
@@ -371,63 +360,3 @@ class RongCloudClient(VendorClient):
         if result.succeeded and body.get("id"):
             return replace(result, data={"msg_id": str(body["id"])})
         return result
-
-    # -- groups and friends --------------------------------------------------------------
-
-    async def create_group(self, group: Group) -> Result:
-        """RongCloud groups are the app's: the app picks the id, and there is no
-        owner at the vendor (the owner is simply a member). Creating an existing
-        group adds the members again and answers 200, so a repeat is `ok`."""
-        members = list(dict.fromkeys([group.owner, *group.members]))
-        problem = problems(
-            id_problem("group_id", group.group_id), id_problem("owner", group.owner),
-            None if group.name else "name: required (RongCloud shows it in push notifications)",
-            *(id_problem("members", m) for m in members[1:]),
-            f"members: {len(members)}, at most {MAX_GROUP_MEMBERS} per group"
-            if len(members) > MAX_GROUP_MEMBERS else None)
-        if problem:
-            return invalid(problem)
-        first, *rest = chunks(members, MAX_GROUP_CALL_MEMBERS)
-        form = [("userId", m) for m in first] + [("groupId", group.group_id),
-                                                 ("groupName", group.name)]
-        result, _ = await self._post("create_group", "/group/create.json", form)
-        for more in rest:  # the rest join in further calls (all idempotent)
-            if not result.succeeded:
-                break
-            result = await self._join(group.group_id, more)
-        return replace(result, data={"group_id": group.group_id}) if result.succeeded else result
-
-    async def _join(self, group_id: str, members: Sequence[str]) -> Result:
-        # No groupName: join would rename the group with it.
-        form = [("userId", m) for m in members] + [("groupId", group_id)]
-        result, _ = await self._post("add_members", "/group/join.json", form)
-        return result
-
-    async def add_members(self, group_id: str, owner: str, members: Sequence[str]) -> list[Result]:
-        problem = id_problem("group_id", group_id)
-        if problem:
-            return same_for_all(invalid(problem), len(members))
-        batch = Batch(members, lambda member: id_problem("members", member))
-
-        async def join(part: Sequence[int]) -> Result:
-            return await self._join(group_id, [members[i] for i in part])
-
-        parts = chunks(batch.valid, self.rules.batch_size[Operation.ADD_MEMBERS])
-        for part, result in zip(parts, await self.each(parts, join)):
-            batch.put(part, result)
-        return batch.done()
-
-    async def import_friends(self, owner: str, friend_ids: Sequence[str]) -> list[Result]:
-        """/friend/add.json with optType=2 adds directly, without the other's
-        approval (server-sdk-go FriendAdd). Needs the vendor's profile hosting
-        service; without it the vendor answers 1009 (rejected)."""
-        def problem(friend: str) -> str | None:
-            itself = f"friend_ids: {friend!r} is the owner itself" if owner == friend else None
-            return problems(id_problem("owner", owner), id_problem("friend_ids", friend), itself)
-
-        async def befriend(friend: str) -> Result:
-            form = [("userId", owner), ("targetId", friend), ("optType", "2")]
-            result, _ = await self._post("import_friends", "/friend/add.json", form)
-            return result
-
-        return await self._one_call_each(friend_ids, problem, befriend)

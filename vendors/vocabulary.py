@@ -26,6 +26,9 @@ class Operation(str, enum.Enum):
     ADD_MEMBERS = "add_members"
     IMPORT_FRIENDS = "import_friends"
     LIST_USERS = "list_users"  # can serve as a migration source without an export file
+    # Read-backs a migration's verify stage makes: no job step runs them.
+    GET_MEMBERS = "get_members"  # a group's member ids
+    GET_FRIENDS = "get_friends"  # a user's friend ids
 
     def __str__(self) -> str:  # so f"{op}" reads "register", not "Operation.REGISTER"
         return self.value
@@ -152,7 +155,8 @@ class VendorRules:
 
     `rates` are conservative default calls per second per operation (a
     configuration may override them); `batch_size` is the most items one call
-    of that operation carries.
+    of that operation carries; `group_size` the most members a group may hold
+    at the vendor by default, owner included (None: no documented limit).
     """
 
     fields: Mapping[str, FieldRule]
@@ -161,6 +165,7 @@ class VendorRules:
     # How the vendor compares ids (NetEase lower-cases accids, so `Bob` and
     # `bob` are one account); None compares them exactly as written.
     id_form: Callable[[str], str] | None = None
+    group_size: int | None = None
 
     def id_key(self, user_id: str) -> str:
         """The form under which the vendor tells two ids apart."""

@@ -36,3 +36,21 @@ async def test_member_list_and_roster_list():
         assert no_user["code"] == 10002
         bad_json = await http.post("/group/invite", headers=headers(box, user_id=str(ann)), content=b"{nope")
         assert bad_json.status_code == 200 and bad_json.json()["code"] == 10002
+
+
+async def test_user_rosters_and_paged_reads_refuse_bad_windows():
+    box = MaximSandbox()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=box.app), base_url=BASE) as http:
+        made = (await http.post("/user/register/batch", headers=headers(box), json={
+            "list": [{"username": n, "password": "pw"} for n in ("ann", "bob", "cy")]})).json()["data"]
+        ann, bob, cy = (m["user_id"] for m in made)
+        await http.post("/user/add_roster", headers=headers(box, user_id=str(ann)), json={"list": [bob, cy]})
+        rosters = (await http.get("/user/rosters", headers=headers(box, user_id=str(ann)))).json()
+        assert rosters["code"] == 200 and rosters["data"] == [bob, cy]
+        page = (await http.get("/roster/list", params={"cursor": 1, "limit": 1},
+                               headers=headers(box, user_id=str(ann)))).json()
+        assert page["data"] == [cy]
+        for bad in ({"cursor": -1}, {"limit": 0}, {"limit": "many"}):
+            reply = (await http.get("/roster/list", params=bad, headers=headers(box, user_id=str(ann)))).json()
+            assert reply["code"] == 10002, bad
+        assert (await http.get("/user/rosters", headers=headers(box))).json()["code"] == 10002

@@ -78,3 +78,12 @@ async def test_friend_get_reads_back_since_a_time():
     later = str(int(time.time() * 1000) + 60_000)
     assert (await post(box, "friend/get.action", {"accid": "ann", "updatetime": later}))["friends"] == []
     assert (await post(box, "friend/get.action", {"accid": "bob", "createtime": "0"}))["size"] == 1
+
+
+async def test_friend_get_needs_updatetime_or_createtime():
+    box = NeteaseSandbox()
+    await accounts(box, "ann")
+    reply = await post(box, "friend/get.action", {"accid": "ann"})
+    assert reply["code"] == 414 and "updatetime" in reply["desc"]
+    assert (await post(box, "friend/get.action", {"accid": "ann", "updatetime": "soon"}))["code"] == 414
+    assert (await post(box, "friend/get.action", {"accid": "nobody", "updatetime": "0"}))["code"] == 414

@@ -73,6 +73,8 @@ async def test_v2_all_members_and_friend_list():
     assert [f["friendUser"]["userID"] for f in friends["data"]] == ["bob"]
     status, bad = await call(box, "/friend/get_friend_list", {}, token)
     assert status == 400 and "fromUserID" in bad["errMsg"]
+    _, unknown = await call(box, "/group/get_group_all_member_list", {"groupID": "nope"}, token)
+    assert unknown["errCode"] == 0 and unknown["data"] == []
 
 
 @pytest.mark.parametrize("version", ["v3", "v2"])

@@ -121,3 +121,26 @@ async def test_an_empty_post_is_1003_and_a_bad_signature_1004():
         reply = await http.post(BASE + "/user/checkOnline.json", headers=signed(signature_for_old),
                                 content="userId=a")
     assert reply.status_code == 401 and reply.json()["code"] == 1004
+
+
+async def test_friend_get_pages_with_a_token_and_refuses_what_the_vendor_refuses():
+    box = RongCloudSandbox()
+    await users(box, "ann", *(f"f{i}" for i in range(5)))
+    for i in range(5):
+        assert (await post(box, "/friend/add.json", {"userId": "ann", "targetId": f"f{i}",
+                                                      "optType": "2"}))[1]["code"] == 200
+    status, first = await post(box, "/friend/get.json", {"userId": "ann", "size": "3"})
+    assert status == 200 and first["totalCount"] == 5 and len(first["friendList"]) == 3
+    _, rest = await post(box, "/friend/get.json", {"userId": "ann", "size": "3",
+                                                   "pageToken": first["pageToken"]})
+    assert rest["pageToken"] == "" and len(rest["friendList"]) == 2
+    ids = [f["userId"] for f in first["friendList"] + rest["friendList"]]
+    assert ids == [f"f{i}" for i in range(5)]  # oldest first
+    _, newest = await post(box, "/friend/get.json", {"userId": "ann", "order": "1"})
+    assert [f["userId"] for f in newest["friendList"]] == ids[::-1]
+    for bad in ({"size": "0"}, {"size": "101"}, {"order": "2"}, {"pageToken": "nope"}, {"userId": ""}):
+        status, body = await post(box, "/friend/get.json", {"userId": "ann", **bad})
+        assert (status, body["code"]) == (400, 1002), bad
+    box.profile_hosting = False
+    status, body = await post(box, "/friend/get.json", {"userId": "ann"})
+    assert (status, body["code"]) == (430, 1009)

@@ -11,8 +11,10 @@ vendor documents. Choices of ours where the vendor documents nothing:
 - `transaction_id` repeats are dropped for `dedup_seconds`;
 - token `expire` is in epoch milliseconds, 7 days ahead;
 - ids are int64 counters starting at realistic values;
-- `GET /group/member_list` answers `[{user_id, display_name}]` and
-  `GET /roster/list` a list of ids, `cursor` being an offset.
+- `GET /group/member_list` answers `[{user_id, display_name}]`, and
+  `GET /roster/list` and `GET /user/rosters` a list of ids; `cursor` is an
+  offset, `limit` at least 1 (default 1000); /user/rosters takes no paging.
+Groups and friends are in maxim_groups.py, parameter reading in maxim_params.py.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ from starlette.responses import JSONResponse, Response
 from ..vocabulary import Profile
 from ..maxim import EXTRA_FIELDS, MAX_PAGE_SIZE, MAX_TARGETS, MaximClient, MaximConfig
 from .common import Call, Endpoint, Form, Refusal, Sandbox
+from .maxim_groups import ChatGroup, MaximGroups  # ChatGroup: importable from here too
+from .maxim_params import Refused, as_id, id_list, int_param, text
 
 USERNAME = re.compile(r"(?!(?i:maxim|mta))(?![0-9]+$)[A-Za-z0-9_]+")
 TOKEN_DAYS = 7
 APP_ONLY = {"/user/register/v2", "/token/id"}  # called with the app_id header alone
-MEMBER_PAGE = 1000  # member_list's default limit
 
 
 @dataclass
@@ -49,56 +52,8 @@ class User:
     private_info: str = ""
 
 
-@dataclass
-class ChatGroup:
-    group_id: int
-    name: str
-    owner: int
-    description: str = ""
-    type: int = 0
-    members: set[int] = field(default_factory=set)
-
-    def __getitem__(self, name: str) -> Any:  # the base's read-backs say group["members"]
-        return getattr(self, name)
-
-
-Refused = Refusal  # a business error: answered as HTTP 200 with this code
-
-
 def reply(data: Any = True, code: int = 200, message: str | None = None, **extra: Any) -> JSONResponse:
     return JSONResponse({"code": code, "message": message, "data": data, **extra})
-
-
-def as_id(value: Any) -> int | None:
-    """An int64 id as Jackson would read it (a number or a numeric string)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if 0 < value < 2 ** 63 else None
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        return as_id(int(value))
-    return None
-
-
-def text(body: dict[str, Any], name: str, *, required: bool = False) -> str | None:
-    value = body.get(name)
-    if value is None or value == "":
-        if required:
-            raise Refused(10002, f"{name}: required")
-        return None
-    if not isinstance(value, str):
-        raise Refused(10002, f"{name}: must be a string")
-    return value
-
-
-def id_list(body: dict[str, Any], name: str) -> list[int]:
-    values = body.get(name)
-    if not isinstance(values, list) or not values:
-        raise Refused(10002, f"{name}: a non-empty list of ids is required")
-    ids = [as_id(v) for v in values]
-    if None in ids:
-        raise Refused(10002, f"{name}: {values[ids.index(None)]!r} is not an id")
-    return ids  # type: ignore[return-value]
 
 
 def username_problem(username: Any) -> str | None:
@@ -110,7 +65,7 @@ def username_problem(username: Any) -> str | None:
     return None
 
 
-class MaximSandbox(Sandbox):
+class MaximSandbox(MaximGroups, Sandbox):
     vendor = "maxim"
     client_class = MaximClient
     secret_attr = "access_token"
@@ -152,6 +107,7 @@ class MaximSandbox(Sandbox):
             Endpoint("/group/member_list", "get_members", self.member_list, methods=("GET",)),
             Endpoint("/user/add_roster", "import_friends", self.add_roster, "json"),
             Endpoint("/roster/list", "get_friends", self.roster_list, methods=("GET",)),
+            Endpoint("/user/rosters", "get_friends", self.user_rosters, methods=("GET",)),
         ]
 
     def client_config(self, base_url: str, secret: str) -> MaximConfig:
@@ -401,78 +357,6 @@ class MaximSandbox(Sandbox):
             self._deliver(uid, sender, content_type, content)
         return {"send_num": len(receivers), "success": True}
 
-    # -- groups and friends --------------------------------------------------------------
-
-    def create_group(self, body: dict[str, Any], call: Call) -> Any:
-        owner = self._acting_user(call)
-        name = text(body, "name", required=True)
-        group_type = body.get("type", 0)
-        if group_type not in (0, 2):
-            raise Refused(10002, "type: must be 0 (private) or 2 (chatroom)")
-        members = id_list(body, "user_list") if body.get("user_list") else []
-        for uid in members:
-            self._user(uid, "user_list")
-        group = ChatGroup(next(self._group_ids), name, owner.user_id,
-                          text(body, "description") or "", group_type, {owner.user_id, *members})
-        self.groups[group.group_id] = group
-        return {"group_id": group.group_id, "name": name, "owner_id": owner.user_id,
-                "description": group.description, "type": group_type, "status": 0,
-                "created_at": int(self.clock() * 1000), "member_invite": True}
-
-    def _group(self, raw: Any) -> ChatGroup:
-        gid = as_id(raw)
-        if gid is None:
-            raise Refused(10002, "group_id: required")
-        if gid not in self.groups:
-            raise Refused(20001, f"group_id: group {gid} does not exist")
-        return self.groups[gid]
-
-    def invite(self, body: dict[str, Any], call: Call) -> Any:
-        acting = self._acting_user(call)
-        group = self._group(body.get("group_id"))
-        if acting.user_id not in group.members:
-            raise Refused(20011, f"user_id: {acting.user_id} is not a member of group {group.group_id}")
-        out = []
-        for uid in id_list(body, "user_list"):
-            if uid not in self.users:
-                out.append({"user_id": uid, "result": "fail",
-                            "reason": f"10000: user {uid} does not exist"})
-            elif uid in group.members:
-                self.duplicates["add_members"] += 1
-                out.append({"user_id": uid, "result": "fail",
-                            "reason": "20017: user is already a group member"})
-            else:
-                group.members.add(uid)
-                out.append({"user_id": uid, "result": "success", "reason": None})
-        return out
-
-    def member_list(self, query: Form, _: Call) -> Any:
-        group = self._group(query.get("group_id"))
-        start, limit = int_param(query, "cursor", 0), int_param(query, "limit", MEMBER_PAGE)
-        return [{"user_id": uid, "display_name": self.users[uid].nick_name if uid in self.users else ""}
-                for uid in sorted(group.members)[start:start + limit]]
-
-    def add_roster(self, body: dict[str, Any], call: Call) -> Any:
-        owner = self._acting_user(call).user_id
-        friends = id_list(body, "list")
-        if owner in friends:
-            raise Refused(10002, "list: cannot add oneself as a friend")
-        for uid in friends:
-            self._user(uid, "list")
-        roster = self.store.friends.get(owner, set())
-        already = [uid for uid in friends if uid in roster]
-        self.duplicates["import_friends"] += len(already)
-        if len(set(already)) == len(set(friends)):
-            raise Refused(10005, "list: already in the friend list")
-        for uid in friends:  # a friendship is mutual
-            self.store.befriend(owner, uid)
-        return True
-
-    def roster_list(self, query: Form, call: Call) -> Any:
-        owner = self._acting_user(call).user_id
-        start, limit = int_param(query, "cursor", 0), int_param(query, "limit", MEMBER_PAGE)
-        return sorted(self.store.friends.get(owner, ()))[start:start + limit]
-
     # -- read-back for tests -------------------------------------------------------------
 
     def key(self, user_id: str) -> int:
@@ -489,13 +373,3 @@ class MaximSandbox(Sandbox):
     def password_of(self, user_id: str) -> str | None:
         user = self.users.get(self.key(user_id))
         return None if user is None else user.password
-
-
-def int_param(query: Form, name: str, default: int) -> int:
-    raw = query.get(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise Refused(10002, f"{name}: {raw[:20]!r} is not a number") from None

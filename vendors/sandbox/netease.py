@@ -22,7 +22,7 @@ from typing import Any
 from starlette.requests import Request
 
 from ..vocabulary import Profile
-from ..netease import NeteaseClient, NeteaseConfig, checksum
+from ..netease import TEAM_SIZE, NeteaseClient, NeteaseConfig, checksum
 from .common import Call, Endpoint, Form, Refusal, Sandbox
 from .store import Record
 
@@ -43,7 +43,7 @@ class NeteaseSandbox(Sandbox):
     OVER_LIMIT = Refusal(416, "api frequency control")
 
     def __init__(self, *, app_key: str = "demo-app-key", app_secret: str = "demo-secret",
-                 team_member_limit: int = 200, **kwargs: Any):
+                 team_member_limit: int = TEAM_SIZE, **kwargs: Any):
         self.app_key = app_key
         self.app_secret = app_secret
         self.team_member_limit = team_member_limit  # the app's default, owner included
@@ -68,7 +68,7 @@ class NeteaseSandbox(Sandbox):
             "msg/broadcastMsg.action": ("broadcast", self.msg_broadcast),
             "team/create.action": ("create_group", self.team_create),
             "team/add.action": ("add_members", self.team_add),
-            "team/query.action": ("get_groups", self.team_query),
+            "team/query.action": ("get_members", self.team_query),
             "team/joinTeams.action": ("get_groups", self.team_joined),
             "friend/add.action": ("import_friends", self.friend_add),
             "friend/get.action": ("get_friends", self.friend_get),
@@ -260,6 +260,8 @@ class NeteaseSandbox(Sandbox):
     def friend_get(self, form: Form, _: Call | None = None) -> dict[str, Any]:
         """Friends changed after `updatetime` (ms) or `createtime` (seconds, older clients)."""
         accid = self._known(form, "accid")
+        if not form.get("updatetime") and not form.get("createtime"):
+            raise Refusal(414, "updatetime is required")
         since = int_param(form, "updatetime", default=-1)
         if since < 0:
             since = int_param(form, "createtime", default=0) * 1000

@@ -22,15 +22,16 @@ from typing import Any, Callable
 from starlette.requests import Request
 
 from ..vocabulary import Profile
-from ..rongcloud import (ID_HINT, ID_PATTERN, MAX_CONTENT_BYTES, MAX_GROUP_CALL_MEMBERS,
-                         MAX_GROUP_TARGETS, MAX_PUBLISH_RECIPIENTS, TEXT_OBJECT_NAME,
-                         RongCloudClient, RongCloudConfig, sign)
+from ..rongcloud import TEXT_OBJECT_NAME, RongCloudClient, RongCloudConfig, sign
+from ..rongcloud_rules import (ID_HINT, ID_PATTERN, MAX_CONTENT_BYTES, MAX_GROUP_CALL_MEMBERS,
+                               MAX_GROUP_TARGETS, MAX_PUBLISH_RECIPIENTS)
 from .common import Call, Endpoint, Form, Refusal, Sandbox
 from .store import Record
 
 MAX_SYSTEM_RECIPIENTS = 100  # toUserId per system publish call
 MAX_BLOCK_USERS = 20  # userId per block / unblock call
 MAX_BLOCK_MINUTES = 43200  # 30 days
+FRIEND_PAGE_SIZES = range(1, 101)  # /friend/get.json `size`, default 50 (our reading; unconfirmed)
 GROUP_FIELD = re.compile(r"group\[(.+)\]")  # /group/sync.json sends group[<id>]=<name>
 
 
@@ -91,6 +92,7 @@ class RongCloudSandbox(Sandbox):
         self.tokens: dict[str, list[str]] = defaultdict(list)  # every token issued, oldest first
         self.online: set[str] = set()  # users a test marks as connected
         self._uids = itertools.count(1)
+        self.friended_at: dict[tuple[str, str], int] = {}  # (user, friend) -> when, in ms
         super().__init__(**kwargs)
 
     # -- the vendor's replies and auth ---------------------------------------------------
@@ -143,6 +145,7 @@ class RongCloudSandbox(Sandbox):
             ("/group/dismiss.json", "remove_group", self._dismiss_group, None),
             ("/group/user/query.json", "get_members", self._group_users, None),
             ("/friend/add.json", "import_friends", self._add_friend, None),
+            ("/friend/get.json", "get_friends", self._get_friends, None),
         ]
         return [Endpoint(path, op, _posted(act), weight=_counting(by) if by else None)
                 for path, op, act, by in table]
@@ -367,7 +370,36 @@ class RongCloudSandbox(Sandbox):
             return {}
         if not self.store.befriend(user_id, target_id):  # friendship at RongCloud is mutual
             self.duplicates["import_friends"] += 1
+        else:
+            now = int(self.clock() * 1000)
+            self.friended_at[user_id, target_id] = self.friended_at[target_id, user_id] = now
         return {}
+
+    def _get_friends(self, form: Form, _: Call) -> dict[str, Any]:
+        """A page of a user's friends, oldest first (`order` 1: newest first),
+        with the `pageToken` of the next page ("" after the last)."""
+        if not self.profile_hosting:
+            raise Refusal(1009, "Service not enabled: the profile hosting service is required.", 430)
+        user_id = _one(form, "userId", max_bytes=64, id_like=True)
+        size = _one(form, "size", required=False) or "50"
+        if not size.isdigit() or int(size) not in FRIEND_PAGE_SIZES:
+            raise Refusal(1002, f"size: {size[:20]!r} is not 1 to {FRIEND_PAGE_SIZES[-1]}")
+        order = _one(form, "order", required=False) or "0"
+        if order not in ("0", "1"):
+            raise Refusal(1002, f"order: {order[:20]!r} is not 0 or 1")
+        token = _one(form, "pageToken", required=False)
+        start = int(token[3:]) if token.startswith("pt-") and token[3:].isdigit() else None
+        if token and start is None:
+            raise Refusal(1002, "pageToken: not a token this server gave")
+        added = {f: self.friended_at.get((user_id, f), 0) for f in self.store.friends.get(user_id, ())}
+        friends = sorted(added, key=lambda f: (added[f], f), reverse=order == "1")
+        start = start or 0
+        page = friends[start:start + int(size)]
+        after = start + len(page)
+        return {"totalCount": len(friends), "pageToken": f"pt-{after}" if after < len(friends) else "",
+                "friendList": [{"userId": f, "name": self.users.get(f, {}).get("name", ""),
+                                "remarkName": "", "friendExtProfile": "",
+                                "time": added[f]} for f in page]}
 
     # -- read-back for tests -------------------------------------------------------------
 
