@@ -223,7 +223,7 @@ class _Planner:
         do not hold becomes a rejected member item, not a reason to refuse
         its group; a group whose owner they do not hold is refused whole."""
         first = self.target.batch_size(Operation.ADD_MEMBERS)
-        limit = getattr(self.target.rules, "group_size", None)
+        limit = self.target.rules.group_size
         members_of: list[tuple[int, str, str, list[str], set[str]]] = []  # row, group, owner, rest, unknown
 
         def specs() -> Iterator[Spec]:
@@ -294,7 +294,7 @@ class _Planner:
             p = r.payload
             yield Spec(r.row, r.key, {"check": "profile", "user_id": r.key,
                                       **{k: p[k] for k in ("name", "avatar") if p.get(k)}})
-        if "groups" in self.job_of and _can(caps, "GET_MEMBERS"):
+        if "groups" in self.job_of and Operation.GET_MEMBERS in caps:
             rest: dict[str, list[str]] = {}
             for r in self._valid("members"):
                 rest.setdefault(r.payload["group_id"], []).append(r.payload["member"])
@@ -302,7 +302,7 @@ class _Planner:
                 members = r.payload["members"] + rest.pop(r.key, [])
                 yield Spec(r.row, f"group:{r.key}", {"check": "members", "group_id": r.key,
                                                      "owner": r.payload["owner"], "members": members})
-        if "friends" in self.job_of and _can(caps, "GET_FRIENDS"):
+        if "friends" in self.job_of and Operation.GET_FRIENDS in caps:
             friends: dict[str, list[str]] = {}
             for r in self._valid("friends"):
                 a, b = r.payload["user_id"], r.payload["friend_id"]
@@ -310,11 +310,6 @@ class _Planner:
                 friends.setdefault(b, []).append(a)
             for user, theirs in friends.items():
                 yield Spec(0, f"friends:{user}", {"check": "friends", "user_id": user, "friends": theirs})
-
-
-def _can(capabilities, name: str) -> bool:
-    operation = getattr(Operation, name, None)
-    return operation is not None and operation in capabilities
 
 
 def _first(row: Row, columns: tuple[str, ...]) -> str:

@@ -107,6 +107,12 @@ def test_a_run_into_maxim_uses_the_ids_maxim_assigns_in_every_later_stage(databa
     tokens = by_key(ctx, stage_jobs["tokens"])
     assert sum(1 for i in tokens.values() if i.state == "ok") == 159
     verify = by_key(ctx, stage_jobs["verify"])
+    for never_made in ("group:g_orphan", "friends:mta_7"):  # the owner's account never made it
+        assert verify.pop(never_made).state == "skipped"
     assert {i.state for i in verify.values()} == {"ok"}, [
         (i.key, i.state, i.message) for i in verify.values() if i.state != "ok"][:5]
+    # Read back through Maxim's own read endpoints: members, friends, profiles.
+    assert verify["group:g_big"].result == {"members": 151}
+    assert verify[f"friends:{user(1)}"].result == {"friends": 2}
+    assert len(verify) == 159 + 2 + 40  # accounts, groups, users with friends
     ctx.engine.dispose()
