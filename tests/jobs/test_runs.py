@@ -116,3 +116,39 @@ def test_a_run_into_maxim_uses_the_ids_maxim_assigns_in_every_later_stage(databa
     assert verify[f"friends:{user(1)}"].result == {"friends": 2}
     assert len(verify) == 159 + 2 + 40  # accounts, groups, users with friends
     ctx.engine.dispose()
+
+
+@pytest.mark.parametrize("vendor", ["rongcloud", "netease", "openim"])
+def test_a_run_into_each_vendor_lands_every_account_pair_and_membership_once(vendor, tmp_path):
+    # SQLite only: the PostgreSQL path of the same engine is the Maxim test's.
+    ctx = context(f"sqlite:///{tmp_path / 'imshift.db'}", token_key=Fernet.generate_key().decode(),
+                  apps={"old": {"vendor": "maxim", "sandbox": True},
+                        "new": {"vendor": vendor, "sandbox": True, "rates": FAST}})
+    users = write_users(tmp_path / "u.csv", 60)
+    pairs = [(user(i), user((i * 7 + 3) % 60)) for i in range(60) if (i * 7 + 3) % 60 != i]
+    friends = write_pairs(tmp_path / "f.csv", pairs)
+    groups = write_groups(tmp_path / "g.jsonl", [
+        {"group_id": f"grp_{n}", "name": f"Grüppe {n}", "owner": user(n),
+         "members": [user((n + k) % 60) for k in range(1, 2 + n * 5)]} for n in range(8)])
+    plan = runs.plan_run(ctx.engine, "old", ctx.target("new"),
+                         runs.RunRequest(users=users, friends=friends, groups=groups, tokens=True,
+                                         verify=True), chunk_size=50)
+    p = run_to_the_end(ctx, plan.run_id)
+    assert p.status == "finished"
+    counts = {stage: sp.counts for stage, sp in p.stages}
+    assert counts["accounts"] == {"ok": 60}
+    assert set(counts["friends"]) <= {"ok", "exists", "rejected"}  # repeats of a pair: "duplicate"
+    assert counts["groups"] == {"ok": 8}
+    box = ctx.sandbox("new")
+    mapped = {(kind, s): t for kind, s, t in run_control.id_map_rows(ctx.engine, plan.run_id)}
+    for n in range(8):
+        want = {user(n)} | {user((n + k) % 60) for k in range(1, 2 + n * 5)}
+        there = box.group_members(mapped[("group", f"grp_{n}")])
+        assert {box.key(m) for m in there} == {box.key(u) for u in want}, n
+    for a, b in pairs:
+        assert box.key(b) in {box.key(f) for f in box.friends(a)}, (a, b)
+    assert len([u for u in box.users if str(u).startswith("user_")]) == 60  # once each
+    assert counts["tokens"] == {"ok": 60}
+    assert set(counts["verify"]) == {"ok"}, [
+        (i.key, i.message) for i in results(ctx.engine, dict(p.stages)["verify"].job_id, "rejected")][:3]
+    ctx.engine.dispose()
