@@ -32,7 +32,8 @@ def migrate_run(
     source: Annotated[str, typer.Option("--from", help="The app the data comes from.")],
     target: Annotated[str, typer.Option("--to", help="The app to move it to.")],
     users: Annotated[FilePath, typer.Option(help="Accounts: .csv/.jsonl with user_id, name, "
-                                            "avatar and the target's profile fields.")] = None,
+                                            "avatar and the target's profile fields. Without it "
+                                            "they are listed from the source (OpenIM, Maxim).")] = None,
     friends: Annotated[FilePath, typer.Option(help="Friend pairs: .csv with user_id,friend_id "
                                               "(each pair once, either way round).")] = None,
     groups: Annotated[FilePath, typer.Option(help='Groups: .jsonl of {"group_id", "name", '
@@ -58,6 +59,11 @@ def migrate_run(
     if not dry_run:
         jobcli._check_broker(ctx)
     request = runs.RunRequest(users=users, friends=friends, groups=groups, tokens=tokens, verify=verify)
+    if users is None:
+        if not ctx.target(source).capabilities & {Operation.LIST_USERS}:
+            fail(f"give --users (an export of the accounts): {source!r} "
+                 f"({ctx.settings.app(source).vendor}) cannot list its users through its API")
+        request.source_pages = source_pages(ctx, source)
     for path in (users, friends, groups):
         try:
             runs.check_input(path)
@@ -77,6 +83,31 @@ def migrate_run(
         console.print(f"Dry run: nothing sent. Start it with `imshift start {name(plan.run_id)}`.")
         return
     _start(ctx, plan.run_id, detach)
+
+
+def source_pages(ctx: Context, app: str):
+    """The source app's user listing with profiles, within its rates."""
+    from aiolimiter import AsyncLimiter
+
+    rates = ctx.rates(app)
+    limiters: dict[str, AsyncLimiter] = {}
+
+    async def throttle(key: str, weight: int) -> None:
+        rate = rates.get(key)
+        if rate:
+            limiter = limiters.setdefault(key, AsyncLimiter(1, 1 / rate))
+            for _ in range(weight):
+                await limiter.acquire()
+
+    async def pages(cursor):
+        client = ctx.client(app, throttle=throttle)
+        try:
+            async for page in client.list_user_pages(cursor):
+                yield page
+        finally:
+            await client.http.aclose()
+
+    return pages
 
 
 def _report(plan: runs.RunPlan, app: str) -> None:

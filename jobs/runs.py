@@ -29,6 +29,7 @@ from imshift.vendors.vocabulary import Group, Operation
 
 from .inputs import InputError, Row, read_rows
 from .kinds import user_specs
+from .listing import Pages, listed_rows
 from .plan import BATCH, PlanReport, Spec, create_job, discard, plan
 from .target import Target
 
@@ -46,11 +47,12 @@ PAIR = "↔"  # joins a friend pair's two ids in its item key
 
 @dataclass
 class RunRequest:
-    users: Path | None = None
+    users: Path | None = None  # else the accounts are listed from the source (`source_pages`)
     friends: Path | None = None
     groups: Path | None = None
     tokens: bool = False
     verify: bool = False
+    source_pages: Pages | None = field(default=None, repr=False)  # the source's user listing
 
 
 @dataclass
@@ -81,9 +83,8 @@ class RunError(ValueError):
 def plan_run(engine: Engine, source_app: str, target: Target, request: RunRequest, *,
              chunk_size: int, progress: Callable[[str, int], None] | None = None) -> RunPlan:
     """Plan every stage of a run from `source_app` into `target`."""
-    if request.users is None:
-        raise RunError("--users is needed: reading the accounts through the source's own API "
-                       "is not built yet")
+    if request.users is None and request.source_pages is None:
+        raise RunError("give --users (an export of the accounts): the source cannot list its users")
     for stage, wanted in (("friends", request.friends), ("groups", request.groups)):
         if wanted is not None:
             target.require(OPERATIONS[stage])
@@ -96,11 +97,12 @@ def plan_run(engine: Engine, source_app: str, target: Target, request: RunReques
     with engine.begin() as conn:
         run_id = conn.execute(insert(runs).values(
             source_app=source_app, app=target.app, status=JobStatus.PLANNING.value,
-            params={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(request).items()},
+            params={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(request).items()
+                    if k != "source_pages"},
             created_at=time.time()).returning(runs.c.id)).scalar_one()
     planner = _Planner(engine, run_id, source_app, target, chunk_size, progress)
     try:
-        planner.accounts(request.users)
+        planner.accounts(request.users, request.source_pages)
         if request.friends is not None:
             planner.friends(request.friends)
         if request.groups is not None:
@@ -161,10 +163,12 @@ class _Planner:
         self.job_of[stage] = job_id
         return planned
 
-    def accounts(self, path: Path) -> None:
+    def accounts(self, path: Path | None, pages: Pages | None) -> None:
         ignored: set[str] = set()
-        self._stage("accounts", user_specs(read_rows(path), self.target, ignored), makes="user",
-                    user_ids=True, ignored=ignored, input=str(path))
+        rows = read_rows(path) if path is not None else listed_rows(pages)
+        self._stage("accounts", user_specs(rows, self.target, ignored), makes="user",
+                    user_ids=True, ignored=ignored,
+                    input=str(path) if path is not None else f"listed from {self.source_app}")
 
     def _known_users(self, keys: set[str]) -> set[str]:
         """Which of `keys` are accounts of this run (valid or not: one that

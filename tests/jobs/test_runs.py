@@ -152,3 +152,39 @@ def test_a_run_into_each_vendor_lands_every_account_pair_and_membership_once(ven
     assert set(counts["verify"]) == {"ok"}, [
         (i.key, i.message) for i in results(ctx.engine, dict(p.stages)["verify"].job_id, "rejected")][:3]
     ctx.engine.dispose()
+
+
+@pytest.mark.parametrize("source", ["openim", "maxim"])
+def test_without_an_export_the_accounts_are_listed_from_the_source_with_their_profiles(
+        source, tmp_path):
+    import asyncio
+
+    from imshift.runcli import source_pages
+    from imshift.vendors.vocabulary import Profile
+
+    ctx = context(f"sqlite:///{tmp_path / 'imshift.db'}",
+                  apps={"old": {"vendor": source, "sandbox": True, "rates": FAST},
+                        "new": {"vendor": "netease", "sandbox": True, "rates": FAST}})
+    names = {f"src_{i:04d}": f"Ünïcode {i}" for i in range(450)}
+
+    async def fill():
+        client = ctx.client("old")
+        results = await client.register_users([Profile(k, v, f"https://a.example/{k}.png")
+                                               for k, v in names.items()])
+        await client.http.aclose()
+        return {r.data["user_id"]: k for r, k in zip(results, names)}
+
+    listed_ids = asyncio.run(fill())  # the source's own ids (Maxim assigns numbers)
+    friends = write_pairs(tmp_path / "f.csv", [(a, b) for a, b in zip(list(listed_ids)[:10],
+                                                                      list(listed_ids)[1:11])])
+    plan = runs.plan_run(ctx.engine, "old", ctx.target("new"),
+                         runs.RunRequest(friends=friends, verify=True,
+                                         source_pages=source_pages(ctx, "old")), chunk_size=100)
+    accounts = plan.stages[0].report
+    assert (accounts.total, accounts.pending) == (450, 450)
+    p = run_to_the_end(ctx, plan.run_id)
+    assert p.status == "finished" and dict((s, sp.counts) for s, sp in p.stages)["verify"] == {"ok": 450 + 11}
+    box = ctx.sandbox("new")
+    for source_id, username in listed_ids.items():
+        assert box.stored_profile(source_id).name == names[username]
+    ctx.engine.dispose()
