@@ -230,3 +230,77 @@ def test_a_run_of_5000_users_10000_pairs_and_200_groups_lands_everything_once(da
     assert sum(len(box.friends(user(i))) for i in range(5000)) == 2 * 10000  # each pair once, both sides
     assert box.duplicates.get("import_friends", 0) == 0 and box.duplicates.get("register", 0) == 0
     ctx.engine.dispose()
+
+
+def test_messy_inputs_give_row_level_reasons_and_hold_nothing_else_back(tmp_path):
+    ctx = context(f"sqlite:///{tmp_path / 'imshift.db'}",
+                  apps={"old": {"vendor": "openim", "sandbox": True},
+                        "new": {"vendor": "netease", "sandbox": True, "rates": FAST}})
+    users = tmp_path / "u.csv"  # a BOM, CRLF line ends, a repeat, a case collision, a bad id
+    users.write_bytes("\ufeffuser_id,name\r\nann,Ann\r\nBob,Bob\r\nbob,Bobby\r\nann,Ann again\r\n"
+                      "b o b,Spaced\r\ncarl,Carl\r\n".encode())
+    friends = tmp_path / "f.csv"
+    friends.write_bytes(b"user_id,friend_id\r\nann,Bob\r\nann,nobody\r\nb o b,carl\r\ncarl,ann\r\n")
+    groups = write_groups(tmp_path / "g.jsonl", [
+        {"group_id": "g1", "name": "One", "owner": "b o b", "members": ["ann"]},  # owner refused
+        {"group_id": "g2", "name": "Two", "owner": "carl", "members": ["ann", "Bob", "ghost"]}])
+    plan = runs.plan_run(ctx.engine, "old", ctx.target("new"),
+                         runs.RunRequest(users=users, friends=friends, groups=groups, verify=True),
+                         chunk_size=50)
+    reasons = {s.stage: {row: reason for row, _, reason in s.report.examples} for s in plan.stages}
+    assert reasons["accounts"] == {
+        4: "same account as row 3 at the target ('Bob' and 'bob' are one id there)",
+        5: "duplicate of row 2 (same id 'ann')",
+        6: "user_id: 'b o b' is not allowed (letters, digits, _ @ . - only)"}
+    assert reasons["friends"][3] == "friend_id: user 'nobody' is not in the accounts (--users)"
+    assert reasons["members"] == {2: "member: user 'ghost' is not in the accounts (--users)"}
+    p = run_to_the_end(ctx, plan.run_id)
+    jobs_of = {stage: sp.job_id for stage, sp in p.stages}
+    friend_items = {i.row: i for i in results(ctx.engine, jobs_of["friends"])}
+    assert friend_items[4].state == "skipped"
+    assert friend_items[4].message.startswith("user b o b was not migrated: rejected")
+    assert {friend_items[n].state for n in (2, 5)} == {"ok"}
+    g1 = by_key(ctx, jobs_of["groups"])["g1"]
+    assert g1.state == "skipped" and g1.message.startswith("user b o b was not migrated")
+    box = ctx.sandbox("new")
+    g2 = dict(((k, s), t) for k, s, t in run_control.id_map_rows(ctx.engine, plan.run_id))[("group", "g2")]
+    assert box.group_members(g2) == {"carl", "ann", "bob"}  # NetEase keeps accids lower-cased
+    ctx.engine.dispose()
+
+
+def test_verify_finds_a_profile_altered_at_the_target_and_says_both_values(tmp_path):
+    import threading
+    import time
+
+    ctx = context(f"sqlite:///{tmp_path / 'imshift.db'}",
+                  apps={"old": {"vendor": "maxim", "sandbox": True},
+                        "new": {"vendor": "openim", "sandbox": True,
+                                "rates": {**FAST, "issue_token": 20.0}}},
+                  token_key=Fernet.generate_key().decode())
+    users = write_users(tmp_path / "u.csv", 40)
+    plan = runs.plan_run(ctx.engine, "old", ctx.target("new"),
+                         runs.RunRequest(users=users, tokens=True, verify=True), chunk_size=50)
+    box = ctx.sandbox("new")
+    accounts_job = plan.stages[0].job_id
+
+    def alter_once_accounts_are_in():  # while tokens (2 s at 20/s) stand before verify
+        from imshift.jobs.progress import progress
+        while progress(ctx.engine, accounts_job).status != "finished":
+            time.sleep(0.02)
+        box.users[user(5)]["nickname"] = "Mallory"
+
+    altering = threading.Thread(target=alter_once_accounts_are_in)
+    altering.start()
+    p = run_to_the_end(ctx, plan.run_id)
+    altering.join()
+    verify = by_key(ctx, dict(p.stages)["verify"].job_id)
+    found = verify[user(5)]
+    assert (found.state, found.code) == ("rejected", "differs")
+    assert found.message == f"name is 'Mallory' at the target, '{NAMES_OF(5)}' expected"
+    assert sum(1 for i in verify.values() if i.state == "ok") == 39
+    ctx.engine.dispose()
+
+
+def NAMES_OF(i):
+    from helpers import NAMES
+    return f"{NAMES[i % len(NAMES)]} {i}"
