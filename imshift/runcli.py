@@ -42,6 +42,8 @@ def migrate_run(
                                          "(kept encrypted with IMSHIFT_TOKEN_KEY).")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Read everything back through the "
                                          "target's API and report each difference.")] = False,
+    since: Annotated[Optional[str], typer.Option(help="A delta re-run (cut-over day): send only "
+                                                 "what this earlier run (R<n>) did not finish.")] = None,
     dry_run: jobcli.DryRun = False,
     detach: jobcli.Detach = False,
 ) -> None:
@@ -58,7 +60,16 @@ def migrate_run(
         jobcli._need_key(ctx, target, Operation.ISSUE_TOKEN.value)
     if not dry_run:
         jobcli._check_broker(ctx)
-    request = runs.RunRequest(users=users, friends=friends, groups=groups, tokens=tokens, verify=verify)
+    earlier = None
+    if since is not None:
+        try:
+            kind, earlier = run_control.parse_ref(since)
+        except control.JobError as exc:
+            fail(f"--since: {exc}")
+        if kind != "run":
+            fail("--since takes a run (R<n>), not a job")
+    request = runs.RunRequest(users=users, friends=friends, groups=groups, tokens=tokens,
+                              verify=verify, since=earlier)
     if users is None:
         if not ctx.target(source).capabilities & {Operation.LIST_USERS}:
             fail(f"give --users (an export of the accounts): {source!r} "
@@ -112,14 +123,15 @@ def source_pages(ctx: Context, app: str):
 
 def _report(plan: runs.RunPlan, app: str) -> None:
     table = Table(title=f"run {name(plan.run_id)} into {app}: the plan")
-    for column in ("stage", "job", "items", "to send", "rejected", "vendor calls", "estimated"):
+    for column in ("stage", "job", "items", "to send", "rejected", "done before", "vendor calls",
+                   "estimated"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for s in plan.stages:
         r = s.report
         table.add_row(s.stage, str(s.job_id), f"{r.total:,}", f"{r.pending:,}",
-                      f"{r.invalid + r.duplicates:,}", f"{s.calls:,}",
+                      f"{r.invalid + r.duplicates:,}", f"{r.done:,}", f"{s.calls:,}",
                       _fmt_seconds(s.seconds) if s.seconds is not None else "?")
-    table.add_row("total", "", "", "", "", f"{sum(s.calls for s in plan.stages):,}",
+    table.add_row("total", "", "", "", "", "", f"{sum(s.calls for s in plan.stages):,}",
                   _fmt_seconds(plan.seconds) if plan.seconds is not None else "?")
     console.print(table)
     for s in plan.stages:

@@ -29,6 +29,7 @@ BATCH = 5000
 items = Item.__table__
 jobs = Job.__table__
 PENDING, REJECTED = ItemState.PENDING.value, ItemState.REJECTED.value  # enum .value is a property call
+EXISTS = ItemState.EXISTS.value
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Spec:
     key: str
     payload: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    done: str | None = None  # a delta re-run: an earlier run finished it (stored `exists`, not sent)
 
 
 @dataclass
@@ -48,6 +50,7 @@ class PlanReport:
     pending: int = 0
     invalid: int = 0
     duplicates: int = 0
+    done: int = 0  # finished by an earlier run (a delta re-run)
     examples: list[tuple[int, str, str]] = field(default_factory=list)  # (row, key, reason), first few
     seconds: float = 0.0
 
@@ -198,7 +201,8 @@ def _store_batch(conn: Connection, job_id: int, batch: list[Spec], report: PlanR
     rows = []
     for seq, spec in entries:
         if seq in valid:
-            rows.append(_item(seq, spec, spec.key, PENDING, None, None))
+            rows.append(_item(seq, spec, spec.key, EXISTS if spec.done else PENDING,
+                              "done" if spec.done else None, spec.done))
         elif spec.problems:
             key = _aside(spec) if spec.key in keys else spec.key
             keys.add(key)
@@ -211,7 +215,7 @@ def _store_batch(conn: Connection, job_id: int, batch: list[Spec], report: PlanR
             select(items.c.key, items.c.row, items.c.code).where(
                 items.c.job_id == job_id, items.c.key.in_([r["key"] for r in held_earlier])))}
         step_aside = [{"old": r["key"], "new": f"{r['key']}#row{holders[r['key']][0]}"}
-                      for r in held_earlier if r["state"] == PENDING and holders[r["key"]][1] == "invalid"]
+                      for r in held_earlier if r["state"] != REJECTED and holders[r["key"]][1] == "invalid"]
         if step_aside:
             conn.execute(update(items).where(items.c.job_id == job_id, items.c.key == bindparam("old"))
                          .values(key=bindparam("new")), step_aside)
@@ -233,6 +237,7 @@ def _store_batch(conn: Connection, job_id: int, batch: list[Spec], report: PlanR
     store.add_counts(conn, job_id, counts)
     report.total += len(batch)
     report.pending += counts[PENDING]
+    report.done += counts[EXISTS]
     report.duplicates += len(repeats)
     report.invalid += sum(1 for r in stored if r["code"] == "invalid")
     rejected = sorted((r for r in stored if r["state"] == REJECTED), key=lambda r: r["seq"])

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, literal, select, update
 from sqlalchemy.engine import Engine
 
-from imshift.models.runs import STAGES, id_map
+from imshift.models.runs import STAGES, id_map, stage_jobs
 from imshift.models.tables import Item, Job, JobStatus, Run
 from imshift.vendors.operations import encode_group, encode_member, encode_pair
 from imshift.vendors.vocabulary import Group, Operation
@@ -53,6 +53,7 @@ class RunRequest:
     tokens: bool = False
     verify: bool = False
     source_pages: Pages | None = field(default=None, repr=False)  # the source's user listing
+    since: int | None = None  # a delta re-run: what this earlier run finished is not sent again
 
 
 @dataclass
@@ -99,8 +100,15 @@ def plan_run(engine: Engine, source_app: str, target: Target, request: RunReques
             source_app=source_app, app=target.app, status=JobStatus.PLANNING.value,
             params={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(request).items()
                     if k != "source_pages"},
-            created_at=time.time()).returning(runs.c.id)).scalar_one()
-    planner = _Planner(engine, run_id, source_app, target, chunk_size, progress)
+            since=request.since, created_at=time.time()).returning(runs.c.id)).scalar_one()
+        if request.since is not None:
+            _check_since(conn, request.since, source_app, target.app)
+            # What the earlier run made keeps its ids: later stages find them here.
+            conn.execute(id_map.insert().from_select(
+                ["run_id", "kind", "source_id", "target_id"],
+                select(literal(run_id), id_map.c.kind, id_map.c.source_id, id_map.c.target_id)
+                .where(id_map.c.run_id == request.since)))
+    planner = _Planner(engine, run_id, source_app, target, chunk_size, progress, request.since)
     try:
         planner.accounts(request.users, request.source_pages)
         if request.friends is not None:
@@ -119,6 +127,15 @@ def plan_run(engine: Engine, source_app: str, target: Target, request: RunReques
     return RunPlan(run_id, planner.stages)
 
 
+def _check_since(conn, since: int, source_app: str, app: str) -> None:
+    earlier = conn.execute(select(runs.c.source_app, runs.c.app).where(runs.c.id == since)).first()
+    if earlier is None:
+        raise RunError(f"--since: no run R{since}")
+    if (earlier.source_app, earlier.app) != (source_app, app):
+        raise RunError(f"--since R{since} moved {earlier.source_app} -> {earlier.app}, "
+                       f"not {source_app} -> {app}")
+
+
 def remove(engine: Engine, run_id: int) -> None:
     """Delete a run that was never planned whole, with its stages."""
     with engine.connect() as conn:
@@ -132,11 +149,49 @@ def remove(engine: Engine, run_id: int) -> None:
 
 class _Planner:
     def __init__(self, engine: Engine, run_id: int, source_app: str, target: Target,
-                 chunk_size: int, progress: Callable[[str, int], None] | None):
+                 chunk_size: int, progress: Callable[[str, int], None] | None, since: int | None):
         self.engine, self.run_id, self.source_app, self.target = engine, run_id, source_app, target
-        self.chunk_size, self.progress = chunk_size, progress
+        self.chunk_size, self.progress, self.since = chunk_size, progress, since
         self.stages: list[StagePlan] = []
         self.job_of: dict[str, int] = {}
+        self.earlier: dict[str, int] = {}  # the earlier run's stage jobs (a delta re-run)
+        if since is not None:
+            with engine.connect() as conn:
+                self.earlier = {stage: job_id for stage, job_id, _ in stage_jobs(conn, since)}
+
+    def _finished_earlier(self, stage: str, keys: set[str]) -> dict[str, Any]:
+        """Which of `keys` the earlier run's `stage` finished (ok or exists), with their payloads."""
+        job_id = self.earlier.get(stage)
+        if job_id is None or not keys:
+            return {}
+        wanted, found = sorted(keys), {}
+        with self.engine.connect() as conn:
+            for lo in range(0, len(wanted), BATCH):
+                found.update(conn.execute(select(items.c.key, items.c.payload).where(
+                    items.c.job_id == job_id, items.c.key.in_(wanted[lo:lo + BATCH]),
+                    items.c.state.in_(["ok", "exists"]))).all())
+        return found
+
+    def _mark_done(self, stage: str, specs: Iterator[Spec]) -> Iterator[Spec]:
+        """A delta re-run's specs: what the earlier run finished is `done`."""
+        if self.since is None:
+            yield from specs
+            return
+        batch: list[Spec] = []
+
+        def flush() -> Iterator[Spec]:
+            finished = self._finished_earlier(stage, {s.key for s in batch if not s.problems})
+            for spec in batch:
+                if spec.key in finished and not spec.problems and spec.done is None:
+                    spec.done = f"done by run R{self.since}"
+                yield spec
+            batch.clear()
+
+        for spec in specs:
+            batch.append(spec)
+            if len(batch) >= BATCH:
+                yield from flush()
+        yield from flush()
 
     def _stage(self, stage: str, specs: Iterator[Spec], *, makes: str | None = None,
                user_ids: bool = False, calls: int | None = None, ignored: set[str] | None = None,
@@ -149,7 +204,7 @@ class _Planner:
                                                  "chunk_size": chunk, **({"makes": makes} if makes else {}),
                                                  **params})
         rules = self.target.rules
-        report = plan(self.engine, job_id, specs,
+        report = plan(self.engine, job_id, self._mark_done(stage, specs) if stage != "verify" else specs,
                       (lambda n: self.progress(stage, n)) if self.progress else None,
                       id_key=rules.id_key if rules.id_form and user_ids else None)
         with self.engine.begin() as conn:  # planned, waiting for its turn
@@ -228,7 +283,8 @@ class _Planner:
         its group; a group whose owner they do not hold is refused whole."""
         first = self.target.batch_size(Operation.ADD_MEMBERS)
         limit = self.target.rules.group_size
-        members_of: list[tuple[int, str, str, list[str], set[str]]] = []  # row, group, owner, rest, unknown
+        # row, group, owner, the members for the members stage, those unknown, those in already
+        members_of: list[tuple[int, str, str, list[str], set[str], set[str]]] = []
 
         def specs() -> Iterator[Spec]:
             batch: list[tuple[Row, Spec, list[str]]] = []
@@ -236,15 +292,23 @@ class _Planner:
             def flush() -> Iterator[Spec]:
                 known = self._known_users({u for _, spec, members in batch
                                            for u in [spec.payload.get("owner", ""), *members]})
+                made = self._finished_earlier("groups", {spec.key for _, spec, _ in batch})
                 for row, spec, members in batch:
                     owner = spec.payload.get("owner", "")
                     if not spec.problems and owner not in known:
                         spec.problems.append(f"owner: user {owner!r} is not in the accounts (--users)")
                     unknown = {m for m in members if m not in known}
                     kept = [m for m in members if m in known]
-                    if not spec.problems:
-                        spec.payload["members"] = kept[:first]
-                    members_of.append((row.line, spec.key, owner, kept[first:] + sorted(unknown), unknown))
+                    earlier = made.get(spec.key) if not spec.problems else None
+                    if earlier is not None:  # made by the earlier run: only new members are added
+                        spec.done = f"done by run R{self.since}"
+                        spec.payload["members"] = earlier["members"]
+                        rest, done = kept, set(earlier["members"])
+                    else:
+                        if not spec.problems:
+                            spec.payload["members"] = kept[:first]
+                        rest, done = kept[first:], set()
+                    members_of.append((row.line, spec.key, owner, rest + sorted(unknown), unknown, done))
                     yield spec
                 batch.clear()
 
@@ -259,12 +323,13 @@ class _Planner:
         refused = self._refused(planned.job_id)
 
         def member_specs() -> Iterator[Spec]:
-            for line, group_id, owner, rest, unknown in members_of:
+            for line, group_id, owner, rest, unknown, done in members_of:
                 for member in rest:
                     problems = ([f"group {group_id!r} was refused at planning"] if group_id in refused
                                 else [f"member: user {member!r} is not in the accounts (--users)"]
                                 if member in unknown else [])
-                    yield Spec(line, f"{group_id}/{member}", encode_member(group_id, owner, member), problems)
+                    yield Spec(line, f"{group_id}/{member}", encode_member(group_id, owner, member), problems,
+                               done=f"done by run R{self.since}" if member in done else None)
 
         self._stage("members", member_specs(), input=str(path))
 
@@ -280,7 +345,7 @@ class _Planner:
             with self.engine.connect() as conn:
                 page = conn.execute(select(items.c.seq, items.c.key, items.c.row, items.c.payload).where(
                     items.c.job_id == self.job_of[stage], items.c.seq > after,
-                    items.c.state == "pending").order_by(items.c.seq).limit(BATCH)).all()
+                    items.c.state.in_(["pending", "exists"])).order_by(items.c.seq).limit(BATCH)).all()
             if not page:
                 return
             yield from page

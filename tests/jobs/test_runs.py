@@ -304,3 +304,43 @@ def test_verify_finds_a_profile_altered_at_the_target_and_says_both_values(tmp_p
 def NAMES_OF(i):
     from helpers import NAMES
     return f"{NAMES[i % len(NAMES)]} {i}"
+
+
+def test_a_delta_re_run_sends_only_what_the_earlier_run_did_not_finish(tmp_path):
+    ctx = context(f"sqlite:///{tmp_path / 'imshift.db'}",
+                  apps={"old": {"vendor": "rongcloud", "sandbox": True},
+                        "new": {"vendor": "maxim", "sandbox": True, "rates": FAST,
+                                "batch_sizes": {"add_members": 3}}})
+
+    def request(n_users, n_pairs, groups):
+        return runs.RunRequest(
+            users=write_users(tmp_path / f"u{n_users}.csv", n_users),
+            friends=write_pairs(tmp_path / f"f{n_pairs}.csv", [(user(i), user(i + 1)) for i in range(n_pairs)]),
+            groups=write_groups(tmp_path / f"g{len(groups)}.jsonl", groups), verify=True)
+
+    g1 = {"group_id": "g1", "name": "One", "owner": user(0), "members": [user(i) for i in range(1, 6)]}
+    first = runs.plan_run(ctx.engine, "old", ctx.target("new"), request(30, 20, [g1]), chunk_size=50)
+    run_to_the_end(ctx, first.run_id)
+    box = ctx.sandbox("new")
+    groups_before = len(box.store.groups)
+
+    g1_grown = {**g1, "members": g1["members"] + [user(30), user(31)]}
+    g2 = {"group_id": "g2", "name": "Two", "owner": user(35), "members": [user(1)]}
+    second = runs.plan_run(ctx.engine, "old", ctx.target("new"),
+                           runs.RunRequest(**{**vars(request(40, 30, [g1_grown, g2])), "since": first.run_id}),
+                           chunk_size=50)
+    planned = {s.stage: s.report for s in second.stages}
+    assert (planned["accounts"].pending, planned["accounts"].done) == (10, 30)
+    assert (planned["friends"].pending, planned["friends"].done) == (10, 20)
+    assert (planned["groups"].pending, planned["groups"].done) == (1, 1)
+    assert (planned["members"].pending, planned["members"].done) == (2, 5)  # g1's 2 new, its 5 old
+    p = run_to_the_end(ctx, second.run_id)
+    assert p.status == "finished"
+    assert dict((s, sp.counts) for s, sp in p.stages)["verify"] == {"ok": 40 + 2 + 31}
+    assert len(box.store.groups) == groups_before + 1  # g2 only: g1 was not made again
+    assert box.duplicates.get("register", 0) == 0
+    ids = {s: t for k, s, t in run_control.id_map_rows(ctx.engine, second.run_id) if k == "user"}
+    g1_there = {t for k, s, t in run_control.id_map_rows(ctx.engine, second.run_id)
+                if k == "group" and s == "g1"}.pop()
+    assert box.group_members(g1_there) == {ids[u] for u in [g1["owner"], *g1_grown["members"]]}
+    ctx.engine.dispose()
