@@ -656,6 +656,9 @@ def _scheduled(args: list[str]) -> tuple[str, str, dict]:
 
 
 def _when(row) -> str:
+    if row.params.get("local_at"):
+        return (f"at {row.params['local_at']} on each recipient's clock ({len(row.params['zones'])} "
+                f"zones; {row.params['fallback_rows']} rows without a known zone use {row.tz})")
     return (f"at {schedules.local(row.at, row.tz)}" if row.at is not None
             else f"cron {row.cron!r} in {row.tz}")
 
@@ -671,6 +674,11 @@ def schedule_add(
     tz: Annotated[str, typer.Option(help="The zone of --at and --cron (IANA name).")] = "UTC",
     catch_up: Annotated[str, typer.Option(help="A fire this late (no scheduler ran) still "
                                           "fires once; later ones are recorded missed.")] = "15m",
+    local_time: Annotated[bool, typer.Option("--local-time", help="--at in each recipient's own "
+                                             "zone (--tz-column): a fire per zone; rows without "
+                                             "a known zone use --tz.")] = False,
+    tz_column: Annotated[str, typer.Option(help="With --local-time: the recipients' zone "
+                                           "column.")] = "tz",
 ) -> None:
     """Schedule a send or broadcast: `imshift schedule add --at TIME --tz ZONE -- send ...`.
 
@@ -680,6 +688,11 @@ def schedule_add(
     ctx = _context()
     tgt = _target(ctx, app)
     try:
+        if local_time:
+            if at is None:
+                fail("--local-time needs --at (a time of day, or a date and time)")
+            params = {**params, "local_at": schedules.parse_local_at(at), "tz_column": tz_column}
+            at = None
         when = schedules.parse_at(at, tz) if at is not None else None
         schedule_id = schedules.add(ctx.engine, tgt, command=command, params=params, at=when,
                                     cron=cron, tz=tz, catch_up=window)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from sqlalchemy.engine import Engine
 
@@ -97,11 +97,14 @@ def plan_token_refresh(engine: Engine, target: Target, input_path: str | Path, *
 
 def plan_send(engine: Engine, target: Target, input_path: str | Path, *, sender: str,
               message: Message, chunk_size: int, progress=None,
-              extra: dict[str, Any] | None = None) -> Planned:
+              extra: dict[str, Any] | None = None, keep: Callable[[Row], bool] | None = None) -> Planned:
+    """`keep`: only the rows it keeps are this job's (a local-time fire's zone)."""
+    rows = read_rows(input_path)
     report = _start_plan(engine, "send", Operation.SEND, target,
                          {"input": str(input_path), "sender": sender, "message": encode_message(message),
                           "chunk_size": chunk_size, **(extra or {})},
-                         id_specs(read_rows(input_path)), progress=progress)
+                         id_specs(r for r in rows if keep is None or keep(r)),
+                         progress=progress)
     return Planned(report)
 
 

@@ -92,6 +92,22 @@ def parse_at(text: str, tz: str) -> float:
     return _instant(when, z)
 
 
+def parse_local_at(text: str) -> str:
+    """--at for --local-time: a wall time, not yet an instant (each zone reads
+    it on its own clock). A time of day alone means its next coming in each zone."""
+    from datetime import time as clock
+
+    try:
+        return datetime.fromisoformat(text).replace(tzinfo=None).isoformat(" ")
+    except ValueError:
+        pass
+    try:
+        return clock.fromisoformat(text).replace(tzinfo=None).isoformat()
+    except ValueError:
+        raise ScheduleError(f"--at {text!r} is not an ISO 8601 time such as '09:00' or "
+                            "'2026-12-24 09:00'") from None
+
+
 def cron_fields(expr: str) -> tuple[str, bool]:
     """The expression and whether it has seconds (six fields, seconds first)."""
     parts = expr.split()
@@ -162,6 +178,11 @@ def add(engine: Engine, target: Target, *, command: str, params: dict[str, Any],
     time or expression, the vendor's support and caps, the recipient file."""
     now = time.time() if now is None else now
     zone(tz)
+    if params.get("local_at"):  # a fire per recipient zone: `at` is the first of them
+        if cron is not None or not params.get("to"):
+            raise ScheduleError("--local-time goes with --at and --to (recipients with a zone column)")
+        params = {**params, **_zones_of(params["to"], params["tz_column"], tz), "added_at": now}
+        at = min(local_instants(params, tz))
     if (at is None) == (cron is None):
         raise ScheduleError("give exactly one of --at or --cron")
     if catch_up < 0:
@@ -187,6 +208,54 @@ def add(engine: Engine, target: Target, *, command: str, params: dict[str, Any],
             command=command, app=target.app, params=params, at=at, cron=cron, tz=tz,
             catch_up=catch_up, status=ACTIVE, next_at=next_at, created_at=now)
             .returning(schedules.c.id)).scalar_one()
+
+
+def _zones_of(path: str, column: str, fallback: str) -> dict[str, Any]:
+    """The zones the recipient file names in `column` (read at `add`, so
+    each gets its fire), and how many rows fall back to the schedule's zone."""
+    from .inputs import read_rows
+
+    zones, fallbacks, seen_column = set(), 0, False
+    try:
+        for row in read_rows(path):
+            seen_column = seen_column or column in row.fields
+            name = row.fields.get(column, "")
+            if _known_zone(name):
+                zones.add(name)
+            else:
+                fallbacks += 1
+    except InputError as exc:
+        raise ScheduleError(str(exc)) from None
+    if not seen_column:
+        raise ScheduleError(f"{path}: no {column!r} column for --tz-column")
+    return {"zones": sorted(zones | {fallback}), "fallback_rows": fallbacks}
+
+
+def _known_zone(name: str) -> bool:
+    try:
+        return bool(name) and ZoneInfo(name) is not None
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+
+
+def local_instants(params: dict[str, Any], fallback: str) -> dict[float, list[str]]:
+    """A local-time schedule's fire instants: `local_at` on each zone's
+    wall clock, with the zones that share each instant."""
+    from datetime import time as clock
+
+    text, out = params["local_at"], {}
+    for name in params.get("zones", [fallback]):
+        z = zone(name)
+        if "-" in text:  # a date and a time
+            t = _instant(datetime.fromisoformat(text), z)
+        else:  # a time of day: its first coming after the schedule was made
+            made = datetime.fromtimestamp(params["added_at"], z)
+            t = _instant(datetime.combine(made.date(), clock.fromisoformat(text)), z)
+            if t <= params["added_at"]:
+                t = _instant(datetime.combine(made.date() + timedelta(days=1),
+                                              clock.fromisoformat(text)), z)
+        out.setdefault(t, []).append(name)
+    return out
 
 
 def get(engine: Engine, schedule_id: int):
@@ -281,6 +350,17 @@ def plan_job(firing: Firing, row, fire_at: float) -> int:
     elif row.command == "send_group":
         planned = kinds.plan_group_send(firing.engine, target, p["to_groups"], sender=p["sender"],
                                         message=message, chunk_size=firing.chunk_size, extra=tag)
+    elif p.get("local_at"):  # this fire's recipients: those whose zone's local time it is
+        zones = set(local_instants(p, row.tz).get(fire_at, []))
+        column = p["tz_column"]
+
+        def here(r) -> bool:
+            name = r.fields.get(column, "")
+            return (name if _known_zone(name) else row.tz) in zones
+
+        planned = kinds.plan_send(firing.engine, target, p["to"], sender=p["sender"],
+                                  message=message, chunk_size=firing.chunk_size,
+                                  extra={**tag, "zones": sorted(zones)}, keep=here)
     else:
         planned = kinds.plan_send(firing.engine, target, p["to"], sender=p["sender"],
                                   message=message, chunk_size=firing.chunk_size, extra=tag)
@@ -288,6 +368,8 @@ def plan_job(firing: Firing, row, fire_at: float) -> int:
 
 
 def _following(row, fire_at: float) -> float | None:
+    if row.params.get("local_at"):  # the next zone's turn
+        return min((t for t in local_instants(row.params, row.tz) if t > fire_at), default=None)
     return next_fire(row.cron, row.tz, fire_at) if row.cron else None
 
 

@@ -217,3 +217,49 @@ def test_add_refuses_what_cannot_fire(ctx, tmp_path):
                          cron="0 9 * * MON", tz="Asia/Shanghai", now=now)
     assert schedules.add(ctx.engine, ne, command="broadcast", params=HELLO,
                          cron="*/20 * * * * *", now=now)  # six fields: seconds first
+
+
+def test_local_time_fires_once_per_zone_at_nine_on_each_recipients_own_clock(ctx, tmp_path):
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from imshift.jobs.progress import results
+
+    to = tmp_path / "to.csv"
+    to.write_text("user_id,tz\nli,Asia/Shanghai\nwang,Asia/Shanghai\nann,Europe/London\n"
+                  "bob,America/New_York\nmoon,Mars/Olympus\nnone,\n", encoding="utf-8")
+    params = {"sender": "admin", "message": encode_message(Message(text="早上好")), "to": str(to),
+              "local_at": schedules.parse_local_at("2026-12-24 09:00"), "tz_column": "tz"}
+    start = parse_at("2026-12-23 12:00", "UTC")
+    schedule_id = schedules.add(ctx.engine, ctx.target("ne"), command="send", params=params,
+                                tz="UTC", now=start)
+    row = schedules.get(ctx.engine, schedule_id)
+    assert row.params["zones"] == ["America/New_York", "Asia/Shanghai", "Europe/London", "UTC"]
+    assert row.params["fallback_rows"] == 2  # Mars/Olympus and the empty zone: counted, sent in UTC
+    run_clock(firing(ctx), start, start + 2 * 86400, 900)
+    fired = [f for f in schedules.history(ctx.engine, schedule_id)]
+    assert [f.state for f in fired] == ["fired"] * 3  # London is UTC in December: one instant
+    recipients = {}
+    for f in fired:
+        keys = sorted(i.key for i in results(ctx.engine, f.job_id))
+        zones = {name for name in ("Asia/Shanghai", "Europe/London", "America/New_York", "UTC")
+                 if datetime.fromtimestamp(f.fire_at, ZoneInfo(name)).strftime("%H:%M") == "09:00"}
+        recipients[tuple(sorted(zones))] = keys
+    assert recipients == {("Asia/Shanghai",): ["li", "wang"],
+                          ("America/New_York",): ["bob"],
+                          ("Europe/London", "UTC"): ["ann", "moon", "none"]}
+    assert schedules.get(ctx.engine, schedule_id).status == "done"
+
+
+def test_a_local_time_of_day_is_its_next_coming_in_each_zone(ctx, tmp_path):
+    to = tmp_path / "to.csv"
+    to.write_text("user_id,tz\nli,Asia/Shanghai\nann,Europe/Paris\n", encoding="utf-8")
+    now = parse_at("2026-12-02 05:00", "UTC")  # 13:00 in Shanghai, 06:00 in Paris
+    schedule_id = schedules.add(ctx.engine, ctx.target("ne"), command="send", tz="UTC", now=now, params={
+        "sender": "admin", "message": HELLO["message"], "to": str(to),
+        "local_at": schedules.parse_local_at("09:00"), "tz_column": "tz"})
+    row = schedules.get(ctx.engine, schedule_id)
+    assert sorted(local(t, "UTC") for t in schedules.local_instants(row.params, "UTC")) == [
+        "2026-12-02 08:00:00+00:00",  # Paris, today
+        "2026-12-02 09:00:00+00:00",  # the fallback zone (UTC), today
+        "2026-12-03 01:00:00+00:00"]  # Shanghai, tomorrow: today's 09:00 is past there
