@@ -83,13 +83,16 @@ def _run(engine: Engine, run_id: int) -> RunProgress:
 def start(engine: Engine, broker: dramatiq.Broker, run_id: int) -> int:
     """Start a planned run's first stage; the others follow by themselves."""
     p = _run(engine, run_id)
+    first = p.stages[0][1]
+    # A command killed after marking the run running but before starting its
+    # first stage left that stage planned: starting it again is what is left.
+    if p.status == JobStatus.CANCELLED.value or first.status != JobStatus.PLANNED.value:
+        raise control.JobError(f"run {name(run_id)} is {p.status}; only a planned run starts "
+                               f"(`imshift resume {name(run_id)}` carries on a paused one)")
     with engine.begin() as conn:
-        if not conn.execute(update(runs).where(runs.c.id == run_id,
-                                               runs.c.status == JobStatus.PLANNED.value)
-                            .values(status=JobStatus.RUNNING.value)).rowcount:
-            raise control.JobError(f"run {name(run_id)} is {p.status}; only a planned run starts "
-                                   f"(`imshift resume {name(run_id)}` carries on a paused one)")
-    return control.start(engine, broker, p.stages[0][1].job_id, stage_ok=True)
+        conn.execute(update(runs).where(runs.c.id == run_id, runs.c.status == JobStatus.PLANNED.value)
+                     .values(status=JobStatus.RUNNING.value))
+    return control.start(engine, broker, first.job_id, stage_ok=True)  # of two racing, one wins
 
 
 def pause(engine: Engine, run_id: int) -> str:

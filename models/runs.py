@@ -108,6 +108,10 @@ def why_missing(conn: Connection, run_id: int, kind: str, source_id: str) -> str
                                                      items.c.key == source_id)).first()
     if made is None:
         return f"{noun} {source_id} is not in this run's {MAKER[kind]}"
+    if made.state == "unknown":  # the create call was cut off: it may have landed
+        return (f"{noun} {source_id} may exist at the target, but the call that makes it was cut "
+                f"off before its answer (unknown): check it there; `imshift retry {maker} --unknown` "
+                "makes it again")
     verb = "migrated" if kind == "user" else "created"
     reason = f": {made.state} {made.message!r}" if made.message else f": {made.state}"
     return f"{noun} {source_id} was not {verb}{reason}"
