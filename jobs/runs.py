@@ -259,6 +259,13 @@ class _Planner:
 
     def friends(self, path: Path) -> None:
         form = self.target.rules.id_key
+        batch = self.target.batch_size(Operation.IMPORT_FRIENDS)
+        owners = {"runs": 0, "last": None, "in_run": 0}  # a call takes one owner's run of pairs
+
+        def counted(user: str) -> None:
+            if user != owners["last"] or owners["in_run"] >= batch:
+                owners["runs"], owners["last"], owners["in_run"] = owners["runs"] + 1, user, 0
+            owners["in_run"] += 1
 
         def specs() -> Iterator[tuple[Spec, list[tuple[str, str]]]]:
             for row in read_rows(path):
@@ -271,10 +278,18 @@ class _Planner:
                     problems.append("friend_id: a user cannot befriend themself")
                 # A pair is one friendship whichever way round it is written.
                 low, high = sorted((user, friend), key=form)
+                if not problems:
+                    counted(user)
                 yield (Spec(row.line, f"{low}{PAIR}{high}", encode_pair(user, friend), problems),
                        [] if problems else [("user_id", user), ("friend_id", friend)])
 
-        self._stage("friends", self._checked_refs(specs()), user_ids=True, input=str(path))
+        planned = self._stage("friends", self._checked_refs(specs()), user_ids=True, input=str(path))
+        self._recount(planned, owners["runs"])
+
+    def _recount(self, planned: StagePlan, calls: int) -> None:
+        """A stage whose calls are not items ÷ batch size (one per owner's run of pairs)."""
+        rate = self.target.rates.get(OPERATIONS[planned.stage].value)
+        planned.calls, planned.seconds = calls, (calls / rate if rate else None)
 
     def groups(self, path: Path) -> None:
         """The groups stage (owner and a first slice of members) and the

@@ -158,12 +158,15 @@ async def _verify(client, items, params, key):
         found = [failed] * len(users)
     for item, profile in zip(users, found):
         results[item.seq] = _profile_check(item, profile)
-    for item in items:
-        if item.seq not in results:
-            try:
-                results[item.seq] = await _relation_check(client, item)
-            except CallFailed as failed:
-                results[item.seq] = failed.result
+    async def relation(item: WorkItem) -> Result:
+        try:
+            return await _relation_check(client, item)
+        except CallFailed as failed:
+            return failed.result
+
+    # At once, within the client's concurrency: the limiter spaces the calls.
+    others = [i for i in items if i.seq not in results]
+    results.update(zip((i.seq for i in others), await client.each(others, relation)))
     return [results[i.seq] for i in items]
 
 
@@ -220,7 +223,7 @@ async def _create_group(client, items, params, key):
     async def one(item: WorkItem) -> Result:
         p = item.payload
         return await client.create_group(Group(item.key, p["name"], p["owner"], p.get("members", ())))
-    return [await one(item) for item in items]
+    return await client.each(items, one)
 
 
 def _runs(items: Sequence[WorkItem], field: str) -> list[list[WorkItem]]:
@@ -236,22 +239,26 @@ def _runs(items: Sequence[WorkItem], field: str) -> list[list[WorkItem]]:
 
 
 async def _add_members(client, items, params, key):
-    results = []
-    for part in _runs(items, "group_id"):
+    async def group(part: list[WorkItem]) -> list[Result]:
         p = part[0].payload
-        results += await client.add_members(p["group_id"], p["owner"], [i.payload["member"] for i in part])
-    return results
+        return await client.add_members(p["group_id"], p["owner"], [i.payload["member"] for i in part])
+
+    return [r for part in await client.each(_runs(items, "group_id"), group) for r in part]
 
 
 async def _import_friends(client, items, params, key):
     """One call per owner's run of pairs. Where the vendor keeps a roster
     per user (`friends_one_way`), the other side is written too."""
-    results = [await client.import_friends(part[0].payload["user_id"],
+    async def owner(part: list[WorkItem]) -> list[Result]:
+        return await client.import_friends(part[0].payload["user_id"],
                                            [i.payload["friend_id"] for i in part])
-               for part in _runs(items, "user_id")]
-    flat = [r for part in results for r in part]
-    if getattr(client, "friends_one_way", False):
-        back = [await client.import_friends(i.payload["friend_id"], [i.payload["user_id"]]) for i in items]
+
+    async def other_side(item: WorkItem) -> list[Result]:
+        return await client.import_friends(item.payload["friend_id"], [item.payload["user_id"]])
+
+    flat = [r for part in await client.each(_runs(items, "user_id"), owner) for r in part]
+    if client.friends_one_way:
+        back = await client.each(items, other_side)
         flat = [a if not a.succeeded else _all_of([a, *b]) for a, b in zip(flat, back)]
     return flat
 
