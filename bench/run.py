@@ -21,6 +21,7 @@ does without Redis. Figures per stage:
             sum, as its profile, group and friend checks run in turn)
   first     stage start -> its first call arrives (queue and claim)
   tail      its last call arrives -> stage finished (the last record)
+  planned   the calls and seconds the plan estimated for it
 
 and for the run: wall (first stage's start -> the run's finished_at), sum
 (the stages' need added up) and ratio = wall / sum (target <= 1.10). The
@@ -69,7 +70,7 @@ IN_TURN = {"verify"}
 # so their call counts do too). Every key a stage's calls go under is here,
 # so each call counts against a known rate.
 RATES: dict[str, dict[str, float]] = {
-    "maxim": {"register": 20, "update_profile": 40, "import_friends": 400, "create_group": 50,
+    "maxim": {"register": 20, "update_profile": 60, "import_friends": 300, "create_group": 50,
               "add_members": 20, "issue_token": 500, "get_profiles": 400, "get_members": 50,
               "get_friends": 400},
     "netease": {"register": 300, "update_profile": 300, "import_friends": 400, "create_group": 50,
@@ -87,8 +88,8 @@ RATES: dict[str, dict[str, float]] = {
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench run", description=__doc__.split("\n\n")[0])
     p.add_argument("--users", type=int, default=20_000)
-    p.add_argument("--pairs", type=int, default=40_000, help="friend pairs")
-    p.add_argument("--groups", type=int, default=500)
+    p.add_argument("--pairs", type=int, default=40_000, help="friend pairs (0: no friends stage)")
+    p.add_argument("--groups", type=int, default=500, help="groups (0: no groups or members stage)")
     p.add_argument("--vendor", default="maxim", choices=sorted(RATES),
                    help="the target (maxim assigns its own ids, so every later stage reads the id map)")
     p.add_argument("--database", default="sqlite", choices=["sqlite", "postgresql"],
@@ -98,10 +99,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="override one operation's calls/s (repeatable)")
     p.add_argument("--threads", type=int, default=8, help="in-process worker threads")
     p.add_argument("--chunk-size", type=int, default=200, help="items per chunk message")
+    p.add_argument("--claim-seconds", type=float, default=None,
+                   help="the engine's claim_seconds (default: the settings' default)")
     p.add_argument("--timeout", type=float, default=600,
                    help="seconds the run may take; then it is cancelled and the benchmark fails")
+    p.add_argument("--no-tokens", action="store_true", help="leave out the tokens stage")
+    p.add_argument("--no-verify", action="store_true", help="leave out the verify stage")
     p.add_argument("--timeline", action="store_true",
                    help="also print each operation's calls per second of the run")
+    p.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                   help="keep the inputs, the SQLite database and the call arrivals in DIR")
     p.add_argument("--quick", action="store_true", help="a tenth of the sizes")
     args = p.parse_args(argv)
     if args.quick:
@@ -315,12 +322,16 @@ def main(argv: list[str]) -> int:
     target_vendor = vendor(args.vendor)
     with tempfile.TemporaryDirectory(prefix="imshift-bench-run-") as tmpdir:
         tmp = Path(tmpdir)
+        if args.keep:
+            tmp = args.keep
+            tmp.mkdir(parents=True, exist_ok=True)
         os.environ["IMSHIFT_CONFIG"] = str(tmp / "no-config.toml")  # ignore any imshift.toml here
         with database(args.database, tmp) as db_url, \
                 recording_sandbox(args.vendor, args.rates, args.latency) as (base_url, box_pid):
             config = target_vendor.sandbox().config(base_url)  # the served sandbox's demo credentials
             settings = Settings(
                 database_url=db_url, redis_url=None, chunk_size=args.chunk_size,
+                **({"claim_seconds": args.claim_seconds} if args.claim_seconds else {}),
                 token_key=Fernet.generate_key().decode(),
                 apps={SOURCE: AppSettings(vendor="rongcloud", sandbox=True),
                       APP: AppSettings(vendor=args.vendor, rates=args.rates, **app_fields(config))})
@@ -336,8 +347,10 @@ def main(argv: list[str]) -> int:
                   flush=True)
             t0 = time.perf_counter()
             plan = runs.plan_run(ctx.engine, SOURCE, target,
-                                 runs.RunRequest(users=users_csv, friends=friends_csv,
-                                                 groups=groups_jsonl, tokens=True, verify=True),
+                                 runs.RunRequest(users=users_csv,
+                                                 friends=friends_csv if args.pairs else None,
+                                                 groups=groups_jsonl if args.groups else None,
+                                                 tokens=not args.no_tokens, verify=not args.no_verify),
                                  chunk_size=args.chunk_size)
             plan_s = time.perf_counter() - t0
             print(f"planned run R{plan.run_id} in {plan_s:.1f} s: " + ", ".join(
@@ -352,6 +365,8 @@ def main(argv: list[str]) -> int:
             cpu, box_cpu = time.process_time() - cpu0, process_cpu(box_pid) - box0
             with httpx.Client(timeout=30) as http:
                 arrivals = http.get(f"{base_url}{ARRIVALS}").json()
+            if args.keep:
+                (tmp / "arrivals.json").write_text(json.dumps(arrivals))
             stats = sandbox_stats(base_url)
             with ctx.engine.connect() as conn:
                 from sqlalchemy import select
@@ -363,12 +378,15 @@ def main(argv: list[str]) -> int:
     stages = stages_of(p, arrivals, args.rates)
     recorded = sum(len(ts) for ts in arrivals.values())
     counted = sum(stats["calls"].values())
+    planned = {s.stage: s for s in plan.stages}
     for s in stages:
         outcomes = "" if s.counts.get("ok") == s.items else \
             " (" + " ".join(f"{k}={v}" for k, v in sorted(s.counts.items())) + ")"
         print(f"{s.name:9} {s.items:7,} items{outcomes}  {sum(s.calls.values()):7,} calls "
               f"[{', '.join(f'{op} {n:,}' for op, n in s.calls.items())}]  wall {s.wall:6.2f} s  "
-              f"need {s.need:6.2f} s  first {s.first:5.2f} s  tail {s.tail:5.2f} s", flush=True)
+              f"need {s.need:6.2f} s  first {s.first:5.2f} s  tail {s.tail:5.2f} s  "
+              f"(planned: {planned[s.name].calls:,} calls, {planned[s.name].seconds or 0:.2f} s)",
+              flush=True)
     start = stages[0].started if stages else time.time()
     wall = (finished_at or stages[-1].finished) - start if stages else math.nan
     need = sum(s.need for s in stages)
