@@ -29,8 +29,13 @@ limiter keeps rate_margin (2%) under each rate, so about 1.02 is the floor.
 
     python -m bench run [--users 20000] [--pairs 40000] [--groups 500]
                         [--vendor maxim] [--database sqlite|postgresql]
-                        [--latency 0.05] [--rate OP=R ...] [--timeline]
+                        [--latency 0.05] [--rate OP=R ...] [--claim-seconds S]
+                        [--no-tokens] [--no-verify] [--timeline] [--keep DIR]
                         [--timeout 600] [--quick]
+
+--pairs 0 or --groups 0 leave those stages out; --timeline prints each
+operation's calls per second; --keep DIR keeps the inputs, the SQLite
+database and the arrivals (arrivals.json) for a closer look.
 """
 
 from __future__ import annotations

@@ -15,13 +15,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 from rich.console import Console
 
-from imshift.context import Context
+from imshift.context import Context, SetupError
 from imshift.jobs import control, kinds, run_control, runs
 from imshift.jobs.progress import progress, results
 from imshift.models.tables import JobStatus
@@ -30,6 +31,8 @@ from imshift.vendors.vocabulary import Message, Operation
 
 from imshift.workers.embedded import in_process_workers
 
+from . import logs
+from .jobcli import fail
 from .watch import summary, watch
 
 NAMES = ["李雷", "Zoë", "Ólafur", "Мария", "محمد", "さくら", "🚀 Rocket", "Jean-Luc", "김민준", "Αθηνά"]
@@ -98,6 +101,12 @@ def run_demo(count: int, console: Console) -> None:
                         apps={SOURCE: AppSettings(vendor="rongcloud", sandbox=True),
                               TARGET: AppSettings(vendor="maxim", sandbox=True, rates=fast)})
     ctx = Context(settings)
+    try:
+        ctx.check()  # an IMSHIFT_TOKEN_KEY that is set but malformed
+    except SetupError as exc:
+        shutil.rmtree(workdir, ignore_errors=True)
+        fail(str(exc))
+    logs.install(ctx.secrets())
     users, friends, groups = write_sample(workdir, count)
     console.print(f"[bold]imshift demo[/bold]: a migration run of {count:,} users with their friends "
                   f"and groups, from the RongCloud sandbox to the Maxim sandbox (which assigns its own "
