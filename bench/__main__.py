@@ -11,6 +11,7 @@ BENCHMARKS = {
     "query": "progress and failed-items queries on a 1M item job: p50/p99",
     "send": "a mass send to 100k recipients through a batch endpoint",
     "api": "the HTTP API's progress and failures requests on a 1M item job: p50/p99",
+    "run": "a whole migration run (accounts to verify) at set rates: wall time over calls/rate",
 }
 
 

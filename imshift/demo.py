@@ -1,101 +1,198 @@
-"""`imshift demo`: a user migration and a mass send on embedded defaults.
+"""`imshift demo`: a whole migration run and a mass send on embedded defaults.
 
-Makes a sample export of users (Unicode names, a few bad rows), migrates it
-from RongCloud to NetEase Yunxin (the built-in sandboxes, which enforce the
-vendors' default rate limits), shows progress, verifies the accounts at the
-target, then messages a thousand of them through the batch endpoint. Runs
-on a temporary SQLite database with the in-process broker: nothing to set up.
+Makes a sample export (users with Unicode names and a few bad rows, friend
+pairs, groups) and runs it from the RongCloud sandbox into the Maxim
+sandbox, which assigns its own numeric ids: accounts, friends, groups,
+members, new tokens, then a read-back of all of it through Maxim's own
+read endpoints. Shows each stage's progress, the run's report and some of
+its id map, then messages a thousand of the migrated users through Maxim's
+batch endpoint, addressed by the ids Maxim gave them. Runs on a temporary
+SQLite database with the in-process broker and workers: nothing to set up.
 """
 
 from __future__ import annotations
 
 import csv
+import json
+import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from rich.console import Console
 
-from imshift.context import Context
-from imshift.jobs import control, kinds
-from imshift.jobs.progress import results
+from imshift.context import Context, SetupError
+from imshift.jobs import control, kinds, run_control, runs
+from imshift.jobs.progress import progress, results
+from imshift.models.tables import JobStatus
 from imshift.settings import AppSettings, Settings
 from imshift.vendors.vocabulary import Message, Operation
 
 from imshift.workers.embedded import in_process_workers
 
+from . import logs
+from .jobcli import fail
 from .watch import summary, watch
 
 NAMES = ["李雷", "Zoë", "Ólafur", "Мария", "محمد", "さくら", "🚀 Rocket", "Jean-Luc", "김민준", "Αθηνά"]
-BAD_ROWS = {  # row index -> what makes it bad for NetEase (the last row repeats an id)
-    17: {"user_id": "has spaces!"},
-    40: {"user_id": "x" * 40},
-    77: {"name": "n" * 70},
+BAD_ROWS = {  # row index -> what Maxim refuses in it (and the last row repeats an id)
+    17: {"user_id": "has spaces!"},  # letters, digits and _ only
+    40: {"user_id": "mta_agent"},  # the mta and maxim prefixes are Maxim's own
+    77: {"user_id": "20240077"},  # not all digits: Maxim's own ids are numbers
 }
-SOURCE, TARGET = "rongcloud-app", "netease-app"
+SOURCE, TARGET = "rongcloud-app", "maxim-app"
+# Maxim documents no rate limits and imshift's defaults for it are cautious
+# (5 registrations/s); the demo's sandbox allows this much of every operation.
+DEMO_RATE = 2000.0
+OPERATIONS = ("register", "update_profile", "get_profiles", "issue_token", "create_group",
+              "add_members", "import_friends", "get_members", "get_friends", "send")
 
 
-def write_sample(path: Path, count: int) -> None:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, ["user_id", "name", "avatar", "gender"])
+def user_ids(count: int) -> list[str]:
+    """The ids as the export writes them, bad ones included (the last row
+    repeats user_000003, so it is not listed twice here)."""
+    ids = [f"user_{i:06d}" for i in range(count - 1)]
+    for i, fields in BAD_ROWS.items():
+        if i < len(ids):
+            ids[i] = fields["user_id"]
+    return ids
+
+
+def write_sample(workdir: Path, count: int) -> tuple[Path, Path, Path]:
+    """users.csv, friends.csv and groups.jsonl as a source app's export."""
+    users = workdir / "users.csv"
+    with users.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, ["user_id", "name", "avatar"])
         writer.writeheader()
         for i in range(count):
             row = {"user_id": f"user_{i:06d}", "name": f"{NAMES[i % len(NAMES)]} {i}",
-                   "avatar": f"https://cdn.example.com/avatars/{i}.png", "gender": str(i % 3)}
+                   "avatar": f"https://cdn.example.com/avatars/{i}.png"}
             row.update(BAD_ROWS.get(i, {}))
             if i == count - 1:
                 row["user_id"] = "user_000003"
             writer.writerow(row)
+    ids = user_ids(count)
+    n = len(ids)
+    friends = workdir / "friends.csv"
+    with friends.open("w", newline="", encoding="utf-8") as f:  # each user's pairs together
+        f.write("user_id,friend_id\n")
+        f.writelines(f"{ids[i]},{ids[(i + d) % n]}\n" for i in range(n) for d in (1, 3)
+                     if i + d < n)
+    groups = workdir / "groups.jsonl"
+    count_groups, largest = max(3, n // 100), min(150, n)  # over 100 members: a members stage too
+    with groups.open("w", encoding="utf-8") as f:
+        for g in range(count_groups):
+            size = round(3 * (largest / 3) ** (g / (count_groups - 1)))
+            people = [ids[(g * 37 + k * 7) % n] for k in range(size)]
+            f.write(json.dumps({"group_id": f"team_{g:03d}", "name": f"{NAMES[g % len(NAMES)]} team",
+                                "owner": people[0], "members": people[1:]}, ensure_ascii=False) + "\n")
+    return users, friends, groups
 
 
 def run_demo(count: int, console: Console) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="imshift-demo-"))
-    settings = Settings(database_url=f"sqlite:///{workdir}/imshift.db", redis_url=None,
+    fast = {op: DEMO_RATE for op in OPERATIONS}
+    key = {}
+    if not os.environ.get("IMSHIFT_TOKEN_KEY"):
+        from cryptography.fernet import Fernet
+        key = {"token_key": Fernet.generate_key().decode()}
+    settings = Settings(database_url=f"sqlite:///{workdir}/imshift.db", redis_url=None, **key,
                         apps={SOURCE: AppSettings(vendor="rongcloud", sandbox=True),
-                              TARGET: AppSettings(vendor="netease", sandbox=True)})
+                              TARGET: AppSettings(vendor="maxim", sandbox=True, rates=fast)})
     ctx = Context(settings)
-    users = workdir / "users.csv"
-    write_sample(users, count)
-    limit = ctx.rates(TARGET)[Operation.REGISTER.value]
-    console.print(f"[bold]imshift demo[/bold]: migrating {count:,} users from the RongCloud sandbox "
-                  f"to the NetEase sandbox (which allows {limit:g} registrations/s)\n"
-                  f"  input {users}, database {workdir / 'imshift.db'}\n")
-
+    try:
+        ctx.check()  # an IMSHIFT_TOKEN_KEY that is set but malformed
+    except SetupError as exc:
+        shutil.rmtree(workdir, ignore_errors=True)
+        fail(str(exc))
+    logs.install(ctx.secrets())
+    users, friends, groups = write_sample(workdir, count)
+    console.print(f"[bold]imshift demo[/bold]: a migration run of {count:,} users with their friends "
+                  f"and groups, from the RongCloud sandbox to the Maxim sandbox (which assigns its own "
+                  f"numeric ids), with new tokens and a read-back; then a welcome message to up to "
+                  f"1,000 of them\n  inputs {users.name}, {friends.name}, {groups.name} in {workdir}; "
+                  f"database {workdir / 'imshift.db'}")
+    if key:
+        console.print("  IMSHIFT_TOKEN_KEY is not set: the new tokens are stored encrypted with a key "
+                      "made for this demo")
+    console.print()
     ctx.runtime  # noqa: B018  (configures the in-process workers)
     with in_process_workers(ctx.broker):
-        migrate_then_send(ctx, users, console)
+        run_id = migrate(ctx, users, friends, groups, console)
+        send(ctx, run_id, workdir, console)
 
 
-def migrate_then_send(ctx: Context, users: Path, console: Console) -> None:
-    settings, workdir = ctx.settings, users.parent
-    limit = ctx.rates(TARGET)[Operation.REGISTER.value]
-    planned = kinds.plan_user_migration(ctx.engine, ctx.target(TARGET), users, source_app=SOURCE,
-                                           chunk_size=settings.chunk_size)
-    report = planned.report
-    console.print(f"planned job {report.job_id}: {report.pending:,} to migrate, "
-                  f"{report.invalid} invalid, {report.duplicates} duplicate rows")
-    control.start(ctx.engine, ctx.broker, report.job_id)
-    p = watch(ctx, report.job_id, console, sweeping=True)
-    summary(ctx, p, console)
+def migrate(ctx: Context, users: Path, friends: Path, groups: Path, console: Console) -> int:
+    from .runcli import _report, report
+
+    started = time.monotonic()
+    plan = runs.plan_run(ctx.engine, SOURCE, ctx.target(TARGET),
+                         runs.RunRequest(users=users, friends=friends, groups=groups, tokens=True,
+                                         verify=True), chunk_size=ctx.settings.chunk_size)
+    accounts = plan.stages[0].report
+    console.print(f"planned run {run_control.name(plan.run_id)}: accounts {accounts.pending:,} to "
+                  f"migrate, {accounts.invalid} invalid, {accounts.duplicates} duplicate rows")
+    _report(plan, TARGET)
+    run_control.start(ctx.engine, ctx.broker, plan.run_id)
+    while True:  # each stage starts by itself when the one before it finishes
+        p = run_control.run_progress(ctx.engine, plan.run_id)
+        if p.status != JobStatus.RUNNING.value or p.current is None:
+            break
+        stage, stage_progress = p.current
+        if stage_progress.status == JobStatus.RUNNING.value:
+            console.print(f"[bold]{stage}[/bold] (job {stage_progress.job_id})")
+            watch(ctx, stage_progress.job_id, console, sweeping=True)
+        else:
+            time.sleep(0.1)  # the hand-over to the next stage is under way
+    console.print()
+    report(p)
+    # The rows Maxim refused never reached it; what named them was skipped.
+    accounts = progress(ctx.engine, p.stages[0][1].job_id)
+    skipped = {stage: sp.counts["skipped"] for stage, sp in p.stages if sp.counts.get("skipped")}
+    console.print(f"  accounts: {accounts.status}, {accounts.completed:,}/{accounts.total:,} items "
+                  f"done, {accounts.counts.get('rejected', 0)} rows refused at planning (above)"
+                  + (", so " + ", ".join(f"{n:,} {stage} items naming them were skipped"
+                                         for stage, n in skipped.items()) if skipped else "")
+                  + f"; the run took {time.monotonic() - started:.1f} s", highlight=False)
 
     box = ctx.sandbox(TARGET)
-    migrated = [i for i in results(ctx.engine, report.job_id) if i.state in ("ok", "exists")]
-    present = sum(1 for i in migrated if box.stored_profile(i.key) is not None)
-    console.print(f"\nat the target: {present:,} of {len(migrated):,} migrated accounts present; "
-                  f"{box.calls['register']:,} register calls, {box.over_limit['register']} over the "
-                  f"limit, at most {box.max_per_second('register')} in any one second (limit {limit:g})")
+    mapped = list(run_control.id_map_rows(ctx.engine, plan.run_id))
+    user_map = [(s, t) for kind, s, t in mapped if kind == "user"]
+    group_map = [(s, t) for kind, s, t in mapped if kind == "group"]
+    console.print(f"\nthe id map: {len(user_map):,} users and {len(group_map):,} groups, as Maxim "
+                  f"numbered them (`imshift idmap {run_control.name(plan.run_id)}` prints it all)")
+    for source, target in user_map[:3] + group_map[:2]:
+        console.print(f"  {source:>12} -> {target}", highlight=False)
+    present = sum(1 for _, target in user_map if box.stored_profile(target) is not None)
+    rates = ctx.rates(TARGET)
+    console.print(f"\nat the target: {present:,} of {len(user_map):,} migrated accounts present; "
+                  f"{sum(box.calls.values()):,} calls in all ({box.calls['register']:,} to register "
+                  f"{len(user_map):,} accounts, {box.calls['issue_token']:,} for their tokens), "
+                  f"{sum(box.over_limit.values())} over the limit ({rates['register']:g} calls/s "
+                  "allowed per operation)")
+    return plan.run_id
 
+
+def send(ctx: Context, run_id: int, workdir: Path, console: Console) -> None:
+    """A welcome message from the first migrated user to the next thousand,
+    addressed by their Maxim ids (Maxim's send takes nothing else)."""
+    box = ctx.sandbox(TARGET)
+    p = run_control.run_progress(ctx.engine, run_id)
+    accounts_job = p.stages[0][1].job_id
+    migrated = [i.key for i in results(ctx.engine, accounts_job) if i.state in ("ok", "exists")]
+    ids = dict((s, t) for kind, s, t in run_control.id_map_rows(ctx.engine, run_id) if kind == "user")
+    sender, chosen = ids[migrated[0]], [ids[u] for u in migrated[1:1001]]
     recipients = workdir / "recipients.txt"
-    chosen = [i.key for i in migrated[1:1001]]
     recipients.write_text("\n".join(chosen) + "\n", encoding="utf-8")
-    sender = migrated[0].key
-    console.print(f"\nsending a welcome message from {sender} to {len(chosen):,} of them")
+    console.print(f"\nsending a welcome message from {migrated[0]} (Maxim id {sender}) to "
+                  f"{len(chosen):,} of them, by their Maxim ids")
     planned = kinds.plan_send(ctx.engine, ctx.target(TARGET), recipients, sender=sender,
-                                 message=Message(text="欢迎 / welcome to the new chat service 👋"),
-                                 chunk_size=settings.chunk_size)
+                              message=Message(text="欢迎 / welcome to the new chat service 👋"),
+                              chunk_size=ctx.settings.chunk_size)
     control.start(ctx.engine, ctx.broker, planned.report.job_id)
-    p = watch(ctx, planned.report.job_id, console, sweeping=True)
-    summary(ctx, p, console)
-    delivered = sum(len(box.inbox(key)) for key in chosen)
+    done = watch(ctx, planned.report.job_id, console, sweeping=True)
+    summary(ctx, done, console)
+    delivered = sum(len(box.inbox(target)) for target in chosen)
     console.print(f"\n{delivered:,} messages delivered in {box.calls['send']} batch call(s) "
-                  f"(up to {ctx.target(TARGET).batch_size(Operation.SEND)} "
-                  f"recipients each)")
+                  f"(up to {ctx.target(TARGET).batch_size(Operation.SEND)} recipients each)")

@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -43,6 +44,16 @@ def test_demo_migrates_reports_bad_rows_and_sends():
     assert "146 of 146 migrated accounts present" in output
     assert "0 over the limit" in output
     assert "145 messages delivered in 1 batch call(s)" in output
+    # A whole run into Maxim: every stage, each later one through the id map.
+    assert "run R1: rongcloud-app -> maxim-app, finished" in output
+    for stage in ("accounts", "friends", "groups", "members", "tokens", "verify"):
+        assert f"│ {stage} " in result.output
+    assert "so 12 friends items naming them were skipped, 3 verify items naming them were skipped" \
+        in output  # the pairs and checks naming the refused rows
+    assert "ok=295 skipped=3" in output  # verify read everything else back
+    mapped = re.search(r"user_000000 -> (\d+)", output)
+    assert mapped and mapped.group(1) != "user_000000"  # Maxim's own numeric id
+    assert f"from user_000000 (Maxim id {mapped.group(1)}) to 145 of them" in output
 
 
 
