@@ -26,7 +26,10 @@ of them at a time (one round trip per call capped a process near 1,000
 calls/s and doubled its CPU per call), and the next reservation waits until
 the last slot is HORIZON away, so the schedule never runs far ahead of now: a
 pause from `slow_down` reaches every process soon, and a process that dies
-wastes few slots. The slot times themselves smooth each process's calls; aiolimiter is
+wastes few slots. In embedded mode with no backlog a call's reservation also
+takes a few spare slots for the process's next calls (`_Spares`), so the
+shared file's lock is taken once per batch of calls, not per call. The slot
+times themselves smooth each process's calls; aiolimiter is
 not used: alone it lost 0.06-0.09 of the quota here (a leaky bucket never
 makes up a late wake-up) and it cannot see the vendor's windows.
 """
@@ -54,7 +57,8 @@ HORIZON = 0.1  # seconds: how far ahead of its slot a process reserves
 # Embedded mode with no backlog: one reservation also takes spare slots for
 # this process's next calls, at most SPARE_SECONDS of the rate (none below
 # 50 calls/s) and SPARES_MAX, so the shared file's lock is taken once per
-# batch of calls, not per call (bench overhead: 19 -> 2 us per call).
+# batch of calls, not per call (a call's limiter cost with a shared file:
+# 16 -> 5 us; in-process alone 7.6 -> 3.5 us).
 SPARE_SECONDS = 0.02
 SPARES_MAX = 32
 CUT = 0.9  # rate factor after an over-limit reply
