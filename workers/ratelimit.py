@@ -26,7 +26,10 @@ of them at a time (one round trip per call capped a process near 1,000
 calls/s and doubled its CPU per call), and the next reservation waits until
 the last slot is HORIZON away, so the schedule never runs far ahead of now: a
 pause from `slow_down` reaches every process soon, and a process that dies
-wastes few slots. The slot times themselves smooth each process's calls; aiolimiter is
+wastes few slots. In embedded mode with no backlog a call's reservation also
+takes a few spare slots for the process's next calls (`_Spares`), so the
+shared file's lock is taken once per batch of calls, not per call. The slot
+times themselves smooth each process's calls; aiolimiter is
 not used: alone it lost 0.06-0.09 of the quota here (a leaky bucket never
 makes up a late wake-up) and it cannot see the vendor's windows.
 """
@@ -34,12 +37,12 @@ makes up a late wake-up) and it cannot see the vendor's windows.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -51,6 +54,13 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 HORIZON = 0.1  # seconds: how far ahead of its slot a process reserves
+# Embedded mode with no backlog: one reservation also takes spare slots for
+# this process's next calls, at most SPARE_SECONDS of the rate (none below
+# 50 calls/s) and SPARES_MAX, so the shared file's lock is taken once per
+# batch of calls, not per call (a call's limiter cost with a shared file:
+# 16 -> 5 us; in-process alone 7.6 -> 3.5 us).
+SPARE_SECONDS = 0.02
+SPARES_MAX = 32
 CUT = 0.9  # rate factor after an over-limit reply
 RECOVER = 0.02  # factor regained per second (0.9 -> 1.0 in 5 s)
 MIN_FACTOR = 0.1
@@ -239,6 +249,54 @@ class _Slots:
         self.paused = max(self.paused, now + pause)
 
 
+@dataclass
+class _Spares:
+    """Slots of weight 1 an embedded reservation took beyond its caller's,
+    handed to this process's next calls in order. Each stays usable until
+    HORIZON after its slot (or its window's `latest`, if sooner): a spare
+    never goes out later than a batched reservation would. How many the
+    next reservation takes follows use: twice as many (and one) while all
+    get used, as many as were used once some expire, so a process with few
+    calls holds few slots nobody else can have."""
+
+    slots: deque = field(default_factory=deque)  # (slot, use by) in loop time
+    size: int = 1
+    given: int = 0
+    expired: int = 0
+
+    def take(self, now: float) -> tuple[float, float] | None:
+        slots = self.slots
+        while slots:
+            slot, until = slots.popleft()
+            if now <= until:
+                self.given += 1
+                return slot, until
+            self.expired += 1
+        return None
+
+    def next_size(self, most: int) -> int:
+        """How many spares the reservation being made takes (the pool is empty)."""
+        self.size = min(most, self.given if self.expired else 2 * self.size + 1)
+        self.given = self.expired = 0
+        return self.size
+
+
+class _Local:
+    """An in-process schedule, used like a SharedSlots: `with schedule as slots`."""
+
+    def __init__(self) -> None:
+        self.slots = _Slots()
+
+    def __enter__(self) -> _Slots:
+        return self.slots
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def peek(self, name: str) -> float:
+        return getattr(self.slots, name)
+
+
 # The defaults, also the settings' (rate_margin, rate_guard). The margin keeps
 # this share of each vendor limit unused (network jitter); the guard leaves
 # this many seconds free at each end of a vendor's one-second window, more
@@ -267,14 +325,14 @@ class RateLimiter:
         # Embedded mode: the schedules live in files there, shared by every
         # process on this machine that is given the same folder (None: this process only).
         self.shared_dir = shared_dir
-        self._shared: dict[tuple[str, str], SharedSlots] = {}
+        self._schedules: dict[tuple[str, str], _Local | SharedSlots] = {}
+        self._spares: dict[tuple[str, str], _Spares] = {}
         self.margin = margin
         self.guard = guard
         self.namespace = namespace
         self._app_rates: dict[str, dict[str, float]] = {}
         self._waiting: dict[tuple[str, str], list[tuple[int, asyncio.Future]]] = {}
         self._leaders: dict[tuple[str, str], asyncio.Task] = {}
-        self._slots: dict[tuple[str, str], _Slots] = {}
         if redis is not None:
             self._reserve_script = redis.register_script(_RESERVE)
             self._slow_down_script = redis.register_script(_SLOW_DOWN)
@@ -313,18 +371,36 @@ class RateLimiter:
 
     def _take_now(self, app: str, key: str, limit: float,
                   weight: int) -> tuple[float, float] | None:
-        """Embedded mode with no backlog: the slot at once, in loop time.
-        Going through `_take` costs a future and a leader's turn per call
-        (bench overhead: about 0.04 ms of the event loop's CPU per item);
-        the schedule is the same either way."""
+        """Embedded mode with no backlog: the slot at once, in loop time, a
+        spare one when this process holds one. Going through `_take` costs
+        a future and a leader's turn per call (bench overhead: about 0.04 ms
+        of the event loop's CPU per item); the schedule is the same either
+        way. Redis mode has no spares: a pause another process sets must
+        hold back this process's next call, and only Redis knows of it."""
         if self.redis is not None or self._waiting.get((app, key)):
             return None
-        with self._schedule(app, key) as slots:
+        schedule = self._schedule(app, key)
+        spares = self._spares.get((app, key))
+        if spares is None:
+            spares = self._spares[(app, key)] = _Spares()
+        loop = asyncio.get_running_loop()
+        if weight == 1 and spares.slots:
+            # Any process's pause holds the spares back too (read without the lock).
+            if schedule.peek("paused") > time.time():
+                return None
+            spare = spares.take(loop.time())
+            if spare is not None:
+                return spare
+        rate = limit * (1 - self.margin)
+        with schedule as slots:
             now = time.time()
             if slots.paused > now or slots.next_slot(self.guard) > now + HORIZON:
                 return None  # a backlog: reserve in HORIZON-sized batches, see `_lead`
-            delay, latest = slots.reserve(now, limit, limit * (1 - self.margin), weight, self.guard)
-        at = asyncio.get_running_loop().time()
+            delay, latest = slots.reserve(now, limit, rate, weight, self.guard)
+            more = spares.next_size(min(SPARES_MAX, int(limit * SPARE_SECONDS))) if weight == 1 else 0
+            extra = [slots.reserve(now, limit, rate, 1, self.guard) for _ in range(more)]
+        at = loop.time()
+        spares.slots.extend((at + d, at + min(l, max(d, 0.0) + HORIZON)) for d, l in extra)
         return at + delay, at + latest
 
     async def _take(self, app: str, key: str, limit: float, weight: int) -> tuple[float, float]:
@@ -383,6 +459,9 @@ class RateLimiter:
         if self.redis is None:
             with self._schedule(app, key) as slots:
                 slots.slow_down(time.time(), pause)
+            spares = self._spares.get((app, key))
+            if spares is not None:  # reserved before the pause: not to be used in it
+                spares.slots.clear()
         else:
             await self._run(self._slow_down_script, app, key, RECOVER, pause, MIN_FACTOR, CUT)
 
@@ -398,17 +477,15 @@ class RateLimiter:
                                RECOVER, limit, rate, self.guard, *weights)
         return [(float(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
 
-    @contextlib.contextmanager
-    def _schedule(self, app: str, key: str) -> Iterator[_Slots]:
-        """The embedded schedule of (app, key): this process's, or the file's under its lock."""
-        if self.shared_dir is None:
-            yield self._slots.setdefault((app, key), _Slots())
-            return
-        shared = self._shared.get((app, key))
-        if shared is None:
-            shared = self._shared[(app, key)] = SharedSlots(self.shared_dir, app, key, _Slots)
-        with shared.locked() as slots:
-            yield slots
+    def _schedule(self, app: str, key: str) -> _Local | SharedSlots:
+        """The embedded schedule of (app, key), `with schedule as slots`:
+        this process's, or the file's under its lock."""
+        schedule = self._schedules.get((app, key))
+        if schedule is None:
+            schedule = self._schedules[(app, key)] = (
+                _Local() if self.shared_dir is None
+                else SharedSlots(self.shared_dir, app, key, _Slots))
+        return schedule
 
     async def _run(self, script, app: str, key: str, *args: float):
         # Both scripts are safe to repeat (at worst a slot goes unused), so a

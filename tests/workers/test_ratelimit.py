@@ -147,6 +147,31 @@ def test_four_processes_share_one_quota_through_redis(redis_server):
     assert all(set(out) == {"200"} and out["200"] > 0 for out in outputs)
 
 
+@pytest.mark.loopback
+async def test_two_processes_sharing_a_folder_stay_within_the_quota_with_spare_slots(tmp_path):
+    # Two limiters on one folder stand for two processes (each locks the file
+    # through its own descriptor). At 300/s a reservation with no backlog
+    # takes up to 6 spare slots; the two together still never pass the limit.
+    rate = 300
+    limiters = [RateLimiter({"register": rate}, shared_dir=tmp_path) for _ in range(2)]
+    sandbox = TinySandbox(rate_limits={"register": rate})
+    with served(sandbox) as url:
+        start = await next_second()
+        # One caller each, then eight each: spares are taken whenever the
+        # schedule has no backlog, the leaders' batches once it has.
+        low = [hammer(lim.throttle_for("app1"), url, tasks=1, end=start + 1) for lim in limiters]
+        await asyncio.gather(*low)
+        high = [hammer(lim.throttle_for("app1"), url, tasks=8, end=start + 3) for lim in limiters]
+        statuses = await asyncio.gather(*high)
+    print(f"over-limit {sandbox.over_limit['register']}, "
+          f"windows {[sandbox.window_counts['register'][s] for s in range(start, start + 3)]}")
+    assert any(lim._spares[("app1", "register")].size > 1 for lim in limiters)  # spares were taken
+    assert sandbox.over_limit["register"] == 0
+    assert sandbox.max_per_second("register") <= rate
+    assert utilisation(sandbox, rate, start + 1, 2) >= 0.9
+    assert all(set(s) == {200} for s in statuses)
+
+
 # -- slowing down after an over-limit reply -----------------------------------------------
 
 async def test_slow_down_pauses_every_process(mode, redis_server):
@@ -163,6 +188,17 @@ async def test_slow_down_pauses_every_process(mode, redis_server):
     if other is not None:
         await other.aclose()
     assert 0.45 <= waited <= 0.75  # the pause, plus at most a window's guard band
+
+
+async def test_a_pause_set_by_another_process_holds_back_spare_slots(tmp_path):
+    first, second = (RateLimiter({"register": 1000}, shared_dir=tmp_path) for _ in range(2))
+    throttle = second.throttle_for("app1")
+    await throttle("register", 1)
+    assert second._spares[("app1", "register")].slots  # its next calls have slots in hand
+    await first.slow_down("app1", "register", 0.5)
+    began = time.monotonic()
+    await throttle("register", 1)
+    assert 0.45 <= time.monotonic() - began <= 0.75
 
 
 @pytest.mark.loopback
