@@ -1,9 +1,12 @@
 """`imshift serve`: the HTTP face over jobs/, beside the CLI.
 
-- `/api/...`: jobs listed and paged, one job's progress, its items by outcome
-  in keyset pages, one item by its input id, the results streamed as CSV or
-  JSON Lines, and pause/resume/cancel/retry as POSTs. Every query and state
-  change is the one the CLI calls (jobs.progress, jobs.control).
+- `/api/jobs...`: jobs listed and paged, one job's progress (`/progress`:
+  counts and rate only; the job itself adds its first failures, read at
+  most once a second), its items by outcome in keyset pages, one item by
+  its input id, the results streamed as CSV or JSON Lines, and
+  pause/resume/cancel/retry as POSTs. Every query and state change is the
+  one the CLI calls (jobs.progress, jobs.control).
+- `/api/runs...`: migration runs and their stages (imshift/api_runs.py).
 - `/`: the live page (imshift/page/), polling the API.
 - `/metrics`: Prometheus (imshift.metrics).
 
@@ -19,6 +22,7 @@ import asyncio
 import collections
 import contextlib
 import csv
+import gc
 import hmac
 import io
 import ipaddress
@@ -26,31 +30,33 @@ import json
 import logging
 import threading
 import time
-from enum import Enum
 from importlib import resources
 from typing import Annotated, Any, Iterator, Optional
 from urllib.parse import parse_qs
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import literal, select, union_all
 from sqlalchemy.exc import DBAPIError
 
 from imshift import __version__, metrics
 from imshift.jobs import control
 from imshift.jobs.exports import csv_record
-from imshift.jobs.progress import (Progress, first_secret, item as find_item, items_page, job_ids,
-                                   progress, results as item_results)
+from imshift.jobs.progress import (ITEM_COLUMNS, Progress, first_secret, item as find_item, items,
+                                   items_page, job_ids, progress, results as item_results)
 from imshift.models.tables import ItemState, JobStatus
 from imshift.vendors.vocabulary import Operation
 
+from .api_models import (ERRORS, MAX_ID, ControlOut, ExportFormat, ItemOut, ItemsPage, JobDetail,
+                         JobId, JobProgress, JobsPage)
+from .api_runs import run_router
 from .context import Context, SetupError
 
 log = logging.getLogger("imshift.api")
 COOKIE = "imshift_token"
-MAX_ID = 2**31 - 1  # ids and seqs are 32-bit integers in PostgreSQL
 FAILED_STATES = (ItemState.REJECTED.value, ItemState.FAILED.value, ItemState.UNKNOWN.value)
 EXPORT_FIELDS = ["row", "id", "outcome", "attempts", "code", "message", "user_id", "token",
                  "password", "result"]
@@ -60,83 +66,6 @@ class ApiSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMSHIFT_", extra="ignore")
 
     api_token: Optional[SecretStr] = None  # every API and page request needs it
-
-
-# -- response models ----------------------------------------------------------------------------
-
-class RatePoint(BaseModel):
-    t: float = Field(description="Unix time of the sample")
-    done: int = Field(description="Items done at that time")
-
-
-class ItemOut(BaseModel):
-    seq: int = Field(description="Position in the input (0-based); the key of keyset pages")
-    row: int = Field(description="Line or row number in the input")
-    id: str = Field(description="The user id or recipient, as written in the input")
-    outcome: ItemState
-    attempts: int
-    code: Optional[str] = Field(None, description="The vendor's code, or invalid/duplicate from planning")
-    message: Optional[str] = None
-    result: Optional[dict[str, Any]] = Field(None, description="What the vendor returned, without "
-                                             "secrets (tokens appear only in the exports)")
-    updated_at: Optional[float] = None
-
-
-class JobOut(BaseModel):
-    id: int
-    kind: str
-    operation: Optional[str] = None
-    app: str
-    status: JobStatus
-    total: int
-    done: int = Field(description="Items that ended with an outcome (cancelled ones not included)")
-    cancelled: int
-    counts: dict[str, int] = Field(description="Items per state")
-    rate: Optional[float] = Field(None, description="Items per second, over the last minute while running")
-    eta_seconds: Optional[float] = None
-    started_at: Optional[float] = None
-    finished_at: Optional[float] = None
-    idle_seconds: Optional[float] = Field(None, description="Seconds since the job last recorded progress")
-    stop_reason: Optional[str] = None
-
-
-class JobDetail(JobOut):
-    history: list[RatePoint] = Field(description="Items done over the last minutes, for a rate chart")
-    failures: list[ItemOut] = Field(description="The first rejected, failed or unknown items")
-
-
-class JobsPage(BaseModel):
-    jobs: list[JobOut]
-    next_before: Optional[int] = Field(None, description="Pass as ?before= for the next (older) page")
-
-
-class ItemsPage(BaseModel):
-    items: list[ItemOut]
-    next_after: Optional[int] = Field(None, description="Pass as ?after= for the next page")
-
-
-class ControlOut(BaseModel):
-    id: int
-    status: str = Field(description="The job's status after the change ('removed' for a job "
-                        "never planned whole that cancel deleted)")
-    changed: int = Field(description="Items closed (cancel), put back to work (retry), chunks sent (resume)")
-    message: str
-
-
-class Problem(BaseModel):
-    detail: str
-
-
-ERRORS = {401: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem},
-          503: {"model": Problem}}
-
-
-JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="A job id")]
-
-
-class ExportFormat(str, Enum):
-    csv = "csv"
-    jsonl = "jsonl"
 
 
 # -- the rate seen over the last minutes ------------------------------------------------------
@@ -168,9 +97,59 @@ class Rates:
             return (recent[-1][1] - recent[0][1]) / (recent[-1][0] - recent[0][0])
         return p.rate
 
-    def history(self, job_id: int) -> list[RatePoint]:
+    def history(self, job_id: int) -> list[dict[str, float]]:
+        """The samples as RatePoint fields: plain dicts, which the response
+        model checks in one pass (600 model objects cost 3 ms a request)."""
         with self._lock:
-            return [RatePoint(t=t, done=d) for t, d in self._samples.get(job_id, ())]
+            return [{"t": t, "done": d} for t, d in self._samples.get(job_id, ())]
+
+
+# -- the first failures, kept a second ------------------------------------------------------
+
+FAILURE_COLUMNS = tuple(c for c in ITEM_COLUMNS if c.name != "secret")
+
+
+def first_failures(engine, job_id: int, states: tuple[str, ...], limit: int = 10) -> list[Any]:
+    """The first `limit` items in `states`, state by state in that order and
+    each in input order: one statement of index range scans over
+    (job, state, seq), however many items failed. (Belongs in
+    jobs/progress.py beside items_page.)"""
+    parts = [select(*FAILURE_COLUMNS, literal(rank).label("rank"))
+             .where(items.c.job_id == job_id, items.c.state == state)
+             .order_by(items.c.seq).limit(limit).subquery() for rank, state in enumerate(states)]
+    both = union_all(*(select(*part.c) for part in parts)).subquery()
+    with engine.connect() as conn:
+        return conn.execute(select(both).order_by(both.c.rank, both.c.seq).limit(limit)).all()
+
+
+class FirstFailures:
+    """Each job's first failed items, read at most once a `ttl` while the
+    job runs: a page polling a job every second while workers write would
+    otherwise read the items table on every poll (bench/api.py). A job that
+    is not running is read again when its status or failed counts moved,
+    so a job that has just settled shows its final failures."""
+
+    def __init__(self, ttl: float = 1.0, limit: int = 10):
+        self.ttl, self.limit = ttl, limit
+        self._kept: dict[int, tuple[float, tuple, list[ItemOut]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, engine, p: Progress, now: float | None = None) -> list[ItemOut]:
+        now = time.monotonic() if now is None else now
+        states = tuple(s for s in FAILED_STATES if p.counts.get(s))
+        seen = (p.status, tuple(p.counts.get(s, 0) for s in FAILED_STATES))
+        with self._lock:
+            kept = self._kept.get(p.job_id)
+        if kept is not None and now - kept[0] < self.ttl and kept[1][0] == p.status and (
+                p.status == JobStatus.RUNNING.value or kept[1] == seen):
+            return kept[2]
+        found = [_item_out(r) for r in first_failures(engine, p.job_id, states, self.limit)] \
+            if states else []
+        with self._lock:
+            if len(self._kept) > 200:  # forget the jobs no one asked about lately
+                self._kept = {j: k for j, k in self._kept.items() if now - k[0] < self.ttl}
+            self._kept[p.job_id] = (now, seen, found)
+        return found
 
 
 # -- access -----------------------------------------------------------------------------------
@@ -198,19 +177,21 @@ def _given(request: Request, credentials: HTTPAuthorizationCredentials | None) -
     return credentials.credentials if credentials else request.cookies.get(COOKIE)
 
 
-def access(request: Request,
-           credentials: Annotated[Optional[HTTPAuthorizationCredentials], Depends(bearer)] = None) -> None:
+async def access(request: Request,
+                 credentials: Annotated[Optional[HTTPAuthorizationCredentials],
+                                        Depends(bearer)] = None) -> None:
+    # async: a check that does no I/O needs no hop to a worker thread
     if not _token_ok(request, _given(request, credentials)):
         raise HTTPException(401, "a valid IMSHIFT_API_TOKEN is needed: send it as "
                                  "`Authorization: Bearer TOKEN`, or log in on the page",
                             headers={"WWW-Authenticate": "Bearer"})
 
 
-def open_on_loopback(request: Request,
-                     credentials: Annotated[Optional[HTTPAuthorizationCredentials],
-                                            Depends(bearer)] = None) -> None:
+async def open_on_loopback(request: Request,
+                           credentials: Annotated[Optional[HTTPAuthorizationCredentials],
+                                                  Depends(bearer)] = None) -> None:
     if not _loopback(request):
-        access(request, credentials)
+        await access(request, credentials)
 
 
 Access = [Depends(access)]
@@ -259,6 +240,7 @@ def create_app(ctx: Context, token: str | None = None) -> FastAPI:
                   description="Progress, results and control of imshift jobs. With "
                               "IMSHIFT_API_TOKEN set, send it as a bearer token.")
     app.state.ctx, app.state.token, app.state.rates = ctx, token, Rates()
+    app.state.failures = FirstFailures()
     app.state.metrics = metrics.registry(ctx.engine, ctx.broker)
     rates: Rates = app.state.rates
 
@@ -286,13 +268,16 @@ def create_app(ctx: Context, token: str | None = None) -> FastAPI:
              summary="One job's progress, its recent rate and first failures")
     def get_job(job_id: JobId) -> dict:
         p = job_or_404(job_id)
-        failures: list[ItemOut] = []
-        for state in FAILED_STATES:
-            if p.counts.get(state) and len(failures) < 10:
-                failures += [_item_out(r) for r in items_page(ctx.engine, job_id, state,
-                                                              limit=10 - len(failures))]
-        out = _job_out(p, rates)
-        return {**out, "history": rates.history(job_id), "failures": failures}
+        return {**_job_out(p, rates), "history": rates.history(job_id),
+                "failures": app.state.failures.get(ctx.engine, p)}
+
+    @app.get("/api/jobs/{job_id}/progress", response_model=JobProgress, dependencies=Access,
+             responses=ERRORS, summary="One job's progress and recent rate, without its failures")
+    def get_progress(job_id: JobId) -> dict:
+        """What the page polls every second: the job detail without the
+        failed items, so it reads the job's counts and never its items."""
+        p = job_or_404(job_id)
+        return {**_job_out(p, rates), "history": rates.history(job_id)}
 
     @app.get("/api/jobs/{job_id}/items", response_model=ItemsPage, dependencies=Access,
              responses=ERRORS, summary="A job's items in input order, in keyset pages")
@@ -386,6 +371,8 @@ def create_app(ctx: Context, token: str | None = None) -> FastAPI:
         body, media = metrics.render(app.state.metrics)
         return Response(body, media_type=media)
 
+    app.include_router(run_router(ctx, lambda p: _job_out(p, rates), lambda p: _runnable(ctx, p)),
+                       dependencies=Access)
     _page_routes(app)
 
     # /openapi.json: open to loopback clients, the token from anywhere else.
@@ -579,8 +566,19 @@ def serve(ctx: Context, host: str, port: int, say) -> int:
     with contextlib.ExitStack() as stack:
         if ctx.embedded:
             stack.enter_context(_embedded_workers(ctx))
+        _freeze_heap()
         uvicorn.run(app, host=host, port=port, log_config=None)
     return 0
+
+
+def _freeze_heap() -> None:
+    """Take the start-up heap (about 150,000 objects) out of the collector's
+    walks: a full collection of it stalled a request 100-400 ms about once
+    every 3,000 requests (bench/README.md). The young generation keeps its
+    default size, so its collections stay short (a worker's larger one, in
+    workers/heap.py, trades that latency for throughput)."""
+    gc.collect()
+    gc.freeze()
 
 
 @contextlib.contextmanager

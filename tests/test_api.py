@@ -23,8 +23,8 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, respons
                                                status_code_conformance)
 
 from imshift.api import create_app
-from imshift.cli import app as cli
-from imshift.jobs import control, kinds
+from imshift.cli import app as cli_app
+from imshift.jobs import control, kinds, run_control, runs
 from imshift.jobs.progress import progress
 from imshift.workers.embedded import in_process_workers
 
@@ -72,7 +72,7 @@ def cli_status(monkeypatch, database_url, job_id):
     monkeypatch.setenv("IMSHIFT_DATABASE_URL", database_url)
     monkeypatch.setenv("IMSHIFT_CONFIG", "/nonexistent/imshift.toml")
     monkeypatch.delenv("REDIS_URL", raising=False)
-    result = CliRunner().invoke(cli, ["status", str(job_id), "--json"])
+    result = CliRunner().invoke(cli_app, ["status", str(job_id), "--json"])
     assert result.exit_code == 0, result.output
     return json.loads(result.output)["jobs"][0]
 
@@ -233,22 +233,200 @@ def test_serve_without_a_token_stays_on_loopback(monkeypatch, tmp_path):
     monkeypatch.delenv("IMSHIFT_API_TOKEN", raising=False)
     monkeypatch.setenv("IMSHIFT_DATABASE_URL", f"sqlite:///{tmp_path}/x.db")
     monkeypatch.setenv("IMSHIFT_CONFIG", "/nonexistent/imshift.toml")
-    result = CliRunner().invoke(cli, ["serve", "--host", "0.0.0.0"])
+    result = CliRunner().invoke(cli_app, ["serve", "--host", "0.0.0.0"])
     assert result.exit_code == 2
     assert "IMSHIFT_API_TOKEN is not set, so the server listens on loopback only" in result.output
+
+
+# -- migration runs ---------------------------------------------------------------------------
+
+QUICK = {op: 500.0 for op in ("import_friends", "create_group", "add_members", "get_profiles",
+                              "get_friends", "get_members")}
+RUN_APPS = {"old": {"vendor": "rongcloud", "sandbox": True},
+            "new": {**NEW, "rates": {"register": 40, **QUICK}}}
+
+
+def plan_run(ctx, tmp_path, users=80):
+    """A run of accounts (one refused), friends (one pair naming the refused
+    account: skipped once the accounts are done), a group and verify."""
+    write_users(tmp_path / "u.csv", users, bad_rows={7: {"user_id": "no good"}})
+    (tmp_path / "f.csv").write_text("user_id,friend_id\n" + "".join(
+        f"user_{i:06d},user_{i + 1:06d}\n" for i in range(20, 40)) + "no good,user_000009\n",
+        encoding="utf-8")
+    (tmp_path / "g.jsonl").write_text(json.dumps(
+        {"group_id": "g_1", "name": "Grüppe", "owner": "user_000010",
+         "members": ["user_000011", "user_000012"]}) + "\n", encoding="utf-8")
+    request = runs.RunRequest(users=tmp_path / "u.csv", friends=tmp_path / "f.csv",
+                              groups=tmp_path / "g.jsonl", verify=True)
+    return runs.plan_run(ctx.engine, "old", ctx.target("new"), request,
+                         chunk_size=ctx.settings.chunk_size).run_id
+
+
+def cli(monkeypatch, database_url, *args):
+    monkeypatch.setenv("IMSHIFT_DATABASE_URL", database_url)
+    monkeypatch.setenv("IMSHIFT_CONFIG", "/nonexistent/imshift.toml")
+    monkeypatch.setenv("IMSHIFT_APPS__NEW__VENDOR", "netease")
+    monkeypatch.setenv("IMSHIFT_APPS__NEW__SANDBOX", "true")
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    return CliRunner().invoke(cli_app, list(args))
+
+
+def cli_refusal(monkeypatch, database_url, *args):
+    """The one-line reason the CLI gives for refusing `args`."""
+    result = cli(monkeypatch, database_url, *args)
+    assert result.exit_code != 0, result.output
+    text = " ".join((result.stderr or result.output).split())
+    assert text.startswith("error: "), text
+    return text.removeprefix("error: ")
+
+
+def wait_for_run(http, name, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = http.get(f"/api/runs/{name}").json()
+        if run["status"] != "running":
+            return run
+        time.sleep(0.1)
+    raise AssertionError(f"run {name} still running after {timeout} s")
+
+
+def test_a_run_in_the_api_matches_the_cli_stage_by_stage_and_steers(database_url, tmp_path, api,
+                                                                    monkeypatch):
+    ctx = context(database_url, chunk_size=10, apps=RUN_APPS)
+    run_id = plan_run(ctx, tmp_path)
+    name = f"R{run_id}"
+    http = api(ctx)
+    listed = http.get("/api/runs").json()
+    assert [r["name"] for r in listed["runs"]] == [name] and listed["next_before"] is None
+    planned = listed["runs"][0]
+    assert (planned["id"], planned["source_app"], planned["app"], planned["status"],
+            planned["current_stage"]) == (run_id, "old", "new", "planned", "accounts")
+    assert [(s["stage"], s["status"]) for s in planned["stages"]] == [
+        (stage, "planned") for stage in ("accounts", "friends", "groups", "members", "verify")]
+    assert planned["stages"][0]["counts"] == {"pending": 79, "rejected": 1}
+    r = http.post(f"/api/runs/{name}/pause")
+    assert r.status_code == 409
+    assert r.json()["detail"] == cli_refusal(monkeypatch, database_url, "pause", name) == (
+        f"run {name} is planned: nothing runs to pause")
+    ctx.runtime  # noqa: B018
+    with in_process_workers(ctx.broker, threads=2):
+        r = http.post(f"/api/runs/{name}/resume")
+        assert r.status_code == 200, r.text
+        assert r.json() == {"id": run_id, "name": name, "status": "running", "stage": "accounts",
+                            "changed": 0, "message": f"run {name} started at its accounts stage"}
+        r = http.post(f"/api/runs/{run_id}/pause")  # the number alone names the run too
+        assert r.status_code == 200 and r.json()["status"] == "paused" and r.json()["stage"] == "accounts"
+        paused = http.get(f"/api/runs/{name}").json()
+        assert paused["status"] == "paused" and paused["stages"][0]["status"] == "paused"
+        assert paused["current_stage"] == "accounts"
+        r = http.post(f"/api/runs/{name}/pause")
+        assert r.status_code == 409
+        assert r.json()["detail"] == cli_refusal(monkeypatch, database_url, "pause", name) == (
+            f"run {name} is paused: nothing runs to pause")
+        r = http.post(f"/api/runs/{name}/resume")
+        assert r.status_code == 200 and r.json()["message"] == f"run {name} resumed at its accounts stage"
+        done = wait_for_run(http, name)
+    assert done["status"] == "finished" and done["current_stage"] is None, done
+    status = json.loads(cli(monkeypatch, database_url, "status", name, "--json").output)["runs"][0]
+    assert (status["id"], status["from"], status["to"], status["status"]) == (name, "old", "new", "finished")
+    for shown, cli_stage in zip(done["stages"], status["stages"], strict=True):
+        assert {k: shown[k] for k in cli_stage} == cli_stage
+        assert shown["done"] == shown["total"] and shown["eta_seconds"] in (0.0, None)
+    stages = {s["stage"]: s for s in done["stages"]}
+    assert stages["accounts"]["counts"] == {"ok": 79, "rejected": 1}
+    assert stages["friends"]["counts"] == {"ok": 20, "skipped": 1}  # the pair naming "no good"
+    assert stages["groups"]["counts"] == {"ok": 1} and stages["accounts"]["rate"] > 0
+    # 79 profiles, 1 group, the friends of 23 users: those of "no good" are skipped
+    assert stages["verify"]["counts"] == {"ok": 79 + 1 + 22, "skipped": 1}
+    # The id map: the CLI's export, byte for byte, and as JSON Lines.
+    mapped = [tuple(row) for row in run_control.id_map_rows(ctx.engine, run_id)]
+    assert len(mapped) == 79 + 1 and ("group", "g_1") in {m[:2] for m in mapped}
+    export = http.get(f"/api/runs/{name}/idmap")
+    assert export.status_code == 200 and export.headers["content-type"].startswith("text/csv")
+    assert export.text.splitlines() == cli(monkeypatch, database_url, "idmap", name).output.splitlines()
+    assert [tuple(row) for row in csv.reader(io.StringIO(export.text))][1:] == mapped
+    lines = http.get(f"/api/runs/{name}/idmap", params={"format": "jsonl"}).text.splitlines()
+    assert [tuple(json.loads(line).values()) for line in lines] == mapped
+    # A finished run refuses what the CLI refuses, in the same words.
+    for action in ("resume", "pause", "cancel"):
+        r = http.post(f"/api/runs/{name}/{action}")
+        assert r.status_code == 409
+        assert r.json()["detail"] == cli_refusal(monkeypatch, database_url, action, name), action
+    for method, path in (("GET", "/api/runs/R999"), ("GET", "/api/runs/999/idmap"),
+                         ("POST", "/api/runs/R999/resume"), ("GET", f"/api/runs/R{2**35}")):
+        r = http.request(method, path)
+        assert r.status_code == 404 and r.json()["detail"].startswith("no run R"), (path, r.text)
+    assert http.get("/api/runs/job7").status_code == 422
+
+
+def test_runs_page_newest_first_and_cancel_closes_every_stage(database_url, tmp_path, api,
+                                                               monkeypatch):
+    ctx = context(database_url, chunk_size=10, apps=RUN_APPS)
+    ids = []
+    for n in range(3):
+        (tmp_path / str(n)).mkdir()
+        ids.append(plan_run(ctx, tmp_path / str(n), users=20))
+    http = api(ctx)
+    first = http.get("/api/runs", params={"limit": 2}).json()
+    assert [r["id"] for r in first["runs"]] == ids[:0:-1] and first["next_before"] == ids[1]
+    rest = http.get("/api/runs", params={"limit": 2, "before": first["next_before"]}).json()
+    assert [r["id"] for r in rest["runs"]] == ids[:1] and rest["next_before"] is None
+    open_items = sum(s["counts"].get("pending", 0) for s in first["runs"][0]["stages"])
+    r = http.post(f"/api/runs/R{ids[2]}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert r.json()["changed"] == open_items > 0
+    assert r.json()["message"] == f"run R{ids[2]} cancelled ({open_items} items closed)"
+    cancelled = http.get(f"/api/runs/R{ids[2]}").json()
+    assert {s["status"] for s in cancelled["stages"]} == {"cancelled"}
+    assert all("pending" not in s["counts"] for s in cancelled["stages"])
+    for action in ("resume", "cancel", "pause"):
+        r = http.post(f"/api/runs/R{ids[2]}/{action}")
+        assert r.status_code == 409
+        assert r.json()["detail"] == cli_refusal(monkeypatch, database_url, action, f"R{ids[2]}")
+    assert http.get("/api/runs/R%d" % ids[0]).json()["status"] == "planned"  # the others untouched
+
+
+def test_the_detail_keeps_its_failures_and_progress_reads_no_items(database_url, tmp_path, api):
+    ctx = context(database_url, chunk_size=20, apps={"new": NEW})
+    bad = {i: {"user_id": f"bad id {i}"} for i in (3, 5, 40)}
+    job = plan(ctx, tmp_path / "u.csv", 60, bad_rows=bad)
+    http = api(ctx)
+    detail = http.get(f"/api/jobs/{job}").json()
+    assert [f["id"] for f in detail["failures"]] == ["bad id 3", "bad id 5", "bad id 40"]
+    assert [f["seq"] for f in detail["failures"]] == [3, 5, 40]
+    progress_only = http.get(f"/api/jobs/{job}/progress").json()
+    assert "failures" not in progress_only
+    assert {k: detail[k] for k in progress_only if k != "history"} == {
+        k: v for k, v in progress_only.items() if k != "history"}
+    ctx.runtime  # noqa: B018
+    with in_process_workers(ctx.broker):
+        control.start(ctx.engine, ctx.broker, job)
+        wait_until_done(ctx, job, 30)
+    finished = http.get(f"/api/jobs/{job}").json()  # settled: read again, whatever the cache held
+    assert finished["status"] == "finished" and finished["counts"] == {"ok": 57, "rejected": 3}
+    assert [f["id"] for f in finished["failures"]] == ["bad id 3", "bad id 5", "bad id 40"]
 
 
 # -- schemathesis over /openapi.json -----------------------------------------------------------
 
 @pytest.fixture
 def fuzzed_app(database_url, tmp_path):
-    ctx = context(database_url, chunk_size=20, apps={"new": NEW})
+    ctx = context(database_url, chunk_size=20, apps={**RUN_APPS, "new": {**NEW, "rates": QUICK}})
     job = plan(ctx, tmp_path / "u.csv", 60, bad_rows={2: {"user_id": "bad id"}})
+    (tmp_path / "run").mkdir()
+    run_id = plan_run(ctx, tmp_path / "run", users=30)
     ctx.runtime  # noqa: B018
     with in_process_workers(ctx.broker):
         control.start(ctx.engine, ctx.broker, job)
         wait_until_done(ctx, job, 30)
+        run_control.start(ctx.engine, ctx.broker, run_id)
+        deadline = time.monotonic() + 60
+        while run_control.run_progress(ctx.engine, run_id).status == "running":
+            assert time.monotonic() < deadline, "the run did not finish"
+            time.sleep(0.1)
     plan(ctx, tmp_path / "v.csv", 30)  # one left planning, one finished
+    (tmp_path / "run2").mkdir()
+    plan_run(ctx, tmp_path / "run2", users=10)  # a run finished, one planned
     return schemathesis.openapi.from_asgi("/openapi.json", create_app(ctx, TOKEN))
 
 
@@ -256,7 +434,7 @@ def test_no_generated_request_gets_a_500_or_breaks_the_schema(fuzzed_app):
     checks = [not_a_server_error, response_schema_conformance, status_code_conformance,
               content_type_conformance]
     operations = [result.ok() for result in fuzzed_app.get_all_operations()]
-    assert len(operations) >= 9
+    assert len(operations) >= 16  # jobs 10, runs 6
     statuses = []
     for operation, mode in itertools.product(operations, GenerationMode):
         @given(case=operation.as_strategy(generation_mode=mode))

@@ -1,6 +1,7 @@
 """The live page in a real browser (Debian's chromium driven by Playwright)
 while a job runs: log in, watch the bar and counts move, pause and resume
-with the buttons, and see the finished state match the database."""
+with the buttons, and see the finished state match the database; and a
+migration run's stages as a row of bars, the running one marked."""
 
 import os
 import shutil
@@ -13,7 +14,7 @@ import pytest
 import uvicorn
 
 from imshift.api import create_app
-from imshift.jobs import kinds
+from imshift.jobs import kinds, run_control, runs
 from imshift.jobs.progress import progress
 from imshift.workers.embedded import in_process_workers
 
@@ -22,13 +23,17 @@ from api_support import context, write_users
 CHROMIUM = os.environ.get("IMSHIFT_CHROMIUM", "/usr/bin/chromium")
 TOKEN = "page-token-for-tests-0123456789"
 USERS = 240
+QUICK = {op: 200.0 for op in ("import_friends", "create_group", "add_members", "get_profiles",
+                              "get_friends", "get_members")}
 
 
 @pytest.fixture
 def served(tmp_path):
     """The app on a real loopback port (a browser needs one), in a thread."""
     ctx = context(f"sqlite:///{tmp_path}/p.db", chunk_size=10,
-                  apps={"new": {"vendor": "netease", "sandbox": True, "rates": {"register": 60}}})
+                  apps={"old": {"vendor": "rongcloud", "sandbox": True},
+                        "new": {"vendor": "netease", "sandbox": True,
+                                "rates": {"register": 60, **QUICK}}})
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -57,9 +62,22 @@ def wait_for(check, timeout=20.0, every=0.1):
     raise AssertionError(f"not seen within {timeout} s")
 
 
-def test_the_page_follows_a_job_to_its_end_and_steers_it(served, tmp_path):
+def need_chromium():
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (scripts/test does it as root)")
+
+
+def logged_in(browser, base):
+    page = browser.new_page(viewport={"width": 1000, "height": 700})
+    page.set_default_timeout(20_000)
+    page.goto(base + "/")
+    page.fill("#token", TOKEN)
+    page.click("button[type=submit]")
+    return page
+
+
+def test_the_page_follows_a_job_to_its_end_and_steers_it(served, tmp_path):
+    need_chromium()
     from playwright.sync_api import sync_playwright
 
     ctx, base = served
@@ -114,3 +132,70 @@ def test_the_page_follows_a_job_to_its_end_and_steers_it(served, tmp_path):
         finally:
             browser.close()
     assert len(shown) >= 3, shown
+
+
+def test_the_page_shows_a_runs_stages_and_which_one_runs(served, tmp_path):
+    need_chromium()
+    from playwright.sync_api import sync_playwright
+
+    ctx, base = served
+    users = write_users(tmp_path / "u.csv", 150, bad_rows={5: {"user_id": "no good"}})
+    friends = tmp_path / "f.csv"
+    friends.write_text("user_id,friend_id\n" + "".join(f"user_{i:06d},user_{i + 1:06d}\n" for i in range(
+        10, 40)) + "no good,user_000009\n", encoding="utf-8")  # its account is refused: skipped
+    plan = runs.plan_run(ctx.engine, "old", ctx.target("new"),
+                         runs.RunRequest(users=users, friends=friends, verify=True), chunk_size=10)
+    name = f"R{plan.run_id}"
+    ctx.runtime  # noqa: B018
+    artefacts = Path(os.environ.get("IMSHIFT_ARTEFACTS", tmp_path))
+    artefacts.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw, in_process_workers(ctx.broker, threads=2):
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], timeout=20_000)
+        try:
+            page = logged_in(browser, base)
+            card = page.locator(f'[data-run="{name}"]')
+            card.wait_for()
+            stages = card.locator("li.stage")
+            assert [stages.nth(i).get_attribute("data-stage") for i in range(stages.count())] == [
+                "accounts", "friends", "verify"]
+            accounts = card.locator('[data-stage="accounts"]')
+            assert accounts.locator("[data-role=done]").text_content() == "1 / 150"  # refused at planning
+            assert "current" in accounts.get_attribute("class")  # due next
+            start = card.locator("[data-action=resume]")
+            assert start.text_content() == "start" and card.get_attribute("data-status") == "planned"
+            start.click()
+            seen = []
+
+            def running_stage():
+                """The stage marked current while the run runs, and its own status."""
+                current = card.locator("li.stage.current")
+                if card.get_attribute("data-status") != "running" or current.count() != 1:
+                    return None
+                seen.append((current.get_attribute("data-stage"), current.get_attribute("data-status"),
+                             accounts.locator("[data-role=done]").text_content()))
+                return current.get_attribute("data-stage") == "accounts" and len(
+                    {done for _, _, done in seen}) >= 2
+
+            wait_for(running_stage)  # the accounts bar moves while it is the one marked
+            card.screenshot(path=str(artefacts / "page-running-run.png"))
+            assert ("accounts", "running") in {(stage, status) for stage, status, _ in seen}
+            assert "running: accounts" in card.locator("[data-role=status]").text_content()
+            wait_for(lambda: card.get_attribute("data-status") == "finished", timeout=60)
+            p = run_control.run_progress(ctx.engine, plan.run_id)
+            assert p.status == "finished"
+            for stage, sp in p.stages:
+                item = card.locator(f'[data-stage="{stage}"]')
+                wait_for(lambda: item.get_attribute("data-status") == "finished")
+                assert item.locator("[data-role=done]").text_content() == f"{sp.completed} / {sp.total}"
+                shown = {li.get_attribute("data-count"): li.text_content()
+                         for li in item.locator("[data-count]").all()}
+                assert shown == {k: f"{k} {n}" for k, n in sp.counts.items()}, stage
+            assert p.stages[1][1].counts.get("skipped") == 1
+            assert card.locator("li.stage.current").count() == 0
+            assert card.locator("[data-action=pause]").is_disabled()
+            shot = artefacts / "page-finished-run.png"
+            card.screenshot(path=str(shot))
+            assert shot.stat().st_size > 1000
+            print(f"screenshot of the finished run: {shot}")
+        finally:
+            browser.close()

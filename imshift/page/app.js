@@ -1,8 +1,11 @@
-// The live page: polls the API every second, draws each job's state.
-// Plain DOM (no library, nothing from a CDN). User data goes in as text only.
+// The live page: polls the API every second, draws each run's stages and
+// each job's state. Plain DOM (no library, nothing from a CDN). User data
+// goes in as text only.
 "use strict";
 
-const STATES = ["ok", "exists", "rejected", "failed", "unknown", "cancelled", "claimed", "pending"];
+const STATES = ["ok", "exists", "rejected", "failed", "unknown", "skipped", "cancelled", "claimed",
+                "pending"];
+const FAILED = ["rejected", "failed", "unknown"];
 const FINISHED = ["finished", "cancelled"];
 const ACTIONS = {
   pause: ["running"],
@@ -10,8 +13,15 @@ const ACTIONS = {
   cancel: ["planning", "planned", "running", "paused", "stopped"],
   retry: ["running", "stopped", "finished"],
 };
+const RUN_ACTIONS = {
+  pause: ["running"],
+  resume: ["planned", "paused", "stopped"],
+  cancel: ["planned", "running", "paused", "stopped"],
+};
 const cards = new Map(); // job id -> {root, parts, status}
+const runCards = new Map(); // run id -> {root, parts, stages}
 const POLL_MS = 1000;
+const FAILURES_MS = 5000; // a running job's first failures: read again at most this often
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -66,7 +76,7 @@ function card(job) {
     el("div", {class: "numbers"}, parts.done, parts.rate, parts.eta),
     el("div", {class: "row"}, parts.counts, parts.chart),
     parts.reason, parts.failures, parts.buttons, parts.note);
-  return {root, parts, status: null, detailAt: 0};
+  return {root, parts, status: null, detailAt: 0, failedKey: ""};
 }
 
 async function steer(id, action, note) {
@@ -137,23 +147,136 @@ function render(c, job) {
   p.counts.replaceChildren(...STATES.filter((s) => job.counts[s]).map((s) =>
     el("li", {class: s, "data-count": s}, `${s} ${job.counts[s].toLocaleString()}`)));
   p.reason.textContent = job.stop_reason || "";
-  const failed = ["rejected", "failed", "unknown"].some((s) => job.counts[s]);
+  const failed = FAILED.some((s) => job.counts[s]);
   for (const b of p.buttons.children) {
     b.disabled = !ACTIONS[b.dataset.action].includes(job.status) || (b.dataset.action === "retry" && !failed);
   }
 }
 
-function renderDetail(c, job) {
-  drawChart(c.parts.chart, job.history);
-  const t = c.parts.failures;
+function drawFailures(t, failures) {
   t.replaceChildren();
-  if (!job.failures.length) return;
+  if (!failures.length) return;
   t.append(el("caption", {}, "first problems"),
            el("tr", {}, ...["row", "id", "outcome", "code", "reason"].map((h) => el("th", {}, h))));
-  for (const f of job.failures) {
+  for (const f of failures) {
     t.append(el("tr", {}, ...[f.row, f.id, f.outcome, f.code || "", f.message || ""].map(
       (v) => el("td", {}, String(v)))));
   }
+}
+
+function failedKey(job) {
+  return FAILED.map((s) => job.counts[s] || 0).join(",");
+}
+
+// The chart each second while a job moves (its progress: no items read),
+// the first failures when they changed (at most every FAILURES_MS) and
+// once when it settles.
+async function follow(c, job, was) {
+  const settled = FINISHED.includes(job.status);
+  if (settled && was === job.status && c.detailAt) return;
+  const now = Date.now();
+  const failuresDue = was !== job.status || !c.detailAt ||
+    (failedKey(job) !== c.failedKey && now - c.detailAt >= FAILURES_MS);
+  if (failuresDue) {
+    const detail = await api(`/api/jobs/${job.id}`);
+    c.detailAt = now;
+    c.failedKey = failedKey(detail);
+    drawChart(c.parts.chart, detail.history);
+    drawFailures(c.parts.failures, detail.failures);
+  } else {
+    drawChart(c.parts.chart, (await api(`/api/jobs/${job.id}/progress`)).history);
+  }
+}
+
+// -- runs: one card each, its stages as a row of small bars ---------------------------------
+
+function runCard(run) {
+  const parts = {
+    title: el("h2", {}, `run ${run.name}`),
+    what: el("span", {class: "muted"}),
+    status: el("span", {class: "status", "data-role": "status"}),
+    stages: el("ol", {class: "stages", "data-role": "stages"}),
+    reason: el("p", {class: "error"}),
+    note: el("p", {class: "note", "data-role": "note", role: "status"}),
+    buttons: el("div", {class: "buttons"}),
+  };
+  for (const action of Object.keys(RUN_ACTIONS)) {
+    const button = el("button", {type: "button", "data-action": action}, action);
+    button.addEventListener("click", () => steerRun(run.name, action, parts.note));
+    parts.buttons.append(button);
+  }
+  const root = el("section", {class: "run", "data-run": run.name},
+    el("div", {class: "head"}, parts.title, parts.what, parts.status),
+    parts.stages, parts.reason, parts.buttons, parts.note);
+  return {root, parts, stages: new Map()};
+}
+
+function stageItem(stage) {
+  const parts = {
+    name: el("span", {class: "stage-name", "data-role": "stage"}, stage.stage),
+    bar: el("div", {class: "bar small", "data-role": "bar"}),
+    done: el("span", {class: "done", "data-role": "done"}),
+    counts: el("ul", {class: "counts small"}),
+  };
+  const root = el("li", {class: "stage", "data-stage": stage.stage},
+    el("div", {class: "stage-head"}, parts.name, parts.done), parts.bar, parts.counts);
+  return {root, parts};
+}
+
+function renderRun(c, run) {
+  const p = c.parts;
+  c.root.dataset.status = run.status;
+  c.root.dataset.current = run.current_stage || "";
+  p.what.textContent = ` ${run.source_app} → ${run.app}`;
+  p.status.textContent = run.current_stage && run.status === "running"
+    ? `running: ${run.current_stage}` : run.status;
+  p.status.className = `status ${run.status}`;
+  for (const stage of run.stages) {
+    let s = c.stages.get(stage.stage);
+    if (!s) { s = stageItem(stage); c.stages.set(stage.stage, s); }
+    p.stages.append(s.root); // the run's order
+    s.root.dataset.status = stage.status;
+    s.root.dataset.job = String(stage.id);
+    s.root.classList.toggle("current", stage.stage === run.current_stage);
+    s.root.title = `job ${stage.id}: ${stage.status}` +
+      (stage.status === "running" && stage.rate ? `, ${stage.rate.toFixed(1)} items/s, ETA ${seconds(stage.eta_seconds)}` : "");
+    drawBar(s.parts.bar, stage);
+    s.parts.done.textContent = `${stage.done.toLocaleString()} / ${stage.total.toLocaleString()}`;
+    s.parts.counts.replaceChildren(...STATES.filter((k) => stage.counts[k] && k !== "pending").map((k) =>
+      el("li", {class: k, "data-count": k}, `${k} ${stage.counts[k].toLocaleString()}`)));
+  }
+  p.reason.textContent = run.stages.map((s) => s.stop_reason).find(Boolean) || "";
+  for (const b of p.buttons.children) {
+    b.disabled = !RUN_ACTIONS[b.dataset.action].includes(run.status);
+    if (b.dataset.action === "resume") b.textContent = run.status === "planned" ? "start" : "resume";
+  }
+}
+
+async function steerRun(name, action, note) {
+  if (action === "cancel" && !confirm(`Cancel run ${name} for good?`)) return;
+  note.textContent = `${action}…`;
+  try {
+    const out = await api(`/api/runs/${name}/${action}`, {method: "POST"});
+    note.textContent = `${out.message}: now ${out.status}`;
+  } catch (e) {
+    note.textContent = e.message;
+  }
+  poll();
+}
+
+async function pollRuns() {
+  const page = await api("/api/runs?limit=10");
+  const area = document.getElementById("runs");
+  document.getElementById("runs-area").hidden = page.runs.length === 0;
+  const seen = new Set();
+  for (const run of page.runs) {
+    seen.add(run.id);
+    let c = runCards.get(run.id);
+    if (!c) { c = runCard(run); runCards.set(run.id, c); }
+    area.append(c.root);
+    renderRun(c, run);
+  }
+  for (const [id, c] of runCards) if (!seen.has(id)) { c.root.remove(); runCards.delete(id); }
 }
 
 let busy = false;
@@ -161,6 +284,7 @@ async function poll() {
   if (busy) return;
   busy = true;
   try {
+    await pollRuns();
     const page = await api("/api/jobs?limit=20");
     const main = document.getElementById("jobs");
     document.getElementById("empty").hidden = page.jobs.length > 0;
@@ -172,11 +296,7 @@ async function poll() {
       if (!c) { c = card(job); cards.set(job.id, c); }
       main.append(c.root); // keeps the API's order, newest first
       render(c, job);
-      // Details (chart, failures) each second while it moves, once when it settles.
-      if (!FINISHED.includes(job.status) || was !== job.status || !c.detailAt) {
-        c.detailAt = Date.now();
-        renderDetail(c, await api(`/api/jobs/${job.id}`));
-      }
+      await follow(c, job, was);
     }
     for (const [id, c] of cards) if (!seen.has(id)) { c.root.remove(); cards.delete(id); }
     document.getElementById("problem").textContent = "";
