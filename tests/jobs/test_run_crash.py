@@ -219,11 +219,17 @@ def check_end_state(ctx, box: MaximSandbox, url: str, inputs: Inputs, token_key:
     unknown = sorted(g for g, i in items["groups"].items() if i.state == "unknown")
     assert {i.state for i in items["groups"].values()} <= {"ok", "unknown"}, \
         [(i.key, i.state, i.message) for i in items["groups"].values()]
+    # The kill was placed while a create call was at the vendor (one at a
+    # time: the stage is one chunk): that group is unknown, made once, not again.
+    assert len(unknown) == 1, unknown
     for g in unknown:
         i = items["groups"][g]
         assert i.code == "unknown" and "not re-sent" in i.message, i
         assert g not in gid
-        assert len(by_name.get(f"Group {g}", [])) <= 1
+        assert len(by_name[f"Group {g}"]) == 1
+        owner, rest = inputs.members[g]
+        assert box.group_members(str(by_name[f"Group {g}"][0].group_id)) == \
+            {uid[m] for m in [owner, *rest[:FIRST_SLICE]]}  # as created: the rest were not added
     for g, (owner, rest) in inputs.members.items():
         if g in unknown:
             continue
@@ -235,7 +241,7 @@ def check_end_state(ctx, box: MaximSandbox, url: str, inputs: Inputs, token_key:
     for key, i in items["members"].items():
         g = key.split("/")[0]
         if g in unknown:
-            assert i.state == "skipped" and i.message.startswith(f"group {g} was not created: unknown"), i
+            assert i.state == "skipped" and i.message.startswith(f"group {g} ") and "unknown" in i.message, i
         else:
             assert i.state in ("ok", "exists"), i
 
@@ -264,12 +270,26 @@ def check_end_state(ctx, box: MaximSandbox, url: str, inputs: Inputs, token_key:
 
 # -- embedded: the command killed in each stage, `imshift resume R1` after each kill -----------
 
-def test_an_embedded_run_killed_in_every_stage_and_resumed_ends_exact(tmp_path):
+@dataclasses.dataclass
+class Crashed:
+    ctx: object
+    box: MaximSandbox
+    url: str
+    inputs: Inputs
+    token_key: str
+    log: str
+    code: int
+
+
+@pytest.fixture(scope="module")
+def embedded_run(tmp_path_factory):
+    """The run, its command killed once inside each stage and resumed each time."""
+    tmp_path = tmp_path_factory.mktemp("embedded")
     inputs = write_inputs(tmp_path)
     db = f"sqlite:///{tmp_path}/imshift.db"
     token_key = Fernet.generate_key().decode()
     log = tmp_path / "commands.log"
-    box, tracker = serve_maxim()
+    box, _ = serve_maxim()
     with served(box) as url:
         env = environment(tmp_path, db, url, box, token_key)
         ctx = reader(db, url, box)
@@ -286,13 +306,31 @@ def test_an_embedded_run_killed_in_every_stage_and_resumed_ends_exact(tmp_path):
             if command.poll() is None:
                 os.killpg(command.pid, signal.SIGKILL)
                 command.wait(10)
-        text = log.read_text()
-        assert code == 3, text[-3000:]  # finished, with the unknown group(s) reported
-        for stage in STAGES:
-            assert f"run R1 resumed at its {stage} stage" in text
-        summary = check_end_state(ctx, box, url, inputs, token_key)
-    print(summary)
+        yield Crashed(ctx, box, url, inputs, token_key, log.read_text(), code)
     ctx.engine.dispose()
+
+
+def test_an_embedded_run_killed_in_every_stage_and_resumed_ends_exact(embedded_run):
+    r = embedded_run
+    assert r.code == 3, r.log[-3000:]  # finished, with the cut-off group reported
+    for stage in STAGES:
+        assert f"run R1 resumed at its {stage} stage" in r.log
+    print(check_end_state(r.ctx, r.box, r.url, r.inputs, r.token_key))
+
+
+@pytest.mark.xfail(strict=True, reason="models/runs.py why_missing words every state but ok/exists "
+                   "as 'was not created', so the members and verify items of a group whose create "
+                   "call was cut off (unknown) say 'group g was not created', though it may exist "
+                   "at the target (here it does: the call had reached it)")
+def test_what_names_a_cut_off_group_does_not_say_it_was_not_created(embedded_run):
+    r = embedded_run
+    p = run_control.run_progress(r.ctx.engine, 1)
+    job = {s: sp.job_id for s, sp in p.stages}
+    cut_off = [i.key for i in results(r.ctx.engine, job["groups"], "unknown")]
+    depending = [i for stage in ("members", "verify") for i in results(r.ctx.engine, job[stage], "skipped")]
+    assert cut_off and depending
+    for i in depending:
+        assert "was not created" not in i.message, (i.key, i.message)
 
 
 # -- with Redis: one of two worker processes killed in each stage, the pool replaces it --------
