@@ -193,6 +193,9 @@ def check_end_state(ctx, box: MaximSandbox, url: str, inputs: Inputs, token_key:
     id_map = {(kind, source): target for kind, source, target in run_control.id_map_rows(ctx.engine, 1)}
     uid = {source: target for (kind, source), target in id_map.items() if kind == "user"}
     gid = {source: target for (kind, source), target in id_map.items() if kind == "group"}
+    # No item lost: each input row is one item of its stage.
+    assert [len(items[s]) for s in STAGES] == [
+        USERS, PAIRS, GROUPS, GROUPS * (GROUP_MEMBERS - FIRST_SLICE), USERS, USERS + GROUPS + PAIRS + 1]
 
     # Accounts: each once at the vendor, under the id the run recorded.
     names = [user(i) for i in range(USERS)]
@@ -260,7 +263,6 @@ def check_end_state(ctx, box: MaximSandbox, url: str, inputs: Inputs, token_key:
             assert i.state == "skipped", i
         else:
             assert i.state == "ok", (key, i.state, i.message)
-    assert len(items["verify"]) == USERS + GROUPS + PAIRS + 1
 
     stats = httpx.get(url + STATS_PATH, timeout=10).json()
     return {"unknown groups": unknown, "groups at the vendor": len(box.groups),
@@ -394,6 +396,10 @@ def test_a_run_on_two_workers_one_killed_in_every_stage_ends_exact(tmp_path, red
                 os.kill(victim, signal.SIGKILL)
                 killed.append((stage, victim))
             wait_finished(ctx, 120, log)
+            deadline = time.monotonic() + 60  # and the pool has replaced every killed process
+            while ready(log) < 2 + len(killed) or len(children(pool.pid)) < 2:
+                assert time.monotonic() < deadline and pool.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.1)
         finally:
             pool.terminate()  # the pool stops its workers
             try:
