@@ -320,17 +320,13 @@ def test_an_embedded_run_killed_in_every_stage_and_resumed_ends_exact(embedded_r
     print(check_end_state(r.ctx, r.box, r.url, r.inputs, r.token_key))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "models/runs.py why_missing words every state but ok/exists as 'was not created', so the "
-    "members and verify items of a group whose create call was cut off (unknown) say 'group g was "
-    "not created', though it may exist at the target (here it does: the call had reached it)"))
 def test_what_names_a_cut_off_group_does_not_say_it_was_not_created(embedded_run):
     r = embedded_run
     p = run_control.run_progress(r.ctx.engine, 1)
     job = {s: sp.job_id for s, sp in p.stages}
     cut_off = [i.key for i in results(r.ctx.engine, job["groups"], "unknown")]
     depending = [i for stage in ("members", "verify") for i in results(r.ctx.engine, job[stage], "skipped")]
-    if not (cut_off and depending):  # not what the xfail is about: an error, never an xfail
+    if not (cut_off and depending):  # the set-up missed: an error, not a pass
         raise RuntimeError(f"the run left no cut-off group to look at: {cut_off}, {len(depending)}")
     for i in depending:
         assert "was not created" not in i.message, (i.key, i.message)
@@ -418,10 +414,6 @@ def test_a_run_on_two_workers_one_killed_in_every_stage_ends_exact(tmp_path, red
 
 # -- killed between starting the run and starting its first stage -------------------------------
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "jobs/run_control.py start() marks the run running, then starts its first stage in a second "
-    "transaction; killed between the two, the run is left running with every stage planned, and "
-    "both start and resume refuse it ('run R1 is planned; only a planned run starts')"))
 def test_a_run_killed_between_its_start_and_its_first_stage_resumes(tmp_path):
     """The command is held (a row lock on the first stage's job, in
     PostgreSQL) right after the run's own row says running and SIGKILLed
@@ -451,7 +443,7 @@ def test_a_run_killed_between_its_start_and_its_first_stage_resumes(tmp_path):
                 deadline = time.monotonic() + 60
 
                 def until(query: str, wanted) -> None:
-                    while True:  # a RuntimeError: the set-up failed, which the xfail must not hide
+                    while True:  # a RuntimeError: the set-up failed
                         if time.monotonic() > deadline or command.poll() is not None:
                             raise RuntimeError(f"not reached: {query}\n{log.read_text()[-3000:]}")
                         try:
