@@ -7,17 +7,21 @@ Embedded: `imshift migrate run` is killed in a stage, `imshift resume R1`
 carries it on and is killed in the next stage, and so on. With Redis: one of
 `imshift worker --processes 2` (the one whose call is at the vendor) is
 killed in each stage and the pool replaces it. The Maxim sandbox is served
-on loopback by this test's process, so its state outlives every kill.
+on loopback by this test's process, so its state outlives every kill; each
+kill lands while a call of the stage is held at the sandbox's door, which
+lets it into the vendor once its sender is dead.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -36,7 +40,7 @@ from helpers import context, write_users
 
 pytestmark = pytest.mark.loopback
 
-USERS, PAIRS, GROUPS, GROUP_MEMBERS = 120, 40, 12, 11
+USERS, PAIRS, GROUPS, GROUP_MEMBERS = 80, 24, 8, 11
 FIRST_SLICE = 5  # add_members batch size: what a group is created with; the rest is the members stage
 # Rates low enough that each stage takes a few seconds.
 RATES = {"register": 3, "update_profile": 50, "import_friends": 8, "create_group": 3,
@@ -88,31 +92,54 @@ def write_inputs(folder: Path) -> Inputs:
     return Inputs(users, friends, groups, pairs, members)
 
 
-class InFlight:
-    """ASGI middleware in front of the sandbox: the client port of every call
-    under way, by path (to find the process that made it)."""
+class Door:
+    """ASGI middleware in front of the sandbox that can hold one call at the
+    door: the worker has sent it and waits for the reply; once the worker is
+    killed, the call goes on into the vendor. So a kill lands with a call
+    under way however slow the machine is."""
 
     def __init__(self, app):
-        self.app, self.calls = app, {}
+        self.app = app
+        self.paths: set[str] = set()
+        self.skip = 0
+        self.held: int | None = None  # the held call's client port
+        self.released = threading.Event()
+
+    def hold(self, paths: set[str], after: int) -> None:
+        """Hold the call on `paths` that comes after `after` more of them."""
+        self.held, self.skip = None, after
+        self.released.clear()
+        self.paths = set(paths)
+
+    def release(self) -> None:
+        self.paths = set()
+        self.released.set()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope.get("client"):
+        if scope["type"] != "http" or scope["path"] not in self.paths:
             return await self.app(scope, receive, send)
-        key = object()
-        self.calls[key] = (scope["path"], scope["client"][1])
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.calls.pop(key, None)
+        if self.skip:
+            self.skip -= 1
+            return await self.app(scope, receive, send)
+        self.paths = set()  # one call only
+        # The whole request is in before it is held, as a vendor has it once sent.
+        request = [await receive()]
+        while request[-1]["type"] == "http.request" and request[-1].get("more_body"):
+            request.append(await receive())
+        self.held = scope["client"][1]
+        while not self.released.is_set():
+            await asyncio.sleep(0.005)
 
-    def ports(self, paths: set[str]) -> set[int]:
-        return {port for path, port in list(self.calls.values()) if path in paths}
+        async def replayed():
+            return request.pop(0) if request else await receive()
+
+        await self.app(scope, replayed, send)
 
 
 def serve_maxim():
-    box = MaximSandbox(faults=Faults(latency=0.1))  # a call stays at the vendor for 0.1 s
-    box.app = tracker = InFlight(box.app)
-    return box, tracker
+    box = MaximSandbox(faults=Faults(latency=0.05))
+    box.app = door = Door(box.app)
+    return box, door
 
 
 def environment(tmp_path: Path, database_url: str, url: str, box: MaximSandbox, token_key: str,
@@ -149,20 +176,19 @@ def stage_progress(ctx, stage: str):
     return None if p is None else dict(p.stages).get(stage)
 
 
-def wait_inside(ctx, box: MaximSandbox, stage: str, alive, log: Path, calls: int = 2,
-                timeout: float = 60):
-    """Return once stage `stage` runs and `calls` more of its vendor calls
-    have reached the vendor (the last still under way there)."""
-    op = STAGE_OP[stage]
+def hold_inside(ctx, door: Door, stage: str, alive, log: Path, timeout: float = 60) -> int:
+    """Once stage `stage` runs, hold its second vendor call at the door;
+    returns the client port of that call."""
     deadline = time.monotonic() + timeout
     while (sp := stage_progress(ctx, stage)) is None or sp.status != "running":
         assert time.monotonic() < deadline and alive(), (stage, sp, log.read_text()[-3000:])
         time.sleep(0.02)
-    wanted = box.calls[op] + calls
-    while box.calls[op] < wanted:
+    door.hold(OP_PATHS[STAGE_OP[stage]], after=1)
+    while door.held is None:
         assert time.monotonic() < deadline and alive(), (stage, stage_progress(ctx, stage),
                                                          log.read_text()[-3000:])
-        time.sleep(0.001)
+        time.sleep(0.005)
+    return door.held
 
 
 def wait_finished(ctx, timeout: float, log: Path):
@@ -291,20 +317,22 @@ def embedded_run(tmp_path_factory):
     db = f"sqlite:///{tmp_path}/imshift.db"
     token_key = Fernet.generate_key().decode()
     log = tmp_path / "commands.log"
-    box, _ = serve_maxim()
+    box, door = serve_maxim()
     with served(box) as url:
         env = environment(tmp_path, db, url, box, token_key)
         ctx = reader(db, url, box)
         command = imshift(inputs.args, env, log)
         try:
             for stage in STAGES:
-                wait_inside(ctx, box, stage, lambda: command.poll() is None, log)
+                hold_inside(ctx, door, stage, lambda: command.poll() is None, log)
                 os.killpg(command.pid, signal.SIGKILL)  # as kill -9 or a closed terminal
                 command.wait(10)
+                door.release()  # the call it had sent reaches the vendor
                 assert stage_progress(ctx, stage).status == "running"  # cut off mid-stage
                 command = imshift(["resume", "R1"], env, log)
             code = command.wait(120)
         finally:
+            door.release()
             if command.poll() is None:
                 os.killpg(command.pid, signal.SIGKILL)
                 command.wait(10)
@@ -370,7 +398,7 @@ def test_a_run_on_two_workers_one_killed_in_every_stage_ends_exact(tmp_path, red
     inputs = write_inputs(tmp_path)
     token_key = Fernet.generate_key().decode()
     log = tmp_path / "workers.log"
-    box, tracker = serve_maxim()
+    box, door = serve_maxim()
     killed: list[tuple[str, int]] = []
     with throwaway_database(prefix="imshift_crash") as db, served(box) as url:
         env = environment(tmp_path, db, url, box, token_key, redis_server.url)
@@ -385,19 +413,23 @@ def test_a_run_on_two_workers_one_killed_in_every_stage_ends_exact(tmp_path, red
                                     env=env, capture_output=True, text=True, timeout=60)
             assert queued.returncode == 0, queued.stdout + queued.stderr
             for stage in STAGES:
-                victim = None
-                while victim is None:  # the process whose call of this stage is at the vendor
-                    wait_inside(ctx, box, stage, lambda: pool.poll() is None, log, calls=1)
-                    for port in tracker.ports(OP_PATHS[STAGE_OP[stage]]):
-                        victim = victim or owner_of(port, children(pool.pid))
+                port = hold_inside(ctx, door, stage, lambda: pool.poll() is None, log)
+                victim = owner_of(port, children(pool.pid))  # the process whose call is held
+                assert victim is not None, (stage, port, children(pool.pid))
                 os.kill(victim, signal.SIGKILL)
                 killed.append((stage, victim))
+                deadline = time.monotonic() + 30
+                while f"process {victim} exited (signal 9)" not in log.read_text():
+                    assert time.monotonic() < deadline, log.read_text()[-3000:]
+                    time.sleep(0.02)
+                door.release()
             wait_finished(ctx, 120, log)
             deadline = time.monotonic() + 60  # and the pool has replaced every killed process
             while ready(log) < 2 + len(killed) or len(children(pool.pid)) < 2:
                 assert time.monotonic() < deadline and pool.poll() is None, log.read_text()[-3000:]
                 time.sleep(0.1)
         finally:
+            door.release()
             pool.terminate()  # the pool stops its workers
             try:
                 pool.wait(60)
