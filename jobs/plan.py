@@ -76,7 +76,7 @@ def plan(engine: Engine, job_id: int, specs: Iterable[Spec],
         with engine.connect() as conn:
             try:
                 claims = _Claims(conn, id_key) if id_key else None
-                for batch in _batches(specs, BATCH):
+                for batch in batches(specs, BATCH):
                     with conn.begin():
                         _store_batch(conn, job_id, batch, report, claims)
                     if progress:
@@ -119,7 +119,7 @@ def discard(engine: Engine, job_id: int) -> None:
         conn.execute(delete(jobs).where(jobs.c.id == job_id))
 
 
-def _batches(specs: Iterable[Spec], size: int) -> Iterator[list[Spec]]:
+def batches(specs: Iterable[Any], size: int) -> Iterator[list[Any]]:
     batch: list[Spec] = []
     for spec in specs:
         batch.append(spec)

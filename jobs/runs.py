@@ -30,7 +30,7 @@ from imshift.vendors.vocabulary import Group, Operation
 from .inputs import InputError, Row, read_rows
 from .kinds import user_specs
 from .listing import Pages, listed_rows
-from .plan import BATCH, PlanReport, Spec, create_job, discard, plan
+from .plan import BATCH, PlanReport, Spec, batches, create_job, discard, plan
 from .target import Target
 
 runs = Run.__table__
@@ -177,21 +177,12 @@ class _Planner:
         if self.since is None:
             yield from specs
             return
-        batch: list[Spec] = []
-
-        def flush() -> Iterator[Spec]:
+        for batch in batches(specs, BATCH):
             finished = self._finished_earlier(stage, {s.key for s in batch if not s.problems})
             for spec in batch:
                 if spec.key in finished and not spec.problems and spec.done is None:
                     spec.done = f"done by run R{self.since}"
                 yield spec
-            batch.clear()
-
-        for spec in specs:
-            batch.append(spec)
-            if len(batch) >= BATCH:
-                yield from flush()
-        yield from flush()
 
     def _stage(self, stage: str, specs: Iterator[Spec], *, makes: str | None = None,
                user_ids: bool = False, calls: int | None = None, ignored: set[str] | None = None,
@@ -240,22 +231,13 @@ class _Planner:
     def _checked_refs(self, specs: Iterator[tuple[Spec, list[tuple[str, str]]]]) -> Iterator[Spec]:
         """Specs whose user references (field, id) are looked up in the run's
         accounts a batch at a time: one naming an unknown user is rejected."""
-        batch: list[tuple[Spec, list[tuple[str, str]]]] = []
-
-        def flush() -> Iterator[Spec]:
+        for batch in batches(specs, BATCH):
             known = self._known_users({uid for _, refs in batch for _, uid in refs})
             for spec, refs in batch:
                 for name, uid in refs:
                     if uid not in known:
                         spec.problems.append(f"{name}: user {uid!r} is not in the accounts (--users)")
                 yield spec
-            batch.clear()
-
-        for pair in specs:
-            batch.append(pair)
-            if len(batch) >= BATCH:
-                yield from flush()
-        yield from flush()
 
     def friends(self, path: Path) -> None:
         form = self.target.rules.id_key
