@@ -39,14 +39,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import literal, select, union_all
 from sqlalchemy.exc import DBAPIError
 
 from imshift import __version__, metrics
 from imshift.jobs import control
 from imshift.jobs.exports import csv_record
-from imshift.jobs.progress import (ITEM_COLUMNS, Progress, first_secret, item as find_item, items,
-                                   items_page, job_ids, progress, results as item_results)
+from imshift.jobs.progress import (FAILED, Progress, first_failures, first_secret,
+                                   item as find_item, items_page, job_ids, progress,
+                                   results as item_results)
 from imshift.models.tables import ItemState, JobStatus
 from imshift.vendors.vocabulary import Operation
 
@@ -57,7 +57,6 @@ from .context import Context, SetupError
 
 log = logging.getLogger("imshift.api")
 COOKIE = "imshift_token"
-FAILED_STATES = (ItemState.REJECTED.value, ItemState.FAILED.value, ItemState.UNKNOWN.value)
 EXPORT_FIELDS = ["row", "id", "outcome", "attempts", "code", "message", "user_id", "token",
                  "password", "result"]
 
@@ -106,22 +105,6 @@ class Rates:
 
 # -- the first failures, kept a second ------------------------------------------------------
 
-FAILURE_COLUMNS = tuple(c for c in ITEM_COLUMNS if c.name != "secret")
-
-
-def first_failures(engine, job_id: int, states: tuple[str, ...], limit: int = 10) -> list[Any]:
-    """The first `limit` items in `states`, state by state in that order and
-    each in input order: one statement of index range scans over
-    (job, state, seq), however many items failed. (Belongs in
-    jobs/progress.py beside items_page.)"""
-    parts = [select(*FAILURE_COLUMNS, literal(rank).label("rank"))
-             .where(items.c.job_id == job_id, items.c.state == state)
-             .order_by(items.c.seq).limit(limit).subquery() for rank, state in enumerate(states)]
-    both = union_all(*(select(*part.c) for part in parts)).subquery()
-    with engine.connect() as conn:
-        return conn.execute(select(both).order_by(both.c.rank, both.c.seq).limit(limit)).all()
-
-
 class FirstFailures:
     """Each job's first failed items, read at most once a `ttl` while the
     job runs: a page polling a job every second while workers write would
@@ -136,15 +119,14 @@ class FirstFailures:
 
     def get(self, engine, p: Progress, now: float | None = None) -> list[ItemOut]:
         now = time.monotonic() if now is None else now
-        states = tuple(s for s in FAILED_STATES if p.counts.get(s))
-        seen = (p.status, tuple(p.counts.get(s, 0) for s in FAILED_STATES))
+        seen = (p.status, tuple(p.counts.get(s, 0) for s in FAILED))
         with self._lock:
             kept = self._kept.get(p.job_id)
         if kept is not None and now - kept[0] < self.ttl and kept[1][0] == p.status and (
                 p.status == JobStatus.RUNNING.value or kept[1] == seen):
             return kept[2]
-        found = [_item_out(r) for r in first_failures(engine, p.job_id, states, self.limit)] \
-            if states else []
+        found = [_item_out(r) for r in first_failures(engine, p.job_id, self.limit)] \
+            if any(seen[1]) else []
         with self._lock:
             if len(self._kept) > 200:  # forget the jobs no one asked about lately
                 self._kept = {j: k for j, k in self._kept.items() if now - k[0] < self.ttl}
@@ -347,7 +329,7 @@ def create_app(ctx: Context, token: str | None = None) -> FastAPI:
     def resume(job_id: JobId) -> ControlOut:
         p = job_or_404(job_id)
         if p.status == JobStatus.FINISHED.value:
-            left = sum(p.counts.get(s, 0) for s in FAILED_STATES)
+            left = sum(p.counts.get(s, 0) for s in FAILED)
             hint = (f"`imshift retry {job_id}` (POST .../retry) runs its rejected and failed items "
                     "again" if left else "nothing is left to do")
             raise HTTPException(409, f"job {job_id} is finished: {hint}")

@@ -12,8 +12,6 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
-from sqlalchemy.engine import Engine
 
 from imshift.jobs import control, run_control
 from imshift.jobs.exports import csv_record
@@ -25,17 +23,6 @@ from .api_models import (ERRORS, MAX_ID, ExportFormat, RunControlOut, RunOut, Ru
 from .context import Context
 
 IDMAP_FIELDS = ["kind", "source_id", "target_id"]
-
-
-def run_ids(engine: Engine, before: int | None = None, limit: int = 20) -> list[int]:
-    """Run ids, newest first, below `before` (keyset paging over the runs).
-    (jobs/run_control.recent_runs has no `before`; this belongs beside it.)"""
-    runs = run_control.runs
-    query = select(runs.c.id)
-    if before is not None:
-        query = query.where(runs.c.id < before)
-    with engine.connect() as conn:
-        return list(conn.execute(query.order_by(runs.c.id.desc()).limit(limit)).scalars())
 
 
 def _number(ref: str) -> int:
@@ -74,7 +61,7 @@ def run_router(ctx: Context, job_out: Callable[[Progress], dict[str, Any]],
                 summary="Migration runs, newest first")
     def list_runs(before: Annotated[Optional[int], Query(ge=1, le=MAX_ID + 1)] = None,
                   limit: Annotated[int, Query(ge=1, le=100)] = 20) -> dict:
-        ids = run_ids(ctx.engine, before, limit)
+        ids = run_control.run_ids(ctx.engine, before, limit)
         listed = [p for p in (run_control.run_progress(ctx.engine, i) for i in ids) if p is not None]
         return {"runs": [run_out(p) for p in listed],
                 "next_before": ids[-1] if len(ids) == limit else None}

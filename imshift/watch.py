@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from imshift.jobs import control
-from imshift.jobs.progress import Progress as JobProgress, progress, results
+from imshift.jobs.progress import FAILED, Progress as JobProgress, first_failures, progress
 from imshift.models.tables import JobStatus
 from imshift.workers.embedded import in_process_workers
 from imshift.workers.sweeper import sweep
@@ -80,19 +80,12 @@ def summary(ctx: Context, p: JobProgress, console: Console, examples: int = 10) 
     console.print("  " + counts_text(p))
     if p.stop_reason:
         console.print(f"  [red]{p.stop_reason}[/red]")
-    failed = [state for state in ("rejected", "failed", "unknown") if p.counts.get(state)]
+    failed = [state for state in FAILED if p.counts.get(state)]
     if not failed:
         return
     table = Table(title=f"first problems (all: imshift results {p.job_id} --outcome {failed[0]})")
     for column in ("row", "id", "outcome", "code", "reason"):
         table.add_column(column)
-    shown = 0
-    for state in failed:
-        for item in results(ctx.engine, p.job_id, state, batch=examples):
-            table.add_row(str(item.row), item.key[:40], item.state, item.code or "", item.message or "")
-            shown += 1
-            if shown >= examples:
-                break
-        if shown >= examples:
-            break
+    for item in first_failures(ctx.engine, p.job_id, examples):
+        table.add_row(str(item.row), item.key[:40], item.state, item.code or "", item.message or "")
     console.print(table)

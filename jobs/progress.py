@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, literal_column, select, union_all
 from sqlalchemy.engine import Engine
 
 from imshift.models import store
@@ -16,6 +16,7 @@ from imshift.models.tables import Item, ItemState, Job
 jobs = Job.__table__
 items = Item.__table__
 OPEN = (ItemState.PENDING.value, ItemState.CLAIMED.value)
+FAILED = (ItemState.REJECTED.value, ItemState.FAILED.value, ItemState.UNKNOWN.value)  # shown first
 
 
 @dataclass
@@ -91,24 +92,57 @@ def first_secret(engine: Engine, job_id: int) -> bytes | None:
 
 
 def recent_jobs(engine: Engine, limit: int = 20) -> list[Progress]:
-    with engine.connect() as conn:
-        ids = conn.execute(select(jobs.c.id).order_by(jobs.c.id.desc()).limit(limit)).scalars().all()
-    return [p for p in (progress(engine, i) for i in ids) if p is not None]
+    return [p for p in (progress(engine, i) for i in job_ids(engine, limit=limit)) if p is not None]
 
 
 ITEM_COLUMNS = (items.c.seq, items.c.row, items.c.key, items.c.state, items.c.attempts,
                 items.c.code, items.c.message, items.c.result, items.c.secret, items.c.updated_at)
 
 
+# The statements below are built once, their values bound at each call:
+# building one is SQLAlchemy work in Python that cost a request more CPU
+# than running the query (about 5 ms against 0.1 ms for the first failures
+# on SQLite).
+_PAGE = (select(*ITEM_COLUMNS)
+         .where(items.c.job_id == bindparam("job_id"), items.c.seq > bindparam("after"))
+         .order_by(items.c.seq).limit(bindparam("limit")))
+_PAGE_IN_STATE = _PAGE.where(items.c.state == bindparam("state"))
+
+
 def items_page(engine: Engine, job_id: int, state: str | None = None, after: int = -1,
                limit: int = 100) -> list[Any]:
     """One keyset page: the job's items (or those in `state`) with seq > after,
     in input order. An index range scan, however deep the page."""
-    query = select(*ITEM_COLUMNS).where(items.c.job_id == job_id, items.c.seq > after)
-    if state:
-        query = query.where(items.c.state == state)
+    values = {"job_id": job_id, "after": after, "limit": limit}
     with engine.connect() as conn:
-        return conn.execute(query.order_by(items.c.seq).limit(limit)).all()
+        if state:
+            return conn.execute(_PAGE_IN_STATE, {**values, "state": state}).all()
+        return conn.execute(_PAGE, values).all()
+
+
+FAILURE_COLUMNS = tuple(c for c in ITEM_COLUMNS if c.name != "secret")
+
+
+def _first_failures_statement():
+    """The first :limit items of each failed state (index range scans over
+    (job, state, seq)), then the first :limit of those, state by state in
+    FAILED's order and each in input order."""
+    parts = [select(*FAILURE_COLUMNS, literal_column(str(rank)).label("rank"))
+             .where(items.c.job_id == bindparam("job_id"), items.c.state == state)
+             .order_by(items.c.seq).limit(bindparam("limit")).subquery()
+             for rank, state in enumerate(FAILED)]
+    each = union_all(*(select(*part.c) for part in parts)).subquery()
+    return select(each).order_by(each.c.rank, each.c.seq).limit(bindparam("limit"))
+
+
+_FIRST_FAILURES = _first_failures_statement()
+
+
+def first_failures(engine: Engine, job_id: int, limit: int = 10) -> list[Any]:
+    """The job's first `limit` rejected, then failed, then unknown items, in
+    input order (no secrets): `imshift status`'s and the API's examples."""
+    with engine.connect() as conn:
+        return conn.execute(_FIRST_FAILURES, {"job_id": job_id, "limit": limit}).all()
 
 
 def item(engine: Engine, job_id: int, key: str) -> Any | None:

@@ -67,10 +67,17 @@ def run_progress(engine: Engine, run_id: int) -> RunProgress | None:
                        row.created_at, row.finished_at, [(s, p) for s, p in listed if p is not None])
 
 
-def recent_runs(engine: Engine, limit: int = 10) -> list[RunProgress]:
+def run_ids(engine: Engine, before: int | None = None, limit: int = 20) -> list[int]:
+    """Run ids, newest first, below `before` (keyset paging over the runs)."""
+    query = select(runs.c.id)
+    if before is not None:
+        query = query.where(runs.c.id < before)
     with engine.connect() as conn:
-        ids = conn.execute(select(runs.c.id).order_by(runs.c.id.desc()).limit(limit)).scalars().all()
-    return [p for p in (run_progress(engine, i) for i in ids) if p is not None]
+        return list(conn.execute(query.order_by(runs.c.id.desc()).limit(limit)).scalars())
+
+
+def recent_runs(engine: Engine, limit: int = 10) -> list[RunProgress]:
+    return [p for p in (run_progress(engine, i) for i in run_ids(engine, limit=limit)) if p is not None]
 
 
 def _run(engine: Engine, run_id: int) -> RunProgress:

@@ -386,7 +386,8 @@ def test_runs_page_newest_first_and_cancel_closes_every_stage(database_url, tmp_
     assert http.get("/api/runs/R%d" % ids[0]).json()["status"] == "planned"  # the others untouched
 
 
-def test_the_detail_keeps_its_failures_and_progress_reads_no_items(database_url, tmp_path, api):
+def test_the_detail_keeps_its_failures_and_progress_reads_no_items(database_url, tmp_path, api,
+                                                                    monkeypatch):
     ctx = context(database_url, chunk_size=20, apps={"new": NEW})
     bad = {i: {"user_id": f"bad id {i}"} for i in (3, 5, 40)}
     job = plan(ctx, tmp_path / "u.csv", 60, bad_rows=bad)
@@ -405,6 +406,14 @@ def test_the_detail_keeps_its_failures_and_progress_reads_no_items(database_url,
     finished = http.get(f"/api/jobs/{job}").json()  # settled: read again, whatever the cache held
     assert finished["status"] == "finished" and finished["counts"] == {"ok": 57, "rejected": 3}
     assert [f["id"] for f in finished["failures"]] == ["bad id 3", "bad id 5", "bad id 40"]
+    # The CLI's summary lists the same first problems, in the same order (one query for both).
+    monkeypatch.setenv("IMSHIFT_DATABASE_URL", database_url)
+    monkeypatch.setenv("IMSHIFT_CONFIG", "/nonexistent/imshift.toml")
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    shown = CliRunner().invoke(cli_app, ["status", str(job), "--watch"]).output
+    assert "first problems" in shown
+    where = [shown.find(f"bad id {i} ") for i in (3, 5, 40)]
+    assert -1 not in where and where == sorted(where), shown
 
 
 # -- schemathesis over /openapi.json -----------------------------------------------------------
