@@ -21,7 +21,6 @@ const RUN_ACTIONS = {
 const cards = new Map(); // job id -> {root, parts, status}
 const runCards = new Map(); // run id -> {root, parts, stages}
 const POLL_MS = 1000;
-const FAILURES_MS = 5000; // a running job's first failures: read again at most this often
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -76,7 +75,7 @@ function card(job) {
     el("div", {class: "numbers"}, parts.done, parts.rate, parts.eta),
     el("div", {class: "row"}, parts.counts, parts.chart),
     parts.reason, parts.failures, parts.buttons, parts.note);
-  return {root, parts, status: null, detailAt: 0, failedKey: ""};
+  return {root, parts, status: null, detailKey: null};
 }
 
 async function steer(id, action, note) {
@@ -164,28 +163,30 @@ function drawFailures(t, failures) {
   }
 }
 
-function failedKey(job) {
-  return FAILED.map((s) => job.counts[s] || 0).join(",");
+// What the job detail adds (its first failures) changes only with these.
+function detailKey(job) {
+  return [job.status, ...FAILED.map((s) => job.counts[s] || 0)].join(",");
 }
 
-// The chart each second while a job moves (its progress: no items read),
-// the first failures when they changed (at most every FAILURES_MS) and
-// once when it settles.
+// A job not yet settled: its progress each second (bars, counts, chart; no
+// items read). Its detail, with the first failures, only when the status or
+// a failed count changed since the last one (the server keeps the failures
+// up to 1 s). A settled job is read once more, then left as it is.
 async function follow(c, job, was) {
   const settled = FINISHED.includes(job.status);
-  if (settled && was === job.status && c.detailAt) return;
-  const now = Date.now();
-  const failuresDue = was !== job.status || !c.detailAt ||
-    (failedKey(job) !== c.failedKey && now - c.detailAt >= FAILURES_MS);
-  if (failuresDue) {
-    const detail = await api(`/api/jobs/${job.id}`);
-    c.detailAt = now;
-    c.failedKey = failedKey(detail);
-    drawChart(c.parts.chart, detail.history);
-    drawFailures(c.parts.failures, detail.failures);
-  } else {
-    drawChart(c.parts.chart, (await api(`/api/jobs/${job.id}/progress`)).history);
+  if (settled && was === job.status && c.detailKey !== null) return;
+  let shown = job;
+  if (!settled) {
+    shown = await api(`/api/jobs/${job.id}/progress`);
+    render(c, shown);
   }
+  if (detailKey(shown) !== c.detailKey) {
+    shown = await api(`/api/jobs/${job.id}`);
+    c.detailKey = detailKey(shown);
+    render(c, shown);
+    drawFailures(c.parts.failures, shown.failures);
+  }
+  if (shown.history) drawChart(c.parts.chart, shown.history);
 }
 
 // -- runs: one card each, its stages as a row of small bars ---------------------------------
