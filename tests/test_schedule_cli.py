@@ -66,5 +66,5 @@ def test_rongcloud_broadcasts_over_the_cap_are_refused_at_add(env, monkeypatch):
     result, output = run("schedule", "add", "--cron", "*/15 * * * *", "--", "broadcast",
                          "--app", "rc", "--sender", "boss", "--text", "x")
     assert result.exit_code == 2
-    assert "rc (rongcloud) allows one broadcast every 1,800 s (2 an hour)" in output
+    assert "RongCloud (app rc) allows 2 broadcasts an hour and this schedule would make more" in output
     assert "Nothing was scheduled" in output
