@@ -336,7 +336,7 @@ def at_cap(runtime: Runtime, job: JobView, row: Any, result: Result) -> dict[str
         message = (f"rate limited: the vendor answered {result.code} {result.message!r} "
                    f"({job.operation} is capped at {allowed}); not retried later")
     return {"seq": row.seq, "code": result.code, "not_before": None, "state": ItemState.FAILED,
-            "message": f"{message} (`imshift retry {job.id}` sends it again)"}
+            "message": f"{message}; `imshift retry {job.id}` sends it once the window has opened"}
 
 
 def _backoff(attempts: int) -> float:
