@@ -149,7 +149,8 @@ async def _run_slice(runtime: Runtime, client: VendorClient, job: JobView, start
         keeper.cancel()
     now = time.time()
     capped = bool(runtime.limiter.caps(job.app, job.operation.value))
-    outcomes = [at_cap(runtime, job, row, result) if capped and result.outcome is Outcome.RATE_LIMITED
+    outcomes = [at_cap(runtime, job, row, result)
+                if result.code == CAP_CODE or (capped and result.outcome is Outcome.RATE_LIMITED)
                 else decide(runtime, row, result, repeat_safe, now)
                 for row, result in zip(rows, results)]
     stop = _stop_reason(runtime, job, results, now)
