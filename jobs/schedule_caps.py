@@ -21,12 +21,11 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from imshift.models.tables import Schedule, ScheduleStatus
-from imshift.vendors.vocabulary import WINDOWS, Operation
+from imshift.vendors.vocabulary import PER, WINDOWS, Operation
 
 from .target import Target
 
 PERIOD = 7 * 86400.0  # seconds of fires counted: a week covers every weekday of a cron
-PER = {"minute": "a minute", "hour": "an hour", "day": "a day"}
 schedules = Schedule.__table__
 
 Fires = Callable[[str, str, float], float]  # schedules.next_fire: (cron, tz, after) -> the next

@@ -151,6 +151,7 @@ class FieldRule:
 
 # The longer windows a cap may count in, in seconds.
 WINDOWS = {"minute": 60, "hour": 3600, "day": 86400}
+PER = {"minute": "a minute", "hour": "an hour", "day": "a day"}  # "3 a day", in messages
 
 
 @dataclass(frozen=True)

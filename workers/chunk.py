@@ -21,14 +21,13 @@ from sqlalchemy import bindparam, func, select, update
 
 from imshift.models import runs, store
 from imshift.models.tables import Item, ItemState, Job, JobStatus
-from imshift.vendors.vocabulary import CAP_CODE, Operation, Outcome, Result
+from imshift.vendors.vocabulary import CAP_CODE, PER, Operation, Outcome, Result
 from imshift.vendors.client import VendorClient
 from imshift.vendors.operations import WorkItem, bind, dedup_key, references, step
 
 from .embedded import runner_id
 from .enqueue import chunk_ranges, enqueue_ranges
 from .runtime import Runtime, before_send
-from .window_caps import PER
 
 log = logging.getLogger("imshift.workers")
 

@@ -30,13 +30,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
-from ..vendors.vocabulary import WINDOWS, CapReached
+from ..vendors.vocabulary import PER, WINDOWS, CapReached
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 Caps = Mapping[str, int]  # window name ("hour", "day") -> calls allowed in it
-PER = {"minute": "a minute", "hour": "an hour", "day": "a day"}
 
 # ARGV: the call's weight, then (window seconds, calls allowed) pairs.
 # Returns {0} when counted, else {the full pair's number (1-based), when its window ends}.
