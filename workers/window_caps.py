@@ -21,6 +21,7 @@ kernel drops the lock of a process that dies), or a dict in one process.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import hashlib
 import json
@@ -30,11 +31,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from ..vendors.vocabulary import PER, WINDOWS, CapReached
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+REDIS_ATTEMPTS = 4  # as workers/ratelimit.py: again after 0.1, 0.2, 0.4 s
 Caps = Mapping[str, int]  # window name ("hour", "day") -> calls allowed in it
 
 # ARGV: the call's weight, then (window seconds, calls allowed) pairs.
@@ -111,7 +116,7 @@ class WindowCaps:
             args: list[float] = [weight]
             for per, calls in caps.items():
                 args += [WINDOWS[per], calls]
-            answer = await self._script(keys=[f"{self.namespace}:{app}:{key}"], args=args)
+            answer = await self._run(f"{self.namespace}:{app}:{key}", args)
             if int(answer[0]):
                 per = list(caps)[int(answer[0]) - 1]
                 raise CapReached(reason(who, key, caps[per], per, float(answer[1])))
@@ -119,6 +124,17 @@ class WindowCaps:
         full = self._take_embedded(app, key, caps, weight, time.time())
         if full is not None:
             raise CapReached(reason(who, key, caps[full[0]], full[0], full[1]))
+
+    async def _run(self, prefix: str, args: list[float]):
+        # Tried again after a Redis restart or failover, like the schedule's
+        # scripts: a lost reply may count a call twice, never one too few.
+        for attempt in range(REDIS_ATTEMPTS):
+            try:
+                return await self._script(keys=[prefix], args=args)
+            except (RedisConnectionError, RedisTimeoutError):
+                if attempt == REDIS_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.1 * 2 ** attempt)
 
     def _take_embedded(self, app: str, key: str, caps: Caps, weight: int,
                        now: float) -> tuple[str, float] | None:
