@@ -115,8 +115,9 @@ def per_second(rate: float) -> str:
 
 @app.command()
 def vendors() -> None:
-    """Show what each vendor supports: operations, batch sizes and default rates."""
+    """Show what each vendor supports: operations, batch sizes, default rates and caps."""
     from imshift.vendors.registry import VENDORS
+    from imshift.vendors.vocabulary import PER
 
     table = Table(title="Vendor capabilities (batch size per call / default calls per second)")
     table.add_column("operation")
@@ -130,7 +131,8 @@ def vendors() -> None:
                 continue
             batch = v.client.rules.batch_size.get(op, 1)
             rate = v.client.rules.rates.get(op)
-            row.append(f"{batch}/call, {per_second(rate)}" if rate else f"{batch}/call")
+            caps = "".join(f", {c.calls} {PER[c.per]}" for c in v.client.rules.caps.get(op, ()))
+            row.append((f"{batch}/call, {per_second(rate)}" if rate else f"{batch}/call") + caps)
         table.add_row(*row)
     # Wide enough for five columns even when piped (rich assumes 80 columns then).
     Console(width=max(console.width, 120)).print(table)

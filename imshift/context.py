@@ -146,10 +146,23 @@ class Context:
         rates.update(self.settings.app(app).rates)
         return rates
 
+    def caps(self, app: str) -> dict[str, dict[str, int]]:
+        """The vendor's caps over hours and days, with the app's own
+        overrides ({"broadcast": {"hour": 2, "day": 3}}; 0 lifts a cap)."""
+        caps = {op.value: {c.per: c.calls for c in cs} for op, cs in self.rules(app).caps.items()}
+        for key, windows in self.settings.app(app).caps.items():
+            caps.setdefault(key, {}).update(windows)
+        caps = {key: {per: n for per, n in windows.items() if n > 0} for key, windows in caps.items()}
+        return {key: windows for key, windows in caps.items() if windows}
+
+    def who(self, app: str) -> str:
+        """The app as a cap's refusal names it: "RongCloud (app rc)"."""
+        return f"{vendor(self.settings.app(app).vendor).title} (app {app})"
+
     def target(self, app: str) -> Target:
         v = vendor(self.settings.app(app).vendor)
         return Target(app, v.name, v.client.for_config(self.config(app)).capabilities,
-                      self.rules(app), self.rates(app))
+                      self.rules(app), self.rates(app), self.caps(app), self.who(app))
 
     def sandbox(self, app: str) -> Any:
         """The built-in sandbox behind `sandbox-<vendor>`: it enforces the
@@ -159,6 +172,7 @@ class Context:
             # Its limits are the app's rates, which depend on the app's config,
             # which holds the sandbox's demo credentials: set them once both exist.
             box.rate_limits.update(self.rates(app))
+            box.caps = self.caps(app)
         return self.sandboxes[app]
 
     def client(self, app: str, throttle: Throttle | None = None) -> VendorClient:
@@ -223,6 +237,7 @@ class Context:
                         stale_after=s.stale_after, claim_seconds=s.claim_seconds)
 
         def clients(app: str) -> VendorClient:
-            return self.client(app, limiter.throttle_for(app, self.rates(app)))
+            return self.client(app, limiter.throttle_for(app, self.rates(app), caps=self.caps(app),
+                                                         who=self.who(app)))
 
         return configure(Runtime(self.engine, self.broker, clients, limiter, self.cipher, tuning))

@@ -5,13 +5,13 @@ keys. Apps are configured in `imshift.toml` (or the file `IMSHIFT_CONFIG` names)
 one table per app naming its vendor (`imshift vendors` lists them) and the
 fields of that vendor's config class (the README shows an example),
 or by environment, e.g. `IMSHIFT_APPS__NEW__APP_SECRET=...`. Every app
-field other than `vendor` and `rates` goes to the vendor's config class.
+field other than `vendor`, `rates`, `caps` and `sandbox` goes to the vendor's config class.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
@@ -28,6 +28,9 @@ class AppSettings(BaseModel):
 
     vendor: str
     rates: dict[str, float] = Field(default_factory=dict)  # calls/s per operation, over the defaults
+    # calls per window per operation, over the vendor's documented caps (0: no cap),
+    # e.g. {"broadcast": {"hour": 5, "day": 10}}
+    caps: dict[str, dict[Literal["minute", "hour", "day"], int]] = Field(default_factory=dict)
     sandbox: bool = False  # the built-in in-process sandbox of `vendor` instead of the real service
 
     def vendor_config(self) -> dict[str, Any]:

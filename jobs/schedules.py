@@ -35,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from imshift.models.tables import Job, JobStatus, Schedule, ScheduleFire, ScheduleStatus
 from imshift.vendors.vocabulary import Message, Operation, Unsupported
 
-from . import kinds
+from . import kinds, schedule_caps
 from .inputs import InputError
 from .plan import discard
 from .target import Target
@@ -151,26 +151,6 @@ def local(t: float | None, tz: str) -> str:
 
 # -- making and changing schedules --------------------------------------------------------------
 
-def check_caps(target: Target, command: str, *, at: float | None, cron: str | None,
-               tz: str, now: float) -> None:
-    """Refuse a recurring broadcast that fires more often than the vendor's
-    documented broadcast rate allows (RongCloud: 2 an hour)."""
-    operation = COMMANDS[command]
-    rate = target.rates.get(operation.value)
-    if cron is None or not rate or operation is not Operation.BROADCAST:
-        return
-    t, shortest = next_fire(cron, tz, now), None
-    for _ in range(48):
-        following = next_fire(cron, tz, t)
-        shortest = min(shortest or following - t, following - t)
-        t = following
-    if shortest < 1 / rate:
-        raise ScheduleError(
-            f"{target.app} ({target.vendor}) allows one broadcast every {1 / rate:,.0f} s "
-            f"({rate * 3600:g} an hour) and this schedule fires every {shortest:,.0f} s: "
-            "choose a longer period")
-
-
 def add(engine: Engine, target: Target, *, command: str, params: dict[str, Any],
         at: float | None = None, cron: str | None = None, tz: str = "UTC",
         catch_up: float = CATCH_UP, now: float | None = None) -> int:
@@ -201,7 +181,10 @@ def add(engine: Engine, target: Target, *, command: str, params: dict[str, Any],
         raise ScheduleError(f"--at {local(at, tz)} is already past")
     if cron is not None:
         cron = cron_fields(cron)[0]
-    check_caps(target, command, at=at, cron=cron, tz=tz, now=now)
+    over = schedule_caps.check(engine, target, COMMANDS[command], at=at, cron=cron, tz=tz,
+                               now=now, next_fire=next_fire)
+    if over:
+        raise ScheduleError(over)
     next_at = at if at is not None else next_fire(cron, tz, now)
     with engine.begin() as conn:
         return conn.execute(insert(schedules).values(

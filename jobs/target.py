@@ -1,11 +1,11 @@
 """The vendor app a job runs against, as the producers see it: its vendor,
-what it supports, its rules and its effective rates, all from the configured
+what it supports, its rules and its effective rates and caps, all from the configured
 app (an API version or batch-size override changes them). No credentials."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import AbstractSet, Mapping
 
 from imshift.vendors.vocabulary import Operation, Unsupported, VendorRules
@@ -18,6 +18,9 @@ class Target:
     capabilities: AbstractSet[Operation]
     rules: VendorRules
     rates: Mapping[str, float]  # calls per second per operation key, overrides applied
+    # calls per window ("hour", "day") per operation key, overrides applied
+    caps: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    who: str = ""  # "RongCloud (app rc)", for messages
 
     def require(self, operation: Operation) -> None:
         """Refuse a job before it starts when the vendor cannot do it."""

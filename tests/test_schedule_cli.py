@@ -61,10 +61,25 @@ def test_add_refuses_with_one_line_and_schedules_nothing(env):
 
 
 def test_rongcloud_broadcasts_over_the_cap_are_refused_at_add(env, monkeypatch):
+    from datetime import datetime, timedelta, timezone
+
     monkeypatch.setenv("IMSHIFT_APPS__RC__VENDOR", "rongcloud")
     monkeypatch.setenv("IMSHIFT_APPS__RC__SANDBOX", "true")
-    result, output = run("schedule", "add", "--cron", "*/15 * * * *", "--", "broadcast",
-                         "--app", "rc", "--sender", "boss", "--text", "x")
+    broadcast = ("--", "broadcast", "--app", "rc", "--sender", "boss", "--text", "x")
+    result = runner.invoke(app, ["schedule", "add", "--cron", "*/10 * * * *", *broadcast])
     assert result.exit_code == 2
-    assert "rc (rongcloud) allows one broadcast every 1,800 s (2 an hour)" in output
-    assert "Nothing was scheduled" in output
+    [line] = [line for line in result.output.splitlines() if "allows" in line]
+    assert "RongCloud (app rc) allows 2 broadcasts an hour and this schedule would make more" in line
+    assert "Nothing was scheduled" in result.output
+    result, output = run("schedule", "add", "--cron", "0 9,15 * * *", "--tz", "UTC", *broadcast)
+    assert result.exit_code == 0 and "schedule 1: broadcast on rc" in output, output  # 2 a day
+    # A one-off broadcast counts with the daily ones: a third on a day fits, a fourth does not.
+    day = (datetime.now(timezone.utc) + timedelta(days=2)).strftime("%Y-%m-%d")
+    result, output = run("schedule", "add", "--at", f"{day} 20:00", "--tz", "UTC", *broadcast)
+    assert result.exit_code == 0 and "schedule 2: broadcast on rc" in output, output
+    result, output = run("schedule", "add", "--at", f"{day} 21:00", "--tz", "UTC", *broadcast)
+    assert result.exit_code == 2, output
+    assert (f"RongCloud (app rc) allows 3 broadcasts a day and this schedule with the app's other "
+            f"broadcast schedules (1, 2) would make more in the day from {day} 00:00 UTC") in output
+    result, output = run("schedule", "list")
+    assert "21:00" not in output

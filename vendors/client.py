@@ -25,7 +25,8 @@ from typing import (Any, AsyncIterator, Awaitable, Callable, ClassVar, Generic, 
 
 import httpx
 
-from .vocabulary import Group, Message, Operation, Outcome, Profile, Result, Unsupported, VendorRules
+from .vocabulary import (CAP_CODE, CapReached, Group, Message, Operation, Outcome, Profile, Result,
+                         Unsupported, VendorRules)
 from .operations import idempotent
 
 Throttle = Callable[[str, int], Awaitable[None]]
@@ -337,6 +338,8 @@ class VendorClient:
             reply = await self._request(key, method, url, weight=weight, **kwargs)
         except CallFailed as failed:
             return self._unsure(failed.result, repeat_safe), {}
+        except CapReached as cap:  # the throttle kept it back: surely never sent
+            return Result(Outcome.RATE_LIMITED, CAP_CODE, str(cap)), {}
         result = self.classify(key, reply)
         if result.outcome is Outcome.OK and expect:
             missing = [path for path in expect if not _has(reply.body, path)]

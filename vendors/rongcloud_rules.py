@@ -6,7 +6,7 @@ and the sandbox.
 
 from __future__ import annotations
 
-from .vocabulary import FieldRule
+from .vocabulary import Cap, FieldRule
 
 MAX_CONTENT_BYTES = 128 * 1024  # one message
 MAX_PUBLISH_RECIPIENTS = 1000  # toUserId per private publish call
@@ -15,6 +15,9 @@ MAX_GROUP_CALL_MEMBERS = 1000  # userId per group create / join call
 # A group holds at most 3000 members by default (RongCloud's group guide:
 # "默认一个群上限为 3000 人"); the client refuses a bigger one before any call.
 MAX_GROUP_MEMBERS = 3000
+# /message/broadcast.json: 2 calls an hour and 3 a day (docs/vendors.md);
+# the sandbox answers the next one with 1008, as the vendor does.
+BROADCAST_CAPS = (Cap(2, "hour"), Cap(3, "day"))
 FRIEND_PAGE = 50  # /friend/get.json `size` we ask for (the vendor's default page, unconfirmed)
 
 ID_PATTERN = r"[A-Za-z0-9_=+\-]+"

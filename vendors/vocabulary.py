@@ -149,9 +149,36 @@ class FieldRule:
         return None
 
 
+# The longer windows a cap may count in, in seconds.
+WINDOWS = {"minute": 60, "hour": 3600, "day": 86400}
+PER = {"minute": "a minute", "hour": "an hour", "day": "a day"}  # "3 a day", in messages
+
+
+@dataclass(frozen=True)
+class Cap:
+    """At most `calls` calls of one operation per `per` ("minute", "hour",
+    "day"), beside its per-second rate: RongCloud's 3 broadcasts a day."""
+
+    calls: int
+    per: str
+
+    def __post_init__(self) -> None:
+        if self.per not in WINDOWS or self.calls < 0:
+            raise ValueError(f"a cap is a count of 0 or more per {', '.join(WINDOWS)}")
+
+
+CAP_CODE = "cap"  # Result.code of a call our own limiter kept back at a cap
+
+
+class CapReached(Exception):
+    """Raised by a throttle: the call would exceed a cap in the current
+    window, so it is not sent. The message names the cap and when the next
+    window opens."""
+
+
 @dataclass(frozen=True)
 class VendorRules:
-    """A vendor's limits as data: fields, batch sizes and default rates.
+    """A vendor's limits as data: fields, batch sizes, default rates and caps.
 
     `rates` are conservative default calls per second per operation (a
     configuration may override them); `batch_size` is the most items one call
@@ -166,6 +193,9 @@ class VendorRules:
     # `bob` are one account); None compares them exactly as written.
     id_form: Callable[[str], str] | None = None
     group_size: int | None = None
+    # Documented limits over longer windows, per operation (a configuration
+    # may override them like rates; see workers/window_caps.py).
+    caps: Mapping[Operation, tuple[Cap, ...]] = field(default_factory=dict)
 
     def id_key(self, user_id: str) -> str:
         """The form under which the vendor tells two ids apart."""

@@ -21,7 +21,7 @@ from sqlalchemy import bindparam, func, select, update
 
 from imshift.models import runs, store
 from imshift.models.tables import Item, ItemState, Job, JobStatus
-from imshift.vendors.vocabulary import Operation, Outcome, Result
+from imshift.vendors.vocabulary import CAP_CODE, PER, Operation, Outcome, Result
 from imshift.vendors.client import VendorClient
 from imshift.vendors.operations import WorkItem, bind, dedup_key, references, step
 
@@ -147,7 +147,11 @@ async def _run_slice(runtime: Runtime, client: VendorClient, job: JobView, start
     finally:
         keeper.cancel()
     now = time.time()
-    outcomes = [decide(runtime, row, result, repeat_safe, now) for row, result in zip(rows, results)]
+    capped = bool(runtime.limiter.caps(job.app, job.operation.value))
+    outcomes = [at_cap(runtime, job, row, result)
+                if result.code == CAP_CODE or (capped and result.outcome is Outcome.RATE_LIMITED)
+                else decide(runtime, row, result, repeat_safe, now)
+                for row, result in zip(rows, results)]
     stop = _stop_reason(runtime, job, results, now)
     made = _made_ids(job, rows, results)
     await asyncio.to_thread(_record, runtime, job, token, outcomes + skipped, stop, made)
@@ -320,6 +324,21 @@ def decide(runtime: Runtime, row: Any, result: Result, repeat_safe: bool, now: f
     return {**outcome, "state": ItemState.PENDING, "not_before": now + wait}
 
 
+def at_cap(runtime: Runtime, job: JobView, row: Any, result: Result) -> dict[str, Any]:
+    """A rate-limited call of an operation with caps over hours or days
+    (RongCloud's broadcasts) ends `failed` now, with the cap or the vendor's
+    own words: retried, it would go out hours later by surprise."""
+    if result.code == CAP_CODE:  # our limiter kept it back: it was never sent
+        message = f"rate limited: {result.message}"
+    else:
+        caps = runtime.limiter.caps(job.app, job.operation.value)
+        allowed = " and ".join(f"{n} {PER[per]}" for per, n in caps.items())
+        message = (f"rate limited: the vendor answered {result.code} {result.message!r} "
+                   f"({job.operation} is capped at {allowed}); not retried later")
+    return {"seq": row.seq, "code": result.code, "not_before": None, "state": ItemState.FAILED,
+            "message": f"{message}; `imshift retry {job.id}` sends it once the window has opened"}
+
+
 def _backoff(attempts: int) -> float:
     return min(30.0, 0.5 * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
 
@@ -346,7 +365,7 @@ async def execute(runtime: Runtime, client: VendorClient, job: JobView, rows: Se
         _note_reachability(runtime, job.app, results)
         # Tell the limiter now, not when the chunk ends: a pause reported
         # seconds later starts again after the vendor's block is over.
-        limited = [r for r in results if r.outcome is Outcome.RATE_LIMITED]
+        limited = [r for r in results if r.outcome is Outcome.RATE_LIMITED and r.code != CAP_CODE]
         if limited:
             await runtime.limiter.slow_down(job.app, job.operation.value,
                                             max((r.retry_after or 0.0) for r in limited) or None)

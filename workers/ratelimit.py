@@ -49,6 +49,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..vendors.client import Throttle
 from .shared_slots import SharedSlots
+from .slot_scripts import RESERVE, SLOW_DOWN
+from .window_caps import Caps, WindowCaps
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -67,104 +69,9 @@ MIN_FACTOR = 0.1
 DEFAULT_PAUSE = 1.0  # seconds, when the vendor gives no Retry-After
 REDIS_ATTEMPTS = 4  # a script call is tried again after 0.1, 0.2, 0.4 s
 
-# Mirror of `_Slots.reserve` / `_Slots.slow_down` below; keep the two in step.
-# State (a hash): win, pos = the next free place in the middles of the
-# windows (an epoch second and the share of it used: GCRA's theoretical
-# arrival time); cw, cn, cn1 = the weight units counted in windows cw and
-# cw + 1; bnext = the earliest time of the next guard-band call; paused = no
-# call before this time; factor, fat = the rate factor and when it was set;
-# cut = when it was last cut.
-_STATE = """
-local t = redis.call('TIME')
-local sec, frac = tonumber(t[1]), tonumber(t[2]) / 1e6
-local now = sec + frac
-local st = redis.call('HMGET', KEYS[1], 'win', 'pos', 'cw', 'cn', 'cn1', 'bnext',
-                      'paused', 'factor', 'fat', 'cut')
-local win, pos = tonumber(st[1]) or 0, tonumber(st[2]) or 0
-local cw, cn, cn1 = tonumber(st[3]) or 0, tonumber(st[4]) or 0, tonumber(st[5]) or 0
-local bnext = tonumber(st[6]) or 0
-local paused, factor = tonumber(st[7]) or 0, tonumber(st[8]) or 1
-local fat, cut = tonumber(st[9]) or 0, tonumber(st[10]) or 0
-factor = math.min(1, factor + (now - fat) * tonumber(ARGV[1]))
-"""
-
-_RESERVE = _STATE + """
--- one slot per weight in ARGV[5..], in order: one round trip for a batch of calls
-local limit, rate, guard = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local function used(w)
-  if w == cw then return cn elseif w == cw + 1 then return cn1 elseif w > cw + 1 then return 0 end
-  return math.huge
-end
-local function count(w, units)
-  if w > cw + 1 then
-    if w - 1 == cw + 1 then cn = cn1 else cn = 0 end
-    cn1 = 0; cw = w - 1
-  end
-  if w == cw then cn = cn + units elseif w == cw + 1 then cn1 = cn1 + units end
-end
-local earliest = math.max(now, paused)
-local cap = math.floor(limit * factor + 1e-9)
--- guard-band calls only while both windows they may land in stay under the
--- share of the rate that fits in the middles (see _Slots.reserve)
-local band_room = math.floor(rate * factor * (1 - 2 * guard) + 1e-9)
-local out, furthest = {}, 0
-for i = 5, #ARGV do
-  local weight = tonumber(ARGV[i])
-  local es = math.floor(earliest)
-  local ef = earliest - es
-  local delay, latest = nil, nil
-  -- a guard band straddles each window boundary b: [b - guard, b + guard)
-  local b = nil
-  if ef < guard then b = es elseif ef >= 1 - guard then b = es + 1 end
-  if b ~= nil and weight <= band_room and (win < b or (win == b and pos <= 0)) then
-    local at = math.max(earliest, bnext)
-    if at < b + guard and used(b - 1) + weight <= band_room and used(b) + weight <= band_room then
-      count(b - 1, weight); count(b, weight)
-      bnext = at + weight / (rate * factor)
-      delay, latest = at - now, b + 1 - guard / 2 - now
-    end
-  end
-  if delay == nil then
-    -- the earliest place: now (or the pause's end) mapped into the schedule
-    local ep = math.min(math.max((ef - guard) / (1 - 2 * guard), 0), 1)
-    if ep >= 1 then es = es + 1; ep = 0 end
-    if win < es or (win == es and pos < ep) then win = es; pos = ep end
-    -- never more than the limit in one window (a call heavier than that goes alone)
-    local u = used(win)
-    while u > 0 and u + weight > cap do win = win + 1; pos = 0; u = used(win) end
-    local start_win, start_pos = win, pos
-    count(start_win, weight)
-    pos = pos + weight / (rate * factor)
-    if pos >= 1 then local whole = math.floor(pos); win = win + whole; pos = pos - whole end
-    delay = (start_win - sec) + guard + start_pos * (1 - 2 * guard) - frac
-    latest = (start_win - sec) + 1 - guard / 2 - frac
-  end
-  out[#out + 1] = string.format('%.6f', delay)
-  out[#out + 1] = string.format('%.6f', latest)
-  furthest = math.max(furthest, delay)
-end
-redis.call('HSET', KEYS[1], 'win', win, 'pos', pos, 'cw', cw, 'cn', cn, 'cn1', cn1,
-           'bnext', bnext, 'factor', factor, 'fat', now)
-redis.call('EXPIRE', KEYS[1], math.ceil(math.max(furthest, paused - now, 0)) + 60)
-return out
-"""
-
-_SLOW_DOWN = _STATE + """
-local pause = tonumber(ARGV[2])
--- one cut per burst of over-limit replies: the echoes of one overrun don't compound
-if now - cut >= math.max(pause, 1) then
-  factor = math.max(tonumber(ARGV[3]), factor * tonumber(ARGV[4])); cut = now
-end
-paused = math.max(paused, now + pause)
-redis.call('HSET', KEYS[1], 'paused', paused, 'factor', factor, 'fat', now, 'cut', cut)
-redis.call('EXPIRE', KEYS[1], math.ceil(pause) + 60)
-return 1
-"""
-
-
 @dataclass
 class _Slots:
-    """The embedded (one process) schedule for one key: `_RESERVE` in Python."""
+    """The embedded (one process) schedule for one key: `RESERVE` (workers/slot_scripts.py) in Python."""
 
     win: int = 0
     pos: float = 0.0
@@ -331,16 +238,27 @@ class RateLimiter:
         self.guard = guard
         self.namespace = namespace
         self._app_rates: dict[str, dict[str, float]] = {}
+        # Longer windows (per hour, per day) per app and key, and whose caps they are.
+        self._app_caps: dict[str, dict[str, Caps]] = {}
+        self._who: dict[str, str] = {}
+        self.window_caps = WindowCaps(redis=redis, shared_dir=shared_dir,
+                                      namespace=f"{namespace}:cap")
         self._waiting: dict[tuple[str, str], list[tuple[int, asyncio.Future]]] = {}
         self._leaders: dict[tuple[str, str], asyncio.Task] = {}
         if redis is not None:
-            self._reserve_script = redis.register_script(_RESERVE)
-            self._slow_down_script = redis.register_script(_SLOW_DOWN)
+            self._reserve_script = redis.register_script(RESERVE)
+            self._slow_down_script = redis.register_script(SLOW_DOWN)
 
-    def throttle_for(self, app: str, rates: Mapping[str, float] | None = None) -> Throttle:
-        """The `Throttle` a VendorClient for `app` awaits before each call."""
+    def throttle_for(self, app: str, rates: Mapping[str, float] | None = None, *,
+                     caps: Mapping[str, Caps] | None = None, who: str | None = None) -> Throttle:
+        """The `Throttle` a VendorClient for `app` awaits before each call.
+        `caps` are the app's longer windows per key ({"broadcast": {"day": 3}});
+        `who` names the app in a refusal ("RongCloud (app rc)")."""
         if rates is not None:
             self._app_rates[app] = {str(k): float(v) for k, v in rates.items()}
+        if caps is not None:
+            self._app_caps[app] = {str(k): dict(v) for k, v in caps.items() if v}
+        self._who[app] = who or app
 
         async def throttle(key: str, weight: int = 1) -> None:
             await self.acquire(app, key, weight)
@@ -352,9 +270,17 @@ class RateLimiter:
         rate = self._app_rates.get(app, self.rates).get(str(key))
         return rate if rate is not None and rate > 0 else None  # 0: no limit (say, a self-hosted server)
 
+    def caps(self, app: str, key: str) -> Caps:
+        """The app's longer-window caps of `key` ({} when it has none)."""
+        return self._app_caps.get(app, {}).get(str(key), {})
+
     async def acquire(self, app: str, key: str, weight: int = 1) -> None:
-        """Wait for this call's slot in the app's quota for `key`."""
+        """Wait for this call's slot in the app's quota for `key`; raises
+        CapReached, at once, when a longer window of `key` is full."""
         key = str(key)
+        caps = self.caps(app, key)
+        if caps and weight > 0:  # counted first: a call the caps refuse takes no slot
+            await self.window_caps.take(app, key, caps, weight, self._who.get(app, app))
         limit = self.limit(app, key)
         if limit is None or weight <= 0:
             return

@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..vocabulary import Profile
+from ..vocabulary import WINDOWS, Profile
 from ..client import VendorClient
 from .store import Store
 
@@ -118,6 +118,8 @@ class Sandbox:
     `rate_limits` maps an operation key (an `Operation` value, or a vendor
     specific key such as "auth") to calls per second; `block_seconds` makes
     the app blocked for that long after an over-limit call, as NetEase does.
+    `caps` maps a key to calls per fixed UTC window ({"broadcast": {"hour": 2,
+    "day": 3}}); by default the vendor's documented caps (its client's rules).
     """
 
     vendor: ClassVar[str]
@@ -130,8 +132,14 @@ class Sandbox:
 
     def __init__(self, *, rate_limits: Mapping[str, float] | None = None,
                  faults: Faults | None = None, block_seconds: float = 0.0,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time,
+                 caps: Mapping[str, Mapping[str, int]] | None = None):
         self.rate_limits = {str(k): v for k, v in (rate_limits or {}).items()}
+        if caps is None:  # a sandbox may stand alone, with no client class
+            rules = getattr(getattr(self, "client_class", None), "rules", None)
+            caps = {op.value: {c.per: c.calls for c in cs} for op, cs in rules.caps.items()} if rules else {}
+        self.caps = {str(k): dict(v) for k, v in caps.items()}
+        self._cap_counts: Counter[tuple[str, str, int]] = Counter()  # (op, window, index) -> calls
         self.faults = faults or Faults()
         self.block_seconds = block_seconds
         self.clock = clock
@@ -266,10 +274,19 @@ class Sandbox:
         self.accepted[op] += 1
         return None
 
+    def _within_caps(self, op: str, weight: int, now: float) -> bool:
+        """The call fits every cap of `op` in its current fixed window (then it is counted)."""
+        windows = [((op, per, int(now // WINDOWS[per])), n) for per, n in self.caps.get(op, {}).items()]
+        if any(self._cap_counts[w] + weight > n for w, n in windows):
+            return False
+        for w, _ in windows:
+            self._cap_counts[w] += weight
+        return True
+
     def _within_limit(self, op: str, weight: int, now: float) -> bool:
         limit = self.rate_limits.get(op)
         if limit is None:
-            return True
+            return self._within_caps(op, weight, now)
         if now < self._blocked_until.get(op, 0.0):
             return False
         second = int(now)
@@ -282,6 +299,8 @@ class Sandbox:
             if self.block_seconds:
                 self._blocked_until[op] = now + self.block_seconds
             return False
+        if not self._within_caps(op, weight, now):
+            return False
         if limit < 1:
             self._slow_windows[window] = self._slow_windows.get(window, 0) + weight
         self.window_counts[op][second] += weight
@@ -291,7 +310,7 @@ class Sandbox:
 
     def stats(self) -> dict[str, Any]:
         """What reached this "vendor": the counters, as JSON-ready data."""
-        return {"vendor": self.vendor, "rate_limits": self.rate_limits,
+        return {"vendor": self.vendor, "rate_limits": self.rate_limits, "caps": self.caps,
                 "calls": dict(self.calls), "accepted": dict(self.accepted),
                 "over_limit": dict(self.over_limit), "faulted": dict(self.faulted),
                 "duplicates": dict(self.duplicates),
