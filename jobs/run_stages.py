@@ -5,7 +5,6 @@ stored as the items of its stage's job (see jobs/runs.py for the run)."""
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,7 +107,7 @@ class StagePlanner:
         with self.engine.begin() as conn:  # planned, waiting for its turn
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(status=JobStatus.PLANNED.value))
         if calls is None:
-            calls = math.ceil(report.pending / self.target.batch_size(operation))
+            calls = self.target.calls(operation, report.pending)
         rate = self.target.rates.get(operation.value)
         planned = StagePlan(stage, job_id, report, calls, calls / rate if rate else None,
                             sorted(ignored or ()))
@@ -151,7 +150,7 @@ class StagePlanner:
     def _kept_stage(self, stage: str, job_id: int) -> None:
         with self.engine.connect() as conn:
             report = stored_report(conn, job_id)
-        calls = math.ceil(report.pending / self.target.batch_size(OPERATIONS[stage]))
+        calls = self.target.calls(OPERATIONS[stage], report.pending)
         rate = self.target.rates.get(OPERATIONS[stage].value)
         self.stages.append(StagePlan(stage, job_id, report, calls, calls / rate if rate else None))
         self.job_of[stage] = job_id

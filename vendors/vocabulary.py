@@ -166,6 +166,9 @@ class VendorRules:
     # `bob` are one account); None compares them exactly as written.
     id_form: Callable[[str], str] | None = None
     group_size: int | None = None
+    # Operations whose one item takes more than one call (Maxim's token: a
+    # password reset, then a login), for estimates.
+    calls_per_item: Mapping[Operation, int] = field(default_factory=dict)
 
     def id_key(self, user_id: str) -> str:
         """The form under which the vendor tells two ids apart."""
