@@ -34,6 +34,8 @@ OPERATIONS = {"accounts": Operation.REGISTER, "friends": Operation.IMPORT_FRIEND
               "tokens": Operation.ISSUE_TOKEN, "verify": Operation.GET_PROFILES}
 GROUP_ID_COLUMNS = ("group_id", "groupid", "tid", "id")
 FRIEND_COLUMNS = ("friend_id", "friendid", "friend", "faccid")
+VERIFY_READS = {"profile": Operation.GET_PROFILES, "members": Operation.GET_MEMBERS,
+                "friends": Operation.GET_FRIENDS}  # in the order verify's items come
 PAIR = "↔"  # joins a friend pair's two ids in its item key
 
 
@@ -291,7 +293,32 @@ class StagePlanner:
         self._stage("tokens", (Spec(r.row, r.key, {"user_id": r.key}) for r in self._valid("accounts")))
 
     def verify(self) -> None:
-        self._stage("verify", self._checks())
+        """Profiles, then group members, then friends: each check is a read
+        of its own operation (its own rate), so the job's params say where
+        each one's items begin (`sections`), for the workers' claim budgets
+        and this estimate."""
+        kinds: dict[str, int] = {}
+
+        def counted() -> Iterator[Spec]:
+            for spec in self._checks():
+                kinds[spec.payload["check"]] = kinds.get(spec.payload["check"], 0) + 1
+                yield spec
+
+        planned = self._stage("verify", counted())
+        sections, first, calls, seconds = [], 0, 0, 0.0
+        for check, operation in VERIFY_READS.items():
+            n = kinds.get(check, 0)
+            if n:
+                sections.append([first, operation.value])
+                first += n
+                rate = self.target.rates.get(operation.value)
+                calls += self.target.calls(operation, n)
+                seconds = None if not rate or seconds is None else seconds + self.target.calls(operation, n) / rate
+        planned.calls, planned.seconds = calls, seconds
+        with self.engine.begin() as conn:
+            params = conn.execute(select(jobs.c.params).where(jobs.c.id == planned.job_id)).scalar_one()
+            conn.execute(update(jobs).where(jobs.c.id == planned.job_id)
+                         .values(params={**params, "sections": sections}))
 
     def _checks(self) -> Iterator[Spec]:
         caps = self.target.capabilities
