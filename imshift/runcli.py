@@ -69,7 +69,7 @@ def migrate_run(
         if kind != "run":
             fail("--since takes a run (R<n>), not a job")
     request = runs.RunRequest(users=users, friends=friends, groups=groups, tokens=tokens,
-                              verify=verify, since=earlier)
+                              verify=verify, since=earlier, dry_run=dry_run)
     if users is None:
         if not ctx.target(source).capabilities & {Operation.LIST_USERS}:
             fail(f"give --users (an export of the accounts): {source!r} "
@@ -80,20 +80,52 @@ def migrate_run(
             runs.check_input(path)
         except InputError as exc:
             fail(f"{exc}. Nothing was created.")
-    try:
-        with console.status("reading and checking the inputs...") as status:
-            plan = runs.plan_run(ctx.engine, source, tgt, request, chunk_size=ctx.settings.chunk_size,
-                                 progress=lambda stage, n: status.update(
-                                     f"reading and checking the {stage}: {n:,} rows"))
-    except (InputError, runs.RunError) as exc:
-        fail(f"{exc}\nNothing was created.")
-    except Unsupported as exc:
-        fail(f"{exc}; see `imshift vendors`. Nothing was created.")
+    plan = _planned(lambda progress: runs.plan_run(ctx.engine, source, tgt, request,
+                                                   chunk_size=ctx.settings.chunk_size, progress=progress),
+                    "Nothing was created.")
     _report(plan, target)
     if dry_run:
         console.print(f"Dry run: nothing sent. Start it with `imshift start {name(plan.run_id)}`.")
         return
     _start(ctx, plan.run_id, detach)
+
+
+def _planned(planning, nothing: str) -> runs.RunPlan:
+    """A run planned (or its planning carried on), its refusals one line each."""
+    try:
+        with console.status("reading and checking the inputs...") as status:
+            return planning(lambda stage, n: status.update(
+                f"reading and checking the {stage}: {n:,} rows"))
+    except (InputError, runs.RunError) as exc:
+        fail(f"{exc}\n{nothing}")
+    except Unsupported as exc:
+        fail(f"{exc}; see `imshift vendors`. {nothing}")
+
+
+def carry_on_planning(ctx: Context, run_id: int, detach: bool) -> None:
+    """`resume` of a run whose planning was cut off (its command killed):
+    the planning goes on where it stopped, then the run starts (unless it
+    was a dry run)."""
+    p = _run(ctx, run_id)
+    params = runs.planning_request(ctx.engine, run_id) or {}
+    tgt = jobcli._target(ctx, p.app)
+    pages = None
+    if params.get("users") is None:
+        if not ctx.target(p.source_app).capabilities & {Operation.LIST_USERS}:
+            fail(f"run {name(run_id)} lists its accounts from {p.source_app!r}, which cannot list them")
+        pages = source_pages(ctx, p.source_app)
+    if not params.get("dry_run"):
+        jobcli._check_broker(ctx)
+    plan = _planned(lambda progress: runs.resume_planning(ctx.engine, run_id, tgt, pages,
+                                                          chunk_size=ctx.settings.chunk_size,
+                                                          progress=progress),
+                    f"`imshift cancel {name(run_id)}` removes the run.")
+    console.print(f"run {name(run_id)}: planning carried on")
+    _report(plan, p.app)
+    if params.get("dry_run"):
+        console.print(f"Dry run: nothing sent. Start it with `imshift start {name(run_id)}`.")
+        return
+    _start(ctx, run_id, detach)
 
 
 def source_pages(ctx: Context, app: str):
@@ -346,6 +378,9 @@ def steer(ctx: Context, action: str, run_id: int, detach: bool = False) -> None:
     except control.JobError as exc:
         fail(str(exc))
     p = _run(ctx, run_id)
+    if action == "resume" and p.status == JobStatus.PLANNING.value:
+        carry_on_planning(ctx, run_id, detach)
+        return
     jobcli._target(ctx, p.app)
     jobcli._check_broker(ctx)
     if action == "start":

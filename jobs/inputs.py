@@ -17,7 +17,7 @@ import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator, Sequence
+from typing import IO, Any, Iterator, Sequence
 
 MAX_LINE_BYTES = 1 << 20  # no legitimate row is near 1 MiB; a 10 MB line is a broken file
 
@@ -35,6 +35,7 @@ class Row:
     line: int  # where the row starts in the file (1-based)
     fields: dict[str, str] = field(default_factory=dict)  # column names lower-cased
     problem: str | None = None  # set when this row alone could not be read
+    mark: Any = None  # a listing's page end: where to carry on after this row (jobs/listing.py)
 
 
 def read_rows(path: str | Path, *, key_columns: Sequence[str] = USER_ID_COLUMNS) -> Iterator[Row]:

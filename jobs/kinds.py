@@ -38,7 +38,7 @@ def user_specs(rows: Iterator[Row], target: Target, ignored: set[str]) -> Iterat
     rules = target.rules
     for row in rows:
         if row.problem:
-            yield Spec(row.line, f"#line{row.line}", problems=[row.problem])
+            yield Spec(row.line, f"#line{row.line}", problems=[row.problem], mark=row.mark)
             continue
         fields = dict(row.fields)
         key = fields.pop("key")
@@ -53,7 +53,8 @@ def user_specs(rows: Iterator[Row], target: Target, ignored: set[str]) -> Iterat
             else:
                 ignored.add(column)
         problems = rules.check_profile(Profile(key, name, avatar, extra))
-        yield Spec(row.line, key or f"#line{row.line}", encode_profile(name, avatar, extra), problems)
+        yield Spec(row.line, key or f"#line{row.line}", encode_profile(name, avatar, extra), problems,
+                   mark=row.mark)
 
 
 def id_specs(rows: Iterator[Row]) -> Iterator[Spec]:

@@ -1,10 +1,17 @@
 """Accounts read from a source vendor that can list its users (OpenIM,
 Maxim), page by page through its own API, as input rows: the planner takes
-them like the rows of an export file, and memory holds one page at a time."""
+them like the rows of an export file, and memory holds one page at a time.
+
+The last row of each page carries a `Page` mark: the planner stores the
+page's rows and the cursor after it in one transaction, so a planning cut
+off mid-listing carries on from the page after the last one stored, with
+no account listed twice and none lost.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterator
 
 from imshift.vendors.vocabulary import Profile
@@ -14,25 +21,36 @@ from .inputs import Row
 Pages = Callable[[str | None], AsyncIterator[tuple[list[Profile], str | None]]]
 
 
-def listed_rows(pages: Pages, cursor: str | None = None,
-                on_page: Callable[[str | None], None] | None = None) -> Iterator[Row]:
-    """Each listed user as a row (line = its place in the listing). The
+@dataclass(frozen=True)
+class Page:
+    """Where a listing stands after a page: the cursor that resumes after it
+    (None once the last page is read)."""
+
+    cursor: str | None
+
+    @property
+    def last(self) -> bool:
+        return self.cursor is None
+
+
+def listed_rows(pages: Pages, cursor: str | None = None, first_line: int = 1) -> Iterator[Row]:
+    """Each listed user as a row (line = its place in the listing, from
+    `first_line`), the last of each page marked with its `Page`. The
     listing's async pages are driven from this synchronous generator on an
-    event loop of its own; `on_page` is told each page's resume cursor."""
+    event loop of its own, and a page is asked for only once the rows
+    before it are taken."""
     loop = asyncio.new_event_loop()
     listing = pages(cursor)
-    n = 0
+    n = first_line - 1
     try:
         while True:
             try:
                 profiles, after = loop.run_until_complete(listing.__anext__())
             except StopAsyncIteration:
                 return
-            for profile in profiles:
+            for i, profile in enumerate(profiles, 1):
                 n += 1
-                yield Row(n, _fields(profile))
-            if on_page:
-                on_page(after)
+                yield Row(n, _fields(profile), mark=Page(after) if i == len(profiles) else None)
     finally:
         loop.run_until_complete(listing.aclose())
         loop.close()

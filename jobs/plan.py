@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from imshift.models import store
@@ -41,6 +41,9 @@ class Spec:
     payload: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     done: str | None = None  # a delta re-run: an earlier run finished it (stored `exists`, not sent)
+    # Where the input stands after this spec (a listing's cursor after its
+    # page): a batch ends at a marked spec and stores the mark with it.
+    mark: Any = None
 
 
 @dataclass
@@ -62,23 +65,36 @@ def create_job(engine: Engine, **fields: Any) -> int:
                             .returning(jobs.c.id)).scalar_one()
 
 
+Checkpoint = Callable[[Connection, Any], None]
+
+
 def plan(engine: Engine, job_id: int, specs: Iterable[Spec],
          progress: Callable[[int], None] | None = None,
-         id_key: Callable[[str], str] | None = None) -> PlanReport:
+         id_key: Callable[[str], str] | None = None, *,
+         checkpoint: Checkpoint | None = None, carry_on: bool = False) -> PlanReport:
     """Store every spec as an item of `job_id`. `id_key` is how the target
     tells ids apart when not as written (NetEase: `Bob` is `bob`); repeats
     under it are duplicates. If reading the input fails part-way (an
     InputError), everything of the job is removed again and the error goes
-    to the caller: nothing half-created."""
-    report = PlanReport(job_id)
+    to the caller: nothing half-created. `checkpoint` is given each batch's
+    last mark in that batch's transaction; `carry_on` adds to the items a
+    cut-off planning of the job stored (the specs go on where it stopped)."""
     started = time.perf_counter()
     try:
         with engine.connect() as conn:
             try:
+                report = PlanReport(job_id)
+                if carry_on:
+                    with conn.begin():
+                        report = stored_report(conn, job_id)
                 claims = _Claims(conn, id_key) if id_key else None
+                if claims and carry_on:
+                    claims.refill(conn, job_id)
                 for batch in batches(specs, BATCH):
                     with conn.begin():
                         _store_batch(conn, job_id, batch, report, claims)
+                        if checkpoint and batch[-1].mark is not None:
+                            checkpoint(conn, batch[-1].mark)
                     if progress:
                         progress(report.total)
             except BaseException:
@@ -86,6 +102,8 @@ def plan(engine: Engine, job_id: int, specs: Iterable[Spec],
                 raise
             if claims:
                 claims.drop(conn)
+    except NotOurs:
+        raise
     except BaseException as exc:
         # A batch fails once its job is gone (a foreign-key violation, told
         # apart by the driver in its own words): that is a cancel, not a fault.
@@ -107,6 +125,11 @@ class Cancelled(InputError):
     """The job was removed (`imshift cancel`) while it was being planned."""
 
 
+class NotOurs(InputError):
+    """The job's planning was taken over (or its run cancelled) meanwhile:
+    what is stored is left as it is."""
+
+
 def _exists(engine: Engine, job_id: int) -> bool:
     with engine.connect() as conn:
         return conn.execute(select(jobs.c.id).where(jobs.c.id == job_id)).first() is not None
@@ -119,11 +142,27 @@ def discard(engine: Engine, job_id: int) -> None:
         conn.execute(delete(jobs).where(jobs.c.id == job_id))
 
 
+def stored_report(conn: Connection, job_id: int) -> PlanReport:
+    """The report of what a job's planning has stored so far."""
+    counts = dict(conn.execute(select(JobCount.__table__.c.state, JobCount.__table__.c.n)
+                               .where(JobCount.__table__.c.job_id == job_id)).all())
+    codes = dict(conn.execute(select(items.c.code, func.count()).where(
+        items.c.job_id == job_id, items.c.state == REJECTED).group_by(items.c.code)).all())
+    report = PlanReport(job_id, total=sum(counts.values()), pending=counts.get(PENDING, 0),
+                        invalid=codes.get("invalid", 0), duplicates=codes.get("duplicate", 0),
+                        done=counts.get(EXISTS, 0))
+    report.examples = [(r.row, r.key, r.message) for r in conn.execute(
+        select(items.c.row, items.c.key, items.c.message).where(
+            items.c.job_id == job_id, items.c.state == REJECTED).order_by(items.c.seq).limit(20))]
+    return report
+
+
 def batches(specs: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Lists of at most `size`; a marked spec (a listing's page end) also ends one."""
     batch: list[Spec] = []
     for spec in specs:
         batch.append(spec)
-        if len(batch) >= size:
+        if len(batch) >= size or getattr(spec, "mark", None) is not None:
             yield batch
             batch = []
     if batch:
@@ -143,6 +182,23 @@ class _Claims:
         with conn.begin():
             conn.exec_driver_sql("CREATE TEMPORARY TABLE plan_claims "
                                  "(form text PRIMARY KEY, row integer, key text)")
+
+    def refill(self, conn: Connection, job_id: int) -> None:
+        """The forms the job's stored valid rows took (a planning carried on)."""
+        after = -1
+        while True:
+            with conn.begin():
+                page = conn.execute(select(items.c.seq, items.c.row, items.c.key).where(
+                    items.c.job_id == job_id, items.c.seq > after,
+                    items.c.state.in_([PENDING, EXISTS])).order_by(items.c.seq).limit(BATCH)).all()
+                if not page:
+                    return
+                conn.exec_driver_sql(
+                    "INSERT INTO plan_claims VALUES (?, ?, ?) ON CONFLICT (form) DO NOTHING"
+                    if conn.dialect.name != "postgresql" else
+                    "INSERT INTO plan_claims VALUES (%s, %s, %s) ON CONFLICT (form) DO NOTHING",
+                    [(self.id_key(r.key), r.row, r.key) for r in page])
+            after = page[-1].seq
 
     def take(self, conn: Connection, first: dict[str, tuple[int, Spec]]) -> dict[str, tuple[int, str]]:
         """Take the batch's forms; returns those an earlier batch took first:

@@ -87,9 +87,19 @@ def _run(engine: Engine, run_id: int) -> RunProgress:
     return p
 
 
+def _not_planning(p: RunProgress) -> None:
+    """A run still being planned (or whose planner was killed) is steered as
+    the run, never through its half-planned first stage's job."""
+    if p.status == JobStatus.PLANNING.value:
+        raise control.JobError(f"run {name(p.run_id)} is still being planned (or its planning was "
+                               f"cut off): `imshift resume {name(p.run_id)}` carries the planning on; "
+                               f"`imshift cancel {name(p.run_id)}` removes the run")
+
+
 def start(engine: Engine, broker: dramatiq.Broker, run_id: int) -> int:
     """Start a planned run's first stage; the others follow by themselves."""
     p = _run(engine, run_id)
+    _not_planning(p)
     first = p.stages[0][1]
     # A command killed after marking the run running but before starting its
     # first stage left that stage planned: starting it again is what is left.
@@ -118,6 +128,7 @@ def resume(engine: Engine, broker: dramatiq.Broker, run_id: int) -> str:
     p = _run(engine, run_id)
     if p.status == JobStatus.CANCELLED.value:
         raise control.JobError(f"run {name(run_id)} is cancelled")
+    _not_planning(p)
     current = p.current
     if current is None:
         raise control.JobError(f"run {name(run_id)} is finished: `imshift results {name(run_id)}` "

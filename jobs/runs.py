@@ -12,37 +12,27 @@ item whose account or group did not make it ends `skipped`.
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from sqlalchemy import insert, literal, select, update
 from sqlalchemy.engine import Engine
 
-from imshift.models.runs import STAGES, id_map, stage_jobs
-from imshift.models.tables import Item, Job, JobStatus, Run
-from imshift.vendors.operations import encode_group, encode_member, encode_pair
-from imshift.vendors.vocabulary import Group, Operation
+from imshift.models.runs import id_map, stage_jobs
+from imshift.models.tables import Job, JobStatus, Run
+from imshift.vendors.vocabulary import Operation
 
-from .inputs import InputError, Row, read_rows
-from .kinds import user_specs
-from .listing import Pages, listed_rows
-from .plan import BATCH, PlanReport, Spec, batches, create_job, discard, plan
+from . import planning_lease
+from .inputs import InputError
+from .listing import Pages
+from .plan import discard
+from .run_stages import OPERATIONS, StagePlan, StagePlanner
 from .target import Target
 
 runs = Run.__table__
 jobs = Job.__table__
-items = Item.__table__
-
-OPERATIONS = {"accounts": Operation.REGISTER, "friends": Operation.IMPORT_FRIENDS,
-              "groups": Operation.CREATE_GROUP, "members": Operation.ADD_MEMBERS,
-              "tokens": Operation.ISSUE_TOKEN, "verify": Operation.GET_PROFILES}
-GROUP_ID_COLUMNS = ("group_id", "groupid", "tid", "id")
-FRIEND_COLUMNS = ("friend_id", "friendid", "friend", "faccid")
-PAIR = "↔"  # joins a friend pair's two ids in its item key
 
 
 @dataclass
@@ -54,16 +44,7 @@ class RunRequest:
     verify: bool = False
     source_pages: Pages | None = field(default=None, repr=False)  # the source's user listing
     since: int | None = None  # a delta re-run: what this earlier run finished is not sent again
-
-
-@dataclass
-class StagePlan:
-    stage: str
-    job_id: int
-    report: PlanReport
-    calls: int
-    seconds: float | None
-    ignored_columns: list[str] = field(default_factory=list)
+    dry_run: bool = False  # only planned: a planning carried on by `resume` is not started either
 
 
 @dataclass
@@ -95,12 +76,14 @@ def plan_run(engine: Engine, source_app: str, target: Target, request: RunReques
         target.require(Operation.ISSUE_TOKEN)
     if request.verify:
         target.require(Operation.GET_PROFILES)
+    me = planning_lease.planner_id()
     with engine.begin() as conn:
         run_id = conn.execute(insert(runs).values(
             source_app=source_app, app=target.app, status=JobStatus.PLANNING.value,
             params={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(request).items()
                     if k != "source_pages"},
-            since=request.since, created_at=time.time()).returning(runs.c.id)).scalar_one()
+            since=request.since, created_at=time.time(), planner=me, planner_seen_at=time.time(),
+            list_state=None if request.users is not None else "listing").returning(runs.c.id)).scalar_one()
         if request.since is not None:
             _check_since(conn, request.since, source_app, target.app)
             # What the earlier run made keeps its ids: later stages find them here.
@@ -108,23 +91,82 @@ def plan_run(engine: Engine, source_app: str, target: Target, request: RunReques
                 ["run_id", "kind", "source_id", "target_id"],
                 select(literal(run_id), id_map.c.kind, id_map.c.source_id, id_map.c.target_id)
                 .where(id_map.c.run_id == request.since)))
-    planner = _Planner(engine, run_id, source_app, target, chunk_size, progress, request.since)
+    return _plan_stages(engine, run_id, source_app, target, request, chunk_size, progress, me)
+
+
+def resume_planning(engine: Engine, run_id: int, target: Target, pages: Pages | None, *,
+                    chunk_size: int, progress: Callable[[str, int], None] | None = None) -> RunPlan:
+    """Carry on the planning of a run whose planner is gone (killed): the
+    accounts go on from the last listed page stored (or are kept, planned
+    whole), every later stage is planned again from its input."""
+    me = planning_lease.planner_id()
+    with engine.begin() as conn:
+        run = conn.execute(select(runs).where(runs.c.id == run_id)).first()
+        if run is None:
+            raise RunError(f"no run R{run_id}")
+        if run.status != JobStatus.PLANNING.value:
+            raise RunError(f"run R{run_id} is {run.status}, not being planned")
+        try:
+            planning_lease.take(conn, run, me)
+        except planning_lease.PlanningBusy as exc:
+            raise RunError(str(exc)) from None
+    p = run.params
+    request = RunRequest(**{k: (Path(p[k]) if p.get(k) is not None else None)
+                            for k in ("users", "friends", "groups")},
+                         tokens=bool(p.get("tokens")), verify=bool(p.get("verify")),
+                         since=run.since, dry_run=bool(p.get("dry_run")), source_pages=pages)
+    if request.users is None and pages is None:
+        raise RunError(f"run R{run_id} lists its accounts from {run.source_app}, which cannot list them")
+    with engine.connect() as conn:
+        cut_off = stage_jobs(conn, run_id)
+    for stage, job_id, status in cut_off:  # what the cut-off planning left that is not kept
+        if stage != "accounts" or (status != JobStatus.PLANNED.value and request.users is not None):
+            discard(engine, job_id)
+    kept = next(((job_id, status) for stage, job_id, status in cut_off if stage == "accounts"
+                 and (status == JobStatus.PLANNED.value or request.users is None)), None)
+    return _plan_stages(engine, run_id, run.source_app, target, request, chunk_size, progress, me,
+                        kept)
+
+
+def planning_request(engine: Engine, run_id: int) -> dict[str, Any] | None:
+    """The params of a run being planned (None when it is not)."""
+    with engine.connect() as conn:
+        row = conn.execute(select(runs.c.status, runs.c.params).where(runs.c.id == run_id)).first()
+    return row.params if row is not None and row.status == JobStatus.PLANNING.value else None
+
+
+def _plan_stages(engine: Engine, run_id: int, source_app: str, target: Target, request: RunRequest,
+                 chunk_size: int, progress: Callable[[str, int], None] | None, me: str,
+                 kept: tuple[int, str] | None = None) -> RunPlan:
+    planner = StagePlanner(engine, run_id, source_app, target, chunk_size, progress, request.since)
+    planner.me, planner.kept = me, kept
     try:
-        planner.accounts(request.users, request.source_pages)
-        if request.friends is not None:
-            planner.friends(request.friends)
-        if request.groups is not None:
-            planner.groups(request.groups)
-        if request.tokens:
-            planner.tokens()
-        if request.verify:
-            planner.verify()
+        with planning_lease.beating(engine, run_id, me):
+            planner.accounts(request.users, request.source_pages)
+            if request.friends is not None:
+                planner.friends(request.friends)
+            if request.groups is not None:
+                planner.groups(request.groups)
+            if request.tokens:
+                planner.tokens()
+            if request.verify:
+                planner.verify()
     except BaseException:
-        remove(engine, run_id)
+        if _ours(engine, run_id, me):
+            remove(engine, run_id)
         raise
     with engine.begin() as conn:
-        conn.execute(update(runs).where(runs.c.id == run_id).values(status=JobStatus.PLANNED.value))
+        planned = conn.execute(update(runs).where(
+            runs.c.id == run_id, runs.c.planner == me, runs.c.status == JobStatus.PLANNING.value)
+            .values(status=JobStatus.PLANNED.value, planner=None, planner_seen_at=None)).rowcount
+    if not planned:
+        raise RunError(f"run R{run_id} was cancelled or taken over by another command while planned")
     return RunPlan(run_id, planner.stages)
+
+
+def _ours(engine: Engine, run_id: int, me: str) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(select(runs.c.planner).where(runs.c.id == run_id)).scalar() == me
 
 
 def _check_since(conn, since: int, source_app: str, app: str) -> None:
@@ -145,265 +187,6 @@ def remove(engine: Engine, run_id: int) -> None:
     with engine.begin() as conn:
         conn.execute(id_map.delete().where(id_map.c.run_id == run_id))
         conn.execute(runs.delete().where(runs.c.id == run_id))
-
-
-class _Planner:
-    def __init__(self, engine: Engine, run_id: int, source_app: str, target: Target,
-                 chunk_size: int, progress: Callable[[str, int], None] | None, since: int | None):
-        self.engine, self.run_id, self.source_app, self.target = engine, run_id, source_app, target
-        self.chunk_size, self.progress, self.since = chunk_size, progress, since
-        self.stages: list[StagePlan] = []
-        self.job_of: dict[str, int] = {}
-        self.earlier: dict[str, int] = {}  # the earlier run's stage jobs (a delta re-run)
-        if since is not None:
-            with engine.connect() as conn:
-                self.earlier = {stage: job_id for stage, job_id, _ in stage_jobs(conn, since)}
-
-    def _finished_earlier(self, stage: str, keys: set[str]) -> dict[str, Any]:
-        """Which of `keys` the earlier run's `stage` finished (ok or exists), with their payloads."""
-        job_id = self.earlier.get(stage)
-        if job_id is None or not keys:
-            return {}
-        wanted, found = sorted(keys), {}
-        with self.engine.connect() as conn:
-            for lo in range(0, len(wanted), BATCH):
-                found.update(conn.execute(select(items.c.key, items.c.payload).where(
-                    items.c.job_id == job_id, items.c.key.in_(wanted[lo:lo + BATCH]),
-                    items.c.state.in_(["ok", "exists"]))).all())
-        return found
-
-    def _mark_done(self, stage: str, specs: Iterator[Spec]) -> Iterator[Spec]:
-        """A delta re-run's specs: what the earlier run finished is `done`."""
-        if self.since is None:
-            yield from specs
-            return
-        for batch in batches(specs, BATCH):
-            finished = self._finished_earlier(stage, {s.key for s in batch if not s.problems})
-            for spec in batch:
-                if spec.key in finished and not spec.problems and spec.done is None:
-                    spec.done = f"done by run R{self.since}"
-                yield spec
-
-    def _stage(self, stage: str, specs: Iterator[Spec], *, makes: str | None = None,
-               user_ids: bool = False, calls: int | None = None, ignored: set[str] | None = None,
-               **params: Any) -> StagePlan:
-        operation = OPERATIONS[stage]
-        chunk = max(self.chunk_size, self.target.batch_size(operation))
-        job_id = create_job(self.engine, kind=f"run_{stage}", operation=operation.value,
-                            app=self.target.app, source_app=self.source_app, run_id=self.run_id,
-                            stage=stage, params={"run": self.run_id, "stage": stage,
-                                                 "chunk_size": chunk, **({"makes": makes} if makes else {}),
-                                                 **params})
-        rules = self.target.rules
-        report = plan(self.engine, job_id, self._mark_done(stage, specs) if stage != "verify" else specs,
-                      (lambda n: self.progress(stage, n)) if self.progress else None,
-                      id_key=rules.id_key if rules.id_form and user_ids else None)
-        with self.engine.begin() as conn:  # planned, waiting for its turn
-            conn.execute(update(jobs).where(jobs.c.id == job_id).values(status=JobStatus.PLANNED.value))
-        if calls is None:
-            calls = math.ceil(report.pending / self.target.batch_size(operation))
-        rate = self.target.rates.get(operation.value)
-        planned = StagePlan(stage, job_id, report, calls, calls / rate if rate else None,
-                            sorted(ignored or ()))
-        self.stages.append(planned)
-        self.job_of[stage] = job_id
-        return planned
-
-    def accounts(self, path: Path | None, pages: Pages | None) -> None:
-        ignored: set[str] = set()
-        rows = read_rows(path) if path is not None else listed_rows(pages)
-        self._stage("accounts", user_specs(rows, self.target, ignored), makes="user",
-                    user_ids=True, ignored=ignored,
-                    input=str(path) if path is not None else f"listed from {self.source_app}")
-
-    def _known_users(self, keys: set[str]) -> set[str]:
-        """Which of `keys` are accounts of this run (valid or not: one that
-        fails is skipped later, with its reason)."""
-        found: set[str] = set()
-        wanted = sorted(keys)
-        with self.engine.connect() as conn:
-            for lo in range(0, len(wanted), BATCH):
-                found.update(conn.execute(select(items.c.key).where(
-                    items.c.job_id == self.job_of["accounts"],
-                    items.c.key.in_(wanted[lo:lo + BATCH]))).scalars())
-        return found
-
-    def _checked_refs(self, specs: Iterator[tuple[Spec, list[tuple[str, str]]]]) -> Iterator[Spec]:
-        """Specs whose user references (field, id) are looked up in the run's
-        accounts a batch at a time: one naming an unknown user is rejected."""
-        for batch in batches(specs, BATCH):
-            known = self._known_users({uid for _, refs in batch for _, uid in refs})
-            for spec, refs in batch:
-                for name, uid in refs:
-                    if uid not in known:
-                        spec.problems.append(f"{name}: user {uid!r} is not in the accounts (--users)")
-                yield spec
-
-    def friends(self, path: Path) -> None:
-        form = self.target.rules.id_key
-        batch = self.target.batch_size(Operation.IMPORT_FRIENDS)
-        owners = {"runs": 0, "last": None, "in_run": 0}  # a call takes one owner's run of pairs
-
-        def counted(user: str) -> None:
-            if user != owners["last"] or owners["in_run"] >= batch:
-                owners["runs"], owners["last"], owners["in_run"] = owners["runs"] + 1, user, 0
-            owners["in_run"] += 1
-
-        def specs() -> Iterator[tuple[Spec, list[tuple[str, str]]]]:
-            for row in read_rows(path):
-                if row.problem:
-                    yield Spec(row.line, f"#line{row.line}", problems=[row.problem]), []
-                    continue
-                user, friend = row.fields.get("key", ""), _first(row, FRIEND_COLUMNS)
-                problems = [f"{n}: required" for n, v in (("user_id", user), ("friend_id", friend)) if not v]
-                if user and friend and form(user) == form(friend):
-                    problems.append("friend_id: a user cannot befriend themself")
-                # A pair is one friendship whichever way round it is written.
-                low, high = sorted((user, friend), key=form)
-                if not problems:
-                    counted(user)
-                yield (Spec(row.line, f"{low}{PAIR}{high}", encode_pair(user, friend), problems),
-                       [] if problems else [("user_id", user), ("friend_id", friend)])
-
-        planned = self._stage("friends", self._checked_refs(specs()), user_ids=True, input=str(path))
-        self._recount(planned, owners["runs"])
-
-    def _recount(self, planned: StagePlan, calls: int) -> None:
-        """A stage whose calls are not items ÷ batch size (one per owner's run of pairs)."""
-        rate = self.target.rates.get(OPERATIONS[planned.stage].value)
-        planned.calls, planned.seconds = calls, (calls / rate if rate else None)
-
-    def groups(self, path: Path) -> None:
-        """The groups stage (owner and a first slice of members) and the
-        members stage (the rest, one item per member). A member the accounts
-        do not hold becomes a rejected member item, not a reason to refuse
-        its group; a group whose owner they do not hold is refused whole."""
-        first = self.target.batch_size(Operation.ADD_MEMBERS)
-        limit = self.target.rules.group_size
-        # row, group, owner, the members for the members stage, those unknown, those in already
-        members_of: list[tuple[int, str, str, list[str], set[str], set[str]]] = []
-
-        def specs() -> Iterator[Spec]:
-            batch: list[tuple[Row, Spec, list[str]]] = []
-
-            def flush() -> Iterator[Spec]:
-                known = self._known_users({u for _, spec, members in batch
-                                           for u in [spec.payload.get("owner", ""), *members]})
-                made = self._finished_earlier("groups", {spec.key for _, spec, _ in batch})
-                for row, spec, members in batch:
-                    owner = spec.payload.get("owner", "")
-                    if not spec.problems and owner not in known:
-                        spec.problems.append(f"owner: user {owner!r} is not in the accounts (--users)")
-                    unknown = {m for m in members if m not in known}
-                    kept = [m for m in members if m in known]
-                    earlier = made.get(spec.key) if not spec.problems else None
-                    if earlier is not None:  # made by the earlier run: only new members are added
-                        spec.done = f"done by run R{self.since}"
-                        spec.payload["members"] = earlier["members"]
-                        rest, done = kept, set(earlier["members"])
-                    else:
-                        if not spec.problems:
-                            spec.payload["members"] = kept[:first]
-                        rest, done = kept[first:], set()
-                    members_of.append((row.line, spec.key, owner, rest + sorted(unknown), unknown, done))
-                    yield spec
-                batch.clear()
-
-            for row in read_rows(path, key_columns=GROUP_ID_COLUMNS):
-                spec, members = _group_spec(row, limit)
-                batch.append((row, spec, members))
-                if len(batch) >= 500:
-                    yield from flush()
-            yield from flush()
-
-        planned = self._stage("groups", specs(), makes="group", input=str(path))
-        refused = self._refused(planned.job_id)
-
-        def member_specs() -> Iterator[Spec]:
-            for line, group_id, owner, rest, unknown, done in members_of:
-                for member in rest:
-                    problems = ([f"group {group_id!r} was refused at planning"] if group_id in refused
-                                else [f"member: user {member!r} is not in the accounts (--users)"]
-                                if member in unknown else [])
-                    yield Spec(line, f"{group_id}/{member}", encode_member(group_id, owner, member), problems,
-                               done=f"done by run R{self.since}" if member in done else None)
-
-        self._stage("members", member_specs(), input=str(path))
-
-    def _refused(self, job_id: int) -> set[str]:
-        with self.engine.connect() as conn:
-            return set(conn.execute(select(items.c.key).where(
-                items.c.job_id == job_id, items.c.state == "rejected")).scalars())
-
-    def _valid(self, stage: str) -> Iterator[Any]:
-        """The valid items of an earlier stage, in order, a page at a time."""
-        after = -1
-        while True:
-            with self.engine.connect() as conn:
-                page = conn.execute(select(items.c.seq, items.c.key, items.c.row, items.c.payload).where(
-                    items.c.job_id == self.job_of[stage], items.c.seq > after,
-                    items.c.state.in_(["pending", "exists"])).order_by(items.c.seq).limit(BATCH)).all()
-            if not page:
-                return
-            yield from page
-            after = page[-1].seq
-
-    def tokens(self) -> None:
-        self._stage("tokens", (Spec(r.row, r.key, {"user_id": r.key}) for r in self._valid("accounts")))
-
-    def verify(self) -> None:
-        self._stage("verify", self._checks())
-
-    def _checks(self) -> Iterator[Spec]:
-        caps = self.target.capabilities
-        for r in self._valid("accounts"):
-            p = r.payload
-            yield Spec(r.row, r.key, {"check": "profile", "user_id": r.key,
-                                      **{k: p[k] for k in ("name", "avatar") if p.get(k)}})
-        if "groups" in self.job_of and Operation.GET_MEMBERS in caps:
-            rest: dict[str, list[str]] = {}
-            for r in self._valid("members"):
-                rest.setdefault(r.payload["group_id"], []).append(r.payload["member"])
-            for r in self._valid("groups"):
-                members = r.payload["members"] + rest.pop(r.key, [])
-                yield Spec(r.row, f"group:{r.key}", {"check": "members", "group_id": r.key,
-                                                     "owner": r.payload["owner"], "members": members})
-        if "friends" in self.job_of and Operation.GET_FRIENDS in caps:
-            friends: dict[str, list[str]] = {}
-            for r in self._valid("friends"):
-                a, b = r.payload["user_id"], r.payload["friend_id"]
-                friends.setdefault(a, []).append(b)
-                friends.setdefault(b, []).append(a)
-            for user, theirs in friends.items():
-                yield Spec(0, f"friends:{user}", {"check": "friends", "user_id": user, "friends": theirs})
-
-
-def _first(row: Row, columns: tuple[str, ...]) -> str:
-    return next((row.fields[c] for c in columns if c in row.fields), "")
-
-
-def _group_spec(row: Row, limit: int | None) -> tuple[Spec, list[str]]:
-    """A groups.jsonl row as the create item (its members filled in once
-    they are checked) and every member but the owner, in input order."""
-    if row.problem:
-        return Spec(row.line, f"#line{row.line}", problems=[row.problem]), []
-    f = row.fields
-    group_id, name, owner = f.get("key", ""), f.get("name", ""), f.get("owner", "")
-    problems = [f"{n}: required" for n, v in (("group_id", group_id), ("name", name), ("owner", owner))
-                if not v]
-    try:
-        members = json.loads(f.get("members", "[]"))
-    except ValueError:
-        members = None
-    if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
-        problems.append("members: not a JSON list of user ids")
-        members = []
-    members = [m for m in dict.fromkeys(members) if m != owner]
-    if limit is not None and len(members) + 1 > limit:
-        problems.append(f"members: {len(members) + 1} with the owner, the target allows at most {limit}")
-    extra = {k: f[k] for k in ("avatar", "intro") if f.get(k)}
-    payload = encode_group(Group(group_id, name, owner, []), **extra)
-    return Spec(row.line, group_id or f"#line{row.line}", payload, problems), members
 
 
 def stage_of(engine: Engine, job_id: int) -> tuple[int, str] | None:

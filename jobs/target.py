@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import AbstractSet, Mapping
 
+from imshift.vendors.operations import STEPS
 from imshift.vendors.vocabulary import Operation, Unsupported, VendorRules
 
 
@@ -30,9 +31,16 @@ class Target:
     def batch_size(self, operation: Operation) -> int:
         return max(1, self.rules.batch_size.get(operation, 1))
 
+    def calls(self, operation: Operation, items: int) -> int:
+        """Vendor calls `items` take, as the operation table and the client
+        make them: a batch a call, or one call an item (a group's create),
+        times the calls one item costs (Maxim's token: two)."""
+        per_call = 1 if STEPS.get(operation) and STEPS[operation].per_item else self.batch_size(operation)
+        return math.ceil(items / per_call) * self.rules.calls_per_item.get(operation, 1)
+
     def estimate_seconds(self, operation: Operation, items: int) -> float | None:
-        """Time to run `items` at the configured rate, in the vendor's batches."""
+        """Time to run `items` at the configured rate, as `calls` makes them."""
         rate = self.rates.get(operation.value)
         if not rate:
             return None
-        return math.ceil(items / self.batch_size(operation)) / rate
+        return self.calls(operation, items) / rate

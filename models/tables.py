@@ -122,6 +122,14 @@ class Run(SQLModel, table=True):
     since: Optional[int] = Field(default=None, foreign_key="runs.id")  # a delta re-run's earlier run
     created_at: float = Field(default_factory=now)
     finished_at: Optional[float] = None
+    # Accounts listed from the source: the cursor after the last page stored
+    # (in that page's transaction) and "listing" / "listed" (the last page
+    # is in), so a planning cut off mid-listing carries on from there.
+    list_cursor: Optional[str] = None
+    list_state: Optional[str] = None
+    # The process planning the run ("host:pid") and its heartbeat.
+    planner: Optional[str] = None
+    planner_seen_at: Optional[float] = None
 
 
 class IdMap(SQLModel, table=True):

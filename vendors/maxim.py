@@ -145,6 +145,7 @@ class MaximClient(MaximGroups, VendorClient):
             Operation.IMPORT_FRIENDS: 100, Operation.LIST_USERS: MAX_PAGE_SIZE,
             Operation.GET_MEMBERS: 1, Operation.GET_FRIENDS: 1,  # one group / user a call
         },
+        calls_per_item={Operation.ISSUE_TOKEN: 2},  # change_password_admin, then /token/id
         # No documented rate limits: conservative calls/s, meant to be overridden.
         rates={
             Operation.REGISTER: 5, Operation.UPDATE_PROFILE: 5, Operation.GET_PROFILES: 20,

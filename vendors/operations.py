@@ -42,6 +42,9 @@ class Step:
     method: str  # the VendorClient method that does it
     idempotent: bool  # repeating a call that may have arrived does no harm
     run: Runner  # (client, items, job params, dedup key) -> one Result per item
+    # One call per item whatever the vendor's batch size (which then bounds
+    # what one item carries, e.g. a group's first members), for estimates.
+    per_item: bool = False
 
 
 # -- payloads ---------------------------------------------------------------------------------
@@ -270,10 +273,10 @@ STEPS: dict[Operation, Step] = {s.operation: s for s in (
     Step(Operation.GET_PROFILES, "get_profiles", True, _verify),
     Step(Operation.SEND, "send", False, _send),
     Step(Operation.SEND_GROUP, "send_group", False, _send_group),
-    Step(Operation.BROADCAST, "broadcast", False, _broadcast),
+    Step(Operation.BROADCAST, "broadcast", False, _broadcast, per_item=True),
     # The vendor may assign the group's id (NetEase, Maxim): a repeat makes a
     # second group. Vendors where the app picks the id say so in repeat_safe_ops.
-    Step(Operation.CREATE_GROUP, "create_group", False, _create_group),
+    Step(Operation.CREATE_GROUP, "create_group", False, _create_group, per_item=True),
     Step(Operation.ADD_MEMBERS, "add_members", True, _add_members),
     Step(Operation.IMPORT_FRIENDS, "import_friends", True, _import_friends),
 )}

@@ -196,6 +196,9 @@ class VendorRules:
     # Documented limits over longer windows, per operation (a configuration
     # may override them like rates; see workers/window_caps.py).
     caps: Mapping[Operation, tuple[Cap, ...]] = field(default_factory=dict)
+    # Operations whose one item takes more than one call (Maxim's token: a
+    # password reset, then a login), for estimates.
+    calls_per_item: Mapping[Operation, int] = field(default_factory=dict)
 
     def id_key(self, user_id: str) -> str:
         """The form under which the vendor tells two ids apart."""

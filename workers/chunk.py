@@ -92,35 +92,52 @@ async def run_chunk(runtime: Runtime, job_id: int, start: int, end: int) -> None
                                                          f"`imshift resume {job.id}`")
         return
     repeat_safe = client.repeat_safe(job.operation)
-    # Claim the range a slice at a time, within the process's budget: claimed
-    # items wait for the rate limiter, so the budget is what the quota serves
-    # in claim_seconds, and a few slices of it overlap so calls never run dry.
-    rate = runtime.limiter.limit(job.app, job.operation.value)
-    batch = max(1, client.rules.batch_size.get(job.operation, 1))
-    budget, step = None, end - start
-    if rate:
-        size = max(batch, math.ceil(rate * batch * runtime.tuning.claim_seconds))
-        budget = runtime.claim_budget(job.app, job.operation.value, size)
-        step = batch * max(1, math.ceil(size / 4 / batch))
     due: float | None = None  # when the earliest item left pending may be tried
-    for lo in range(start, end, step):
-        hi = min(lo + step, end)
-        if budget:
-            await budget.take(hi - lo)
-        try:
-            slice_run = await _run_slice(runtime, client, job, lo, hi, repeat_safe)
-        finally:
+    for part_start, part_end, operation in sections(job, start, end):
+        # Claim the part a slice at a time, within the process's budget for
+        # the operation its calls are (verify's member and friend checks are
+        # reads of their own): claimed items wait for that operation's rate
+        # limiter, so the budget is what its quota serves in claim_seconds,
+        # and a few slices of it overlap so calls never run dry.
+        rate = runtime.limiter.limit(job.app, operation.value)
+        batch = max(1, client.rules.batch_size.get(operation, 1))
+        budget, step = None, part_end - part_start
+        if rate:
+            size = max(batch, math.ceil(rate * batch * runtime.tuning.claim_seconds))
+            budget = runtime.claim_budget(job.app, operation.value, size)
+            step = batch * max(1, math.ceil(size / 4 / batch))
+        for lo in range(part_start, part_end, step):
+            hi = min(lo + step, part_end)
             if budget:
-                await budget.give(hi - lo)
-        if slice_run.stop:
-            return  # paused, cancelled, stopped: resume re-sends the chunks
-        if slice_run.due is not None:
-            due = slice_run.due if due is None else min(due, slice_run.due)
+                await budget.take(hi - lo)
+            try:
+                slice_run = await _run_slice(runtime, client, job, lo, hi, repeat_safe)
+            finally:
+                if budget:
+                    await budget.give(hi - lo)
+            if slice_run.stop:
+                return  # paused, cancelled, stopped: resume re-sends the chunks
+            if slice_run.due is not None:
+                due = slice_run.due if due is None else min(due, slice_run.due)
     # Items of this chunk waiting out a backoff (ours, or ones another run
     # left) need a later run: the chunk schedules it itself.
     if due is not None:
         delay_ms = max(0, int((due - time.time()) * 1000))
         runtime.broker.actors["run_chunk"].send_with_options(args=(job_id, start, end), delay=delay_ms)
+
+
+def sections(job: JobView, start: int, end: int) -> list[tuple[int, int, Operation]]:
+    """The range start <= seq < end cut where the job's params say the
+    items' calls change operation (`sections`: [first seq, operation] in
+    order; none: the job's own operation throughout)."""
+    marks = job.params.get("sections") or [[start, job.operation.value]]
+    parts = []
+    for i, (first, operation) in enumerate(marks):
+        lo = start if i == 0 else max(start, first)
+        hi = min(end, marks[i + 1][0]) if i + 1 < len(marks) else end
+        if lo < hi:
+            parts.append((lo, hi, Operation(operation)))
+    return parts
 
 
 @dataclass(frozen=True)

@@ -345,3 +345,73 @@ def test_a_delta_re_run_sends_only_what_the_earlier_run_did_not_finish(tmp_path)
                 if k == "group" and s == "g1"}.pop()
     assert box.group_members(g1_there) == {ids[u] for u in [g1["owner"], *g1_grown["members"]]}
     ctx.engine.dispose()
+
+
+@pytest.mark.parametrize("vendor, stage, op", [("maxim", "tokens", "issue_token"),
+                                               ("rongcloud", "groups", "create_group")])
+def test_the_dry_runs_vendor_calls_are_the_calls_the_run_makes(vendor, stage, op, tmp_path):
+    """Maxim's token is two calls (a password reset, then a login);
+    RongCloud creates one group a call whatever its members' batch size."""
+    ctx = context(f"sqlite:///{tmp_path / 'imshift.db'}", token_key=Fernet.generate_key().decode(),
+                  apps={"old": {"vendor": "openim", "sandbox": True},
+                        "new": {"vendor": vendor, "sandbox": True, "rates": FAST}})
+    users = write_users(tmp_path / "u.csv", 30)
+    groups = write_groups(tmp_path / "g.jsonl", [
+        {"group_id": f"grp_{n}", "name": f"G {n}", "owner": user(n), "members": [user(n + 1), user(n + 2)]}
+        for n in range(7)])
+    plan = runs.plan_run(ctx.engine, "old", ctx.target("new"),
+                         runs.RunRequest(users=users, groups=groups, tokens=True), chunk_size=50)
+    estimated = {s.stage: s.calls for s in plan.stages}
+    box = ctx.sandbox("new")
+    before = box.calls[op]
+    p = run_to_the_end(ctx, plan.run_id)
+    assert p.status == "finished" and dict(p.stages)[stage].counts == {"ok": 30 if stage == "tokens" else 7}
+    assert box.calls[op] - before == estimated[stage], (box.calls[op] - before, estimated)
+    ctx.engine.dispose()
+
+
+def test_verifys_member_checks_are_claimed_within_their_own_reads_rate(tmp_path):
+    """A member check is a get_members call at its own (low) rate: while one
+    is held at the vendor's door, the verify stage holds claimed only what
+    that rate serves in claim_seconds, not get_profiles' budget of items."""
+    import time
+
+    from sqlalchemy import func, select
+
+    from imshift.models.tables import Item
+    from test_run_crash import Door
+
+    ctx = context(f"sqlite:///{tmp_path / 'imshift.db'}",
+                  apps={"old": {"vendor": "maxim", "sandbox": True},
+                        "new": {"vendor": "openim", "sandbox": True,
+                                "rates": {**FAST, "get_profiles": 100.0, "get_members": 4.0}}})
+    users = write_users(tmp_path / "u.csv", 40)
+    groups = write_groups(tmp_path / "g.jsonl", [
+        {"group_id": f"grp_{n}", "name": f"G {n}", "owner": user(n), "members": [user(n + 1)]}
+        for n in range(30)])
+    plan = runs.plan_run(ctx.engine, "old", ctx.target("new"),
+                         runs.RunRequest(users=users, groups=groups, verify=True), chunk_size=100)
+    verify_job = plan.stages[-1].job_id
+    box = ctx.sandbox("new")
+    box.app = door = Door(box.app)
+    door.hold({"/group/get_group_member_list"}, after=2)
+    items = Item.__table__
+    ctx.runtime  # noqa: B018  (configures the workers)
+    with in_process_workers(ctx.broker):
+        run_control.start(ctx.engine, ctx.broker, plan.run_id)
+        deadline = time.monotonic() + 60
+        while door.held is None:
+            assert time.monotonic() < deadline, run_control.run_progress(ctx.engine, plan.run_id)
+            time.sleep(0.01)
+        with ctx.engine.connect() as conn:
+            claimed = conn.execute(select(func.count()).where(
+                items.c.job_id == verify_job, items.c.state == "claimed",
+                items.c.key.like("group:%"))).scalar()
+        door.release()
+        for _, p in run_control.run_progress(ctx.engine, plan.run_id).stages:
+            wait_until_stage(ctx, p.job_id, 60)
+    # 4 calls/s x 0.5 s of quota: at most 2 member checks claimed (30 before, on get_profiles' budget).
+    assert 1 <= claimed <= 2, claimed
+    counts = dict(run_control.run_progress(ctx.engine, plan.run_id).stages)["verify"].counts
+    assert counts == {"ok": 40 + 30}
+    ctx.engine.dispose()
