@@ -47,6 +47,12 @@ _DUE = and_(items.c.state == ItemState.PENDING.value,
 _LOSE_EXPIRED = update(items).where(_IN_RANGE, _EXPIRED, items.c.sent_at.isnot(None)).values(
     state=ItemState.UNKNOWN.value, claim=None, lease_until=None, updated_at=bindparam("b_now"),
     code="unknown", message="the worker stopped after sending; not re-sent")
+# Where what such a call made can be looked up at the vendor (a group the
+# vendor gave an id of its own), the items are taken again with this code,
+# which stays until an outcome is recorded: the worker looks before it sends.
+INTERRUPTED = "interrupted"
+_FLAG_EXPIRED = update(items).where(_IN_RANGE, _EXPIRED, items.c.sent_at.isnot(None)).values(
+    code=INTERRUPTED)
 _TAKE = dict(state=ItemState.CLAIMED.value, claim=bindparam("b_token"),
              lease_until=bindparam("b_lease_until"), attempts=items.c.attempts + 1,
              claimed_at=bindparam("b_now"), updated_at=bindparam("b_now"), sent_at=None)
@@ -90,20 +96,24 @@ def recount(conn: Connection, job_id: int) -> dict[str, int]:
 
 
 def claim(conn: Connection, job_id: int, start: int, end: int, *, lease: float,
-          resend_expired: bool, now: float | None = None) -> tuple[str, list[Any]]:
+          resend_expired: bool, look_up_expired: bool = False,
+          now: float | None = None) -> tuple[str, list[Any]]:
     """Claim the workable items with start <= seq < end for one worker.
 
     Pending items whose backoff has passed are claimed. Items still claimed
     by a worker whose lease ran out are claimed again when the operation is
     safe to repeat (`resend_expired`), or when their call was never let go
     (no `mark_sent`); otherwise their call may have reached the vendor
-    unrecorded, so they become `unknown`. Returns the claim id and the
-    claimed rows (seq, key, row, payload, attempts).
+    unrecorded, so they become `unknown`, or with `look_up_expired` are
+    claimed again coded INTERRUPTED (see `interrupted`). Returns the claim id
+    and the claimed rows (seq, key, row, payload, attempts).
     """
     now = time.time() if now is None else now
     token = uuid.uuid4().hex
     where = {"b_job": job_id, "b_start": start, "b_end": end, "b_now": now}
-    if not resend_expired:
+    if not resend_expired and look_up_expired:
+        conn.execute(_FLAG_EXPIRED, where)
+    elif not resend_expired:
         lost = conn.execute(_LOSE_EXPIRED, where).rowcount
         add_counts(conn, job_id, {ItemState.CLAIMED: -lost, ItemState.UNKNOWN: lost})
     take = {**where, "b_token": token, "b_lease_until": now + lease}
@@ -125,6 +135,14 @@ def claim(conn: Connection, job_id: int, start: int, end: int, *, lease: float,
     if not returning:
         rows = _claimed_sqlite(conn, job_id, start, end, token)
     return token, sorted(rows + fresh_rows, key=lambda r: r.seq)
+
+
+def interrupted(conn: Connection, job_id: int, token: str, first: int, last: int) -> set[int]:
+    """The seqs (first <= seq <= last) of a claim's items whose last call
+    was cut off unrecorded."""
+    return set(conn.execute(select(items.c.seq).where(
+        items.c.job_id == job_id, items.c.seq >= first, items.c.seq <= last,
+        items.c.claim == token, items.c.code == INTERRUPTED)).scalars())
 
 
 class Claimed(NamedTuple):

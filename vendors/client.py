@@ -270,6 +270,12 @@ class VendorClient:
         """The user's friend ids at the vendor ([] for none). Raises CallFailed."""
         raise self._unsupported(Operation.GET_FRIENDS)
 
+    async def find_groups(self, owner: str, name: str) -> list[str] | None:
+        """The ids of the groups `owner` holds named exactly `name` (to learn
+        whether a cut-off create made one), or None where the vendor has no
+        read that finds them. Raises CallFailed."""
+        return None
+
     # -- hooks a vendor fills in ---------------------------------------------------------
 
     def reply_code(self, body: dict[str, Any]) -> Any:

@@ -350,6 +350,19 @@ class NeteaseClient(VendorClient):
                 return list(dict.fromkeys(str(p) for p in people if p))
         return None
 
+    async def find_groups(self, owner: str, name: str) -> list[str] | None:
+        """team/joinTeams.action lists the teams `owner` is in: those it owns
+        named exactly `name`."""
+        if ACCID_RULE.check("accid", owner):
+            return []  # no such account could own a team
+        result, body = await self._post(Operation.GET_MEMBERS, "team/joinTeams.action",
+                                        {"accid": owner.lower()})
+        if not result.succeeded:
+            raise CallFailed(result)
+        return [str(t["tid"]) for t in body.get("infos") or [] if isinstance(t, dict)
+                and t.get("tid") and str(t.get("owner", "")).lower() == owner.lower()
+                and t.get("tname") == name]
+
     async def get_friends(self, user_id: str) -> list[str]:
         """friend/get.action from updatetime 0 (every friend). Raises CallFailed."""
         problem = ACCID_RULE.check("accid", user_id)

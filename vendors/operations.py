@@ -37,11 +37,25 @@ Runner = Callable[["VendorClient", Sequence[WorkItem], Mapping[str, Any], str],
 
 
 @dataclass(frozen=True)
+class Lookup:
+    """How to find at the vendor what a call cut off before its answer made."""
+
+    noun: str  # what the call makes ("group"), for the words of a result
+    field: str  # the Result.data field naming it
+    # The ids of what matches the item (None where the vendor has no read for it).
+    find: Callable[["VendorClient", WorkItem], Awaitable[list[str] | None]]
+    # The item's Result once its one match is known (what the call would have answered).
+    settle: Callable[["VendorClient", WorkItem, str], Awaitable[Result]]
+
+
+@dataclass(frozen=True)
 class Step:
     operation: Operation
     method: str  # the VendorClient method that does it
     idempotent: bool  # repeating a call that may have arrived does no harm
     run: Runner  # (client, items, job params, dedup key) -> one Result per item
+    unsure: str = "it may have reached the vendor"  # what a call cut off may have done
+    lookup: Lookup | None = None  # how to look instead of guessing, after a cut-off call
     # One call per item whatever the vendor's batch size (which then bounds
     # what one item carries, e.g. a group's first members), for estimates.
     per_item: bool = False
@@ -229,6 +243,31 @@ async def _create_group(client, items, params, key):
     return await client.each(items, one)
 
 
+async def _find_group(client, item: WorkItem) -> list[str] | None:
+    return await client.find_groups(item.payload["owner"], item.payload["name"])
+
+
+async def _settle_group(client, item: WorkItem, group_id: str) -> Result:
+    """A group the cut-off create made: the members it was to be made with
+    that it lacks (the create's later slices) are added."""
+    from .client import CallFailed
+
+    p, same = item.payload, client.rules.id_key
+    try:
+        there = await client.get_members(group_id, p["owner"])
+    except CallFailed as failed:
+        return failed.result
+    if there is None:  # listed a moment ago: the vendor's read lags
+        return Result(Outcome.RETRYABLE, "lagging", f"group {group_id} was listed but is not found")
+    present = {same(m) for m in there}
+    missing = [m for m in p.get("members", ()) if same(m) not in present]
+    added = await client.add_members(group_id, p["owner"], missing) if missing else []
+    not_added = [m for m, r in zip(missing, added) if not r.succeeded]
+    return Result(Outcome.OK, "found", f"made by the cut-off create; {len(missing) - len(not_added)} "
+                                       f"members added, {len(not_added)} not",
+                  data={"group_id": group_id, "members_not_added": not_added})
+
+
 def _runs(items: Sequence[WorkItem], field: str) -> list[list[WorkItem]]:
     """Consecutive items sharing a payload field (a group's members, an
     owner's friends): one vendor call each."""
@@ -271,12 +310,14 @@ STEPS: dict[Operation, Step] = {s.operation: s for s in (
     Step(Operation.UPDATE_PROFILE, "update_profiles", True, _update),
     Step(Operation.ISSUE_TOKEN, "issue_tokens", True, _issue),
     Step(Operation.GET_PROFILES, "get_profiles", True, _verify),
-    Step(Operation.SEND, "send", False, _send),
-    Step(Operation.SEND_GROUP, "send_group", False, _send_group),
-    Step(Operation.BROADCAST, "broadcast", False, _broadcast, per_item=True),
+    Step(Operation.SEND, "send", False, _send, "the message may have been delivered"),
+    Step(Operation.SEND_GROUP, "send_group", False, _send_group, "the message may have been delivered"),
+    Step(Operation.BROADCAST, "broadcast", False, _broadcast, "the broadcast may have gone out",
+         per_item=True),
     # The vendor may assign the group's id (NetEase, Maxim): a repeat makes a
     # second group. Vendors where the app picks the id say so in repeat_safe_ops.
-    Step(Operation.CREATE_GROUP, "create_group", False, _create_group, per_item=True),
+    Step(Operation.CREATE_GROUP, "create_group", False, _create_group, "the group may have been created",
+         Lookup("group", "group_id", _find_group, _settle_group), per_item=True),
     Step(Operation.ADD_MEMBERS, "add_members", True, _add_members),
     Step(Operation.IMPORT_FRIENDS, "import_friends", True, _import_friends),
 )}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
@@ -27,6 +26,8 @@ from imshift.vendors.operations import WorkItem, bind, dedup_key, references, st
 
 from .embedded import runner_id
 from .enqueue import chunk_ranges, enqueue_ranges
+from .outcomes import decide
+from .recovery import look_up
 from .runtime import Runtime, before_send
 
 log = logging.getLogger("imshift.workers")
@@ -148,8 +149,12 @@ class SliceRun:
 
 async def _run_slice(runtime: Runtime, client: VendorClient, job: JobView, start: int, end: int,
                      repeat_safe: bool) -> SliceRun:
-    """Claim, call, record the items start <= seq < end."""
-    claimed = await asyncio.to_thread(_claim, runtime, job.id, start, end, repeat_safe)
+    """Claim, call, record the items start <= seq < end. Where the operation
+    table can look up what a cut-off call made, it is looked up first
+    (workers/recovery.py)."""
+    operation = step(job.operation)
+    claimed = await asyncio.to_thread(_claim, runtime, job.id, start, end, repeat_safe,
+                                      operation.lookup is not None)
     if claimed is None:
         return SliceRun(stop=True, due=None)
     token, rows, waiting = claimed
@@ -160,6 +165,8 @@ async def _run_slice(runtime: Runtime, client: VendorClient, job: JobView, start
         rows, skipped = await asyncio.to_thread(_bind_ids, runtime, job.run, rows)
     keeper = asyncio.create_task(_keep_lease(runtime, job.id, token))
     try:
+        looked = await look_up(runtime, client, job, token, rows, operation, repeat_safe)
+        rows = looked.to_send
         results = await execute(runtime, client, job, rows, None if repeat_safe else token) if rows else []
     finally:
         keeper.cancel()
@@ -167,12 +174,12 @@ async def _run_slice(runtime: Runtime, client: VendorClient, job: JobView, start
     capped = bool(runtime.limiter.caps(job.app, job.operation.value))
     outcomes = [at_cap(runtime, job, row, result)
                 if result.code == CAP_CODE or (capped and result.outcome is Outcome.RATE_LIMITED)
-                else decide(runtime, row, result, repeat_safe, now)
+                else decide(runtime, row, result, repeat_safe, now, operation.unsure)
                 for row, result in zip(rows, results)]
-    stop = _stop_reason(runtime, job, results, now)
-    made = _made_ids(job, rows, results)
-    await asyncio.to_thread(_record, runtime, job, token, outcomes + skipped, stop, made)
-    backoffs = [o["not_before"] for o in outcomes if o["not_before"] is not None]
+    stop = _stop_reason(runtime, job, looked.results + results, now)
+    made = _made_ids(job, looked.rows + rows, [r for r in looked.results if r.succeeded] + results)
+    await asyncio.to_thread(_record, runtime, job, token, outcomes + looked.outcomes + skipped, stop, made)
+    backoffs = [o["not_before"] for o in outcomes + looked.outcomes if o["not_before"] is not None]
     due = min(backoffs + ([waiting] if waiting is not None else []), default=None)
     return SliceRun(stop=stop is not None, due=due)
 
@@ -202,7 +209,7 @@ def _note_reachability(runtime: Runtime, app: str, results: Sequence[Result]) ->
         runtime.unreachable[app] = (first, calls + 1, message)
 
 
-def _claim(runtime: Runtime, job_id: int, start: int, end: int, repeat_safe: bool):
+def _claim(runtime: Runtime, job_id: int, start: int, end: int, repeat_safe: bool, looks: bool = False):
     """(token, rows, when the earliest item left pending may be tried), or
     None when the job is not running."""
     with runtime.engine.begin() as conn:
@@ -210,7 +217,7 @@ def _claim(runtime: Runtime, job_id: int, start: int, end: int, repeat_safe: boo
         if status != JobStatus.RUNNING.value:
             return None
         token, rows = store.claim(conn, job_id, start, end, lease=runtime.tuning.lease_seconds,
-                                  resend_expired=repeat_safe)
+                                  resend_expired=repeat_safe, look_up_expired=looks)
         handed = None
         if not rows and store.finish_if_done(conn, job_id):  # the claim closed the last items (as unknown)
             handed = runs.hand_over(conn, job_id, runner_id(runtime.broker))
@@ -315,32 +322,6 @@ def start_stage(runtime: Runtime, job_id: int, total: int, chunk_size: int) -> N
                     job_id, exc_info=True)
 
 
-def decide(runtime: Runtime, row: Any, result: Result, repeat_safe: bool, now: float) -> dict[str, Any]:
-    """The item's next state from the vendor's outcome."""
-    outcome = {"seq": row.seq, "code": result.code, "message": result.message, "not_before": None}
-    o = result.outcome
-    if o.succeeded:
-        plain, secret = runtime.seal(result.data)
-        return {**outcome, "state": ItemState(o.value), "result": plain or None, "secret": secret}
-    if o is Outcome.REJECTED:
-        return {**outcome, "state": ItemState.REJECTED}
-    if o is Outcome.AUTH:  # not the item's fault: it waits for the job to resume
-        return {**outcome, "state": ItemState.PENDING}
-    if o is Outcome.RETRYABLE and result.maybe_delivered and not repeat_safe:
-        return {**outcome, "state": ItemState.UNKNOWN,
-                "message": f"{result.message}; the message may have been delivered, so it is not "
-                           "re-sent (`imshift retry --unknown` sends it again)"}
-    # A rate limit or a call that never connected says nothing about the item
-    # (and a vendor down for everyone stops the job): a larger budget.
-    budget = runtime.tuning.max_attempts * (4 if o is Outcome.RATE_LIMITED or result.code == "network"
-                                            else 1)
-    if row.attempts >= budget:
-        return {**outcome, "state": ItemState.FAILED,
-                "message": f"gave up after {row.attempts} attempts: {result.message}"}
-    wait = result.retry_after if result.retry_after is not None else _backoff(row.attempts)
-    return {**outcome, "state": ItemState.PENDING, "not_before": now + wait}
-
-
 def at_cap(runtime: Runtime, job: JobView, row: Any, result: Result) -> dict[str, Any]:
     """A rate-limited call of an operation with caps over hours or days
     (RongCloud's broadcasts) ends `failed` now, with the cap or the vendor's
@@ -354,10 +335,6 @@ def at_cap(runtime: Runtime, job: JobView, row: Any, result: Result) -> dict[str
                    f"({job.operation} is capped at {allowed}); not retried later")
     return {"seq": row.seq, "code": result.code, "not_before": None, "state": ItemState.FAILED,
             "message": f"{message}; `imshift retry {job.id}` sends it once the window has opened"}
-
-
-def _backoff(attempts: int) -> float:
-    return min(30.0, 0.5 * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
 
 
 # -- calling the vendor -----------------------------------------------------------------------

@@ -254,6 +254,8 @@ def check_end_state(ctx, box: MaximSandbox, url: str, inputs: Inputs, token_key:
     for g in unknown:
         i = items["groups"][g]
         assert i.code == "unknown" and "not re-sent" in i.message, i
+        # in the words of a group (the operation table's), and why it was not looked up
+        assert "the group may have been created" in i.message and "has no read" in i.message, i
         assert g not in gid
         assert len(by_name[f"Group {g}"]) == 1
         owner, rest = inputs.members[g]
