@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     lease_seconds: float = Tuning.lease_seconds  # a claim holds this long before another worker may take over
     max_attempts: int = Tuning.max_attempts  # retryable failures per item before it ends `failed`
     concurrency: int = Tuning.concurrency  # vendor calls in flight per worker process
-    rate_margin: float = ratelimit.MARGIN  # stay this share under each vendor limit (network jitter)
+    rate_margin: float = ratelimit.MARGIN  # stay this share under each vendor limit (windows not on the epoch seconds)
     rate_guard: float = ratelimit.GUARD  # seconds left free at each end of a vendor's one-second window
     claim_seconds: float = Tuning.claim_seconds  # a process claims at most this many seconds of quota ahead
     stale_after: float = Tuning.stale_after  # a running job with no progress this long gets its chunks re-sent

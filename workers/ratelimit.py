@@ -204,11 +204,14 @@ class _Local:
         return getattr(self.slots, name)
 
 
-# The defaults, also the settings' (rate_margin, rate_guard). The margin keeps
-# this share of each vendor limit unused (network jitter); the guard leaves
+# The defaults, also the settings' (rate_margin, rate_guard). The guard leaves
 # this many seconds free at each end of a vendor's one-second window, more
-# than the delay before the vendor counts a call plus its jitter (< 0.25).
-MARGIN = 0.02
+# than the delay before the vendor counts a call plus its jitter (< 0.25), so
+# jitter needs no margin; the margin keeps this share of each limit unused
+# for vendors whose windows are not the epoch seconds. bench/quota.py with 4
+# processes and up to 60 ms of arrival jitter drew 0 over-limit replies at
+# 0.005, 0.01 and 0.02 alike (utilisation 0.995 / 0.988 / 0.981).
+MARGIN = 0.005
 GUARD = 0.15
 
 
