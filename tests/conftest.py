@@ -4,7 +4,13 @@ PostgreSQL tests use a throwaway database (created here, dropped after) on
 the server named by IMSHIFT_TEST_POSTGRES (default: the local one, trust auth).
 """
 
+import os
+
 import pytest
+
+# pytest-xdist's workers start with COLUMNS=80, which rich reads once when a
+# module builds its Console: drop it so tables are as wide as in a plain run.
+os.environ.pop("COLUMNS", None)
 
 from testsupport import throwaway_database
 
