@@ -411,7 +411,7 @@ def status(
         p = watch(ctx, job, console)
         summary(ctx, p, console)
         raise typer.Exit(exit_code(ctx, p))
-    summary(ctx, p, console, examples=0 if not watch_ else 10)
+    summary(ctx, p, console)
     if p.status == JobStatus.PLANNING.value:
         # Planning writes the total last: a producer that died leaves this state for good.
         console.print(f"  [yellow]still being planned[/yellow], or never planned whole if its "
