@@ -1,4 +1,4 @@
-"""The HTTP API's response models and path parameters (imshift/api.py,
+"""The HTTP API's response models and path parameters (imshift/api_jobs.py,
 imshift/api_runs.py): one class is the validation and the OpenAPI schema."""
 
 from __future__ import annotations

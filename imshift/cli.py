@@ -94,7 +94,7 @@ def serve(
     """Serve the HTTP API (/api, /openapi.json), the live page (/) and
     Prometheus metrics (/metrics). Without Redis it also runs the jobs it
     resumes or retries."""
-    from imshift.api import serve as run
+    from imshift.api_serve import serve as run
 
     raise typer.Exit(run(jobcli._context(), host, port, console.print))
 

@@ -18,10 +18,11 @@ from rich.table import Table
 
 from imshift import logs
 from imshift.jobs import control, kinds, schedules
-from imshift.jobs.exports import csv_record
+from imshift.jobs.exports import (RESULT_FIELDS, csv_record, export_record, token_key_problem,
+                                  write_record)
 from imshift.jobs.inputs import InputError
 from imshift.jobs.plan import PlanReport
-from imshift.jobs.progress import (Progress, first_secret, progress, recent_jobs,
+from imshift.jobs.progress import (Progress, progress, recent_jobs,
                                    refused_at_planning, results as item_results)
 from imshift.models.tables import ItemState, JobStatus
 from imshift.vendors.vocabulary import Message, Operation, Unsupported
@@ -410,7 +411,7 @@ def status(
         p = watch(ctx, job, console)
         summary(ctx, p, console)
         raise typer.Exit(exit_code(ctx, p))
-    summary(ctx, p, console, examples=0 if not watch_ else 10)
+    summary(ctx, p, console)
     if p.status == JobStatus.PLANNING.value:
         # Planning writes the total last: a producer that died leaves this state for good.
         console.print(f"  [yellow]still being planned[/yellow], or never planned whole if its "
@@ -483,27 +484,10 @@ def results(
             out.close()
 
 
-RESULT_FIELDS = ["row", "id", "outcome", "attempts", "code", "message", "user_id", "token",
-                 "password", "result"]
-
-
 def records(ctx: Context, job: int, outcome: Optional[str]):
     """Each item of the job as an export record, its secrets decrypted."""
     for item in item_results(ctx.engine, job, outcome):
-        secrets = ctx.runtime.unseal(item.secret) if item.secret else {}
-        yield {"row": item.row, "id": item.key, "outcome": item.state, "attempts": item.attempts,
-               "code": item.code, "message": item.message,
-               "user_id": (item.result or {}).get("user_id"), "token": secrets.get("token"),
-               "password": secrets.get("password"),
-               "result": json.dumps(item.result, ensure_ascii=False) if item.result else None}
-
-
-def write_record(out, writer, record: dict) -> None:
-    if writer:
-        writer.writerow(csv_record(record))  # a cell is never a formula
-    else:
-        out.write(json.dumps({k: v for k, v in record.items() if v is not None},
-                             ensure_ascii=False) + "\n")
+        yield export_record(item, ctx.runtime.unseal)
 
 
 def csv_cells(values) -> list:
@@ -513,19 +497,12 @@ def csv_cells(values) -> list:
 def _check_token_key(ctx: Context, job: int) -> None:
     """An export holds the job's tokens and passwords: say so when the key
     is missing, and refuse a key that does not open them."""
-    from cryptography.fernet import InvalidToken
-
-    sealed = first_secret(ctx.engine, job)
-    if sealed is None:
-        return
-    if ctx.cipher is None:
+    problem = token_key_problem(ctx.engine, ctx.cipher, job)
+    if problem == "missing":
         err.print(f"warning: job {job} holds encrypted tokens or passwords and IMSHIFT_TOKEN_KEY "
                   "is not set: their columns are empty; set the key they were stored with",
                   highlight=False)
-        return
-    try:
-        ctx.cipher.decrypt(sealed)
-    except InvalidToken:
+    elif problem == "wrong":
         fail(f"IMSHIFT_TOKEN_KEY does not open the tokens of job {job}: they were stored with "
              "another key; set that one (nothing was written)")
 

@@ -83,9 +83,14 @@ def summary(ctx: Context, p: JobProgress, console: Console, examples: int = 10) 
     failed = [state for state in FAILED if p.counts.get(state)]
     if not failed:
         return
-    table = Table(title=f"first problems (all: imshift results {p.job_id} --outcome {failed[0]})")
+    every = f"imshift results {p.job_id} --outcome {failed[0]}"
+    rows = first_failures(ctx.engine, p.job_id, examples) if examples > 0 else []
+    if not rows:  # a table with no rows says nothing: point at the command instead
+        console.print(f"  what did not make it: `{every}`", highlight=False)
+        return
+    table = Table(title=f"first problems (all: {every})")
     for column in ("row", "id", "outcome", "code", "reason"):
         table.add_column(column)
-    for item in first_failures(ctx.engine, p.job_id, examples):
+    for item in rows:
         table.add_row(str(item.row), item.key[:40], item.state, item.code or "", item.message or "")
     console.print(table)

@@ -102,3 +102,29 @@ def test_steering_an_unknown_job_is_a_clear_error(env):
     for command in ("pause", "resume", "cancel", "retry", "start"):
         result, output = run(command, "42")
         assert result.exit_code == 2 and "no job 42" in output, command
+
+
+def test_status_shows_first_problems_only_when_there_are_some(env):
+    """`status JOB` and `status R<n>` without --watch: a job with a rejected
+    row shows it with its reason; a clean one and a clean run show no
+    problems table, empty or not."""
+    good = write(env / "good.csv", b"user_id,name\nu1,Ann\nu2,Bob\n")
+    bad = write(env / "bad.csv", b"user_id,name\nu3,Cy\nbad id,Dee\n")
+    for path in (good, bad):
+        result, output = run("migrate", "users", "--from", "new", "--to", "new", "--input", path)
+        assert result.exit_code in (0, 3), output
+    result, output = run("status", "1")
+    assert result.exit_code == 0 and "finished, 2/2 items done" in output, output
+    assert "problems" not in output and "reason" not in output and "did not make it" not in output
+    result, output = run("status", "2")
+    assert "first problems (all: imshift results 2 --outcome rejected)" in output, output
+    assert "bad id" in output and "'bad id' is not allowed" in output  # the row and its reason
+
+    for path in (good, bad):
+        result, output = run("migrate", "run", "--from", "new", "--to", "new", "--users", path)
+        assert result.exit_code in (0, 3), output
+    result, output = run("status", "R1")
+    assert "run R1: new -> new, finished" in output, output
+    assert "problems" not in output and "did not make it" not in output
+    result, output = run("status", "R2")
+    assert "what did not make it: `imshift results R2 --stage accounts --outcome rejected`" in output

@@ -125,6 +125,9 @@ def test_worker_processes_count_on_their_port_and_in_the_server(tmp_path, redis_
         assert items[-1] == 240, seen[-5:]
         assert own_calls[-1] > 0 and own_calls[-1] == server_calls[-1]
         assert len({c for c in own_calls if c}) >= 2, f"the workers' counter did not rise: {own_calls}"
+        # The server's scrape shows them rising too, with the items the workers recorded.
+        assert list(server_calls) == sorted(server_calls) and len(set(server_calls)) >= 2, seen
+        assert list(items) == sorted(items) and len(set(items)) >= 2, seen
         assert value(own, "imshift_chunk_seconds_count") >= 240 / 20
     finally:
         pool.terminate()

@@ -117,11 +117,15 @@ def test_the_page_follows_a_job_to_its_end_and_steers_it(served, tmp_path):
 
             from imshift.jobs import control
             control.start(ctx.engine, ctx.broker, job)
-            shown = set()
+            shown, widths = set(), set()
 
-            def moving():
+            def moving():  # the count and the bar's ok segment, both growing while it runs
                 shown.add(card.locator("[data-role=done]").text_content())
-                return len(shown) >= 3 and card.get_attribute("data-status") == "running"
+                ok = card.locator(".bar .seg.ok")
+                if ok.count():
+                    widths.add(ok.get_attribute("style"))
+                return (len(shown) >= 3 and len(widths) >= 2
+                        and card.get_attribute("data-status") == "running")
 
             wait_for(moving)
             card.locator("[data-action=pause]").click()
@@ -144,7 +148,7 @@ def test_the_page_follows_a_job_to_its_end_and_steers_it(served, tmp_path):
             print(f"screenshot of the finished job: {shot}")
         finally:
             browser.close()
-    assert len(shown) >= 3, shown
+    assert len(shown) >= 3 and len(widths) >= 2, (shown, widths)
 
 
 def test_the_page_shows_a_runs_stages_and_which_one_runs(served, tmp_path):
