@@ -788,7 +788,8 @@ def schedule_remove(schedule_id: Annotated[int, typer.Argument(metavar="ID")]) -
 
 
 def scheduler(
-    poll: Annotated[float, typer.Option(min=0.05, help="Seconds between looks for due schedules.")] = 1.0,
+    poll: Annotated[float, typer.Option(min=0.05, help="Most seconds between looks for due "
+                                        "schedules (it wakes when the next one is due).")] = 1.0,
 ) -> None:
     """Fire due schedules, each exactly once however many schedulers run.
     Without Redis it also runs the fired jobs in this process."""
@@ -825,12 +826,14 @@ def scheduler(
                     if ctx.embedded and now - last_sweep > ctx.settings.stale_after / 4:
                         sweep(ctx.runtime)
                         last_sweep = now
+                    pause = schedules.wait_seconds(ctx.engine, poll)  # wake when one is due
                 except (DBAPIError, redis.RedisError, dramatiq.errors.DramatiqError) as exc:
                     reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
                     err.print(f"scheduler: {type(exc).__name__}: {reason}; trying again in "
                               f"{poll:g} s (fired jobs not yet started are started then)",
                               highlight=False)
-                time.sleep(poll)
+                    pause = poll
+                time.sleep(pause)
         except KeyboardInterrupt:
             console.print("scheduler stopped")
 

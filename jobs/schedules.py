@@ -28,7 +28,7 @@ from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -49,6 +49,7 @@ COMMANDS = {"send": Operation.SEND, "send_group": Operation.SEND_GROUP,
             "broadcast": Operation.BROADCAST}
 ORPHAN_AFTER = 3600.0  # a planned job with no fire this old is a killed scheduler's (planning is minutes)
 ACTIVE = ScheduleStatus.ACTIVE.value
+MIN_WAIT = 0.01  # seconds: the shortest sleep between a scheduler's looks
 _SECOND = timedelta(seconds=1)
 
 
@@ -431,6 +432,21 @@ def due(engine: Engine, now: float, limit: int = 200) -> list:
         return list(conn.execute(select(schedules).where(
             schedules.c.status == ACTIVE, schedules.c.next_at <= now)
             .order_by(schedules.c.next_at).limit(limit)))
+
+
+def wait_seconds(engine: Engine, poll: float, now: float | None = None) -> float:
+    """How long a scheduler sleeps before its next look: until the next
+    active schedule is due, at most `poll` (so one added meanwhile is seen
+    within `poll`). Polling on a fixed period alone fired up to a whole
+    period late (bench/schedule.py); MIN_WAIT keeps a loop over a due row
+    that cannot move on from spinning."""
+    now = time.time() if now is None else now
+    with engine.connect() as conn:
+        soonest = conn.execute(select(func.min(schedules.c.next_at))
+                               .where(schedules.c.status == ACTIVE)).scalar()
+    if soonest is None:
+        return poll
+    return min(poll, max(MIN_WAIT, soonest - now))
 
 
 def fire_due(firing: Firing, now: float | None = None) -> list[Fired]:

@@ -76,6 +76,23 @@ def test_racing_schedulers_fire_a_schedule_once(ctx):
     assert schedules.get(ctx.engine, sid).status == "done"
 
 
+def test_a_scheduler_sleeps_until_the_next_schedule_is_due_never_past_it(ctx):
+    now = parse_at("2026-12-24 08:59", "UTC")
+    assert schedules.wait_seconds(ctx.engine, 1.0, now) == 1.0  # nothing to fire
+    later = schedules.add(ctx.engine, ctx.target("ne"), command="broadcast", params=HELLO,
+                          at=now + 30, tz="UTC", now=now)
+    assert schedules.wait_seconds(ctx.engine, 1.0, now) == 1.0  # a look each poll meanwhile
+    soon = schedules.add(ctx.engine, ctx.target("ne"), command="broadcast", params=HELLO,
+                         at=now + 0.25, tz="UTC", now=now)
+    assert schedules.wait_seconds(ctx.engine, 1.0, now) == pytest.approx(0.25)
+    assert schedules.wait_seconds(ctx.engine, 1.0, now + 5) == schedules.MIN_WAIT  # already due
+    schedules.pause(ctx.engine, soon)  # only active schedules wake it
+    assert schedules.wait_seconds(ctx.engine, 1.0, now) == 1.0
+    schedules.fire_due(firing(ctx), now + 30)
+    assert schedules.get(ctx.engine, later).status == "done"
+    assert schedules.wait_seconds(ctx.engine, 1.0, now + 30) == 1.0
+
+
 def test_spring_forward_fires_once_when_the_clocks_skip_the_time(ctx):
     start = parse_at("2026-03-07 12:00", NY)
     sid = schedules.add(ctx.engine, ctx.target("ne"), command="broadcast", params=HELLO,
