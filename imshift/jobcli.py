@@ -746,16 +746,20 @@ def schedule_show(schedule_id: Annotated[int, typer.Argument(metavar="ID")]) -> 
 def schedule_history(schedule_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
     """Each fire of a schedule: when it was due, what happened, its job's counts."""
     ctx = _context()
-    row = _schedule(ctx, schedule_id)
-    table = Table(title=f"fires of schedule {schedule_id}")
+    console.print(history_table(ctx, _schedule(ctx, schedule_id)))
+
+
+def history_table(ctx: Context, row) -> Table:
+    """The fires of schedule `row` (shared with `imshift demo`)."""
+    table = Table(title=f"fires of schedule {row.id}")
     for column in ("due", "fire", "job", "job status", "counts", "note"):
         table.add_column(column)
-    for fire in schedules.history(ctx.engine, schedule_id):
+    for fire in schedules.history(ctx.engine, row.id):
         p = progress(ctx.engine, fire.job_id) if fire.job_id else None
         table.add_row(schedules.local(fire.fire_at, row.tz), fire.state,
                       str(fire.job_id or ""), fire.job_status or "", counts_text(p) if p else "",
                       fire.note or "")
-    console.print(table)
+    return table
 
 
 def _schedule_change(schedule_id: int, change, done: str) -> None:
@@ -816,7 +820,7 @@ def scheduler(
             while True:
                 try:
                     for fired in schedules.fire_due(firing):
-                        _print_fired(ctx, fired)
+                        print_fired(ctx, fired)
                     now = time.monotonic()
                     if now - last_orphans > 60:
                         schedules.sweep_orphans(ctx.engine)
@@ -838,7 +842,7 @@ def scheduler(
             console.print("scheduler stopped")
 
 
-def _print_fired(ctx: Context, fired) -> None:
+def print_fired(ctx: Context, fired, console: Console = console) -> None:
     if fired.state == "elsewhere":
         return
     row = schedules.get(ctx.engine, fired.schedule_id)
