@@ -656,8 +656,9 @@ def _scheduled(args: list[str]) -> tuple[str, str, dict]:
 
 
 def _when(row) -> str:
-    if row.params.get("local_at"):
-        return (f"at {row.params['local_at']} on each recipient's clock ({len(row.params['zones'])} "
+    if schedules.is_local(row.params):
+        when = f"cron {row.cron!r}" if row.cron else f"at {row.params['local_at']}"
+        return (f"{when} on each recipient's clock ({len(row.params['zones'])} "
                 f"zones; {row.params['fallback_rows']} rows without a known zone use {row.tz})")
     return (f"at {schedules.local(row.at, row.tz)}" if row.at is not None
             else f"cron {row.cron!r} in {row.tz}")
@@ -674,9 +675,9 @@ def schedule_add(
     tz: Annotated[str, typer.Option(help="The zone of --at and --cron (IANA name).")] = "UTC",
     catch_up: Annotated[str, typer.Option(help="A fire this late (no scheduler ran) still "
                                           "fires once; later ones are recorded missed.")] = "15m",
-    local_time: Annotated[bool, typer.Option("--local-time", help="--at in each recipient's own "
-                                             "zone (--tz-column): a fire per zone; rows without "
-                                             "a known zone use --tz.")] = False,
+    local_time: Annotated[bool, typer.Option("--local-time", help="--at or --cron in each "
+                                             "recipient's own zone (--tz-column): a fire per "
+                                             "zone; rows without a known zone use --tz.")] = False,
     tz_column: Annotated[str, typer.Option(help="With --local-time: the recipients' zone "
                                            "column.")] = "tz",
 ) -> None:
@@ -689,10 +690,12 @@ def schedule_add(
     tgt = _target(ctx, app)
     try:
         if local_time:
-            if at is None:
-                fail("--local-time needs --at (a time of day, or a date and time)")
-            params = {**params, "local_at": schedules.parse_local_at(at), "tz_column": tz_column}
-            at = None
+            if at is None and cron is None:
+                fail("--local-time needs --at (a time of day, or a date and time) or --cron")
+            params = {**params, "tz_column": tz_column}
+            if at is not None:  # a wall time, read on each recipient zone's clock
+                params["local_at"] = schedules.parse_local_at(at)
+                at = None
         when = schedules.parse_at(at, tz) if at is not None else None
         schedule_id = schedules.add(ctx.engine, tgt, command=command, params=params, at=when,
                                     cron=cron, tz=tz, catch_up=window)
