@@ -6,7 +6,9 @@ sandbox, which assigns its own numeric ids: accounts, friends, groups,
 members, new tokens, then a read-back of all of it through Maxim's own
 read endpoints. Shows each stage's progress, the run's report and some of
 its id map, then messages a thousand of the migrated users through Maxim's
-batch endpoint, addressed by the ids Maxim gave them. Runs on a temporary
+batch endpoint, addressed by the ids Maxim gave them. Last, a broadcast
+schedule a few seconds ahead and a recurring send, each fired once by the
+scheduler in this process (imshift/demo_schedules.py). Runs on a temporary
 SQLite database with the in-process broker and workers: nothing to set up.
 """
 
@@ -32,6 +34,7 @@ from imshift.vendors.vocabulary import Message, Operation
 from imshift.workers.embedded import in_process_workers
 
 from . import logs
+from .demo_schedules import run_schedules
 from .jobcli import fail
 from .watch import summary, watch
 
@@ -111,7 +114,7 @@ def run_demo(count: int, console: Console) -> None:
     console.print(f"[bold]imshift demo[/bold]: a migration run of {count:,} users with their friends "
                   f"and groups, from the RongCloud sandbox to the Maxim sandbox (which assigns its own "
                   f"numeric ids), with new tokens and a read-back; then a welcome message to up to "
-                  f"1,000 of them\n  inputs {users.name}, {friends.name}, {groups.name} in {workdir}; "
+                  f"1,000 of them, a scheduled broadcast and a recurring send\n  inputs {users.name}, {friends.name}, {groups.name} in {workdir}; "
                   f"database {workdir / 'imshift.db'}")
     if key:
         console.print("  IMSHIFT_TOKEN_KEY is not set: the new tokens are stored encrypted with a key "
@@ -120,7 +123,8 @@ def run_demo(count: int, console: Console) -> None:
     ctx.runtime  # noqa: B018  (configures the in-process workers)
     with in_process_workers(ctx.broker):
         run_id = migrate(ctx, users, friends, groups, console)
-        send(ctx, run_id, workdir, console)
+        sender, chosen = send(ctx, run_id, workdir, console)
+        run_schedules(ctx, TARGET, sender, chosen[:3], workdir, console)
 
 
 def migrate(ctx: Context, users: Path, friends: Path, groups: Path, console: Console) -> int:
@@ -174,9 +178,10 @@ def migrate(ctx: Context, users: Path, friends: Path, groups: Path, console: Con
     return plan.run_id
 
 
-def send(ctx: Context, run_id: int, workdir: Path, console: Console) -> None:
+def send(ctx: Context, run_id: int, workdir: Path, console: Console) -> tuple[str, list[str]]:
     """A welcome message from the first migrated user to the next thousand,
-    addressed by their Maxim ids (Maxim's send takes nothing else)."""
+    addressed by their Maxim ids (Maxim's send takes nothing else): the
+    sender's and the recipients' Maxim ids."""
     box = ctx.sandbox(TARGET)
     p = run_control.run_progress(ctx.engine, run_id)
     accounts_job = p.stages[0][1].job_id
@@ -196,3 +201,4 @@ def send(ctx: Context, run_id: int, workdir: Path, console: Console) -> None:
     delivered = sum(len(box.inbox(target)) for target in chosen)
     console.print(f"\n{delivered:,} messages delivered in {box.calls['send']} batch call(s) "
                   f"(up to {ctx.target(TARGET).batch_size(Operation.SEND)} recipients each)")
+    return sender, chosen

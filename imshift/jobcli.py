@@ -633,8 +633,9 @@ def _scheduled(args: list[str]) -> tuple[str, str, dict]:
 
 
 def _when(row) -> str:
-    if row.params.get("local_at"):
-        return (f"at {row.params['local_at']} on each recipient's clock ({len(row.params['zones'])} "
+    if schedules.is_local(row.params):
+        when = f"cron {row.cron!r}" if row.cron else f"at {row.params['local_at']}"
+        return (f"{when} on each recipient's clock ({len(row.params['zones'])} "
                 f"zones; {row.params['fallback_rows']} rows without a known zone use {row.tz})")
     return (f"at {schedules.local(row.at, row.tz)}" if row.at is not None
             else f"cron {row.cron!r} in {row.tz}")
@@ -651,9 +652,9 @@ def schedule_add(
     tz: Annotated[str, typer.Option(help="The zone of --at and --cron (IANA name).")] = "UTC",
     catch_up: Annotated[str, typer.Option(help="A fire this late (no scheduler ran) still "
                                           "fires once; later ones are recorded missed.")] = "15m",
-    local_time: Annotated[bool, typer.Option("--local-time", help="--at in each recipient's own "
-                                             "zone (--tz-column): a fire per zone; rows without "
-                                             "a known zone use --tz.")] = False,
+    local_time: Annotated[bool, typer.Option("--local-time", help="--at or --cron in each "
+                                             "recipient's own zone (--tz-column): a fire per "
+                                             "zone; rows without a known zone use --tz.")] = False,
     tz_column: Annotated[str, typer.Option(help="With --local-time: the recipients' zone "
                                            "column.")] = "tz",
 ) -> None:
@@ -666,10 +667,12 @@ def schedule_add(
     tgt = _target(ctx, app)
     try:
         if local_time:
-            if at is None:
-                fail("--local-time needs --at (a time of day, or a date and time)")
-            params = {**params, "local_at": schedules.parse_local_at(at), "tz_column": tz_column}
-            at = None
+            if at is None and cron is None:
+                fail("--local-time needs --at (a time of day, or a date and time) or --cron")
+            params = {**params, "tz_column": tz_column}
+            if at is not None:  # a wall time, read on each recipient zone's clock
+                params["local_at"] = schedules.parse_local_at(at)
+                at = None
         when = schedules.parse_at(at, tz) if at is not None else None
         schedule_id = schedules.add(ctx.engine, tgt, command=command, params=params, at=when,
                                     cron=cron, tz=tz, catch_up=window)
@@ -723,16 +726,20 @@ def schedule_show(schedule_id: Annotated[int, typer.Argument(metavar="ID")]) -> 
 def schedule_history(schedule_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
     """Each fire of a schedule: when it was due, what happened, its job's counts."""
     ctx = _context()
-    row = _schedule(ctx, schedule_id)
-    table = Table(title=f"fires of schedule {schedule_id}")
+    console.print(history_table(ctx, _schedule(ctx, schedule_id)))
+
+
+def history_table(ctx: Context, row) -> Table:
+    """The fires of schedule `row` (shared with `imshift demo`)."""
+    table = Table(title=f"fires of schedule {row.id}")
     for column in ("due", "fire", "job", "job status", "counts", "note"):
         table.add_column(column)
-    for fire in schedules.history(ctx.engine, schedule_id):
+    for fire in schedules.history(ctx.engine, row.id):
         p = progress(ctx.engine, fire.job_id) if fire.job_id else None
         table.add_row(schedules.local(fire.fire_at, row.tz), fire.state,
                       str(fire.job_id or ""), fire.job_status or "", counts_text(p) if p else "",
                       fire.note or "")
-    console.print(table)
+    return table
 
 
 def _schedule_change(schedule_id: int, change, done: str) -> None:
@@ -765,7 +772,8 @@ def schedule_remove(schedule_id: Annotated[int, typer.Argument(metavar="ID")]) -
 
 
 def scheduler(
-    poll: Annotated[float, typer.Option(min=0.05, help="Seconds between looks for due schedules.")] = 1.0,
+    poll: Annotated[float, typer.Option(min=0.05, help="Most seconds between looks for due "
+                                        "schedules (it wakes when the next one is due).")] = 1.0,
 ) -> None:
     """Fire due schedules, each exactly once however many schedulers run.
     Without Redis it also runs the fired jobs in this process."""
@@ -792,7 +800,7 @@ def scheduler(
             while True:
                 try:
                     for fired in schedules.fire_due(firing):
-                        _print_fired(ctx, fired)
+                        print_fired(ctx, fired)
                     now = time.monotonic()
                     if now - last_orphans > 60:
                         schedules.sweep_orphans(ctx.engine)
@@ -802,17 +810,19 @@ def scheduler(
                     if ctx.embedded and now - last_sweep > ctx.settings.stale_after / 4:
                         sweep(ctx.runtime)
                         last_sweep = now
+                    pause = schedules.wait_seconds(ctx.engine, poll)  # wake when one is due
                 except (DBAPIError, redis.RedisError, dramatiq.errors.DramatiqError) as exc:
                     reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
                     err.print(f"scheduler: {type(exc).__name__}: {reason}; trying again in "
                               f"{poll:g} s (fired jobs not yet started are started then)",
                               highlight=False)
-                time.sleep(poll)
+                    pause = poll
+                time.sleep(pause)
         except KeyboardInterrupt:
             console.print("scheduler stopped")
 
 
-def _print_fired(ctx: Context, fired) -> None:
+def print_fired(ctx: Context, fired, console: Console = console) -> None:
     if fired.state == "elsewhere":
         return
     row = schedules.get(ctx.engine, fired.schedule_id)

@@ -115,7 +115,7 @@ def child(threads: int) -> int:
         return EXIT_SETTINGS
     broker = worker_entry.broker
     broker.emit_after("process_boot")
-    worker = dramatiq.Worker(broker, queues={QUEUE}, worker_threads=threads)
+    worker = dramatiq.Worker(broker, queues={QUEUE}, worker_threads=threads, worker_timeout=100)
     worker.start()
     log.info("Worker process is ready for action.")
     while not stop.wait(1.0):

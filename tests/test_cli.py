@@ -6,12 +6,15 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
+from sqlalchemy import create_engine, select
 from typer.testing import CliRunner
 
 from imshift.cli import app
+from imshift.models.tables import Job, Schedule, ScheduleFire
 from imshift.vendors.vocabulary import Outcome, Profile
 from imshift.vendors.http import http_client
 from imshift.vendors.registry import VENDORS
@@ -34,7 +37,8 @@ def test_sandbox_refuses_an_unknown_vendor():
     assert "unknown vendor 'wechat'" in result.output
 
 
-def test_demo_migrates_reports_bad_rows_and_sends():
+def test_demo_migrates_reports_bad_rows_and_sends(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the demo makes its workdir
     result = runner.invoke(app, ["demo", "--users", "150"])
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())  # undo rich's line wrapping
@@ -54,6 +58,24 @@ def test_demo_migrates_reports_bad_rows_and_sends():
     mapped = re.search(r"user_000000 -> (\d+)", output)
     assert mapped and mapped.group(1) != "user_000000"  # Maxim's own numeric id
     assert f"from user_000000 (Maxim id {mapped.group(1)}) to 145 of them" in output
+    # A broadcast schedule and a recurring one (removed after its first fire): one fire each.
+    [db] = tmp_path.glob("imshift-demo-*/imshift.db")
+    engine = create_engine(f"sqlite:///{db}")
+    made, fires, jobs = Schedule.__table__, ScheduleFire.__table__, Job.__table__
+    with engine.connect() as conn:
+        made = dict(conn.execute(select(made.c.command, made.c.status)).all())
+        fired = conn.execute(select(fires.c.schedule_id, fires.c.state, jobs.c.status)
+                             .outerjoin(jobs, jobs.c.id == fires.c.job_id)
+                             .order_by(fires.c.schedule_id)).all()
+    engine.dispose()
+    assert made == {"broadcast": "done", "send": "removed"}
+    assert [tuple(f) for f in fired] == [(1, "fired", "finished"), (2, "fired", "finished")]
+    # What the Maxim sandbox received, as the demo reads it back from the sandbox.
+    assert "1 broadcast call(s), the announcement in 145 inboxes" in output
+    assert "the reminder in 3 inboxes (3 recipients, one fire)" in output
+    assert output.count("fired as job") == 2
+    assert "removed schedule 2 after its first fire" in output
+    assert output.count("fires of schedule") == 2
 
 
 

@@ -36,6 +36,21 @@ def test_add_list_show_pause_resume_remove(env, monkeypatch):
     assert result.exit_code == 0 and "fires of schedule 1" in output
 
 
+def test_local_time_takes_a_cron_read_on_each_recipients_clock(env, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    (env / "to.csv").write_text("user_id,tz\nli,Asia/Shanghai\nbob,America/New_York\nx,\n")
+    send = ("--", "send", "--app", "new", "--sender", "boss", "--to", "to.csv", "--text", "早")
+    result, output = run("schedule", "add", "--cron", "0 9 * * MON", "--local-time", *send)
+    assert result.exit_code == 0, output
+    assert ("schedule 1: send on new, cron '0 9 * * MON' on each recipient's clock (3 zones; "
+            "1 rows without a known zone use UTC)") in output
+    result, output = run("schedule", "add", "--local-time", *send)
+    assert result.exit_code == 2 and "--local-time needs --at" in output and "or --cron" in output
+    result, output = run("schedule", "add", "--at", "09:00", "--cron", "0 9 * * *", "--local-time",
+                         *send)
+    assert result.exit_code == 2 and "one of --at or --cron" in output, output
+
+
 def test_add_refuses_with_one_line_and_schedules_nothing(env):
     cases = [
         (["--at", "2099-01-01 09:00", "--", "send", "--app", "new", "--sender", "b", "--to",

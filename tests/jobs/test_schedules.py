@@ -76,6 +76,23 @@ def test_racing_schedulers_fire_a_schedule_once(ctx):
     assert schedules.get(ctx.engine, sid).status == "done"
 
 
+def test_a_scheduler_sleeps_until_the_next_schedule_is_due_never_past_it(ctx):
+    now = parse_at("2026-12-24 08:59", "UTC")
+    assert schedules.wait_seconds(ctx.engine, 1.0, now) == 1.0  # nothing to fire
+    later = schedules.add(ctx.engine, ctx.target("ne"), command="broadcast", params=HELLO,
+                          at=now + 30, tz="UTC", now=now)
+    assert schedules.wait_seconds(ctx.engine, 1.0, now) == 1.0  # a look each poll meanwhile
+    soon = schedules.add(ctx.engine, ctx.target("ne"), command="broadcast", params=HELLO,
+                         at=now + 0.25, tz="UTC", now=now)
+    assert schedules.wait_seconds(ctx.engine, 1.0, now) == pytest.approx(0.25)
+    assert schedules.wait_seconds(ctx.engine, 1.0, now + 5) == schedules.MIN_WAIT  # already due
+    schedules.pause(ctx.engine, soon)  # only active schedules wake it
+    assert schedules.wait_seconds(ctx.engine, 1.0, now) == 1.0
+    schedules.fire_due(firing(ctx), now + 30)
+    assert schedules.get(ctx.engine, later).status == "done"
+    assert schedules.wait_seconds(ctx.engine, 1.0, now + 30) == 1.0
+
+
 def test_spring_forward_fires_once_when_the_clocks_skip_the_time(ctx):
     start = parse_at("2026-03-07 12:00", NY)
     sid = schedules.add(ctx.engine, ctx.target("ne"), command="broadcast", params=HELLO,
@@ -263,3 +280,69 @@ def test_a_local_time_of_day_is_its_next_coming_in_each_zone(ctx, tmp_path):
         "2026-12-02 08:00:00+00:00",  # Paris, today
         "2026-12-02 09:00:00+00:00",  # the fallback zone (UTC), today
         "2026-12-03 01:00:00+00:00"]  # Shanghai, tomorrow: today's 09:00 is past there
+
+
+def test_a_local_time_cron_fires_at_nine_on_each_zones_clock_each_day_once(ctx, tmp_path):
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from imshift.jobs.progress import results
+
+    to = tmp_path / "to.csv"
+    to.write_text("user_id,tz\nli,Asia/Shanghai\nann,Europe/London\nbob,America/New_York\n"
+                  "moon,Mars/Olympus\n", encoding="utf-8")
+    params = {"sender": "admin", "message": encode_message(Message(text="早上好")), "to": str(to),
+              "tz_column": "tz"}
+    start = parse_at("2026-12-23 12:00", "UTC")
+    sid = schedules.add(ctx.engine, ctx.target("ne"), command="send", params=params,
+                        cron="0 9 * * *", tz="UTC", now=start)
+    assert local(schedules.get(ctx.engine, sid).next_at, "UTC") == "2026-12-23 14:00:00+00:00"  # NY
+    two = [firing(ctx), firing(ctx)]  # two schedulers look at every step of the fake clock
+    t = start
+    while t <= start + 2 * 86400:
+        for f in two:
+            schedules.fire_due(f, t)
+        t += 900
+    history = schedules.history(ctx.engine, sid)
+    assert [f.state for f in history] == ["fired"] * 6  # 3 instants a day (London is UTC now)
+    assert job_count(ctx) == 6
+    got = []
+    for f in history:
+        keys = sorted(i.key for i in results(ctx.engine, f.job_id))
+        nine = sorted(name for name in ("Asia/Shanghai", "Europe/London", "America/New_York")
+                      if datetime.fromtimestamp(f.fire_at, ZoneInfo(name)).hour == 9)
+        got.append((local(f.fire_at, "UTC"), nine, keys))
+    assert got == [
+        ("2026-12-23 14:00:00+00:00", ["America/New_York"], ["bob"]),
+        ("2026-12-24 01:00:00+00:00", ["Asia/Shanghai"], ["li"]),
+        ("2026-12-24 09:00:00+00:00", ["Europe/London"], ["ann", "moon"]),  # moon: --tz, counted
+        ("2026-12-24 14:00:00+00:00", ["America/New_York"], ["bob"]),
+        ("2026-12-25 01:00:00+00:00", ["Asia/Shanghai"], ["li"]),
+        ("2026-12-25 09:00:00+00:00", ["Europe/London"], ["ann", "moon"])]
+    assert schedules.get(ctx.engine, sid).status == "active"
+
+
+def test_a_local_time_cron_after_downtime_fires_each_zone_inside_the_catch_up_once(ctx, tmp_path):
+    from imshift.jobs.progress import results
+
+    to = tmp_path / "to.csv"
+    to.write_text("user_id,tz\nli,Asia/Shanghai\npia,Europe/Paris\nann,Europe/London\n",
+                  encoding="utf-8")
+    start = parse_at("2026-12-23 12:00", "UTC")
+    sid = schedules.add(ctx.engine, ctx.target("ne"), command="send", cron="0 9 * * *", tz="UTC",
+                        now=start, catch_up=7200, params={**HELLO, "sender": "admin", "to": str(to),
+                                                          "tz_column": "tz"})
+    # No scheduler ran until 09:30 UTC: Shanghai's 09:00 (01:00 UTC) is older than the
+    # 2 h catch-up, Paris's (08:00 UTC) and London's (09:00 UTC) are not.
+    for _ in range(4):  # a scheduler's passes at that time, one fire each
+        schedules.fire_due(firing(ctx), parse_at("2026-12-24 09:30", "UTC"))
+    assert fires_of(ctx, sid) == [("2026-12-24 01:00:00+00:00", "missed"),
+                                  ("2026-12-24 08:00:00+00:00", "fired"),
+                                  ("2026-12-24 09:00:00+00:00", "fired")]
+    jobs = [f.job_id for f in schedules.history(ctx.engine, sid) if f.job_id]
+    assert [[i.key for i in results(ctx.engine, j)] for j in jobs] == [["pia"], ["ann"]]
+    assert local(schedules.get(ctx.engine, sid).next_at, "UTC") == "2026-12-25 01:00:00+00:00"
+    with pytest.raises(ScheduleError, match="one of --at or --cron"):
+        schedules.add(ctx.engine, ctx.target("ne"), command="send", cron="0 9 * * *", now=start,
+                      params={**HELLO, "to": str(to), "tz_column": "tz",
+                              "local_at": schedules.parse_local_at("09:00")})

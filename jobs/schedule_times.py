@@ -1,0 +1,207 @@
+"""When schedules fire: times read in a zone, cron expressions, and
+recipient-local time (`--local-time`: a wall time or a cron expression read
+on each recipient zone's own clock; jobs/schedules.py fires them).
+
+Cron expressions are read on the zone's wall clock (croniter over naive
+local times, turned into instants with zoneinfo, fold=0). A time the clocks
+skip (02:30 on a spring-forward day) fires at the instant they skip over it
+(03:30 new time); a time the clocks repeat (autumn) fires once, the first
+time. A local-time schedule's fires are the union of its zones' fires:
+zones whose wall clocks give the same instant share one fire, each other
+instant is a fire of its own (its own fire row, exactly once like any).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from .inputs import InputError
+
+_SECOND = timedelta(seconds=1)
+
+
+class ScheduleError(ValueError):
+    """A schedule that cannot be made or changed; the message says why."""
+
+
+# -- time ---------------------------------------------------------------------------------------
+
+def zone(tz: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ScheduleError(f"--tz {tz!r} is not a time zone (use an IANA name such as "
+                            "Asia/Shanghai or UTC)") from None
+
+
+def _instant(naive: datetime, z: ZoneInfo) -> float:
+    return naive.replace(tzinfo=z).timestamp()  # fold=0: a skipped time maps past the gap
+
+
+def _exists(naive: datetime, z: ZoneInfo) -> bool:
+    aware = naive.replace(tzinfo=z)
+    back = datetime.fromtimestamp(aware.timestamp(), z).replace(tzinfo=None)
+    return back == naive
+
+
+def parse_at(text: str, tz: str) -> float:
+    """An ISO 8601 local time (seconds allowed) read in `tz`, as epoch seconds."""
+    z = zone(tz)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ScheduleError(f"--at {text!r} is not an ISO 8601 time such as "
+                            "'2026-12-24 09:00' or '2026-12-24T09:00:30'") from None
+    if when.tzinfo is not None:
+        return when.timestamp()
+    if not _exists(when, z):
+        raise ScheduleError(f"--at {text!r} does not exist in {tz}: the clocks skip it "
+                            "(daylight saving); choose another time")
+    return _instant(when, z)
+
+
+def parse_local_at(text: str) -> str:
+    """--at for --local-time: a wall time, not yet an instant (each zone reads
+    it on its own clock). A time of day alone means its next coming in each zone."""
+    from datetime import time as clock
+
+    try:
+        return datetime.fromisoformat(text).replace(tzinfo=None).isoformat(" ")
+    except ValueError:
+        pass
+    try:
+        return clock.fromisoformat(text).replace(tzinfo=None).isoformat()
+    except ValueError:
+        raise ScheduleError(f"--at {text!r} is not an ISO 8601 time such as '09:00' or "
+                            "'2026-12-24 09:00'") from None
+
+
+def cron_fields(expr: str) -> tuple[str, bool]:
+    """The expression and whether it has seconds (six fields, seconds first)."""
+    parts = expr.split()
+    if len(parts) not in (5, 6) or not croniter.is_valid(expr, second_at_beginning=len(parts) == 6):
+        raise ScheduleError(f"--cron {expr!r} is not a cron expression of five fields "
+                            "(minute hour day month weekday) or six (seconds first)")
+    return " ".join(parts), len(parts) == 6
+
+
+def _iter(expr: str, start: datetime, backwards: bool = False) -> croniter:
+    expr, seconds = cron_fields(expr)
+    return croniter(expr, start, is_prev=backwards, second_at_beginning=seconds)
+
+
+def next_fire(expr: str, tz: str, after: float) -> float:
+    """The first fire of `expr` in `tz` strictly after `after`."""
+    z = zone(tz)
+    it = _iter(expr, datetime.fromtimestamp(after, z).replace(tzinfo=None, fold=0))
+    while True:
+        t = _instant(it.get_next(datetime), z)
+        if t > after:  # wall times the autumn repeat maps before `after` are skipped
+            return t
+
+
+def last_fire(expr: str, tz: str, upto: float) -> float:
+    """The last fire of `expr` in `tz` at or before `upto`."""
+    z = zone(tz)
+    start = datetime.fromtimestamp(upto, z).replace(tzinfo=None)
+    it = _iter(expr, start.replace(microsecond=0) + _SECOND, backwards=True)
+    while True:
+        t = _instant(it.get_prev(datetime), z)
+        if t <= upto:
+            return t
+
+
+def local(t: float | None, tz: str) -> str:
+    if t is None:
+        return "-"
+    return datetime.fromtimestamp(t, zone(tz)).isoformat(" ", "seconds")
+
+
+def zones_of(path: str, column: str, fallback: str) -> dict[str, Any]:
+    """The zones the recipient file names in `column` (read at `add`, so
+    each gets its fire), and how many rows fall back to the schedule's zone."""
+    from .inputs import read_rows
+
+    zones, fallbacks, seen_column = set(), 0, False
+    try:
+        for row in read_rows(path):
+            seen_column = seen_column or column in row.fields
+            name = row.fields.get(column, "")
+            if known_zone(name):
+                zones.add(name)
+            else:
+                fallbacks += 1
+    except InputError as exc:
+        raise ScheduleError(str(exc)) from None
+    if not seen_column:
+        raise ScheduleError(f"{path}: no {column!r} column for --tz-column")
+    return {"zones": sorted(zones | {fallback}), "fallback_rows": fallbacks}
+
+
+def known_zone(name: str) -> bool:
+    try:
+        return bool(name) and ZoneInfo(name) is not None
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+
+
+def local_instants(params: dict[str, Any], fallback: str) -> dict[float, list[str]]:
+    """A local-time schedule's fire instants: `local_at` on each zone's
+    wall clock, with the zones that share each instant."""
+    from datetime import time as clock
+
+    text, out = params["local_at"], {}
+    for name in params.get("zones", [fallback]):
+        z = zone(name)
+        if "-" in text:  # a date and a time
+            t = _instant(datetime.fromisoformat(text), z)
+        else:  # a time of day: its first coming after the schedule was made
+            made = datetime.fromtimestamp(params["added_at"], z)
+            t = _instant(datetime.combine(made.date(), clock.fromisoformat(text)), z)
+            if t <= params["added_at"]:
+                t = _instant(datetime.combine(made.date() + timedelta(days=1),
+                                              clock.fromisoformat(text)), z)
+        out.setdefault(t, []).append(name)
+    return out
+
+
+# -- recipient-local time ------------------------------------------------------------------------
+
+def is_local(params: dict[str, Any]) -> bool:
+    """Whether the schedule reads its time on each recipient's clock."""
+    return "tz_column" in params
+
+
+def local_zones(params: dict[str, Any], fallback: str) -> list[str]:
+    return params.get("zones", [fallback])
+
+
+def next_after(params: dict[str, Any], cron: str | None, tz: str, after: float) -> float | None:
+    """The schedule's first fire strictly after `after`; None when none is left."""
+    if is_local(params):
+        if cron is not None:  # the soonest of its zones' next fires
+            return min(next_fire(cron, name, after) for name in local_zones(params, tz))
+        return min((t for t in local_instants(params, tz) if t > after), default=None)
+    return next_fire(cron, tz, after) if cron is not None else None
+
+
+def latest_fire(params: dict[str, Any], cron: str, tz: str, due: float, upto: float) -> float:
+    """The fire a recurring schedule due at `due` makes at `upto`: a zone
+    never piles up (only its latest fire at or before `upto` counts, the
+    ones before it are skipped), and the zones' latest fires are taken in
+    turn, earliest first, so each zone's fire meets the catch-up window on
+    its own."""
+    lasts = [last_fire(cron, name, upto) for name in local_zones(params, tz)] \
+        if is_local(params) else [last_fire(cron, tz, upto)]
+    return min((t for t in lasts if t >= due), default=due)
+
+
+def zones_at(params: dict[str, Any], cron: str | None, tz: str, fire_at: float) -> set[str]:
+    """The zones whose clock reads the local time at instant `fire_at`."""
+    if cron is not None:
+        return {name for name in local_zones(params, tz) if last_fire(cron, name, fire_at) == fire_at}
+    return set(local_instants(params, tz).get(fire_at, []))
