@@ -29,6 +29,7 @@ from imshift.models.tables import Job, JobStatus, Schedule, ScheduleFire, Schedu
 from imshift.vendors.vocabulary import Message, Operation, Unsupported
 
 from . import kinds, schedule_caps
+from .fire_claim import claim
 from .inputs import InputError
 from .plan import discard
 from .schedule_times import (  # noqa: F401  (the names callers know this module by)
@@ -244,6 +245,15 @@ def fire_one(firing: Firing, row, now: float) -> Fired:
                              f"({row.catch_up:g} s; it was {late:,.0f} s late)"})
         ok = _commit(firing, row, rows, following)
         return Fired(row.id, latest, "missed" if ok else "elsewhere")
+    with claim(firing.engine, row.id) as mine:
+        if not mine:  # another scheduler is planning this fire now
+            return Fired(row.id, latest, "elsewhere")
+        return _fire(firing, row, latest, rows, following)
+
+
+def _fire(firing: Firing, row, latest: float, rows: list[dict[str, Any]],
+          following: float | None) -> Fired:
+    """Plan the fire's job and commit the fire, unless another scheduler did."""
     with firing.engine.connect() as conn:  # another scheduler fired it already: no planning
         if conn.execute(select(fires.c.id).where(fires.c.schedule_id == row.id,
                                                  fires.c.fire_at == latest)).first():

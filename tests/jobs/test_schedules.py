@@ -76,6 +76,29 @@ def test_racing_schedulers_fire_a_schedule_once(ctx):
     assert schedules.get(ctx.engine, sid).status == "done"
 
 
+def test_a_fire_another_scheduler_is_planning_is_left_to_it_until_that_one_dies(ctx, database_url):
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the claim is PostgreSQL's advisory lock; SQLite plans each fire in every scheduler")
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from imshift.jobs.fire_claim import SCHEDULE_LOCKS
+
+    at = parse_at("2026-12-24 09:00", "UTC")
+    sid = schedules.add(ctx.engine, ctx.target("ne"), command="broadcast", params=HELLO, at=at,
+                        now=at - 60)
+    url = make_url(database_url)
+    other = psycopg.connect(host=url.host, port=url.port or 5432, user=url.username,
+                            dbname=url.database, autocommit=True)  # a scheduler mid-planning
+    other.execute("SELECT pg_advisory_lock(%s, %s)", (SCHEDULE_LOCKS, sid))
+    [fired] = schedules.fire_due(firing(ctx), at + 1)
+    assert (fired.state, job_count(ctx), fires_of(ctx, sid)) == ("elsewhere", 0, [])
+    other.close()  # that scheduler died: the database dropped its claim
+    [fired] = schedules.fire_due(firing(ctx), at + 2)
+    assert fired.state == "fired" and job_count(ctx) == 1
+    assert fires_of(ctx, sid) == [("2026-12-24 09:00:00+00:00", "fired")]
+
+
 def test_a_scheduler_sleeps_until_the_next_schedule_is_due_never_past_it(ctx):
     now = parse_at("2026-12-24 08:59", "UTC")
     assert schedules.wait_seconds(ctx.engine, 1.0, now) == 1.0  # nothing to fire
