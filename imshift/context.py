@@ -45,7 +45,7 @@ def vendor_config(app: str, config_class: type, fields: dict[str, Any]) -> Any:
     unknown = set(values) - {f.name for f in dataclasses.fields(config_class)}
     if unknown:
         raise ValueError(f"app {app!r}: {', '.join(sorted(unknown))} not a setting of "
-                         f"{config_class.__name__} (nor vendor, rates, sandbox)")
+                         f"{config_class.__name__} (nor vendor, rates, caps, sandbox)")
     try:
         return TypeAdapter(config_class).validate_python(values)
     except ValidationError as exc:

@@ -59,7 +59,7 @@ def test_a_typo_in_an_app_field_creates_no_job_and_starts_none(env, monkeypatch)
         result, output = run(*command)
         assert result.exit_code == 2, (command, output)
         assert error_lines(result) == ["error: app 'new': app_secrt not a setting of NeteaseConfig "
-                                       "(nor vendor, rates, sandbox)"], command
+                                       "(nor vendor, rates, caps, sandbox)"], command
         assert "s3cret-typo" not in result.output
     assert jobs(env) == [(1, "planned")]  # nothing created, nothing started
 

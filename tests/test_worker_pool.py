@@ -108,4 +108,4 @@ def test_a_pool_whose_settings_cannot_work_stops_with_one_line(tmp_path, redis_s
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: app 'new': app_secrt not a setting of NeteaseConfig (nor vendor, rates, sandbox)"]
+        "error: app 'new': app_secrt not a setting of NeteaseConfig (nor vendor, rates, caps, sandbox)"]
