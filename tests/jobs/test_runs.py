@@ -9,6 +9,7 @@ from cryptography.fernet import Fernet
 
 from imshift.jobs import run_control, runs
 from imshift.jobs.progress import results
+from imshift.vendors.vocabulary import Operation
 from imshift.workers.embedded import in_process_workers
 
 from helpers import context, wait_until_done, write_users
@@ -324,6 +325,31 @@ def test_the_dry_runs_vendor_calls_are_the_calls_the_run_makes(vendor, stage, op
     p = run_to_the_end(ctx, plan.run_id)
     assert p.status == "finished" and dict(p.stages)[stage].counts == {"ok": 30 if stage == "tokens" else 7}
     assert box.calls[op] - before == estimated[stage], (box.calls[op] - before, estimated)
+    ctx.engine.dispose()
+
+
+def test_the_members_stage_is_estimated_a_group_at_a_time_as_the_client_adds_them(tmp_path):
+    """Each group's members go in calls of their own: 250 members at 100 a
+    call are 3 calls, 10 groups of 5 are 10 calls (not 300 / 100 = 3)."""
+    ctx = context(f"sqlite:///{tmp_path / 'imshift.db'}",
+                  apps={"old": {"vendor": "openim", "sandbox": True},
+                        "new": {"vendor": "maxim", "sandbox": True, "rates": FAST}})
+    users = write_users(tmp_path / "u.csv", 400)
+    first = ctx.target("new").batch_size(Operation.ADD_MEMBERS)
+    assert first == 100  # the create takes the owner and 100; the members stage the rest
+    big = {"group_id": "big", "name": "Big", "owner": user(0),
+           "members": [user(i) for i in range(1, 1 + first + 250)]}
+    small = [{"group_id": f"small_{n}", "name": f"Small {n}", "owner": user(n),
+              "members": [user(n + 1 + i) for i in range(first + 5)]} for n in range(10)]
+    groups = write_groups(tmp_path / "g.jsonl", [big, *small])
+    plan = runs.plan_run(ctx.engine, "old", ctx.target("new"),
+                         runs.RunRequest(users=users, groups=groups), chunk_size=1000)
+    members = next(s for s in plan.stages if s.stage == "members")
+    assert (members.report.pending, members.calls) == (250 + 10 * 5, 3 + 10)
+    box = ctx.sandbox("new")
+    p = run_to_the_end(ctx, plan.run_id)
+    assert dict(p.stages)["members"].counts == {"ok": 300}
+    assert box.calls["add_members"] == members.calls  # the creates' slices took no invite
     ctx.engine.dispose()
 
 
