@@ -1,12 +1,17 @@
-"""Test helpers for the job engine: input files, contexts, waiting."""
+"""Test helpers for the job engine: input files, contexts, waiting, commands killed."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from imshift.context import Context
 from imshift.jobs.progress import Progress, progress
@@ -91,3 +96,25 @@ def migration(tmp_path: Path, user_ids: list[str], *, limit: int, pairs: int = 1
     groups_file = tmp_path / "groups.jsonl"
     groups_file.write_text("".join(json.dumps(g, ensure_ascii=False) + "\n" for g in rows), encoding="utf-8")
     return Migration(made, rows, friends, groups_file)
+
+
+def imshift(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`imshift ARGS` as its own process group (so `kill` takes its workers
+    too), its output appended to `log` after the command line."""
+    with log.open("a") as out:
+        out.write(f"\n$ imshift {' '.join(args)}\n")
+        out.flush()
+        return subprocess.Popen([sys.executable, "-m", "imshift.cli", *args], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill(command: subprocess.Popen, then: Callable[[], object] | None = None) -> None:
+    """SIGKILL the command's whole process group, as kill -9 or a closed
+    terminal, and wait until it is gone; then `then` (a door's release: the
+    call it had sent goes on into the vendor). A command that has ended is
+    only waited for."""
+    if command.poll() is None:
+        os.killpg(command.pid, signal.SIGKILL)
+    command.wait(10)
+    if then is not None:
+        then()
