@@ -33,6 +33,7 @@ def user(i: int) -> str:
 
 
 def profile(i: int) -> Profile:
+    """User i as helpers.write_users writes it."""
     return Profile(user(i), f"{NAMES[i % len(NAMES)]} {i}", f"https://cdn.example.com/a/{i}.png")
 
 
@@ -53,12 +54,12 @@ def seed_source(ctx) -> list[str]:
         finally:
             await client.http.aclose()
         assert all(r.succeeded for r in results)
-        return [str(r.data["user_id"]) for i, r in enumerate(results)]
+        return [str(r.data["user_id"]) for r in results]
 
     return asyncio.run(fill())
 
 
-def run_and_check(ctx, tmp_path, source_ids: list[str], request: runs.RunRequest, m, *,
+def run_and_check(ctx, source_ids: list[str], request: runs.RunRequest, m, *,
                   friend_repeats: int = 0) -> dict:
     """Plan and run; check every stage's outcome and the target's state.
     `friend_repeats`: friendships the target is asked for again by design.
@@ -120,7 +121,7 @@ def test_a_run_into_netease_from_files_lands_everything_once(tmp_path):
     ctx = run_context(tmp_path, "rongcloud", "netease")
     ids = [user(i) for i in range(USERS)]
     m = migration(tmp_path, ids, limit=ctx.target("new").rules.group_size)
-    run_and_check(ctx, tmp_path, ids, runs.RunRequest(
+    run_and_check(ctx, ids, runs.RunRequest(
         users=write_users(tmp_path / "u.csv", USERS), friends=m.friends, groups=m.groups_file,
         verify=True), m)
     assert len(ctx.sandbox("new").teams) == len(m.landed_groups)
@@ -132,7 +133,7 @@ def test_a_run_into_rongcloud_from_files_lands_everything_once(tmp_path):
     ctx = run_context(tmp_path, "netease", "rongcloud")
     ids = [user(i) for i in range(USERS)]
     m = migration(tmp_path, ids, limit=ctx.target("new").rules.group_size)
-    run_and_check(ctx, tmp_path, ids, runs.RunRequest(
+    run_and_check(ctx, ids, runs.RunRequest(
         users=write_users(tmp_path / "u.csv", USERS), friends=m.friends, groups=m.groups_file,
         verify=True), m)
     ctx.engine.dispose()
@@ -153,7 +154,7 @@ def listed_from_maxim(ctx, tmp_path):
     ids = seed_source(ctx)  # Maxim's numbers: the run's source ids
     assert all(i.isdigit() for i in ids)
     m = migration(tmp_path, ids, limit=500)
-    run_and_check(ctx, tmp_path, ids, runs.RunRequest(
+    run_and_check(ctx, ids, runs.RunRequest(
         friends=m.friends, groups=m.groups_file, verify=True,
         source_pages=source_pages(ctx, "old")), m)
 
@@ -164,7 +165,7 @@ def test_a_run_into_maxim_lists_from_openim_and_uses_maxims_ids_in_every_later_s
     m = migration(tmp_path, ids, limit=500)
     # Maxim's roster is per user, so each pair's other side is written too;
     # the sandbox keeps a friendship mutual, so that second write finds it there.
-    mapped = run_and_check(ctx, tmp_path, ids, runs.RunRequest(
+    mapped = run_and_check(ctx, ids, runs.RunRequest(
         friends=m.friends, groups=m.groups_file, verify=True,
         source_pages=source_pages(ctx, "old")), m, friend_repeats=len(m.pairs))
     # Every account and group under a number Maxim assigned, never the source's id;
