@@ -138,7 +138,9 @@ class Context:
 
     def rules(self, app: str) -> VendorRules:
         """The configured app's rules: what planning, estimates and workers all use."""
-        return vendor(self.settings.app(app).vendor).rules(self.config(app))
+        rules = vendor(self.settings.app(app).vendor).rules(self.config(app))
+        size = self.settings.app(app).group_size
+        return rules if size is None else dataclasses.replace(rules, group_size=size)
 
     def rates(self, app: str) -> dict[str, float]:
         """Default rates of the app's vendor, with the app's own overrides."""

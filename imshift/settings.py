@@ -5,7 +5,7 @@ keys. Apps are configured in `imshift.toml` (or the file `IMSHIFT_CONFIG` names)
 one table per app naming its vendor (`imshift vendors` lists them) and the
 fields of that vendor's config class (the README shows an example),
 or by environment, e.g. `IMSHIFT_APPS__NEW__APP_SECRET=...`. Every app
-field other than `vendor`, `rates`, `caps` and `sandbox` goes to the vendor's config class.
+field other than `vendor`, `rates`, `caps`, `group_size` and `sandbox` goes to the vendor's config class.
 """
 
 from __future__ import annotations
@@ -31,6 +31,10 @@ class AppSettings(BaseModel):
     # calls per window per operation, over the vendor's documented caps (0: no cap),
     # e.g. {"broadcast": {"hour": 5, "day": 10}}
     caps: dict[str, dict[Literal["minute", "hour", "day"], int]] = Field(default_factory=dict)
+    # The most members a group may hold at this app, owner included, over the
+    # vendor's default (NetEase's 200; OpenIM and Maxim document none): a
+    # plan's or a deployment's own limit. Planning refuses a group over it.
+    group_size: int | None = Field(None, ge=2)
     sandbox: bool = False  # the built-in in-process sandbox of `vendor` instead of the real service
 
     def vendor_config(self) -> dict[str, Any]:

@@ -19,6 +19,8 @@ from sqlalchemy.exc import IntegrityError
 
 from imshift.models import runs, store
 from imshift.models.tables import Item, ItemState, Job, JobCount, JobStatus
+from imshift.vendors.operations import Step, step
+from imshift.vendors.vocabulary import Operation
 from imshift.workers.embedded import runner_gone, runner_id
 from imshift.workers.enqueue import chunk_ranges, enqueue_ranges, open_ranges
 
@@ -168,9 +170,18 @@ def cancel(engine: Engine, job_id: int) -> int:
                                        JobStatus.PAUSED, JobStatus.STOPPED), JobStatus.CANCELLED,
                         finished_at=now)
             return (store.move(conn, job_id, [ItemState.PENDING], ItemState.CANCELLED)
-                    + store.close_claimed(conn, job_id, now))
+                    + store.close_claimed(conn, job_id, now, unsure=_unsure(conn, job_id)))
     except IntegrityError:  # its producer stored another batch meanwhile
         raise JobError(f"job {job_id} is still being planned; try `imshift cancel {job_id}` again")
+
+
+def _unsure(conn, job_id: int) -> str:
+    """What a call of the job's operation cut off may have done, in the operation table's words."""
+    operation = conn.execute(select(jobs.c.operation).where(jobs.c.id == job_id)).scalar()
+    try:
+        return step(Operation(operation)).unsure
+    except ValueError:  # not an operation a job step runs: the table's default words
+        return Step.unsure
 
 
 def _remove_half_planned(conn, job_id: int) -> int | None:

@@ -259,17 +259,23 @@ class StagePlanner:
 
         planned = self._stage("groups", specs(), makes="group", input=str(path))
         refused = self._refused(planned.job_id)
+        calls = [0]  # the members stage's, a group at a time: the client adds each group's apart
 
         def member_specs() -> Iterator[Spec]:
             for line, group_id, owner, rest, unknown, done in members_of:
+                sent = []
                 for member in rest:
                     problems = ([f"group {group_id!r} was refused at planning"] if group_id in refused
                                 else [f"member: user {member!r} is not in the accounts (--users)"]
                                 if member in unknown else [])
+                    if not problems and member not in done:
+                        sent.append(member)
                     yield Spec(line, f"{group_id}/{member}", encode_member(group_id, owner, member), problems,
                                done=f"done by run R{self.since}" if member in done else None)
+                calls[0] += self.target.calls_for_ids(Operation.ADD_MEMBERS, sent) if sent else 0
 
-        self._stage("members", member_specs(), input=str(path))
+        members = self._stage("members", member_specs(), input=str(path))
+        self._recount(members, calls[0])
 
     def _refused(self, job_id: int) -> set[str]:
         with self.engine.connect() as conn:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import AbstractSet, Mapping
+from typing import AbstractSet, Mapping, Sequence
 
 from imshift.vendors.operations import STEPS
 from imshift.vendors.vocabulary import Operation, Unsupported, VendorRules
@@ -37,6 +37,13 @@ class Target:
         times the calls one item costs (Maxim's token: two)."""
         per_call = 1 if STEPS.get(operation) and STEPS[operation].per_item else self.batch_size(operation)
         return math.ceil(items / per_call) * self.rules.calls_per_item.get(operation, 1)
+
+    def calls_for_ids(self, operation: Operation, ids: Sequence[str]) -> int:
+        """Vendor calls one call's worth of ids takes (a group's members, which
+        the client adds in batches of that group alone), as the client splits them."""
+        split = self.rules.split_calls.get(operation)
+        calls = split(ids) if split else math.ceil(len(ids) / self.batch_size(operation))
+        return calls * self.rules.calls_per_item.get(operation, 1)
 
     def estimate_seconds(self, operation: Operation, items: int) -> float | None:
         """Time to run `items` at the configured rate, as `calls` makes them."""

@@ -262,16 +262,18 @@ def move(conn: Connection, job_id: int, from_states: Iterable[str], to_state: st
     return moved
 
 
-def close_claimed(conn: Connection, job_id: int, now: float | None = None) -> int:
+def close_claimed(conn: Connection, job_id: int, now: float | None = None, *, unsure: str) -> int:
     """On cancel: claimed items end `cancelled`, or `unknown` when their call
-    was let go. Their claim stays, so a chunk still running records what the
-    vendor answered over it (see `record`). Returns how many."""
+    was let go; `unsure` says what such a call may have done (the job's
+    operation's words: "the group may have been created"). Their claim stays,
+    so a chunk still running records what the vendor answered over it (see
+    `record`). Returns how many."""
     now = time.time() if now is None else now
     claimed = and_(items.c.job_id == job_id, items.c.state == ItemState.CLAIMED.value)
     sent = conn.execute(update(items).where(claimed, items.c.sent_at.isnot(None)).values(
         state=ItemState.UNKNOWN.value, code="unknown", updated_at=now,
-        message="cancelled while its send was under way; it may have been delivered, so it is "
-                "not re-sent")).rowcount
+        message=f"cancelled while its call was under way; {unsure}, so it is not "
+                "sent again")).rowcount
     rest = conn.execute(update(items).where(claimed).values(
         state=ItemState.CANCELLED.value, updated_at=now)).rowcount
     add_counts(conn, job_id, {ItemState.CLAIMED.value: -(sent + rest), ItemState.UNKNOWN.value: sent,

@@ -120,6 +120,7 @@ class NeteaseClient(VendorClient):
         # (NetEase's create-team reference: the member limit defaults to 200;
         # the app raises it in the console). Over it: code 801.
         group_size=TEAM_SIZE,
+        split_calls={Operation.ADD_MEMBERS: lambda ids: len(member_slices(ids))},
     )
     # 408 timeout, 500 internal error, 501 database error, 503 busy; 416 frequency control.
     codes = Codes(ok=frozenset({200}), rate_limited=frozenset({416}),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping, Sequence
 
 from .vocabulary import Group, Message, Operation, Outcome, Profile, Result
 
@@ -105,31 +105,35 @@ ID_FIELDS: dict[str, str] = {"user_id": "user", "friend_id": "user", "owner": "u
                              "group_id": "group"}
 
 
-def bind(item: WorkItem, target_id: Callable[[str, str], str | None]) -> WorkItem | tuple[str, str]:
-    """The item with its ids as the target knows them, or the (kind, id)
-    that has none there (its account or group did not make it)."""
+def bind(item: WorkItem, target_ids: Mapping[str, Mapping[str, str]]) -> WorkItem | tuple[str, str]:
+    """The item with its ids as the target knows them (`target_ids`: kind ->
+    source id -> target id), or the (kind, id) that has none there (its
+    account or group did not make it)."""
     payload = dict(item.payload)
     for name, kind in ID_FIELDS.items():
         value = payload.get(name)
+        if value is None:
+            continue
+        ids = target_ids.get(kind, {})
         if isinstance(value, list):
-            payload[name] = [t for t in (target_id(kind, v) for v in value) if t is not None]
+            payload[name] = [ids[v] for v in value if v in ids]
         elif isinstance(value, str):
-            found = target_id(kind, value)
-            if found is None:
+            if value not in ids:
                 return kind, value
-            payload[name] = found
+            payload[name] = ids[value]
     return WorkItem(item.seq, item.key, payload)
 
 
-def references(item: WorkItem) -> list[tuple[str, str]]:
-    """Every (kind, source id) the item's payload names."""
-    refs = []
-    for name, kind in ID_FIELDS.items():
-        value = item.payload.get(name)
-        if isinstance(value, list):
-            refs += [(kind, v) for v in value]
-        elif isinstance(value, str):
-            refs.append((kind, value))
+def references(payloads: Iterable[Mapping[str, Any]]) -> dict[str, set[str]]:
+    """Every source id the payloads name, by kind."""
+    refs: dict[str, set[str]] = {}
+    for payload in payloads:
+        for name, kind in ID_FIELDS.items():
+            value = payload.get(name)
+            if isinstance(value, list):
+                refs.setdefault(kind, set()).update(value)
+            elif isinstance(value, str):
+                refs.setdefault(kind, set()).add(value)
     return refs
 
 

@@ -199,6 +199,10 @@ class VendorRules:
     # Operations whose one item takes more than one call (Maxim's token: a
     # password reset, then a login), for estimates.
     calls_per_item: Mapping[Operation, int] = field(default_factory=dict)
+    # Calls a batch of ids takes where the vendor caps more than their count
+    # (NetEase's 1024-byte `members`): ids -> calls, as the client splits
+    # them. Elsewhere a batch is `batch_size` ids a call. For estimates.
+    split_calls: Mapping[Operation, Callable[[Sequence[str]], int]] = field(default_factory=dict)
 
     def id_key(self, user_id: str) -> str:
         """The form under which the vendor tells two ids apart."""

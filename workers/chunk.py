@@ -259,15 +259,12 @@ class Bound(NamedTuple):
 def _bind_ids(runtime: Runtime, run_id: int, rows: Sequence[Any]) -> tuple[list[Bound], list[dict[str, Any]]]:
     """The claimed rows with their ids translated through the run's id map,
     and a `skipped` outcome for each row whose account or group did not make it."""
-    wanted: dict[str, set[str]] = {}
-    for row in rows:
-        for kind, source in references(WorkItem(row.seq, row.key, row.payload)):
-            wanted.setdefault(kind, set()).add(source)
+    wanted = references(row.payload for row in rows)
     with runtime.engine.connect() as conn:
         found = {kind: runs.target_ids(conn, run_id, kind, ids) for kind, ids in wanted.items()}
         bound, skipped = [], []
         for row in rows:
-            item = bind(WorkItem(row.seq, row.key, row.payload), lambda k, s: found[k].get(s))
+            item = bind(WorkItem(row.seq, row.key, row.payload), found)
             if isinstance(item, WorkItem):
                 bound.append(Bound(row.seq, row.key, item.payload, row.attempts))
             else:

@@ -1,10 +1,17 @@
-"""Test helpers for the job engine: input files, contexts, waiting."""
+"""Test helpers for the job engine: input files, contexts, waiting, commands killed."""
 
 from __future__ import annotations
 
 import csv
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from imshift.context import Context
 from imshift.jobs.progress import Progress, progress
@@ -41,3 +48,73 @@ def wait_until_done(ctx: Context, job_id: int, timeout: float) -> Progress:
             return p
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} still running after {timeout} s: {progress(ctx.engine, job_id)}")
+
+
+@dataclass
+class Migration:
+    """A run's relations over some accounts: friend pairs, and groups of
+    sizes 2 up to the target's limit with one group over it (the last)."""
+
+    pairs: list[tuple[str, str]]
+    groups: list[dict]
+    friends: Path  # friends.csv
+    groups_file: Path  # groups.jsonl
+
+    @property
+    def over(self) -> dict:
+        return self.groups[-1]
+
+    @property
+    def landed_groups(self) -> list[dict]:
+        return self.groups[:-1]
+
+
+def group_sizes(count: int, limit: int) -> list[int]:
+    """`count - 1` sizes from 2 up to `limit`, spaced evenly on a log scale
+    (most groups small, as in an app, a few near the limit), then limit + 1."""
+    n = count - 1
+    sizes = [round(2 * (limit / 2) ** (k / (n - 1))) for k in range(n)]
+    return sizes + [limit + 1]
+
+
+def migration(tmp_path: Path, user_ids: list[str], *, limit: int, pairs: int = 10000,
+              groups: int = 200) -> Migration:
+    """Every pair of the first users that many pairs need (each pair once,
+    written low id first), and `groups` groups: group n is owned by user n,
+    its members the users after it."""
+    k = 2
+    while k * (k - 1) // 2 < pairs:
+        k += 1
+    made = [(user_ids[a], user_ids[b]) for a in range(k) for b in range(a + 1, k)][:pairs]
+    assert limit + 1 <= len(user_ids), "not enough accounts for a group over the limit"
+    rows = [{"group_id": f"grp_{n}", "name": f"Gruppe {n} {NAMES[n % len(NAMES)]}",
+             "owner": user_ids[n],
+             "members": [user_ids[(n + 1 + i) % len(user_ids)] for i in range(size - 1)]}
+            for n, size in enumerate(group_sizes(groups, limit))]
+    friends = tmp_path / "friends.csv"
+    friends.write_text("user_id,friend_id\n" + "".join(f"{a},{b}\n" for a, b in made), encoding="utf-8")
+    groups_file = tmp_path / "groups.jsonl"
+    groups_file.write_text("".join(json.dumps(g, ensure_ascii=False) + "\n" for g in rows), encoding="utf-8")
+    return Migration(made, rows, friends, groups_file)
+
+
+def imshift(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`imshift ARGS` as its own process group (so `kill` takes its workers
+    too), its output appended to `log` after the command line."""
+    with log.open("a") as out:
+        out.write(f"\n$ imshift {' '.join(args)}\n")
+        out.flush()
+        return subprocess.Popen([sys.executable, "-m", "imshift.cli", *args], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill(command: subprocess.Popen, then: Callable[[], object] | None = None) -> None:
+    """SIGKILL the command's whole process group, as kill -9 or a closed
+    terminal, and wait until it is gone; then `then` (a door's release: the
+    call it had sent goes on into the vendor). A command that has ended is
+    only waited for."""
+    if command.poll() is None:
+        os.killpg(command.pid, signal.SIGKILL)
+    command.wait(10)
+    if then is not None:
+        then()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from imshift.vendors.sandbox.rongcloud import RongCloudSandbox
 from imshift.vendors.sandbox.serve import served
 from testsupport import app_environment
 
-from helpers import context
+from helpers import context, imshift, kill
 from test_run_crash import Door
 
 pytestmark = pytest.mark.loopback
@@ -55,14 +54,6 @@ class CountingDoor(Door):
 
 def name_of(i: int) -> str:
     return f"Lïsted {i}"
-
-
-def imshift(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("a") as out:
-        out.write(f"\n$ imshift {' '.join(args)}\n")
-        out.flush()
-        return subprocess.Popen([sys.executable, "-m", "imshift.cli", *args], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def wait_for(check, what: str, alive, log: Path, timeout: float = 60):
@@ -104,13 +95,10 @@ def test_a_run_killed_mid_listing_resumes_from_the_last_stored_page(tmp_path):
                                   capture_output=True, text=True, timeout=60)
             assert busy.returncode != 0 and "run R1 is being planned by" in busy.stdout + busy.stderr, \
                 busy.stdout + busy.stderr
-            os.killpg(command.pid, signal.SIGKILL)  # as kill -9 or a closed terminal
-            command.wait(10)
+            kill(command, then=door.release)  # the page call it had sent reaches the vendor
         finally:
-            door.release()  # the page call it had sent reaches the vendor
-            if command.poll() is None:
-                os.killpg(command.pid, signal.SIGKILL)
-                command.wait(10)
+            door.release()
+            kill(command)
         with ctx.engine.connect() as conn:
             stages = conn.exec_driver_sql("SELECT id, status FROM jobs WHERE run_id = 1").all()
         assert [s for _, s in stages] == ["planning"]  # cut off inside the accounts stage

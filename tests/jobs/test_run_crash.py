@@ -36,7 +36,7 @@ from imshift.vendors.sandbox.maxim import MaximSandbox
 from imshift.vendors.sandbox.serve import served
 from testsupport import app_environment, throwaway_database
 
-from helpers import context, write_users
+from helpers import context, imshift, kill, write_users
 
 pytestmark = pytest.mark.loopback
 
@@ -161,14 +161,6 @@ def reader(database_url: str, url: str, box: MaximSandbox):
     return context(database_url, apps={"new": {"vendor": "maxim", "rates": RATES,
                                                **dataclasses.asdict(box.config(url)),
                                                "batch_sizes": BATCH_SIZES}})
-
-
-def imshift(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("a") as out:
-        out.write(f"\n$ imshift {' '.join(args)}\n")
-        out.flush()
-        return subprocess.Popen([sys.executable, "-m", "imshift.cli", *args], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def stage_progress(ctx, stage: str):
@@ -327,17 +319,13 @@ def embedded_run(tmp_path_factory):
         try:
             for stage in STAGES:
                 hold_inside(ctx, door, stage, lambda: command.poll() is None, log)
-                os.killpg(command.pid, signal.SIGKILL)  # as kill -9 or a closed terminal
-                command.wait(10)
-                door.release()  # the call it had sent reaches the vendor
+                kill(command, then=door.release)  # the call it had sent reaches the vendor
                 assert stage_progress(ctx, stage).status == "running"  # cut off mid-stage
                 command = imshift(["resume", "R1"], env, log)
             code = command.wait(120)
         finally:
             door.release()
-            if command.poll() is None:
-                os.killpg(command.pid, signal.SIGKILL)
-                command.wait(10)
+            kill(command)
         yield Crashed(ctx, box, url, inputs, token_key, log.read_text(), code)
     ctx.engine.dispose()
 
@@ -436,8 +424,7 @@ def test_a_run_on_two_workers_one_killed_in_every_stage_ends_exact(tmp_path, red
             try:
                 pool.wait(60)
             except subprocess.TimeoutExpired:
-                os.killpg(pool.pid, signal.SIGKILL)
-                pool.wait(10)
+                kill(pool)
         text = log.read_text()
         for stage, pid in killed:
             assert f"process {pid} exited (signal 9)" in text, (stage, text[-3000:])
@@ -493,12 +480,9 @@ def test_a_run_killed_between_its_start_and_its_first_stage_resumes(tmp_path):
                 # Its first stage's start waits for the lock: kill it there.
                 until("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                       "AND wait_event_type = 'Lock' AND query LIKE 'UPDATE jobs%'", (1,))
-                os.killpg(command.pid, signal.SIGKILL)
-                command.wait(10)
+                kill(command)
             finally:
-                if command.poll() is None:
-                    os.killpg(command.pid, signal.SIGKILL)
-                    command.wait(10)
+                kill(command)
                 holder.rollback()
         ctx = context(db)
         p = run_control.run_progress(ctx.engine, 1)

@@ -14,9 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -32,7 +29,7 @@ from imshift.vendors.sandbox.netease import NeteaseSandbox
 from imshift.vendors.sandbox.serve import served
 from testsupport import app_environment
 
-from helpers import context, write_users
+from helpers import context, imshift, kill, write_users
 
 pytestmark = pytest.mark.loopback
 
@@ -125,14 +122,6 @@ def environment(tmp_path: Path, url: str, box: NeteaseSandbox) -> dict[str, str]
     return env
 
 
-def imshift(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("a") as out:
-        out.write(f"\n$ imshift {' '.join(args)}\n")
-        out.flush()
-        return subprocess.Popen([sys.executable, "-m", "imshift.cli", *args], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-
-
 def cut_off_and_resumed(tmp_path: Path, *, inside: bool):
     """The run killed with its second team/create held at the door, then
     resumed to the end: (sandbox, its stats, the run's id map, groups items,
@@ -151,18 +140,14 @@ def cut_off_and_resumed(tmp_path: Path, *, inside: bool):
             deadline = time.monotonic() + 60
             while not door.held.wait(0.05):
                 assert time.monotonic() < deadline and command.poll() is None, log.read_text()[-3000:]
-            os.killpg(command.pid, signal.SIGKILL)  # as kill -9 with the call under way
-            command.wait(10)
-            door.released.set()
+            kill(command, then=door.released.set)  # with the call under way
             groups_stage = dict(run_control.run_progress(ctx.engine, 1).stages)["groups"]
             assert groups_stage.status == "running"  # cut off in the groups stage
             command = imshift(["resume", "R1"], env, log)
             code = command.wait(60)
         finally:
             door.released.set()
-            if command.poll() is None:
-                os.killpg(command.pid, signal.SIGKILL)
-                command.wait(10)
+            kill(command)
         stats = httpx.get(url + STATS_PATH, timeout=10).json()
     p = run_control.run_progress(ctx.engine, 1)
     id_map = {source: target for kind, source, target in run_control.id_map_rows(ctx.engine, 1)

@@ -9,6 +9,7 @@ from cryptography.fernet import Fernet
 
 from imshift.jobs import run_control, runs
 from imshift.jobs.progress import results
+from imshift.vendors.vocabulary import Operation
 from imshift.workers.embedded import in_process_workers
 
 from helpers import context, wait_until_done, write_users
@@ -190,49 +191,6 @@ def test_without_an_export_the_accounts_are_listed_from_the_source_with_their_pr
     ctx.engine.dispose()
 
 
-def test_a_run_of_5000_users_10000_pairs_and_200_groups_lands_everything_once(tmp_path):
-    import random
-
-    # SQLite only, to keep the suite short: the Maxim run above covers PostgreSQL.
-    ctx = context(f"sqlite:///{tmp_path / 'imshift.db'}", token_key=Fernet.generate_key().decode(),
-                  apps={"old": {"vendor": "rongcloud", "sandbox": True},
-                        "new": {"vendor": "netease", "sandbox": True,
-                                "rates": {op: 4000.0 for op in FAST}}})
-    users = write_users(tmp_path / "u.csv", 5000)
-    rng = random.Random(11)
-    pairs = set()
-    while len(pairs) < 10000:
-        a, b = rng.sample(range(5000), 2)
-        pairs.add((min(a, b), max(a, b)))
-    limit = ctx.target("new").rules.group_size
-    sizes = [2 + (n * (limit - 2)) // 198 for n in range(199)] + [limit + 1]  # 2 .. limit, one over
-    groups = [{"group_id": f"grp_{n}", "name": f"Group {n}", "owner": user(n),
-               "members": [user((n + 1 + k) % 5000) for k in range(size - 1)]}
-              for n, size in enumerate(sizes)]
-    plan = runs.plan_run(ctx.engine, "old", ctx.target("new"),
-                         runs.RunRequest(users=users, friends=write_pairs(tmp_path / "f.csv", [
-                             (user(a), user(b)) for a, b in sorted(pairs)]),
-                                         groups=write_groups(tmp_path / "g.jsonl", groups),
-                                         verify=True), chunk_size=500)
-    reports = {s.stage: s.report for s in plan.stages}
-    over = [r for r in reports["groups"].examples if r[1] == "grp_199"]
-    assert over and f"at most {limit}" in over[0][2]  # refused at planning, nothing of it sent
-    p = run_to_the_end(ctx, plan.run_id, timeout=300)
-    counts = {stage: sp.counts for stage, sp in p.stages}
-    assert counts["accounts"] == {"ok": 5000}
-    assert counts["friends"] == {"ok": 10000}
-    assert counts["groups"] == {"ok": 199, "rejected": 1}
-    assert counts["verify"] == {"ok": 5000 + 199 + len({u for pair in pairs for u in pair})}
-    box = ctx.sandbox("new")
-    mapped = {(kind, s): t for kind, s, t in run_control.id_map_rows(ctx.engine, plan.run_id)}
-    assert len(box.teams) == 199 and ("group", "grp_199") not in mapped
-    for group in groups[:199]:
-        assert box.group_members(mapped[("group", group["group_id"])]) == {group["owner"], *group["members"]}
-    assert sum(len(box.friends(user(i))) for i in range(5000)) == 2 * 10000  # each pair once, both sides
-    assert box.duplicates.get("import_friends", 0) == 0 and box.duplicates.get("register", 0) == 0
-    ctx.engine.dispose()
-
-
 def test_messy_inputs_give_row_level_reasons_and_hold_nothing_else_back(tmp_path):
     ctx = context(f"sqlite:///{tmp_path / 'imshift.db'}",
                   apps={"old": {"vendor": "openim", "sandbox": True},
@@ -367,6 +325,31 @@ def test_the_dry_runs_vendor_calls_are_the_calls_the_run_makes(vendor, stage, op
     p = run_to_the_end(ctx, plan.run_id)
     assert p.status == "finished" and dict(p.stages)[stage].counts == {"ok": 30 if stage == "tokens" else 7}
     assert box.calls[op] - before == estimated[stage], (box.calls[op] - before, estimated)
+    ctx.engine.dispose()
+
+
+def test_the_members_stage_is_estimated_a_group_at_a_time_as_the_client_adds_them(tmp_path):
+    """Each group's members go in calls of their own: 250 members at 100 a
+    call are 3 calls, 10 groups of 5 are 10 calls (not 300 / 100 = 3)."""
+    ctx = context(f"sqlite:///{tmp_path / 'imshift.db'}",
+                  apps={"old": {"vendor": "openim", "sandbox": True},
+                        "new": {"vendor": "maxim", "sandbox": True, "rates": FAST}})
+    users = write_users(tmp_path / "u.csv", 400)
+    first = ctx.target("new").batch_size(Operation.ADD_MEMBERS)
+    assert first == 100  # the create takes the owner and 100; the members stage the rest
+    big = {"group_id": "big", "name": "Big", "owner": user(0),
+           "members": [user(i) for i in range(1, 1 + first + 250)]}
+    small = [{"group_id": f"small_{n}", "name": f"Small {n}", "owner": user(n),
+              "members": [user(n + 1 + i) for i in range(first + 5)]} for n in range(10)]
+    groups = write_groups(tmp_path / "g.jsonl", [big, *small])
+    plan = runs.plan_run(ctx.engine, "old", ctx.target("new"),
+                         runs.RunRequest(users=users, groups=groups), chunk_size=1000)
+    members = next(s for s in plan.stages if s.stage == "members")
+    assert (members.report.pending, members.calls) == (250 + 10 * 5, 3 + 10)
+    box = ctx.sandbox("new")
+    p = run_to_the_end(ctx, plan.run_id)
+    assert dict(p.stages)["members"].counts == {"ok": 300}
+    assert box.calls["add_members"] == members.calls  # the creates' slices took no invite
     ctx.engine.dispose()
 
 
