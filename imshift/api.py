@@ -4,6 +4,7 @@
 - `/api/jobs...`: jobs, their progress, items and control (imshift/api_jobs.py);
   their results streamed (imshift/api_exports.py).
 - `/api/runs...`: migration runs and their stages (imshift/api_runs.py).
+- `/api/schedules...`: schedules, their fires and control (imshift/api_schedules.py).
 - `/`: the live page (imshift/api_page.py, imshift/page/), polling the API.
 - `/metrics`: Prometheus (imshift/metrics.py).
 
@@ -28,6 +29,7 @@ from .api_jobs import job_or_404, job_router, runnable
 from .api_live import FirstFailures, Rates, job_out, sample_rates
 from .api_page import page_routes
 from .api_runs import run_router
+from .api_schedules import schedule_router
 from .context import Context
 
 
@@ -74,5 +76,6 @@ def create_app(ctx: Context, token: str | None = None) -> FastAPI:
 
     app.include_router(run_router(ctx, lambda p: job_out(p, rates), lambda p: runnable(ctx, p)),
                        dependencies=Access)
+    app.include_router(schedule_router(ctx, lambda p: job_out(p, rates)), dependencies=Access)
     page_routes(app)
     return app

@@ -1,15 +1,16 @@
 """The HTTP API's response models and path parameters (imshift/api_jobs.py,
-imshift/api_runs.py): one class is the validation and the OpenAPI schema."""
+imshift/api_runs.py, imshift/api_schedules.py): one class is the validation
+and the OpenAPI schema."""
 
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from fastapi import Path
 from pydantic import BaseModel, Field
 
-from imshift.models.tables import ItemState, JobStatus
+from imshift.models.tables import ItemState, JobStatus, ScheduleStatus
 
 MAX_ID = 2**31 - 1  # ids and seqs are 32-bit integers in PostgreSQL
 
@@ -110,6 +111,64 @@ class RunControlOut(BaseModel):
     message: str
 
 
+class FireOut(BaseModel):
+    fire_at: float = Field(description="When the fire was due (Unix time), not when it ran; "
+                           "the key of the fires' pages")
+    fire_time: str = Field(description="fire_at on the schedule's zone's clock (ISO 8601)")
+    state: Literal["fired", "missed", "failed"] = Field(
+        description="fired: its job was made and started; missed: no scheduler ran within the "
+                    "catch-up window; failed: the job could not be made (the note says why)")
+    job_id: Optional[int] = None
+    note: Optional[str] = None
+    job: Optional[JobOut] = Field(None, description="The fired job now: its status and counts "
+                                  "(null when nothing was fired)")
+
+
+class ScheduleOut(BaseModel):
+    id: int
+    command: str = Field(description="send, send_group or broadcast")
+    app: str
+    status: ScheduleStatus
+    at: Optional[float] = Field(None, description="A one-off's fire time (Unix time)")
+    at_time: Optional[str] = Field(None, description="`at` on the zone's clock (ISO 8601)")
+    cron: Optional[str] = Field(None, description="A recurring schedule's cron expression, "
+                                "read on the zone's clock")
+    tz: str = Field(description="The zone `at` and `cron` are read in (IANA name)")
+    local_at: Optional[str] = Field(None, description="With --local-time: the wall time read on "
+                                    "each recipient's zone's clock")
+    zones: Optional[list[str]] = Field(None, description="With --local-time: the recipients' zones")
+    next_at: Optional[float] = Field(None, description="The next fire (Unix time); null once "
+                                     "nothing is left to fire")
+    next_fire: Optional[str] = Field(None, description="next_at on the zone's clock (ISO 8601)")
+    catch_up_seconds: float = Field(description="A fire this late (no scheduler ran) still fires; "
+                                    "a later one is recorded missed")
+    created_at: float
+    sender: Optional[str] = None
+    recipients: Optional[str] = Field(None, description="The recipient (or group) file, read "
+                                      "when the schedule fires")
+    message: dict[str, Any] = Field(description="{text} or {custom}, as given")
+    last_fire: Optional[FireOut] = None
+
+
+class SchedulesPage(BaseModel):
+    schedules: list[ScheduleOut]
+    next_before: Optional[int] = Field(None, description="Pass as ?before= for the next (older) page")
+
+
+class FiresPage(BaseModel):
+    fires: list[FireOut]
+    next_before: Optional[float] = Field(None, description="Pass as ?before= for the next "
+                                         "(older) page")
+
+
+class ScheduleControlOut(BaseModel):
+    id: int
+    status: ScheduleStatus = Field(description="The schedule's status after the change")
+    next_at: Optional[float] = None
+    next_fire: Optional[str] = None
+    message: str
+
+
 class Problem(BaseModel):
     detail: str
 
@@ -118,6 +177,7 @@ ERRORS = {401: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Probl
           503: {"model": Problem}}
 
 JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="A job id")]
+ScheduleId = Annotated[int, Path(ge=1, le=MAX_ID, description="A schedule id")]
 RunRef = Annotated[str, Path(pattern=r"^[Rr]?[0-9]{1,12}$", description="A run: R<n>, or its number")]
 
 

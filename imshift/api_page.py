@@ -18,7 +18,8 @@ def _asset(name: str) -> str:
     return resources.files("imshift.page").joinpath(name).read_text(encoding="utf-8")
 
 
-ASSETS = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
+ASSETS = {"app.js": "text/javascript; charset=utf-8", "schedules.js": "text/javascript; charset=utf-8",
+          "app.css": "text/css; charset=utf-8"}
 
 
 def page_routes(app: FastAPI) -> None:

@@ -24,48 +24,19 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, respons
 
 from imshift.api import create_app
 from imshift.cli import app as cli_app
-from imshift.jobs import control, kinds, run_control, runs
+from imshift.jobs import control, kinds, run_control, runs, schedules
 from imshift.jobs.progress import progress
 from imshift.workers.embedded import in_process_workers
 
-from api_support import context, wait_until_done, write_users
+from api_support import (AUTH, TOKEN, api, cli, cli_refusal, context, fire,  # noqa: F401
+                         wait_until_done, write_users)
 
-TOKEN = "api-token-for-tests-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 NEW = {"vendor": "netease", "sandbox": True}
 
 
 def plan(ctx, path, users, **kw):
     return kinds.plan_user_migration(ctx.engine, ctx.target("new"), write_users(path, users, **kw),
                                      source_app="new", chunk_size=ctx.settings.chunk_size).report.job_id
-
-
-@pytest.fixture
-def api():
-    """A sync client over the ASGI app (httpx's ASGITransport is async only)."""
-    import asyncio
-
-    def make(ctx, token=TOKEN, host="127.0.0.1"):
-        app = create_app(ctx, token)
-        transport = httpx.ASGITransport(app=app, client=(host, 40000))
-
-        class Sync:
-            def request(self, method, url, **kw):
-                async def go():
-                    async with httpx.AsyncClient(transport=transport, base_url="http://imshift.test",
-                                                 headers=AUTH if token else {}) as c:
-                        return await c.request(method, url, **kw)
-                return asyncio.run(go())
-
-            def get(self, url, **kw):
-                return self.request("GET", url, **kw)
-
-            def post(self, url, **kw):
-                return self.request("POST", url, **kw)
-
-        return Sync()
-
-    return make
 
 
 def cli_status(monkeypatch, database_url, job_id):
@@ -266,24 +237,6 @@ def plan_run(ctx, tmp_path, users=80):
                          chunk_size=ctx.settings.chunk_size).run_id
 
 
-def cli(monkeypatch, database_url, *args):
-    monkeypatch.setenv("IMSHIFT_DATABASE_URL", database_url)
-    monkeypatch.setenv("IMSHIFT_CONFIG", "/nonexistent/imshift.toml")
-    monkeypatch.setenv("IMSHIFT_APPS__NEW__VENDOR", "netease")
-    monkeypatch.setenv("IMSHIFT_APPS__NEW__SANDBOX", "true")
-    monkeypatch.delenv("REDIS_URL", raising=False)
-    return CliRunner().invoke(cli_app, list(args))
-
-
-def cli_refusal(monkeypatch, database_url, *args):
-    """The one-line reason the CLI gives for refusing `args`."""
-    result = cli(monkeypatch, database_url, *args)
-    assert result.exit_code != 0, result.output
-    text = " ".join((result.stderr or result.output).split())
-    assert text.startswith("error: "), text
-    return text.removeprefix("error: ")
-
-
 def wait_for_run(http, name, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -437,27 +390,45 @@ def fuzzed_app(database_url, tmp_path):
         while run_control.run_progress(ctx.engine, run_id).status == "running":
             assert time.monotonic() < deadline, "the run did not finish"
             time.sleep(0.1)
+        hello = {"sender": "", "message": {"text": "hello"}}
+        daily = schedules.add(ctx.engine, ctx.target("new"), command="broadcast", params=hello,
+                              cron="0 9 * * *", tz="Asia/Shanghai")
+        wait_until_done(ctx, fire(ctx, daily).job_id, 30)  # a schedule with a fire and its job
+        schedules.add(ctx.engine, ctx.target("new"), command="broadcast", params=hello,
+                      at=time.time() + 7 * 86400)  # and one never fired
     plan(ctx, tmp_path / "v.csv", 30)  # one left planning, one finished
     (tmp_path / "run2").mkdir()
     plan_run(ctx, tmp_path / "run2", users=10)  # a run finished, one planned
-    return schemathesis.openapi.from_asgi("/openapi.json", create_app(ctx, TOKEN))
+    return schemathesis.openapi.from_asgi("/openapi.json", create_app(ctx, TOKEN)), daily
 
 
 def test_no_generated_request_gets_a_500_or_breaks_the_schema(fuzzed_app):
+    schema, daily = fuzzed_app
     checks = [not_a_server_error, response_schema_conformance, status_code_conformance,
               content_type_conformance]
-    operations = [result.ok() for result in fuzzed_app.get_all_operations()]
-    assert len(operations) >= 16  # jobs 10, runs 6
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 22  # jobs 10, runs 6, schedules 6
     statuses = []
     for operation, mode in itertools.product(operations, GenerationMode):
         @given(case=operation.as_strategy(generation_mode=mode))
         @settings(max_examples=10, deadline=None, derandomize=True, database=None,
                   suppress_health_check=list(HealthCheck))
         def call(case):
-            statuses.append(case.call_and_validate(headers=AUTH, checks=checks).status_code)
+            response = case.call_and_validate(headers=AUTH, checks=checks)
+            statuses.append((operation.path, response.status_code))
 
         call()
-    assert len(statuses) >= 10 * len(operations) and {200, 404, 422} <= set(statuses), set(statuses)
+    codes = {code for _, code in statuses}
+    assert len(statuses) >= 10 * len(operations) and {200, 404, 422} <= codes, codes
+    # Generated ids seldom name a schedule: a fired one's answers are checked against the schema too.
+    by_path = {(o.method.upper(), o.path): o for o in operations}
+    seen = []
+    for method, action in (("GET", ""), ("GET", "/fires"), ("POST", "/pause"), ("POST", "/pause"),
+                           ("POST", "/resume"), ("POST", "/remove")):
+        case = by_path[method, "/api/schedules/{schedule_id}" + action].Case(
+            path_parameters={"schedule_id": daily})
+        seen.append(case.call_and_validate(headers=AUTH, checks=checks).status_code)
+    assert seen == [200, 200, 200, 409, 200, 200]
 
 
 # -- memory of a streamed export ---------------------------------------------------------------

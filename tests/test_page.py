@@ -1,7 +1,9 @@
 """The live page in a real browser (Debian's chromium driven by Playwright)
 while a job runs: log in, watch the bar and counts move, pause and resume
-with the buttons, and see the finished state match the database; and a
-migration run's stages as a row of bars, the running one marked."""
+with the buttons, and see the finished state match the database; a
+schedule listed, its fire's job appearing once it fires, and its pause and
+resume buttons; and a migration run's stages as a row of bars, the running
+one marked."""
 
 import os
 import shutil
@@ -14,11 +16,11 @@ import pytest
 import uvicorn
 
 from imshift.api import create_app
-from imshift.jobs import kinds, run_control, runs
+from imshift.jobs import kinds, run_control, runs, schedules
 from imshift.jobs.progress import progress
 from imshift.workers.embedded import in_process_workers
 
-from api_support import context, write_users
+from api_support import context, fire, write_users
 
 CHROMIUM = os.environ.get("IMSHIFT_CHROMIUM", "/usr/bin/chromium")
 TOKEN = "page-token-for-tests-0123456789"
@@ -96,6 +98,8 @@ def test_the_page_follows_a_job_to_its_end_and_steers_it(served, tmp_path):
     ctx, base = served
     job = kinds.plan_user_migration(ctx.engine, ctx.target("new"), write_users(tmp_path / "u.csv", USERS),
                                     source_app="new", chunk_size=10).report.job_id
+    daily = schedules.add(ctx.engine, ctx.target("new"), command="broadcast", cron="0 9 * * *",
+                          tz="Asia/Shanghai", params={"sender": "", "message": {"text": "hello"}})
     ctx.runtime  # noqa: B018
     artefacts = Path(os.environ.get("IMSHIFT_ARTEFACTS", tmp_path))
     artefacts.mkdir(parents=True, exist_ok=True)
@@ -114,6 +118,12 @@ def test_the_page_follows_a_job_to_its_end_and_steers_it(served, tmp_path):
             card.wait_for()
             assert page.context.cookies()[0]["httpOnly"]
             assert card.locator("[data-role=done]").text_content().startswith(f"0 / {USERS}")
+            plan = page.locator(f'[data-schedule="{daily}"]')  # listed, not yet fired
+            assert plan.get_attribute("data-status") == "active"
+            assert plan.locator("[data-role=when]").text_content() == "cron '0 9 * * *' in Asia/Shanghai"
+            assert plan.locator("[data-role=next]").text_content() == (
+                f"next fire {schedules.local(schedules.get(ctx.engine, daily).next_at, 'Asia/Shanghai')}")
+            assert plan.locator("[data-role=last]").text_content() == "never fired"
 
             from imshift.jobs import control
             control.start(ctx.engine, ctx.broker, job)
@@ -146,6 +156,23 @@ def test_the_page_follows_a_job_to_its_end_and_steers_it(served, tmp_path):
             card.screenshot(path=str(shot))
             assert shot.stat().st_size > 1000
             print(f"screenshot of the finished job: {shot}")
+
+            fired = fire(ctx, daily)  # the scheduler's step on a fake clock; the workers run its job
+            last = plan.locator("[data-role=last]")
+            wait_for(lambda: last.get_attribute("data-fire-job-status") == "finished")
+            assert last.get_attribute("data-fire-job") == str(fired.job_id)
+            assert last.text_content().endswith(f"job {fired.job_id} finished, 1 / 1 (ok 1)")
+            fired_card = page.locator(f'section.job[data-job="{fired.job_id}"]')  # a job as any other
+            wait_for(lambda: fired_card.get_attribute("data-status") == "finished")
+            plan.screenshot(path=str(artefacts / "page-fired-schedule.png"))
+            plan.locator("[data-action=pause]").click()
+            wait_for(lambda: plan.get_attribute("data-status") == "paused")
+            assert schedules.get(ctx.engine, daily).status == "paused"
+            assert plan.locator("[data-action=pause]").is_disabled()
+            plan.locator("[data-action=resume]").click()
+            wait_for(lambda: plan.get_attribute("data-status") == "active")
+            assert schedules.get(ctx.engine, daily).status == "active"
+            assert plan.locator("[data-role=note]").text_content().startswith(f"schedule {daily} resumed")
         finally:
             browser.close()
     assert len(shown) >= 3 and len(widths) >= 2, (shown, widths)

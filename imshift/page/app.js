@@ -1,5 +1,5 @@
-// The live page: polls the API every second, draws each run's stages and
-// each job's state. Plain DOM (no library, nothing from a CDN). User data
+// The live page: polls the API every second, draws each run's stages, the
+// schedules (schedules.js) and each job's state. Plain DOM (no library, nothing from a CDN). User data
 // goes in as text only.
 "use strict";
 
@@ -286,6 +286,7 @@ async function poll() {
   busy = true;
   try {
     await pollRuns();
+    await pollSchedules();
     const page = await api("/api/jobs?limit=20");
     const main = document.getElementById("jobs");
     document.getElementById("empty").hidden = page.jobs.length > 0;
