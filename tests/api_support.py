@@ -3,6 +3,7 @@ the API, the page and the metrics, which live beside the CLI's tests; and
 the API tests' client (the `api` fixture) and CLI runner."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import httpx
@@ -14,6 +15,7 @@ from imshift.cli import app as cli_app
 
 _spec = importlib.util.spec_from_file_location("job_helpers", Path(__file__).parent / "jobs" / "helpers.py")
 _helpers = importlib.util.module_from_spec(_spec)
+sys.modules["job_helpers"] = _helpers  # dataclasses look their module up there
 _spec.loader.exec_module(_helpers)
 
 context, wait_until_done, write_users = _helpers.context, _helpers.wait_until_done, _helpers.write_users
