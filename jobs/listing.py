@@ -33,9 +33,11 @@ class Page:
         return self.cursor is None
 
 
-def listed_rows(pages: Pages, cursor: str | None = None, first_line: int = 1) -> Iterator[Row]:
+def listed_rows(pages: Pages, cursor: str | None = None, first_line: int = 1, *,
+                fields: Callable[[Any], dict[str, Any]] | None = None) -> Iterator[Row]:
     """Each listed user as a row (line = its place in the listing, from
-    `first_line`), the last of each page marked with its `Page`. The
+    `first_line`), the last of each page marked with its `Page`; `fields`
+    makes a row's fields of another kind of listed thing (a group). The
     listing's async pages are driven from this synchronous generator on an
     event loop of its own, and a page is asked for only once the rows
     before it are taken."""
@@ -50,7 +52,7 @@ def listed_rows(pages: Pages, cursor: str | None = None, first_line: int = 1) ->
                 return
             for i, profile in enumerate(profiles, 1):
                 n += 1
-                yield Row(n, _fields(profile), mark=Page(after) if i == len(profiles) else None)
+                yield Row(n, (fields or _fields)(profile), mark=Page(after) if i == len(profiles) else None)
     finally:
         loop.run_until_complete(listing.aclose())
         loop.close()

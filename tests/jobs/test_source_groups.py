@@ -1,0 +1,115 @@
+"""A run given neither --users nor --groups: an OpenIM v3 source lists its
+accounts and its groups with their members through its own API, and the
+groups and members stages are planned from them as from groups.jsonl (an
+unknown member rejected on its own row, a group over the target's size
+limit refused whole at planning). A source that cannot list groups says so
+in one line of the plan. Both sandboxes are served on loopback and the CLI
+runs in this process (embedded mode)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from imshift.cli import app
+from imshift.jobcli import EXIT_FAILURES
+from imshift.jobs import run_control
+from imshift.jobs.progress import results
+from imshift.vendors.sandbox.netease import NeteaseSandbox
+from imshift.vendors.sandbox.openim import OpenIMSandbox
+from imshift.vendors.sandbox.serve import served
+from testsupport import app_environment
+
+from helpers import context
+
+pytestmark = pytest.mark.loopback
+
+MEMBERS_OF = 40  # the five ordinary groups draw their people from the first 40 users
+USERS = 220  # the sixth group needs 201 people to be over NetEase's 200
+FAST = {op: 2000.0 for op in ("register", "update_profile", "get_profiles", "list_users", "list_groups",
+                              "get_members", "create_group", "add_members", "get_friends")}
+
+
+def user(i: int) -> str:
+    return f"src_{i:04d}"
+
+
+def source_groups(admin: str) -> dict[str, tuple[str, list[str]]]:
+    """group id -> (owner, members but the owner); grp_2 also holds the
+    OpenIM admin, whom the user listing leaves out (so not an account)."""
+    groups = {f"grp_{n}": (user(n), [user((n + k) % MEMBERS_OF) for k in range(1, 2 + n * 8)])
+              for n in range(5)}
+    groups["grp_2"][1].append(admin)
+    groups["grp_big"] = (user(0), [user(i) for i in range(1, 201)])  # 201 with the owner
+    return groups
+
+
+def configure(monkeypatch, env_dir, source, source_url, target, target_url):
+    monkeypatch.setenv("IMSHIFT_APPS__NEW__SANDBOX", "false")
+    for key, value in {**app_environment("old", "openim", source.config(source_url)),
+                       **app_environment("new", "netease", target.config(target_url)),
+                       "IMSHIFT_APPS__OLD__RATES": json.dumps(FAST),
+                       "IMSHIFT_APPS__NEW__RATES": json.dumps(FAST)}.items():
+        monkeypatch.setenv(key, value)
+    return context(f"sqlite:///{env_dir}/imshift.db")
+
+
+def test_an_openim_source_gives_its_groups_and_every_membership_lands_once(env, monkeypatch):
+    source, target = OpenIMSandbox(), NeteaseSandbox()
+    for i in range(USERS):
+        source._add_user({"userID": user(i), "nickname": f"Ünï {i}"})
+    groups = source_groups(source.admin_user_id)
+    for n, (group_id, (owner, members)) in enumerate(groups.items()):
+        source.add_group(group_id, f"Grüppe {group_id}", owner, members,
+                         faceURL=f"https://a.example/{group_id}.png", introduction=f"about {n}")
+    with served(source) as source_url, served(target) as target_url:
+        ctx = configure(monkeypatch, env, source, source_url, target, target_url)
+        result = CliRunner().invoke(app, ["migrate", "run", "--from", "old", "--to", "new", "--verify"])
+    out = " ".join(result.output.split())
+    assert result.exit_code == EXIT_FAILURES, out  # finished, with rows that did not make it
+    assert "groups: none given" not in out
+    p = run_control.run_progress(ctx.engine, 1)
+    counts = {stage: sp.counts for stage, sp in p.stages}
+    assert p.status == "finished" and [s for s, _ in p.stages] == ["accounts", "groups", "members", "verify"]
+    assert counts["accounts"] == {"ok": USERS}
+    assert counts["groups"] == {"ok": 5, "rejected": 1}
+    stage_jobs = {stage: sp.job_id for stage, sp in p.stages}
+    [refused] = results(ctx.engine, stage_jobs["groups"], "rejected")
+    assert refused.key == "grp_big" and "201 with the owner, the target allows at most 200" in refused.message
+    assert refused.row == 1  # the newest group comes first in OpenIM's listing
+    members = {i.key: i for i in results(ctx.engine, stage_jobs["members"])}
+    admin_row = members[f"grp_2/{source.admin_user_id}"]
+    assert admin_row.state == "rejected" and "is not in the accounts" in admin_row.message
+    assert {i.state for k, i in members.items() if k.startswith("grp_big/")} <= {"rejected"}
+    assert set(counts["verify"]) == {"ok"}  # read back through NetEase's own endpoints
+
+    # At the target: every account once, each group once with exactly its members.
+    mapped = {(kind, s): t for kind, s, t in run_control.id_map_rows(ctx.engine, 1)}
+    assert sorted(u for u in target.users) == sorted(user(i) for i in range(USERS))
+    assert len(target.teams) == 5 and ("group", "grp_big") not in mapped
+    for group_id, (owner, group_members) in groups.items():
+        if group_id == "grp_big":
+            continue
+        want = {owner, *group_members} - {source.admin_user_id}
+        assert target.group_members(mapped[("group", group_id)]) == want, group_id
+        assert target.teams[mapped[("group", group_id)]].tname == f"Grüppe {group_id}"
+    assert {op: n for op, n in target.duplicates.items() if n} == {}
+    ctx.engine.dispose()
+
+
+def test_a_source_that_cannot_list_groups_says_so_in_one_line_of_the_plan(env, monkeypatch):
+    source, target = OpenIMSandbox(api_version="v2"), NeteaseSandbox()
+    for i in range(3):
+        source._add_user({"userID": user(i), "nickname": f"N {i}"})
+    with served(source) as source_url, served(target) as target_url:
+        ctx = configure(monkeypatch, env, source, source_url, target, target_url)
+        result = CliRunner().invoke(app, ["migrate", "run", "--from", "old", "--to", "new", "--dry-run"])
+    out = " ".join(result.output.split())
+    assert result.exit_code == 0, out
+    assert "groups: none given, and OpenIM v2 cannot list them: pass --groups groups.jsonl" in out
+    p = run_control.run_progress(ctx.engine, 1)
+    assert [s for s, _ in p.stages] == ["accounts"]
+    assert "list_groups" not in source.calls
+    ctx.engine.dispose()
