@@ -113,3 +113,65 @@ def test_a_source_that_cannot_list_groups_says_so_in_one_line_of_the_plan(env, m
     assert [s for s, _ in p.stages] == ["accounts"]
     assert "list_groups" not in source.calls
     ctx.engine.dispose()
+
+
+def test_a_planning_killed_while_groups_are_listed_lists_them_again_and_sends_each_once(tmp_path):
+    """The command SIGKILLed while its second page of groups is held at the
+    source's door; `imshift resume R1` keeps the accounts planned whole,
+    lists the groups again from the start, and the target gets each once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from imshift.vendors.sandbox.rongcloud import RongCloudSandbox
+
+    from test_listing_crash import CountingDoor, imshift, wait_for
+
+    source, target = OpenIMSandbox(), RongCloudSandbox()
+    for i in range(30):
+        source._add_user({"userID": user(i), "nickname": f"N {i}"})
+    made = {f"grp_{n:03d}": (user(n % 30), [user((n + 1) % 30), user((n + 2) % 30)]) for n in range(210)}
+    for group_id, (owner, members) in made.items():  # 210 groups: three pages of 100
+        source.add_group(group_id, f"G {group_id}", owner, members)
+    source.app = door = CountingDoor(source.app)
+    db = f"sqlite:///{tmp_path / 'imshift.db'}"
+    log = tmp_path / "commands.log"
+    with served(source) as source_url, served(target) as target_url:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("REDIS_URL", "IMSHIFT_REDIS_URL", "DATABASE_URL")}
+        env.update({"IMSHIFT_CONFIG": str(tmp_path / "none.toml"), "IMSHIFT_DATABASE_URL": db,
+                    "IMSHIFT_APPS__OLD__RATES": json.dumps(FAST), "IMSHIFT_APPS__NEW__RATES": json.dumps(FAST),
+                    **app_environment("old", "openim", source.config(source_url)),
+                    **app_environment("new", "rongcloud", target.config(target_url))})
+        ctx = context(db)
+        door.hold({"/group/get_groups"}, after=1)  # page 1 goes through, page 2 is held
+        command = imshift(["migrate", "run", "--from", "old", "--to", "new"], env, log)
+        try:
+            wait_for(lambda: door.held is not None, "the second page of groups",
+                     lambda: command.poll() is None, log)
+            os.killpg(command.pid, signal.SIGKILL)
+            command.wait(10)
+        finally:
+            door.release()
+            if command.poll() is None:
+                os.killpg(command.pid, signal.SIGKILL)
+                command.wait(10)
+        with ctx.engine.connect() as conn:
+            cut = conn.exec_driver_sql("SELECT stage, status FROM jobs WHERE run_id = 1 ORDER BY id").all()
+        assert [tuple(r) for r in cut] == [("accounts", "planned"), ("groups", "planning")]
+        resumed = subprocess.run([sys.executable, "-m", "imshift.cli", "resume", "R1"], env=env,
+                                 capture_output=True, text=True, timeout=120)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+
+    assert door.seen["/group/get_groups"] == 2 + 3  # listed again from the start
+    assert door.seen["/user/get_all_users_uid"] == 1  # the accounts were kept, not listed again
+    p = run_control.run_progress(ctx.engine, 1)
+    counts = {stage: sp.counts for stage, sp in p.stages}
+    assert p.status == "finished" and counts["groups"] == {"ok": 210}, counts
+    assert sorted(target.groups) == sorted(made)
+    for group_id, (owner, members) in made.items():
+        assert target.group_members(group_id) == {owner, *members}, group_id
+    assert {op: n for op, n in target.duplicates.items() if n} == {}
+    assert target.calls["create_group"] == 210
+    ctx.engine.dispose()
