@@ -11,6 +11,7 @@ no account listed twice and none lost.
 from __future__ import annotations
 
 import asyncio
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterator
 
@@ -33,26 +34,30 @@ class Page:
         return self.cursor is None
 
 
-def listed_rows(pages: Pages, cursor: str | None = None, first_line: int = 1, *,
-                fields: Callable[[Any], dict[str, Any]] | None = None) -> Iterator[Row]:
+def listed_rows(pages: Pages, cursor: str | None = None, first_line: int = 1) -> Iterator[Row]:
     """Each listed user as a row (line = its place in the listing, from
-    `first_line`), the last of each page marked with its `Page`; `fields`
-    makes a row's fields of another kind of listed thing (a group). The
-    listing's async pages are driven from this synchronous generator on an
-    event loop of its own, and a page is asked for only once the rows
-    before it are taken."""
+    `first_line`), the last of each page marked with its `Page`. A page is
+    asked for only once the rows before it are taken."""
+    n = first_line - 1
+    with closing(each_page(pages, cursor)) as paged:  # closed with this generator, not later
+        for profiles, after in paged:
+            for i, profile in enumerate(profiles, 1):
+                n += 1
+                yield Row(n, _fields(profile), mark=Page(after) if i == len(profiles) else None)
+
+
+def each_page(pages: Callable[[str | None], AsyncIterator[tuple[list[Any], str | None]]],
+              cursor: str | None) -> Iterator[tuple[list[Any], str | None]]:
+    """A listing's async pages (each with the cursor after it), driven from
+    this synchronous generator on an event loop of its own."""
     loop = asyncio.new_event_loop()
     listing = pages(cursor)
-    n = first_line - 1
     try:
         while True:
             try:
-                profiles, after = loop.run_until_complete(listing.__anext__())
+                yield loop.run_until_complete(listing.__anext__())
             except StopAsyncIteration:
                 return
-            for i, profile in enumerate(profiles, 1):
-                n += 1
-                yield Row(n, (fields or _fields)(profile), mark=Page(after) if i == len(profiles) else None)
     finally:
         loop.run_until_complete(listing.aclose())
         loop.close()

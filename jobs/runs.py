@@ -29,7 +29,8 @@ from .inputs import InputError
 from .listing import Pages
 from .plan import discard
 from .run_stages import OPERATIONS, StagePlan, StagePlanner
-from .source_groups import GroupPages, listed_group_rows
+from . import source_groups
+from .source_groups import GroupPages
 from .target import Target
 
 runs = Run.__table__
@@ -156,8 +157,9 @@ def _plan_stages(engine: Engine, run_id: int, source_app: str, target: Target, r
                 planner.friends(request.friends)
             if request.groups is not None:
                 planner.groups(request.groups)
-            elif request.group_pages is not None:  # the source's own groups
-                planner.groups(None, listed_group_rows(request.group_pages))
+            elif request.group_pages is not None:  # the source's own groups, stored page by page
+                source_groups.list_groups(engine, run_id, me, request.group_pages, progress)
+                planner.groups(None, source_groups.stored_rows(engine, run_id))
             if request.tokens:
                 planner.tokens()
             if request.verify:
@@ -170,6 +172,8 @@ def _plan_stages(engine: Engine, run_id: int, source_app: str, target: Target, r
         planned = conn.execute(update(runs).where(
             runs.c.id == run_id, runs.c.planner == me, runs.c.status == JobStatus.PLANNING.value)
             .values(status=JobStatus.PLANNED.value, planner=None, planner_seen_at=None)).rowcount
+        if planned:
+            source_groups.forget(conn, run_id)  # planned whole: the listed groups are its items now
     if not planned:
         raise RunError(f"run R{run_id} was cancelled or taken over by another command while planned")
     return RunPlan(run_id, planner.stages)
@@ -197,6 +201,7 @@ def remove(engine: Engine, run_id: int) -> None:
         discard(engine, job_id)
     with engine.begin() as conn:
         conn.execute(id_map.delete().where(id_map.c.run_id == run_id))
+        source_groups.forget(conn, run_id)
         conn.execute(runs.delete().where(runs.c.id == run_id))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 from imshift.cli import app
@@ -46,17 +47,18 @@ def source_groups(admin: str) -> dict[str, tuple[str, list[str]]]:
     return groups
 
 
-def configure(monkeypatch, env_dir, source, source_url, target, target_url):
+def configure(monkeypatch, database_url, source, source_url, target, target_url):
     monkeypatch.setenv("IMSHIFT_APPS__NEW__SANDBOX", "false")
+    monkeypatch.setenv("IMSHIFT_DATABASE_URL", database_url)
     for key, value in {**app_environment("old", "openim", source.config(source_url)),
                        **app_environment("new", "netease", target.config(target_url)),
                        "IMSHIFT_APPS__OLD__RATES": json.dumps(FAST),
                        "IMSHIFT_APPS__NEW__RATES": json.dumps(FAST)}.items():
         monkeypatch.setenv(key, value)
-    return context(f"sqlite:///{env_dir}/imshift.db")
+    return context(database_url)
 
 
-def test_an_openim_source_gives_its_groups_and_every_membership_lands_once(env, monkeypatch):
+def test_an_openim_source_gives_its_groups_and_every_membership_lands_once(env, database_url, monkeypatch):
     source, target = OpenIMSandbox(), NeteaseSandbox()
     for i in range(USERS):
         source._add_user({"userID": user(i), "nickname": f"Ünï {i}"})
@@ -65,7 +67,7 @@ def test_an_openim_source_gives_its_groups_and_every_membership_lands_once(env, 
         source.add_group(group_id, f"Grüppe {group_id}", owner, members,
                          faceURL=f"https://a.example/{group_id}.png", introduction=f"about {n}")
     with served(source) as source_url, served(target) as target_url:
-        ctx = configure(monkeypatch, env, source, source_url, target, target_url)
+        ctx = configure(monkeypatch, database_url, source, source_url, target, target_url)
         result = CliRunner().invoke(app, ["migrate", "run", "--from", "old", "--to", "new", "--verify"])
     out = " ".join(result.output.split())
     assert result.exit_code == EXIT_FAILURES, out  # finished, with rows that did not make it
@@ -84,6 +86,12 @@ def test_an_openim_source_gives_its_groups_and_every_membership_lands_once(env, 
     assert admin_row.state == "rejected" and "is not in the accounts" in admin_row.message
     assert {i.state for k, i in members.items() if k.startswith("grp_big/")} <= {"rejected"}
     assert set(counts["verify"]) == {"ok"}  # read back through NetEase's own endpoints
+    with ctx.engine.connect() as conn:
+        [payload] = conn.execute(text("SELECT payload FROM items WHERE job_id = :j AND key = 'grp_1'"),
+                                 {"j": stage_jobs["groups"]}).scalars()
+        assert conn.execute(text("SELECT count(*) FROM listed_groups")).scalar() == 0  # planned whole
+    payload = json.loads(payload) if isinstance(payload, str) else payload
+    assert (payload["avatar"], payload["intro"]) == ("https://a.example/grp_1.png", "about 1")
 
     # At the target: every account once, each group once with exactly its members.
     mapped = {(kind, s): t for kind, s, t in run_control.id_map_rows(ctx.engine, 1)}
@@ -104,7 +112,7 @@ def test_a_source_that_cannot_list_groups_says_so_in_one_line_of_the_plan(env, m
     for i in range(3):
         source._add_user({"userID": user(i), "nickname": f"N {i}"})
     with served(source) as source_url, served(target) as target_url:
-        ctx = configure(monkeypatch, env, source, source_url, target, target_url)
+        ctx = configure(monkeypatch, f"sqlite:///{env}/imshift.db", source, source_url, target, target_url)
         result = CliRunner().invoke(app, ["migrate", "run", "--from", "old", "--to", "new", "--dry-run"])
     out = " ".join(result.output.split())
     assert result.exit_code == 0, out
@@ -115,10 +123,11 @@ def test_a_source_that_cannot_list_groups_says_so_in_one_line_of_the_plan(env, m
     ctx.engine.dispose()
 
 
-def test_a_planning_killed_while_groups_are_listed_lists_them_again_and_sends_each_once(tmp_path):
+def test_a_planning_killed_while_groups_are_listed_resumes_from_the_last_stored_page(tmp_path):
     """The command SIGKILLed while its second page of groups is held at the
-    source's door; `imshift resume R1` keeps the accounts planned whole,
-    lists the groups again from the start, and the target gets each once."""
+    source's door (the first stored with its cursor); `imshift resume R1`
+    keeps the accounts planned whole, lists the groups on from the second
+    page, and the target gets each group once."""
     import os
     import signal
     import subprocess
@@ -159,12 +168,16 @@ def test_a_planning_killed_while_groups_are_listed_lists_them_again_and_sends_ea
                 command.wait(10)
         with ctx.engine.connect() as conn:
             cut = conn.exec_driver_sql("SELECT stage, status FROM jobs WHERE run_id = 1 ORDER BY id").all()
-        assert [tuple(r) for r in cut] == [("accounts", "planned"), ("groups", "planning")]
+            run = conn.exec_driver_sql("SELECT status, group_cursor, group_state FROM runs").one()
+            stored = conn.exec_driver_sql("SELECT group_id FROM listed_groups ORDER BY seq").scalars().all()
+        assert [tuple(r) for r in cut] == [("accounts", "planned")]  # the groups' job comes once listed
+        assert tuple(run) == ("planning", "100", "listing")
+        assert stored == [f"grp_{n:03d}" for n in range(209, 109, -1)]  # page 1: the newest 100
         resumed = subprocess.run([sys.executable, "-m", "imshift.cli", "resume", "R1"], env=env,
                                  capture_output=True, text=True, timeout=120)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
 
-    assert door.seen["/group/get_groups"] == 2 + 3  # listed again from the start
+    assert door.seen["/group/get_groups"] == 2 + 2  # pages 1-2 by the killed command, 2-3 by resume
     assert door.seen["/user/get_all_users_uid"] == 1  # the accounts were kept, not listed again
     p = run_control.run_progress(ctx.engine, 1)
     counts = {stage: sp.counts for stage, sp in p.stages}
@@ -174,4 +187,8 @@ def test_a_planning_killed_while_groups_are_listed_lists_them_again_and_sends_ea
         assert target.group_members(group_id) == {owner, *members}, group_id
     assert {op: n for op, n in target.duplicates.items() if n} == {}
     assert target.calls["create_group"] == 210
+    items = results(ctx.engine, dict(p.stages)["groups"].job_id)
+    assert sorted(i.row for i in items) == list(range(1, 211))  # each listed once, in its place
+    with ctx.engine.connect() as conn:  # planned whole: the stored listing is gone
+        assert conn.exec_driver_sql("SELECT count(*) FROM listed_groups").scalar() == 0
     ctx.engine.dispose()
