@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from imshift.jobs import control, run_control, runs
+from imshift.jobs import control, run_control, runs, source_groups
 from imshift.jobs.inputs import InputError
 from imshift.jobs.run_control import RunProgress, name
 from imshift.models.tables import ItemState, JobStatus
@@ -37,7 +37,8 @@ def migrate_run(
     friends: Annotated[FilePath, typer.Option(help="Friend pairs: .csv with user_id,friend_id "
                                               "(each pair once, either way round).")] = None,
     groups: Annotated[FilePath, typer.Option(help='Groups: .jsonl of {"group_id", "name", '
-                                             '"owner", "members": [...]}.')] = None,
+                                             '"owner", "members": [...]}. Without it they are '
+                                             'listed from the source where it can (OpenIM v3).')] = None,
     tokens: Annotated[bool, typer.Option("--tokens", help="Issue a new token per migrated account "
                                          "(kept encrypted with IMSHIFT_TOKEN_KEY).")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Read everything back through the "
@@ -75,6 +76,12 @@ def migrate_run(
             fail(f"give --users (an export of the accounts): {source!r} "
                  f"({ctx.settings.app(source).vendor}) cannot list its users through its API")
         request.source_pages = source_pages(ctx, source)
+    no_groups = None
+    if groups is None:  # the source's own groups, where it can list them
+        if Operation.LIST_GROUPS in ctx.target(source).capabilities:
+            request.group_pages = source_pages(ctx, source, "list_group_pages")
+        else:
+            no_groups = source_groups.cannot_list(_vendor_of(ctx, source))
     for path in (users, friends, groups):
         try:
             runs.check_input(path)
@@ -84,10 +91,21 @@ def migrate_run(
                                                    chunk_size=ctx.settings.chunk_size, progress=progress),
                     "Nothing was created.")
     _report(plan, target)
+    if no_groups:
+        console.print(f"  {no_groups}", highlight=False)
     if dry_run:
         console.print(f"Dry run: nothing sent. Start it with `imshift start {name(plan.run_id)}`.")
         return
     _start(ctx, plan.run_id, detach)
+
+
+def _vendor_of(ctx: Context, app: str) -> str:
+    """"OpenIM v2": the app's vendor, with its API version where it has one."""
+    from imshift.vendors.registry import vendor
+
+    v = vendor(ctx.settings.app(app).vendor)
+    version = getattr(v.client.for_config(ctx.config(app)), "version", "")
+    return f"{v.title} {version}".strip()
 
 
 def _planned(planning, nothing: str) -> runs.RunPlan:
@@ -114,11 +132,16 @@ def carry_on_planning(ctx: Context, run_id: int, detach: bool) -> None:
         if not ctx.target(p.source_app).capabilities & {Operation.LIST_USERS}:
             fail(f"run {name(run_id)} lists its accounts from {p.source_app!r}, which cannot list them")
         pages = source_pages(ctx, p.source_app)
+    group_pages = None
+    if params.get("groups_listed"):
+        if not ctx.target(p.source_app).capabilities & {Operation.LIST_GROUPS}:
+            fail(f"run {name(run_id)} lists its groups from {p.source_app!r}, which cannot list them")
+        group_pages = source_pages(ctx, p.source_app, "list_group_pages")
     if not params.get("dry_run"):
         jobcli._check_broker(ctx)
     plan = _planned(lambda progress: runs.resume_planning(ctx.engine, run_id, tgt, pages,
                                                           chunk_size=ctx.settings.chunk_size,
-                                                          progress=progress),
+                                                          progress=progress, group_pages=group_pages),
                     f"`imshift cancel {name(run_id)}` removes the run.")
     console.print(f"run {name(run_id)}: planning carried on")
     _report(plan, p.app)
@@ -128,8 +151,9 @@ def carry_on_planning(ctx: Context, run_id: int, detach: bool) -> None:
     _start(ctx, run_id, detach)
 
 
-def source_pages(ctx: Context, app: str):
-    """The source app's user listing with profiles, within its rates."""
+def source_pages(ctx: Context, app: str, listing: str = "list_user_pages"):
+    """The source app's user listing with profiles (or `listing`: its
+    groups, "list_group_pages"), within its rates."""
     from aiolimiter import AsyncLimiter
 
     rates = ctx.rates(app)
@@ -145,7 +169,7 @@ def source_pages(ctx: Context, app: str):
     async def pages(cursor):
         client = ctx.client(app, throttle=throttle)
         try:
-            async for page in client.list_user_pages(cursor):
+            async for page in getattr(client, listing)(cursor):
                 yield page
         finally:
             await client.http.aclose()

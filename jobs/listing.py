@@ -11,6 +11,7 @@ no account listed twice and none lost.
 from __future__ import annotations
 
 import asyncio
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterator
 
@@ -35,22 +36,28 @@ class Page:
 
 def listed_rows(pages: Pages, cursor: str | None = None, first_line: int = 1) -> Iterator[Row]:
     """Each listed user as a row (line = its place in the listing, from
-    `first_line`), the last of each page marked with its `Page`. The
-    listing's async pages are driven from this synchronous generator on an
-    event loop of its own, and a page is asked for only once the rows
-    before it are taken."""
-    loop = asyncio.new_event_loop()
-    listing = pages(cursor)
+    `first_line`), the last of each page marked with its `Page`. A page is
+    asked for only once the rows before it are taken."""
     n = first_line - 1
-    try:
-        while True:
-            try:
-                profiles, after = loop.run_until_complete(listing.__anext__())
-            except StopAsyncIteration:
-                return
+    with closing(each_page(pages, cursor)) as paged:  # closed with this generator, not later
+        for profiles, after in paged:
             for i, profile in enumerate(profiles, 1):
                 n += 1
                 yield Row(n, _fields(profile), mark=Page(after) if i == len(profiles) else None)
+
+
+def each_page(pages: Callable[[str | None], AsyncIterator[tuple[list[Any], str | None]]],
+              cursor: str | None) -> Iterator[tuple[list[Any], str | None]]:
+    """A listing's async pages (each with the cursor after it), driven from
+    this synchronous generator on an event loop of its own."""
+    loop = asyncio.new_event_loop()
+    listing = pages(cursor)
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(listing.__anext__())
+            except StopAsyncIteration:
+                return
     finally:
         loop.run_until_complete(listing.aclose())
         loop.close()

@@ -8,7 +8,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
@@ -214,11 +214,15 @@ class StagePlanner:
         rate = self.target.rates.get(OPERATIONS[planned.stage].value)
         planned.calls, planned.seconds = calls, (calls / rate if rate else None)
 
-    def groups(self, path: Path) -> None:
+    def groups(self, path: Path | None, listed: Iterable[Row] | None = None) -> None:
         """The groups stage (owner and a first slice of members) and the
-        members stage (the rest, one item per member). A member the accounts
-        do not hold becomes a rejected member item, not a reason to refuse
-        its group; a group whose owner they do not hold is refused whole."""
+        members stage (the rest, one item per member), from groups.jsonl or
+        the rows of the source's own listing (jobs/source_groups.py). A
+        member the accounts do not hold becomes a rejected member item, not
+        a reason to refuse its group; a group whose owner they do not hold
+        is refused whole."""
+        rows = listed if listed is not None else read_rows(path, key_columns=GROUP_ID_COLUMNS)
+        source = str(path) if listed is None else f"listed from {self.source_app}"
         first = self.target.batch_size(Operation.ADD_MEMBERS)
         limit = self.target.rules.group_size
         # row, group, owner, the members for the members stage, those unknown, those in already
@@ -250,14 +254,14 @@ class StagePlanner:
                     yield spec
                 batch.clear()
 
-            for row in read_rows(path, key_columns=GROUP_ID_COLUMNS):
+            for row in rows:
                 spec, members = _group_spec(row, limit)
                 batch.append((row, spec, members))
                 if len(batch) >= 500:
                     yield from flush()
             yield from flush()
 
-        planned = self._stage("groups", specs(), makes="group", input=str(path))
+        planned = self._stage("groups", specs(), makes="group", input=source)
         refused = self._refused(planned.job_id)
         calls = [0]  # the members stage's, a group at a time: the client adds each group's apart
 
@@ -274,7 +278,7 @@ class StagePlanner:
                                done=f"done by run R{self.since}" if member in done else None)
                 calls[0] += self.target.calls_for_ids(Operation.ADD_MEMBERS, sent) if sent else 0
 
-        members = self._stage("members", member_specs(), input=str(path))
+        members = self._stage("members", member_specs(), input=source)
         self._recount(members, calls[0])
 
     def _refused(self, job_id: int) -> set[str]:

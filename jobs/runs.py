@@ -29,6 +29,8 @@ from .inputs import InputError
 from .listing import Pages
 from .plan import discard
 from .run_stages import OPERATIONS, StagePlan, StagePlanner
+from . import source_groups
+from .source_groups import GroupPages
 from .target import Target
 
 runs = Run.__table__
@@ -43,6 +45,7 @@ class RunRequest:
     tokens: bool = False
     verify: bool = False
     source_pages: Pages | None = field(default=None, repr=False)  # the source's user listing
+    group_pages: GroupPages | None = field(default=None, repr=False)  # its groups, when no --groups
     since: int | None = None  # a delta re-run: what this earlier run finished is not sent again
     dry_run: bool = False  # only planned: a planning carried on by `resume` is not started either
 
@@ -67,10 +70,11 @@ def plan_run(engine: Engine, source_app: str, target: Target, request: RunReques
     """Plan every stage of a run from `source_app` into `target`."""
     if request.users is None and request.source_pages is None:
         raise RunError("give --users (an export of the accounts): the source cannot list its users")
-    for stage, wanted in (("friends", request.friends), ("groups", request.groups)):
-        if wanted is not None:
+    groups = request.groups is not None or request.group_pages is not None
+    for stage, wanted in (("friends", request.friends is not None), ("groups", groups)):
+        if wanted:
             target.require(OPERATIONS[stage])
-    if request.groups is not None:
+    if groups:
         target.require(Operation.ADD_MEMBERS)
     if request.tokens:
         target.require(Operation.ISSUE_TOKEN)
@@ -80,8 +84,9 @@ def plan_run(engine: Engine, source_app: str, target: Target, request: RunReques
     with engine.begin() as conn:
         run_id = conn.execute(insert(runs).values(
             source_app=source_app, app=target.app, status=JobStatus.PLANNING.value,
-            params={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(request).items()
-                    if k != "source_pages"},
+            params={**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(request).items()
+                       if k not in ("source_pages", "group_pages")},
+                    "groups_listed": request.group_pages is not None},
             since=request.since, created_at=time.time(), planner=me, planner_seen_at=time.time(),
             list_state=None if request.users is not None else "listing").returning(runs.c.id)).scalar_one()
         if request.since is not None:
@@ -95,10 +100,12 @@ def plan_run(engine: Engine, source_app: str, target: Target, request: RunReques
 
 
 def resume_planning(engine: Engine, run_id: int, target: Target, pages: Pages | None, *,
-                    chunk_size: int, progress: Callable[[str, int], None] | None = None) -> RunPlan:
+                    chunk_size: int, progress: Callable[[str, int], None] | None = None,
+                    group_pages: GroupPages | None = None) -> RunPlan:
     """Carry on the planning of a run whose planner is gone (killed): the
     accounts go on from the last listed page stored (or are kept, planned
-    whole), every later stage is planned again from its input."""
+    whole), every later stage is planned again from its input (groups
+    listed from the source: listed again, `group_pages`)."""
     me = planning_lease.planner_id()
     with engine.begin() as conn:
         run = conn.execute(select(runs).where(runs.c.id == run_id)).first()
@@ -114,9 +121,12 @@ def resume_planning(engine: Engine, run_id: int, target: Target, pages: Pages | 
     request = RunRequest(**{k: (Path(p[k]) if p.get(k) is not None else None)
                             for k in ("users", "friends", "groups")},
                          tokens=bool(p.get("tokens")), verify=bool(p.get("verify")),
-                         since=run.since, dry_run=bool(p.get("dry_run")), source_pages=pages)
+                         since=run.since, dry_run=bool(p.get("dry_run")), source_pages=pages,
+                         group_pages=group_pages if p.get("groups_listed") else None)
     if request.users is None and pages is None:
         raise RunError(f"run R{run_id} lists its accounts from {run.source_app}, which cannot list them")
+    if p.get("groups_listed") and group_pages is None:
+        raise RunError(f"run R{run_id} lists its groups from {run.source_app}, which cannot list them")
     with engine.connect() as conn:
         cut_off = stage_jobs(conn, run_id)
     for stage, job_id, status in cut_off:  # what the cut-off planning left that is not kept
@@ -147,6 +157,9 @@ def _plan_stages(engine: Engine, run_id: int, source_app: str, target: Target, r
                 planner.friends(request.friends)
             if request.groups is not None:
                 planner.groups(request.groups)
+            elif request.group_pages is not None:  # the source's own groups, stored page by page
+                source_groups.list_groups(engine, run_id, me, request.group_pages, progress)
+                planner.groups(None, source_groups.stored_rows(engine, run_id))
             if request.tokens:
                 planner.tokens()
             if request.verify:
@@ -159,6 +172,8 @@ def _plan_stages(engine: Engine, run_id: int, source_app: str, target: Target, r
         planned = conn.execute(update(runs).where(
             runs.c.id == run_id, runs.c.planner == me, runs.c.status == JobStatus.PLANNING.value)
             .values(status=JobStatus.PLANNED.value, planner=None, planner_seen_at=None)).rowcount
+        if planned:
+            source_groups.forget(conn, run_id)  # planned whole: the listed groups are its items now
     if not planned:
         raise RunError(f"run R{run_id} was cancelled or taken over by another command while planned")
     return RunPlan(run_id, planner.stages)
@@ -186,6 +201,7 @@ def remove(engine: Engine, run_id: int) -> None:
         discard(engine, job_id)
     with engine.begin() as conn:
         conn.execute(id_map.delete().where(id_map.c.run_id == run_id))
+        source_groups.forget(conn, run_id)
         conn.execute(runs.delete().where(runs.c.id == run_id))
 
 

@@ -127,9 +127,28 @@ class Run(SQLModel, table=True):
     # is in), so a planning cut off mid-listing carries on from there.
     list_cursor: Optional[str] = None
     list_state: Optional[str] = None
+    # The same for its groups listed from the source (no groups file): the
+    # pages are kept in listed_groups until the run is planned whole.
+    group_cursor: Optional[str] = None
+    group_state: Optional[str] = None
     # The process planning the run ("host:pid") and its heartbeat.
     planner: Optional[str] = None
     planner_seen_at: Optional[float] = None
+
+
+class ListedGroup(SQLModel, table=True):
+    """A group a run read from its source (no groups file), as the row a
+    groups.jsonl line would be; a page of them is stored with the run's
+    group_cursor in one transaction, and they are deleted once the run is
+    planned whole."""
+
+    __tablename__ = "listed_groups"
+    __table_args__ = (UniqueConstraint("run_id", "group_id", name="uq_listed_groups_run_group"),)
+
+    run_id: int = Field(foreign_key="runs.id", primary_key=True)
+    seq: int = Field(primary_key=True)  # its place in the listing, from 1
+    group_id: str
+    fields: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
 class IdMap(SQLModel, table=True):

@@ -261,6 +261,14 @@ class VendorClient:
         CallFailed; a cursor this vendor never gave raises ValueError."""
         raise self._unsupported(Operation.LIST_USERS)
 
+    def list_group_pages(self, cursor: str | None = None,
+                         page_size: int = 100) -> AsyncIterator[tuple[list[Group], str | None]]:
+        """The app's groups, each with its owner, name, avatar, intro and
+        every member but the owner, a page at a time from `cursor`, as
+        list_user_pages pages its users. Raises CallFailed or ValueError as
+        list_user_pages does."""
+        raise self._unsupported(Operation.LIST_GROUPS)
+
     async def get_members(self, group_id: str, owner: str) -> list[str] | None:
         """The group's member ids at the vendor, owner included, or None when
         there is no such group. Any other failure raises CallFailed."""

@@ -106,7 +106,7 @@ def expires_at(expire: Any) -> int | None:
 class MaximClient(MaximGroups, VendorClient):
     register_secrets = frozenset({"password"})  # the only way to a user token later
     vendor = "maxim"
-    capabilities = frozenset(Operation)
+    capabilities = frozenset(Operation) - {Operation.LIST_GROUPS}  # no documented listing of an app's groups
     deduplicates_sends = True  # /message/send takes transaction_id (broadcast does not)
     # Business errors come back as HTTP 200 with a body code; anything else is `rejected`.
     codes = Codes(

@@ -111,6 +111,7 @@ class OpenIMClient(AdminToken, VendorClient):
     _token_body = _expiry = _invite = _import = _users = _profile_of = _user_ids = _by_version
     register_users = update_profiles = get_profiles = _by_version  # type: ignore[assignment]
     issue_tokens = create_group = get_members = get_friends = _by_version  # type: ignore[assignment]
+    list_group_pages = _by_version  # v3 only: v2 takes it off its capabilities
 
     def __new__(cls, config: OpenIMConfig | None = None, *args: Any, **kwargs: Any) -> OpenIMClient:
         # The registry and the sandbox name only OpenIMClient, and some code

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import httpx
 
 from .vocabulary import FieldRule, Group, Operation, Outcome, Profile, Result, VendorRules
-from .client import Batch, CallFailed, Codes, chunks, invalid, same_for_all
+from .client import Batch, CallFailed, Codes, VendorClient, chunks, invalid, same_for_all
 from .openim import (MAX_IDS_PER_CALL, OpenIMClient, data_of, exists, listed, new_operation_id, ok, with_data)
 from .openim_v3 import RULES_V3
 from .paging import PageFetch, sliced
@@ -48,6 +48,10 @@ CODES_V2 = Codes(
 
 
 class OpenIMV2Client(OpenIMClient):
+    # v2.3.3's API service routes no listing of an app's groups; its separate CMS
+    # service (open_im_cms_api, another port and login) has one, which we do not speak.
+    capabilities = OpenIMClient.capabilities - {Operation.LIST_GROUPS}
+    list_group_pages = VendorClient.list_group_pages
     register_secrets = frozenset({"token"})  # v2 register returns the user's token
     version = "v2"
     rules = RULES_V2

@@ -16,11 +16,11 @@ import httpx
 from .vocabulary import FieldRule, Group, Operation, Outcome, Profile, Result, VendorRules
 from .client import Batch, CallFailed, Codes, chunks, invalid, same_for_all
 from .openim import (MAX_IDS_PER_CALL, OpenIMClient, data_of, exists, listed, new_operation_id, ok, with_data)
+from .openim_groups import GROUPS_PER_PAGE, OpenIMV3Groups, page_of
 from .paging import NoSuchList, PageFetch, read_all
 
 GROUP_TYPE = 2  # v3 accepts only WorkingGroup
 GROUP_CHAT = 3  # ReadGroupChatType
-GROUP_MISSING = ("1004", "1201")  # RecordNotFound, GroupIDNotFound
 
 RULES_BATCH = {
     Operation.REGISTER: 1000,  # no cap in v3 code; one InsertMany, like the protocol's 1000-id lists
@@ -34,6 +34,7 @@ RULES_BATCH = {
     Operation.ADD_MEMBERS: MAX_IDS_PER_CALL,
     Operation.IMPORT_FRIENDS: MAX_IDS_PER_CALL,
     Operation.LIST_USERS: 1000,  # showNumber per page
+    Operation.LIST_GROUPS: GROUPS_PER_PAGE,  # showNumber per page of /group/get_groups
     Operation.GET_MEMBERS: 1,  # one group a call (its pages are 1000 members)
     Operation.GET_FRIENDS: 1,
 }
@@ -51,6 +52,7 @@ RULES_RATES = {
     Operation.ADD_MEMBERS: 20,
     Operation.IMPORT_FRIENDS: 20,
     Operation.LIST_USERS: 50,
+    Operation.LIST_GROUPS: 50,
     Operation.GET_MEMBERS: 50,
     Operation.GET_FRIENDS: 50,
 }
@@ -79,7 +81,7 @@ CODES_V3 = Codes(
 )
 
 
-class OpenIMV3Client(OpenIMClient):
+class OpenIMV3Client(OpenIMV3Groups, OpenIMClient):
     version = "v3"
     rules = RULES_V3
     codes = CODES_V3
@@ -277,15 +279,8 @@ class OpenIMV3Client(OpenIMClient):
     async def get_members(self, group_id: str, owner: str) -> list[str] | None:
         """/group/get_group_member_list, 1000 a page. An unknown group, or
         one without members (a group keeps at least its owner), is None."""
-        async def page(number: int, size: int) -> tuple[list[str], bool]:
-            result, body = await self._post(Operation.GET_MEMBERS, "/group/get_group_member_list", {
-                "groupID": group_id, "pagination": {"pageNumber": number, "showNumber": size}})
-            if result.code in GROUP_MISSING:
-                raise NoSuchList(group_id)
-            return _page_of(result, body, "members", lambda m: m.get("userID"), number, size)
-
         try:
-            members = await read_all(page, MAX_IDS_PER_CALL) if group_id else []
+            members = await self._member_ids(group_id) if group_id else []
         except NoSuchList:
             return None
         return list(dict.fromkeys(members)) or None
@@ -295,22 +290,11 @@ class OpenIMV3Client(OpenIMClient):
         async def page(number: int, size: int) -> tuple[list[str], bool]:
             result, body = await self._post(Operation.GET_FRIENDS, "/friend/get_friend_list", {
                 "userID": user_id, "pagination": {"pageNumber": number, "showNumber": size}})
-            return _page_of(result, body, "friendsInfo",
+            return page_of(result, body, "friendsInfo",
                             lambda f: (f.get("friendUser") or {}).get("userID"), number, size)
 
         return list(dict.fromkeys(await read_all(page, MAX_IDS_PER_CALL)))
 
-
-def _page_of(result: Result, body: dict[str, Any], key: str, id_of: Any, number: int,
-             size: int) -> tuple[list[str], bool]:
-    """The ids on one page of a v3 listing ({total, <key>: [...]}) and whether it is the last."""
-    if not result.succeeded:
-        raise CallFailed(result)
-    data = data_of(body)
-    entries = [e for e in listed(data, key) if isinstance(e, dict)]
-    ids = [str(i) for i in map(id_of, entries) if i]
-    total = data.get("total")
-    return ids, len(entries) < size or (isinstance(total, int) and number * size >= total)
 
 def _profile(user: dict[str, Any]) -> Profile:
     return Profile(user_id=user["userID"], name=user.get("nickname") or "",

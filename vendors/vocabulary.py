@@ -26,6 +26,7 @@ class Operation(str, enum.Enum):
     ADD_MEMBERS = "add_members"
     IMPORT_FRIENDS = "import_friends"
     LIST_USERS = "list_users"  # can serve as a migration source without an export file
+    LIST_GROUPS = "list_groups"  # ... and without a groups file: the app's groups with members
     # Read-backs a migration's verify stage makes: no job step runs them.
     GET_MEMBERS = "get_members"  # a group's member ids
     GET_FRIENDS = "get_friends"  # a user's friend ids
@@ -107,6 +108,9 @@ class Group:
     name: str
     owner: str
     members: Sequence[str] = ()
+    # What a source's group listing reads besides (create calls do not send them).
+    avatar: str = ""
+    intro: str = ""
 
 
 class Unsupported(Exception):

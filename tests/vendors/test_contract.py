@@ -29,6 +29,7 @@ CALLS = {
     Operation.ADD_MEMBERS: ("add_members", lambda: ("g1", "probe_1", ["probe_2"])),
     Operation.IMPORT_FRIENDS: ("import_friends", lambda: ("probe_1", ["probe_2"])),
     Operation.LIST_USERS: ("list_users", lambda: ()),
+    Operation.LIST_GROUPS: ("list_group_pages", lambda: ()),
     Operation.GET_MEMBERS: ("get_members", lambda: ("g1", "probe_1")),
     Operation.GET_FRIENDS: ("get_friends", lambda: ("probe_1",)),
 }

@@ -5,6 +5,7 @@ the rules follow the server's source (open-im-server, protocol, tools).
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -57,6 +58,7 @@ class OpenIMv3Sandbox(OpenIMSandbox):
             "/group/invite_user_to_group": (Operation.ADD_MEMBERS.value, self._v3_invite),
             "/group/get_group_members_info": (Operation.ADD_MEMBERS.value, self._v3_members_info),
             "/group/get_group_member_list": (GET_MEMBERS, self._v3_member_list),
+            "/group/get_groups": (Operation.LIST_GROUPS.value, self._v3_get_groups),
             "/friend/get_friend_list": (GET_FRIENDS, self._v3_friend_list),
             "/msg/send_msg": (Operation.SEND.value, self._v3_send_msg),
             "/msg/batch_send_msg": (batch_op, self._v3_batch_send),
@@ -207,11 +209,63 @@ class OpenIMv3Sandbox(OpenIMSandbox):
             self.duplicates[Operation.CREATE_GROUP.value] += 1
             raise Fail(1202, f"GroupIDExisted: group id existed {group_id}")
         group_id = group_id or str(int(uuid.uuid4().hex[:8], 16))
-        roles = {owner: OWNER} | {a: ADMIN for a in admins} | {m: MEMBER for m in members}
-        self.groups[group_id] = Record(**{"groupName": str(info.get("groupName") or ""), "ownerUserID": owner,
-                                 "members": roles})
+        self.add_group(group_id, str(info.get("groupName") or ""), owner, members, admins,
+                       faceURL=str(info.get("faceURL") or ""),
+                       introduction=str(info.get("introduction") or ""))
         return {"groupInfo": {"groupID": group_id, "groupName": self.groups[group_id]["groupName"],
-                              "ownerUserID": owner, "memberCount": len(roles), "groupType": 2}}
+                              "ownerUserID": owner, "memberCount": len(self.groups[group_id]["members"]),
+                              "groupType": 2}}
+
+    def add_group(self, group_id: str, name: str, owner: str, members: list[str] = (),
+                  admins: list[str] = (), **info: str) -> None:
+        """Store a group as create_group does (tests fill a source with it);
+        `info`: faceURL, introduction. Each keeps its creation order, the
+        listing's sort key."""
+        roles = {owner: OWNER} | {a: ADMIN for a in admins} | {m: MEMBER for m in members}
+        self.groups[group_id] = Record(groupName=name, ownerUserID=owner, members=roles,
+                                       faceURL=info.get("faceURL", ""),
+                                       introduction=info.get("introduction", ""),
+                                       createTime=int(self.clock() * 1000), created=len(self.groups))
+
+    async def _v3_get_groups(self, body: dict[str, Any], who: str | None) -> Any:
+        """As GetGroups (the rpc's group.go): one group by groupID, else a
+        page of those whose name matches groupName (a regex), dismissed ones
+        left out, the newest first; any valid token may ask."""
+        pagination = body.get("pagination")
+        if not isinstance(pagination, dict):  # GetGroupsReq.Check
+            raise Fail(1001, "ArgsError: pagination is empty")
+        number, show = pagination.get("pageNumber"), pagination.get("showNumber") or 0
+        if not isinstance(number, int) or number < 1:
+            raise Fail(1001, "ArgsError: pageNumber is invalid")
+        if not isinstance(show, int):
+            raise Fail(1001, "ArgsError: showNumber is invalid")
+        group_id, name = str(body.get("groupID") or ""), str(body.get("groupName") or "")
+        if group_id:  # FindGroup: that one, unpaged
+            found = [group_id] if group_id in self.groups else []
+            return {"total": len(found), "groups": [self._cms_group(g) for g in found]}
+        try:
+            pattern = re.compile(name)
+        except re.error:
+            raise Fail(500, "ServerInternalError: mongo count: invalid regular expression") from None
+        found = sorted((g for g, r in self.groups.items() if pattern.search(r["groupName"])),
+                       key=lambda g: (self.groups[g].get("createTime", 0), self.groups[g].get("created", 0)),
+                       reverse=True)
+        skip = (number - 1) * show  # tools' FindPage: nothing when showNumber <= 0 or past the end
+        return {"total": len(found),
+                "groups": [self._cms_group(g) for g in (found[skip:skip + show] if show > 0 else [])]}
+
+    def _cms_group(self, group_id: str) -> dict[str, Any]:
+        record = self.groups[group_id]
+        owner = next((u for u, role in record["members"].items() if role == OWNER), "")
+        info = {"groupID": group_id, "groupName": record["groupName"], "notification": "",
+                "introduction": record.get("introduction", ""), "faceURL": record.get("faceURL", ""),
+                "ownerUserID": owner, "createTime": record.get("createTime", 0),
+                "memberCount": len(record["members"]), "ex": "", "status": 0,
+                "creatorUserID": record["ownerUserID"], "groupType": 2, "needVerification": 0,
+                "lookMemberInfo": 0, "applyMemberFriend": 0, "notificationUpdateTime": 0,
+                "notificationUserID": ""}
+        return {"groupInfo": info, "groupOwnerUserID": owner,
+                "groupOwnerUserName": self.users.get(owner, {}).get("nickname", "")}
 
     async def _v3_invite(self, body: dict[str, Any], who: str | None) -> Any:
         group_id, invited = str(body.get("groupID") or ""), body.get("invitedUserIDs")
