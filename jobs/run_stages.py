@@ -58,6 +58,7 @@ class StagePlanner:
         self.me: str | None = None  # this planner (planning_lease.planner_id)
         self.kept: tuple[int, str] | None = None  # a cut-off planning's accounts job, carried on
         self.job_of: dict[str, int] = {}
+        self.accounts_named = "the accounts (--users)"  # as a dangling reference's reason says
         self.earlier: dict[str, int] = {}  # the earlier run's stage jobs (a delta re-run)
         if since is not None:
             with engine.connect() as conn:
@@ -119,6 +120,8 @@ class StagePlanner:
 
     def accounts(self, path: Path | None, pages: Pages | None) -> None:
         ignored: set[str] = set()
+        if path is None:
+            self.accounts_named = f"the accounts listed from {self.source_app}"
         if self.kept and self.kept[1] == JobStatus.PLANNED.value:  # planned whole before the cut
             self._kept_stage("accounts", self.kept[0])
             return
@@ -177,7 +180,7 @@ class StagePlanner:
             for spec, refs in batch:
                 for name, uid in refs:
                     if uid not in known:
-                        spec.problems.append(f"{name}: user {uid!r} is not in the accounts (--users)")
+                        spec.problems.append(f"{name}: user {uid!r} is not in {self.accounts_named}")
                 yield spec
 
     def friends(self, path: Path) -> None:
@@ -238,7 +241,7 @@ class StagePlanner:
                 for row, spec, members in batch:
                     owner = spec.payload.get("owner", "")
                     if not spec.problems and owner not in known:
-                        spec.problems.append(f"owner: user {owner!r} is not in the accounts (--users)")
+                        spec.problems.append(f"owner: user {owner!r} is not in {self.accounts_named}")
                     unknown = {m for m in members if m not in known}
                     kept = [m for m in members if m in known]
                     earlier = made.get(spec.key) if not spec.problems else None
@@ -270,7 +273,7 @@ class StagePlanner:
                 sent = []
                 for member in rest:
                     problems = ([f"group {group_id!r} was refused at planning"] if group_id in refused
-                                else [f"member: user {member!r} is not in the accounts (--users)"]
+                                else [f"member: user {member!r} is not in {self.accounts_named}"]
                                 if member in unknown else [])
                     if not problems and member not in done:
                         sent.append(member)
