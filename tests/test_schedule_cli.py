@@ -81,7 +81,9 @@ def test_rongcloud_broadcasts_over_the_cap_are_refused_at_add(env, monkeypatch):
     monkeypatch.setenv("IMSHIFT_APPS__RC__VENDOR", "rongcloud")
     monkeypatch.setenv("IMSHIFT_APPS__RC__SANDBOX", "true")
     broadcast = ("--", "broadcast", "--app", "rc", "--sender", "boss", "--text", "x")
-    result = runner.invoke(app, ["schedule", "add", "--cron", "*/10 * * * *", *broadcast])
+    # Three fires in one hour, three a day: over the hourly cap only, whatever the time now.
+    result = runner.invoke(app, ["schedule", "add", "--cron", "0,1,2 9 * * *", "--tz", "UTC",
+                                 *broadcast])
     assert result.exit_code == 2
     [line] = [line for line in result.output.splitlines() if "allows" in line]
     assert "RongCloud (app rc) allows 2 broadcasts an hour and this schedule would make more" in line
