@@ -19,7 +19,7 @@ from imshift.jobs.progress import progress
 from imshift.vendors.operations import encode_message
 from imshift.vendors.vocabulary import Message
 
-from .jobcli import print_fired, history_table
+from .schedulecli import history_table, print_fired
 
 EVERY = "*/2 * * * * *"  # six cron fields, seconds first: every 2 s
 # The broadcast falls due after the recurring send's first fire (at most
