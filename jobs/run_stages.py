@@ -186,12 +186,13 @@ class StagePlanner:
     def friends(self, path: Path) -> None:
         form = self.target.rules.id_key
         batch = self.target.batch_size(Operation.IMPORT_FRIENDS)
-        owners = {"runs": 0, "last": None, "in_run": 0}  # a call takes one owner's run of pairs
+        owners = {"runs": 0, "last": None, "in_run": 0, "pairs": 0}  # a call takes one owner's run of pairs
 
         def counted(user: str) -> None:
             if user != owners["last"] or owners["in_run"] >= batch:
                 owners["runs"], owners["last"], owners["in_run"] = owners["runs"] + 1, user, 0
             owners["in_run"] += 1
+            owners["pairs"] += 1
 
         def specs() -> Iterator[tuple[Spec, list[tuple[str, str]]]]:
             for row in read_rows(path):
@@ -210,7 +211,8 @@ class StagePlanner:
                        [] if problems else [("user_id", user), ("friend_id", friend)])
 
         planned = self._stage("friends", self._checked_refs(specs()), user_ids=True, input=str(path))
-        self._recount(planned, owners["runs"])
+        other_sides = owners["pairs"] if self.target.rules.friends_one_way else 0  # a call each
+        self._recount(planned, owners["runs"] + other_sides)
 
     def _recount(self, planned: StagePlan, calls: int) -> None:
         """A stage whose calls are not items ÷ batch size (one per owner's run of pairs)."""

@@ -157,9 +157,6 @@ class VendorClient:
     # The secret fields registering returns ("token", "password"): kept only
     # encrypted, so a migration without a token key loses them.
     register_secrets: ClassVar[frozenset[str]] = frozenset()
-    # True where each user keeps their own roster, so importing a friendship
-    # writes both sides (the operation table's import_friends does).
-    friends_one_way: ClassVar[bool] = False
 
     def __init__(self, config: Any, http: httpx.AsyncClient, *, throttle: Throttle | None = None,
                  timeout: float = 10.0):

@@ -123,10 +123,10 @@ class MaximClient(MaximGroups, VendorClient):
         retryable=frozenset({10009, 20000, 20006}),  # storage error, database error, group in repair
         rate_limited=frozenset({429}),  # our sandbox's choice: the vendor documents no rate limits
     )
-    # Maxim documents /user/add_roster per user (the roster of the acting
-    # user): both sides are written; a side already there is `exists`.
-    friends_one_way = True
     rules = VendorRules(
+        # Maxim documents /user/add_roster per user (the roster of the acting
+        # user): both sides are written; a side already there is `exists`.
+        friends_one_way=True,
         fields={
             # The register username; later operations take Maxim's numeric ids.
             "user_id": FieldRule(

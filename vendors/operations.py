@@ -294,7 +294,7 @@ async def _add_members(client, items, params, key):
 
 async def _import_friends(client, items, params, key):
     """One call per owner's run of pairs. Where the vendor keeps a roster
-    per user (`friends_one_way`), the other side is written too."""
+    per user (its rules' `friends_one_way`), the other side is written too."""
     async def owner(part: list[WorkItem]) -> list[Result]:
         return await client.import_friends(part[0].payload["user_id"],
                                            [i.payload["friend_id"] for i in part])
@@ -303,7 +303,7 @@ async def _import_friends(client, items, params, key):
         return await client.import_friends(item.payload["friend_id"], [item.payload["user_id"]])
 
     flat = [r for part in await client.each(_runs(items, "user_id"), owner) for r in part]
-    if client.friends_one_way:
+    if client.rules.friends_one_way:
         back = await client.each(items, other_side)
         flat = [a if not a.succeeded else _all_of([a, *b]) for a, b in zip(flat, back)]
     return flat

@@ -207,6 +207,10 @@ class VendorRules:
     # (NetEase's 1024-byte `members`): ids -> calls, as the client splits
     # them. Elsewhere a batch is `batch_size` ids a call. For estimates.
     split_calls: Mapping[Operation, Callable[[Sequence[str]], int]] = field(default_factory=dict)
+    # True where each user keeps their own roster, so importing a friendship
+    # writes both sides: a call per owner's run of pairs, then one a pair
+    # for the other side (the operation table's import_friends).
+    friends_one_way: bool = False
 
     def id_key(self, user_id: str) -> str:
         """The form under which the vendor tells two ids apart."""

@@ -306,10 +306,12 @@ def test_a_delta_re_run_sends_only_what_the_earlier_run_did_not_finish(tmp_path)
 
 
 @pytest.mark.parametrize("vendor, stage, op", [("maxim", "tokens", "issue_token"),
+                                               ("maxim", "friends", "import_friends"),
                                                ("rongcloud", "groups", "create_group")])
 def test_the_dry_runs_vendor_calls_are_the_calls_the_run_makes(vendor, stage, op, tmp_path):
-    """Maxim's token is two calls (a password reset, then a login);
-    RongCloud creates one group a call whatever its members' batch size."""
+    """Maxim's token is two calls (a password reset, then a login), and its
+    friends a call per owner's run of pairs plus one a pair for the other
+    side; RongCloud creates one group a call whatever its members' batch size."""
     ctx = context(f"sqlite:///{tmp_path / 'imshift.db'}", token_key=Fernet.generate_key().decode(),
                   apps={"old": {"vendor": "openim", "sandbox": True},
                         "new": {"vendor": vendor, "sandbox": True, "rates": FAST}})
@@ -317,13 +319,17 @@ def test_the_dry_runs_vendor_calls_are_the_calls_the_run_makes(vendor, stage, op
     groups = write_groups(tmp_path / "g.jsonl", [
         {"group_id": f"grp_{n}", "name": f"G {n}", "owner": user(n), "members": [user(n + 1), user(n + 2)]}
         for n in range(7)])
+    pairs = [(user(n), user(n + k)) for n in range(0, 20, 4) for k in (1, 2, 3)]  # 5 owners' runs of 3
+    friends = write_pairs(tmp_path / "f.csv", pairs)
     plan = runs.plan_run(ctx.engine, "old", ctx.target("new"),
-                         runs.RunRequest(users=users, groups=groups, tokens=True), chunk_size=50)
+                         runs.RunRequest(users=users, friends=friends, groups=groups, tokens=True),
+                         chunk_size=50)
     estimated = {s.stage: s.calls for s in plan.stages}
     box = ctx.sandbox("new")
     before = box.calls[op]
     p = run_to_the_end(ctx, plan.run_id)
-    assert p.status == "finished" and dict(p.stages)[stage].counts == {"ok": 30 if stage == "tokens" else 7}
+    assert p.status == "finished"
+    assert dict(p.stages)[stage].counts == {"ok": {"tokens": 30, "friends": 15, "groups": 7}[stage]}
     assert box.calls[op] - before == estimated[stage], (box.calls[op] - before, estimated)
     ctx.engine.dispose()
 
