@@ -211,6 +211,9 @@ def schedule_remove(schedule_id: Annotated[int, typer.Argument(metavar="ID")]) -
     _schedule_change(schedule_id, schedules.remove, "removed")
 
 
+ELSEWHERE_WAIT = 0.1  # seconds between looks while another scheduler plans a due fire
+
+
 def scheduler(
     poll: Annotated[float, typer.Option(min=0.05, help="Most seconds between looks for due "
                                         "schedules (it wakes when the next one is due).")] = 1.0,
@@ -239,7 +242,8 @@ def scheduler(
         try:
             while True:
                 try:
-                    for fired in schedules.fire_due(firing):
+                    fired_now = schedules.fire_due(firing)
+                    for fired in fired_now:
                         print_fired(ctx, fired)
                     now = time.monotonic()
                     if now - last_orphans > 60:
@@ -251,6 +255,10 @@ def scheduler(
                         sweep(ctx.runtime)
                         last_sweep = now
                     pause = schedules.wait_seconds(ctx.engine, poll)  # wake when one is due
+                    if any(f.state == "elsewhere" for f in fired_now):
+                        # Another scheduler is planning a due fire (jobs/fire_claim.py):
+                        # look again soon, not every MIN_WAIT while its planning lasts.
+                        pause = max(pause, min(poll, ELSEWHERE_WAIT))
                 except (DBAPIError, redis.RedisError, dramatiq.errors.DramatiqError) as exc:
                     reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
                     err.print(f"scheduler: {type(exc).__name__}: {reason}; trying again in "
