@@ -98,6 +98,32 @@ def migration(tmp_path: Path, user_ids: list[str], *, limit: int, pairs: int = 1
     return Migration(made, rows, friends, groups_file)
 
 
+def command_env(tmp_path: Path, db: str, apps: dict[str, tuple[str, object, dict]]) -> dict[str, str]:
+    """The environment of an `imshift` command as a user runs it: no Redis,
+    no config file, database `db`, and each app as (vendor, its config,
+    its rates)."""
+    from testsupport import app_environment
+
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "IMSHIFT_REDIS_URL", "DATABASE_URL")}
+    env.update({"IMSHIFT_CONFIG": str(tmp_path / "none.toml"), "IMSHIFT_DATABASE_URL": db})
+    for name, (vendor, config, rates) in apps.items():
+        env.update({f"IMSHIFT_APPS__{name.upper()}__RATES": json.dumps(rates),
+                    **app_environment(name, vendor, config)})
+    return env
+
+
+def start_until_held(ctx: Context, run_id: int, door, timeout: float = 60) -> None:
+    """Start the run (its workers already running in this process) and
+    return once the sandbox's door holds a call."""
+    from imshift.jobs import run_control
+
+    run_control.start(ctx.engine, ctx.broker, run_id)
+    deadline = time.monotonic() + timeout
+    while door.held is None:
+        assert time.monotonic() < deadline, run_control.run_progress(ctx.engine, run_id)
+        time.sleep(0.01)
+
+
 def imshift(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     """`imshift ARGS` as its own process group (so `kill` takes its workers
     too), its output appended to `log` after the command line."""

@@ -12,8 +12,6 @@ two pages were stored.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import time
@@ -27,9 +25,8 @@ from imshift.models.tables import Run
 from imshift.vendors.sandbox.openim import OpenIMSandbox
 from imshift.vendors.sandbox.rongcloud import RongCloudSandbox
 from imshift.vendors.sandbox.serve import served
-from testsupport import app_environment
 
-from helpers import context, imshift, kill
+from helpers import command_env, context, imshift, kill
 from test_run_crash import Door
 
 pytestmark = pytest.mark.loopback
@@ -73,13 +70,8 @@ def test_a_run_killed_mid_listing_resumes_from_the_last_stored_page(tmp_path):
     db = f"sqlite:///{tmp_path / 'imshift.db'}"
     log = tmp_path / "commands.log"
     with served(source) as source_url, served(target) as target_url:
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("REDIS_URL", "IMSHIFT_REDIS_URL", "DATABASE_URL")}
-        env.update({"IMSHIFT_CONFIG": str(tmp_path / "none.toml"), "IMSHIFT_DATABASE_URL": db,
-                    "IMSHIFT_APPS__OLD__RATES": json.dumps(FAST),
-                    "IMSHIFT_APPS__NEW__RATES": json.dumps(FAST),
-                    **app_environment("old", "openim", source.config(source_url)),
-                    **app_environment("new", "rongcloud", target.config(target_url))})
+        env = command_env(tmp_path, db, {"old": ("openim", source.config(source_url), FAST),
+                                         "new": ("rongcloud", target.config(target_url), FAST)})
         ctx = context(db)
         door.hold({LIST_PATH}, after=2)  # pages 1 and 2 go through, page 3 is held
         command = imshift(["migrate", "run", "--from", "old", "--to", "new"], env, log)

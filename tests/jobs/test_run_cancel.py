@@ -10,7 +10,7 @@ from imshift.vendors.operations import step
 from imshift.vendors.vocabulary import Operation
 from imshift.workers.embedded import in_process_workers
 
-from helpers import context, write_users
+from helpers import context, start_until_held, write_users
 from test_run_crash import Door
 from test_runs import FAST, user, write_groups
 
@@ -31,14 +31,11 @@ def test_cancelling_a_run_in_its_groups_stage_says_the_group_may_have_been_creat
     door.hold({"/group/create"}, after=2)  # Maxim gives the group its id: a create is not repeated
     ctx.runtime  # noqa: B018  (configures the workers)
     with in_process_workers(ctx.broker):
-        run_control.start(ctx.engine, ctx.broker, plan.run_id)
-        deadline = time.monotonic() + 60
-        while door.held is None:
-            assert time.monotonic() < deadline, run_control.run_progress(ctx.engine, plan.run_id)
-            time.sleep(0.01)
+        start_until_held(ctx, plan.run_id, door)
         run_control.cancel(ctx.engine, plan.run_id)
         unsure = list(results(ctx.engine, groups_job, "unknown"))
         door.release()
+        deadline = time.monotonic() + 60
         while any(s.counts.get("claimed") for _, s in run_control.run_progress(ctx.engine, plan.run_id).stages):
             assert time.monotonic() < deadline
             time.sleep(0.02)

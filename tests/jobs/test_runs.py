@@ -12,7 +12,7 @@ from imshift.jobs.progress import results
 from imshift.vendors.vocabulary import Operation
 from imshift.workers.embedded import in_process_workers
 
-from helpers import context, wait_until_done, write_users
+from helpers import context, start_until_held, wait_until_done, write_users
 
 
 FAST = {op: 500.0 for op in ("register", "update_profile", "get_profiles", "issue_token",
@@ -363,8 +363,6 @@ def test_verifys_member_checks_are_claimed_within_their_own_reads_rate(tmp_path)
     """A member check is a get_members call at its own (low) rate: while one
     is held at the vendor's door, the verify stage holds claimed only what
     that rate serves in claim_seconds, not get_profiles' budget of items."""
-    import time
-
     from sqlalchemy import func, select
 
     from imshift.models.tables import Item
@@ -387,11 +385,7 @@ def test_verifys_member_checks_are_claimed_within_their_own_reads_rate(tmp_path)
     items = Item.__table__
     ctx.runtime  # noqa: B018  (configures the workers)
     with in_process_workers(ctx.broker):
-        run_control.start(ctx.engine, ctx.broker, plan.run_id)
-        deadline = time.monotonic() + 60
-        while door.held is None:
-            assert time.monotonic() < deadline, run_control.run_progress(ctx.engine, plan.run_id)
-            time.sleep(0.01)
+        start_until_held(ctx, plan.run_id, door)
         with ctx.engine.connect() as conn:
             claimed = conn.execute(select(func.count()).where(
                 items.c.job_id == verify_job, items.c.state == "claimed",

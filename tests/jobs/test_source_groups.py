@@ -128,13 +128,12 @@ def test_a_planning_killed_while_groups_are_listed_resumes_from_the_last_stored_
     source's door (the first stored with its cursor); `imshift resume R1`
     keeps the accounts planned whole, lists the groups on from the second
     page, and the target gets each group once."""
-    import os
-    import signal
     import subprocess
     import sys
 
     from imshift.vendors.sandbox.rongcloud import RongCloudSandbox
 
+    from helpers import command_env, kill
     from test_listing_crash import CountingDoor, imshift, wait_for
 
     source, target = OpenIMSandbox(), RongCloudSandbox()
@@ -147,25 +146,18 @@ def test_a_planning_killed_while_groups_are_listed_resumes_from_the_last_stored_
     db = f"sqlite:///{tmp_path / 'imshift.db'}"
     log = tmp_path / "commands.log"
     with served(source) as source_url, served(target) as target_url:
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("REDIS_URL", "IMSHIFT_REDIS_URL", "DATABASE_URL")}
-        env.update({"IMSHIFT_CONFIG": str(tmp_path / "none.toml"), "IMSHIFT_DATABASE_URL": db,
-                    "IMSHIFT_APPS__OLD__RATES": json.dumps(FAST), "IMSHIFT_APPS__NEW__RATES": json.dumps(FAST),
-                    **app_environment("old", "openim", source.config(source_url)),
-                    **app_environment("new", "rongcloud", target.config(target_url))})
+        env = command_env(tmp_path, db, {"old": ("openim", source.config(source_url), FAST),
+                                         "new": ("rongcloud", target.config(target_url), FAST)})
         ctx = context(db)
         door.hold({"/group/get_groups"}, after=1)  # page 1 goes through, page 2 is held
         command = imshift(["migrate", "run", "--from", "old", "--to", "new"], env, log)
         try:
             wait_for(lambda: door.held is not None, "the second page of groups",
                      lambda: command.poll() is None, log)
-            os.killpg(command.pid, signal.SIGKILL)
-            command.wait(10)
+            kill(command)
         finally:
             door.release()
-            if command.poll() is None:
-                os.killpg(command.pid, signal.SIGKILL)
-                command.wait(10)
+            kill(command)
         with ctx.engine.connect() as conn:
             cut = conn.exec_driver_sql("SELECT stage, status FROM jobs WHERE run_id = 1 ORDER BY id").all()
             run = conn.exec_driver_sql("SELECT status, group_cursor, group_state FROM runs").one()
