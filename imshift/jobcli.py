@@ -1,13 +1,11 @@
-"""The job commands: create (migrate users, tokens refresh, send), follow
-(status, results) and steer (start, pause, resume, cancel, retry) jobs."""
+"""The job commands: create (migrate users, tokens refresh, send,
+broadcast) and steer (start, pause, resume, cancel, retry) jobs; and the
+helpers the other command modules share (imshift/reportcli.py: status and
+results; imshift/runcli.py: runs; imshift/schedulecli.py: schedules)."""
 
 from __future__ import annotations
 
-import csv
 import json
-import os
-import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,17 +15,14 @@ from rich.table import Table
 
 from imshift import logs
 from imshift.jobs import control, kinds
-from imshift.jobs.exports import (RESULT_FIELDS, csv_record, export_record, token_key_problem,
-                                  write_record)
 from imshift.jobs.inputs import InputError
 from imshift.jobs.plan import PlanReport
-from imshift.jobs.progress import (Progress, progress, recent_jobs,
-                                   refused_at_planning, results as item_results)
+from imshift.jobs.progress import Progress, progress, refused_at_planning
 from imshift.models.tables import ItemState, JobStatus
 from imshift.vendors.vocabulary import Message, Operation, Unsupported
 
 from .context import Context, SetupError
-from .watch import _fmt_seconds, counts_text, run_in_process, summary, watch
+from .watch import _fmt_seconds, run_in_process, summary, watch
 
 # Exit codes (the README and docs/failure-modes.md list them).
 EXIT_OK = 0  # the job finished and every item sent is ok or exists
@@ -349,163 +344,6 @@ def start(ref: JobRef, detach: Detach = False) -> None:
     _run(ctx, job, detach)
 
 
-def _json(p: Progress) -> dict:
-    return {"id": p.job_id, "kind": p.kind, "app": p.app, "status": p.status, "total": p.total,
-            "done": p.completed, "counts": p.counts, "stop_reason": p.stop_reason,
-            "started_at": p.started_at, "finished_at": p.finished_at}
-
-
-def status(
-    ref: Annotated[Optional[str], typer.Argument(metavar="[JOB|RUN]", help="A job id or a run "
-                                                 "(R<n>); the recent jobs and runs when omitted.")] = None,
-    watch_: Annotated[bool, typer.Option("--watch", "-w", help="Follow it live.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help='Print {"jobs": [...]}: each job\'s id, '
-                                          "kind, app, status, total, done and counts per outcome.")] = False,
-) -> None:
-    """How far a job is: done/total, per-outcome counts, rate and ETA."""
-    if as_json and watch_:
-        fail("--json prints once; it does not go with --watch")
-    kind, job = _ref(ref) if ref is not None else ("job", None)
-    ctx = _context()
-    if kind == "run":
-        from . import runcli
-        return runcli.status(ctx, job, watch_, as_json)
-    if job is None:
-        jobs = recent_jobs(ctx.engine)
-        if as_json:
-            print(json.dumps({"jobs": [_json(p) for p in jobs]}))
-            return
-        table = Table(title="recent jobs")
-        for column in ("job", "kind", "app", "status", "done", "counts"):
-            table.add_column(column)
-        for p in jobs:
-            table.add_row(str(p.job_id), p.kind, p.app, p.status, f"{p.completed}/{p.total}",
-                          counts_text(p))
-        console.print(table)
-        from imshift.jobs.run_control import recent_runs
-
-        listed = recent_runs(ctx.engine)
-        if listed:
-            table = Table(title="recent runs (`imshift status R<n>` shows one)")
-            for column in ("run", "from", "to", "status", "stage now"):
-                table.add_column(column)
-            for r in listed:
-                current = r.current
-                table.add_row(f"R{r.run_id}", r.source_app, r.app, r.status,
-                              f"{current[0]} {current[1].completed}/{current[1].total}" if current else "")
-            console.print(table)
-        return
-    p = progress(ctx.engine, job)
-    if p is None:
-        fail(f"no job {job}")
-    if as_json:
-        print(json.dumps({"jobs": [_json(p)]}))
-        return
-    if watch_ and p.status == JobStatus.RUNNING.value:
-        if ctx.embedded:
-            _target(ctx, p.app)  # this process runs it: check its app first
-            _need_key(ctx, p.app, p.operation, note=False)
-            _follow(ctx, job, detach=False)
-            return
-        p = watch(ctx, job, console)
-        summary(ctx, p, console)
-        raise typer.Exit(exit_code(ctx, p))
-    summary(ctx, p, console)
-    if p.status == JobStatus.PLANNING.value:
-        # Planning writes the total last: a producer that died leaves this state for good.
-        console.print(f"  [yellow]still being planned[/yellow], or never planned whole if its "
-                      f"command stopped: such a job never runs, `imshift cancel {job}` removes it")
-    if p.status == JobStatus.RUNNING.value:
-        idle = p.idle_seconds()
-        if idle is not None and idle > ctx.settings.stale_after:
-            runner = (f"nothing runs it now: `imshift resume {job}` carries it on" if ctx.embedded
-                      else "are workers running? (`imshift worker`)")
-            console.print(f"  [yellow]no progress for {_fmt_seconds(idle)}[/yellow]: {runner}")
-        else:
-            console.print(f"  rate {p.rate or 0:,.1f} items/s, ETA {_fmt_seconds(p.eta())}")
-
-
-class Format(str, Enum):
-    table = "table"
-    csv = "csv"
-    jsonl = "jsonl"
-
-
-def results(
-    ref: JobRef,
-    stage: Annotated[Optional[str], typer.Option(help="A run's stage only (accounts, friends, "
-                                                 "groups, members, tokens, verify).")] = None,
-    outcome: Annotated[Optional[str], typer.Option(help="Only items in this state "
-                                                   "(ok, exists, rejected, failed, unknown, ...).")] = None,
-    format: Annotated[Format, typer.Option(help="table on screen; csv or jsonl to export.")] = Format.table,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file.")] = None,
-) -> None:
-    """What happened to each item. csv/jsonl include the tokens a job obtained
-    (decrypted with IMSHIFT_TOKEN_KEY); the table never shows them."""
-    states = [s.value for s in ItemState]
-    if outcome is not None and outcome not in states:
-        fail(f"--outcome {outcome!r} is not an item state: choose one of {', '.join(states)}")
-    kind, job = _ref(ref)
-    ctx = _context()
-    if kind == "run":
-        from . import runcli
-        return runcli.results(ctx, job, stage, outcome, format.value, output)
-    if stage is not None:
-        fail("--stage goes with a run (R<n>), not a job")
-    if progress(ctx.engine, job) is None:
-        fail(f"no job {job}")
-    if format is not Format.table:
-        _check_token_key(ctx, job)
-    rows = item_results(ctx.engine, job, outcome)
-    if format is Format.table:
-        table = Table(title=f"job {job}" + (f", {outcome}" if outcome else ""))
-        for column in ("row", "id", "outcome", "attempts", "code", "message", "result"):
-            table.add_column(column)
-        for n, item in enumerate(rows):
-            if n >= 1000:
-                console.print("(first 1000 shown; use --format csv for all)")
-                break
-            table.add_row(str(item.row), item.key, item.state, str(item.attempts), item.code or "",
-                          item.message or "", json.dumps(item.result, ensure_ascii=False) if item.result else "")
-        console.print(table)
-        return
-    out = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
-    if output:
-        os.chmod(output, 0o600)  # it may hold tokens
-    try:
-        writer = csv.DictWriter(out, RESULT_FIELDS) if format is Format.csv else None
-        if writer:
-            writer.writeheader()
-        for record in records(ctx, job, outcome):
-            write_record(out, writer, record)
-    finally:
-        if output:
-            out.close()
-
-
-def records(ctx: Context, job: int, outcome: Optional[str]):
-    """Each item of the job as an export record, its secrets decrypted."""
-    for item in item_results(ctx.engine, job, outcome):
-        yield export_record(item, ctx.runtime.unseal)
-
-
-def csv_cells(values) -> list:
-    return list(csv_record(dict(enumerate(values))).values())
-
-
-def _check_token_key(ctx: Context, job: int) -> None:
-    """An export holds the job's tokens and passwords: say so when the key
-    is missing, and refuse a key that does not open them."""
-    problem = token_key_problem(ctx.engine, ctx.cipher, job)
-    if problem == "missing":
-        err.print(f"warning: job {job} holds encrypted tokens or passwords and IMSHIFT_TOKEN_KEY "
-                  "is not set: their columns are empty; set the key they were stored with",
-                  highlight=False)
-    elif problem == "wrong":
-        fail(f"IMSHIFT_TOKEN_KEY does not open the tokens of job {job}: they were stored with "
-             "another key; set that one (nothing was written)")
-
-
 def retry(
     ref: JobRef,
     unknown: Annotated[bool, typer.Option("--unknown", help="Also re-send items whose send may "
@@ -571,11 +409,11 @@ def resume(ref: JobRef, detach: Detach = False) -> None:
 def register(app: typer.Typer) -> None:
     app.add_typer(migrate_app, name="migrate")
     app.add_typer(tokens_app, name="tokens")
-    from . import runcli, schedulecli
+    from . import reportcli, runcli, schedulecli
 
     app.add_typer(schedulecli.schedule_app, name="schedule")
 
     migrate_app.command("run")(runcli.migrate_run)
-    for command in (runcli.idmap, send, broadcast, start, status, results, retry, cancel, pause, resume,
-                    schedulecli.scheduler):
+    for command in (runcli.idmap, send, broadcast, start, reportcli.status, reportcli.results, retry,
+                    cancel, pause, resume, schedulecli.scheduler):
         app.command()(command)

@@ -20,7 +20,7 @@ from imshift.jobs.run_control import RunProgress, name
 from imshift.models.tables import ItemState, JobStatus
 from imshift.vendors.vocabulary import Operation, Unsupported
 
-from . import jobcli
+from . import jobcli, reportcli
 from .context import Context
 from .jobcli import EXIT_FAILURES, EXIT_OK, EXIT_STOPPED, console, fail
 from .watch import _fmt_seconds, counts_text, watch
@@ -306,7 +306,7 @@ def status(ctx: Context, run_id: int, watch_: bool, as_json: bool) -> None:
     if as_json:
         print(json.dumps({"runs": [{"id": name(p.run_id), "from": p.source_app, "to": p.app,
                                     "status": p.status, "stages": [
-                                        {"stage": s, **jobcli._json(sp)} for s, sp in p.stages]}]}))
+                                        {"stage": s, **reportcli._json(sp)} for s, sp in p.stages]}]}))
         return
     if watch_ and p.status == JobStatus.RUNNING.value:
         if ctx.embedded:
@@ -339,7 +339,7 @@ def results(ctx: Context, run_id: int, stage: Optional[str], outcome: Optional[s
             console.print("(first 1000 shown; use --format csv for all)")
         return
     for _, sp in stages:
-        jobcli._check_token_key(ctx, sp.job_id)
+        reportcli._check_token_key(ctx, sp.job_id)
     out = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
     if output:
         os.chmod(output, 0o600)  # it may hold tokens
@@ -348,7 +348,7 @@ def results(ctx: Context, run_id: int, stage: Optional[str], outcome: Optional[s
         if writer:
             writer.writeheader()
         for s, sp in stages:
-            for record in jobcli.records(ctx, sp.job_id, outcome):
+            for record in reportcli.records(ctx, sp.job_id, outcome):
                 jobcli.write_record(out, writer, {"stage": s, **record})
     finally:
         if output:
@@ -378,7 +378,7 @@ def idmap(
             writer.writerow(["kind", "source_id", "target_id"])
         for row in run_control.id_map_rows(ctx.engine, run_id):
             if writer:
-                writer.writerow(jobcli.csv_cells(row))
+                writer.writerow(reportcli.csv_cells(row))
             else:
                 out.write(json.dumps({"kind": row[0], "source_id": row[1], "target_id": row[2]},
                                      ensure_ascii=False) + "\n")
