@@ -21,9 +21,9 @@ import httpx
 
 from .vocabulary import FieldRule, Group, Message, Operation, Outcome, Profile, Result, VendorRules
 from .client import Batch, CallFailed, Codes, Reply, VendorClient, chunks
-from .netease_forms import (ACCID_RULE, MEMBERS_MAX_COUNT, PROFILE_EXTRAS, as_form, failed_accids,
-                            json_list, member_slices, message_form, message_problem, profile_form,
-                            profile_from, string_list)
+from .netease_forms import (ACCID_RULE, MEMBERS_MAX_COUNT, PROFILE_EXTRAS, as_form, create_members,
+                            failed_accids, json_list, member_slices, message_form, message_problem,
+                            profile_form, profile_from, string_list)
 
 BASE_URLS = {
     "cn": "https://api.netease.im/nimserver",  # China data centre
@@ -118,6 +118,7 @@ class NeteaseClient(VendorClient):
         # the app raises it in the console). Over it: code 801.
         group_size=TEAM_SIZE,
         split_calls={Operation.ADD_MEMBERS: lambda ids: len(member_slices(ids))},
+        adds_in_create=lambda owner, ids: max(0, len(member_slices(create_members(owner, ids))) - 1),
     )
     # 408 timeout, 500 internal error, 501 database error, 503 busy; 416 frequency control.
     codes = Codes(ok=frozenset({200}), rate_limited=frozenset({416}),
@@ -279,8 +280,7 @@ class NeteaseClient(VendorClient):
         if problem:
             return Result(Outcome.REJECTED, "invalid", problem)
         owner = group.owner.lower()
-        members = list(dict.fromkeys(m.lower() for m in group.members if m.lower() != owner))
-        first, *rest = member_slices(members) or [[]]
+        first, *rest = member_slices(create_members(owner, group.members)) or [[]]
         result, body = await self._post(Operation.CREATE_GROUP, "team/create.action", {
             "tname": group.name, "owner": owner, "members": json_list(first),
             "msg": self.config.team_invite_msg, "magree": 0, "joinmode": 0}, expect=("tid",))

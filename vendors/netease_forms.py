@@ -58,6 +58,13 @@ def member_slices(members: Sequence[str], max_bytes: int = MEMBERS_MAX_BYTES,
     return slices
 
 
+def create_members(owner: str, members: Sequence[str]) -> list[str]:
+    """The members a team/create takes besides its owner: lower-cased (as
+    the vendor keeps accids), each once, in order."""
+    owner = owner.lower()
+    return list(dict.fromkeys(m.lower() for m in members if m.lower() != owner))
+
+
 def profile_form(profile: Profile) -> dict[str, str]:
     """The profile fields that are set, by the vendor's names (avatar is `icon`)."""
     fields = {"name": profile.name, "icon": profile.avatar, **profile.extra}
