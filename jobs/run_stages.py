@@ -21,7 +21,7 @@ from imshift.vendors.vocabulary import Group, Operation
 from .inputs import Row, read_rows
 from .kinds import user_specs
 from .listing import Page, Pages, listed_rows
-from .plan import (BATCH, NotOurs, PlanReport, Spec, batches, create_job, plan,
+from .plan import (BATCH, EXISTS, PENDING, NotOurs, PlanReport, Spec, batches, create_job, plan,
                    stored_report)
 from .target import Target
 
@@ -267,6 +267,7 @@ class StagePlanner:
             yield from flush()
 
         planned = self._stage("groups", specs(), makes="group", input=source)
+        self._count_creates(planned)
         refused = self._refused(planned.job_id)
         calls = [0]  # the members stage's, a group at a time: the client adds each group's apart
 
@@ -286,19 +287,44 @@ class StagePlanner:
         members = self._stage("members", member_specs(), input=source)
         self._recount(members, calls[0])
 
+    def _count_creates(self, planned: StagePlan) -> None:
+        """A group's create is its own call plus the add_members calls the
+        client makes inside it for the first members that call cannot carry
+        (NetEase's 1024 bytes of `members`, RongCloud's 1000 userIds), read
+        from the groups the stage will send. Those adds wait for the
+        add_members limiter, not create_group's. Seconds are the busier
+        limit's, not the two added up: a group's adds follow its create, but
+        several groups are in flight at once (the client's `each`, the
+        claim budget of workers/chunk.py), so while some wait for add_members
+        others' creates use create_group's quota; the stage's operations work
+        at once, as bench/run.py's `need` counts them. Groups with adds
+        bunched at the end of the input run past it (at most to the sum)."""
+        if self.target.rules.adds_in_create is None or not planned.report.pending:
+            return
+        creates = planned.report.pending
+        adds = sum(self.target.adds_in_create(r.payload["owner"], r.payload["members"])
+                   for r in self._valid("groups", states=(PENDING,)))
+        rates = self.target.rates
+        create_rate = rates.get(Operation.CREATE_GROUP.value)
+        add_rate = rates.get(Operation.ADD_MEMBERS.value)
+        planned.calls = creates + adds
+        planned.seconds = (None if not create_rate or (adds and not add_rate)
+                           else max(creates / create_rate, adds / add_rate if adds else 0.0))
+
     def _refused(self, job_id: int) -> set[str]:
         with self.engine.connect() as conn:
             return set(conn.execute(select(items.c.key).where(
                 items.c.job_id == job_id, items.c.state == "rejected")).scalars())
 
-    def _valid(self, stage: str) -> Iterator[Any]:
-        """The valid items of an earlier stage, in order, a page at a time."""
+    def _valid(self, stage: str, states: tuple[str, ...] = (PENDING, EXISTS)) -> Iterator[Any]:
+        """The valid items of an earlier stage (those in `states`), in order,
+        a page at a time."""
         after = -1
         while True:
             with self.engine.connect() as conn:
                 page = conn.execute(select(items.c.seq, items.c.key, items.c.row, items.c.payload).where(
                     items.c.job_id == self.job_of[stage], items.c.seq > after,
-                    items.c.state.in_(["pending", "exists"])).order_by(items.c.seq).limit(BATCH)).all()
+                    items.c.state.in_(states)).order_by(items.c.seq).limit(BATCH)).all()
             if not page:
                 return
             yield from page

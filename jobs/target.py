@@ -45,6 +45,12 @@ class Target:
         calls = split(ids) if split else math.ceil(len(ids) / self.batch_size(operation))
         return calls * self.rules.calls_per_item.get(operation, 1)
 
+    def adds_in_create(self, owner: str, members: Sequence[str]) -> int:
+        """add_members calls a group's create makes after its own call, for
+        the first members that call cannot carry (the vendor's rules say)."""
+        adds = self.rules.adds_in_create
+        return adds(owner, members) if adds else 0
+
     def estimate_seconds(self, operation: Operation, items: int) -> float | None:
         """Time to run `items` at the configured rate, as `calls` makes them."""
         rate = self.rates.get(operation.value)

@@ -21,14 +21,15 @@ import httpx
 
 from .vocabulary import FieldRule, Group, Message, Operation, Outcome, Profile, Result, VendorRules
 from .client import Batch, CallFailed, Codes, Reply, VendorClient, chunks
+from .netease_forms import (ACCID_RULE, MEMBERS_MAX_COUNT, PROFILE_EXTRAS, as_form, create_members,
+                            failed_accids, json_list, member_slices, message_form, message_problem,
+                            profile_form, profile_from, string_list)
 
 BASE_URLS = {
     "cn": "https://api.netease.im/nimserver",  # China data centre
     "sg": "https://api-sg.netease.im/nimserver",  # overseas data centre
 }
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded;charset=utf-8"
-MEMBERS_MAX_BYTES = 1024  # team/create and team/add: the `members` JSON text
-MEMBERS_MAX_COUNT = 200  # team/add: at most 200 people per call
 TEAM_SIZE = 200  # an advanced team's default member limit, owner included
 TEXT_BODY_MAX = 5000  # msg/send*: the `body` JSON text, in characters
 BROADCAST_BODY_MAX = 4096
@@ -39,10 +40,6 @@ BLOCKED_FOR: dict[str, float] = {Operation.REGISTER.value: 10.0, Operation.SEND.
 AUTH_DESC_WORDS = ("checksum", "appkey", "curtime", "nonce")
 # Replies that mean "it is already there" on one endpoint only.
 EXISTS = {(Operation.ADD_MEMBERS.value, "809"), (Operation.IMPORT_FRIENDS.value, "417")}
-
-ACCID_RULE = FieldRule(max_len=32, pattern=r"[A-Za-z0-9_@.\-]+",
-                       pattern_hint="letters, digits, _ @ . - only", required=True)
-PROFILE_EXTRAS = {"sign": 256, "email": 64, "birth": 16, "mobile": 32, "ex": 1024}
 
 T = TypeVar("T")
 
@@ -121,6 +118,7 @@ class NeteaseClient(VendorClient):
         # the app raises it in the console). Over it: code 801.
         group_size=TEAM_SIZE,
         split_calls={Operation.ADD_MEMBERS: lambda ids: len(member_slices(ids))},
+        adds_in_create=lambda owner, ids: max(0, len(member_slices(create_members(owner, ids))) - 1),
     )
     # 408 timeout, 500 internal error, 501 database error, 503 busy; 416 frequency control.
     codes = Codes(ok=frozenset({200}), rate_limited=frozenset({416}),
@@ -282,8 +280,7 @@ class NeteaseClient(VendorClient):
         if problem:
             return Result(Outcome.REJECTED, "invalid", problem)
         owner = group.owner.lower()
-        members = list(dict.fromkeys(m.lower() for m in group.members if m.lower() != owner))
-        first, *rest = member_slices(members) or [[]]
+        first, *rest = member_slices(create_members(owner, group.members)) or [[]]
         result, body = await self._post(Operation.CREATE_GROUP, "team/create.action", {
             "tname": group.name, "owner": owner, "members": json_list(first),
             "msg": self.config.team_invite_msg, "magree": 0, "joinmode": 0}, expect=("tid",))
@@ -331,7 +328,6 @@ class NeteaseClient(VendorClient):
         return await self._per_item(
             friend_ids, lambda f: refused or ACCID_RULE.check("faccid", f), befriend)
 
-
     # -- reading back --------------------------------------------------------------------
 
     async def get_members(self, group_id: str, owner: str) -> list[str] | None:
@@ -375,88 +371,3 @@ class NeteaseClient(VendorClient):
             raise CallFailed(result)
         friends = [f.get("faccid") for f in body.get("friends") or [] if isinstance(f, dict)]
         return list(dict.fromkeys(str(f) for f in friends if f))
-
-# -- forms and replies -----------------------------------------------------------------
-
-def as_form(values: Mapping[str, Any]) -> dict[str, str]:
-    """Form fields as the vendor wants them: every value a string, booleans
-    "true"/"false", nothing for None."""
-    form = {}
-    for key, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        elif isinstance(value, int):
-            value = str(value)
-        if not isinstance(value, str):
-            raise TypeError(f"form field {key} must be a string, not {type(value).__name__}")
-        form[key] = value
-    return form
-
-
-def json_list(items: Sequence[str]) -> str:
-    """A JSON array as the vendor takes it inside a form field, compact."""
-    return json.dumps(list(items), ensure_ascii=False, separators=(",", ":"))
-
-
-def member_slices(members: Sequence[str], max_bytes: int = MEMBERS_MAX_BYTES,
-                  max_count: int = MEMBERS_MAX_COUNT) -> list[list[str]]:
-    """Split members, in order, into lists whose JSON text fits `max_bytes`."""
-    slices: list[list[str]] = []
-    current: list[str] = []
-    size = 2  # the brackets
-    for member in members:
-        grows = len(json.dumps(member).encode()) + (1 if current else 0)
-        if current and (size + grows > max_bytes or len(current) >= max_count):
-            slices.append(current)
-            current, size, grows = [], 2, grows - 1
-        current.append(member)
-        size += grows
-    if current:
-        slices.append(current)
-    return slices
-
-
-def profile_form(profile: Profile) -> dict[str, str]:
-    """The profile fields that are set, by the vendor's names (avatar is `icon`)."""
-    fields = {"name": profile.name, "icon": profile.avatar, **profile.extra}
-    return {key: value for key, value in fields.items() if value}
-
-
-def profile_from(info: Mapping[str, Any]) -> Profile:
-    extra = {key: str(info[key]) for key in PROFILE_EXTRAS if info.get(key)}
-    if info.get("gender"):  # 0 is "unknown", the same as unset
-        extra["gender"] = str(info["gender"])
-    return Profile(str(info.get("accid", "")), str(info.get("name") or ""),
-                   str(info.get("icon") or ""), extra)
-
-
-def message_form(message: Message) -> tuple[int, str]:
-    """The `type` and `body` fields: 0 with {"msg": text}, or 100 with the custom JSON."""
-    if message.text is not None:
-        return 0, json.dumps({"msg": message.text}, ensure_ascii=False)
-    return 100, json.dumps(message.custom, ensure_ascii=False)
-
-
-def message_problem(message: Message, max_len: int) -> str | None:
-    body = message_form(message)[1]
-    if len(body) > max_len:
-        return f"body: {len(body)} chars, at most {max_len} allowed"
-    return None
-
-
-def string_list(value: Any) -> list[str]:
-    """A list the vendor sends either as JSON or as a JSON string (`unregister`)."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return []
-    return [str(v) for v in value] if isinstance(value, list) else []
-
-
-def failed_accids(body: Mapping[str, Any]) -> list[str]:
-    """team/create and team/add report members they could not take in `faccid`."""
-    faccid = body.get("faccid") or {}
-    return string_list(faccid.get("accid")) if isinstance(faccid, dict) else []

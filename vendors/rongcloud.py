@@ -151,6 +151,10 @@ class RongCloudClient(RongCloudGroups, VendorClient):
             Operation.GET_FRIENDS: 100.0,  # /friend/get.json
         },
         group_size=MAX_GROUP_MEMBERS,  # 3000 (rongcloud_rules.py says where from)
+        # The create carries 1000 userIds, the owner among them; the rest
+        # join (rongcloud_groups.py's create_group).
+        adds_in_create=lambda owner, ids: len(chunks(list(dict.fromkeys([owner, *ids])),
+                                                     MAX_GROUP_CALL_MEMBERS)) - 1,
         caps={Operation.BROADCAST: BROADCAST_CAPS},
     )
 

@@ -207,6 +207,11 @@ class VendorRules:
     # (NetEase's 1024-byte `members`): ids -> calls, as the client splits
     # them. Elsewhere a batch is `batch_size` ids a call. For estimates.
     split_calls: Mapping[Operation, Callable[[Sequence[str]], int]] = field(default_factory=dict)
+    # add_members calls a group's create makes after its own call, for the
+    # first members that call cannot carry (NetEase's 1024-byte `members`,
+    # RongCloud's 1000 userIds with the owner): (owner, members) -> calls,
+    # as the client splits them. None: the create is one call. For estimates.
+    adds_in_create: Callable[[str, Sequence[str]], int] | None = None
     # True where each user keeps their own roster, so importing a friendship
     # writes both sides: a call per owner's run of pairs, then one a pair
     # for the other side (the operation table's import_friends).

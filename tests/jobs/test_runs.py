@@ -334,6 +334,40 @@ def test_the_dry_runs_vendor_calls_are_the_calls_the_run_makes(vendor, stage, op
     ctx.engine.dispose()
 
 
+@pytest.mark.parametrize("vendor, sizes", [
+    # NetEase's team/create takes the members whose JSON fits 1024 bytes, 73
+    # of these ids; team/add the rest of the first 200: 199 is a create and
+    # 2 adds, 100 a create and 1, 73 and 30 a create alone.
+    ("netease", [199, 100, 73, 30]),
+    # RongCloud's create takes 1000 userIds with the owner: 1000 members is
+    # a create and a join, 999 a create alone.
+    ("rongcloud", [1000, 999]),
+])
+def test_the_groups_stage_counts_the_adds_a_create_makes_for_its_first_members(vendor, sizes, tmp_path):
+    rates = {**FAST, "create_group": 400.0}  # apart, so the seconds say which rate counted
+    ctx = context(f"sqlite:///{tmp_path / 'imshift.db'}",
+                  apps={"old": {"vendor": "openim", "sandbox": True},
+                        "new": {"vendor": vendor, "sandbox": True, "rates": rates}})
+    users = write_users(tmp_path / "u.csv", max(sizes) + len(sizes))
+    groups = write_groups(tmp_path / "g.jsonl", [
+        {"group_id": f"grp_{n}", "name": f"G {n}", "owner": user(n),
+         "members": [user(i) for i in range(len(sizes), len(sizes) + size)]}
+        for n, size in enumerate(sizes)])
+    plan = runs.plan_run(ctx.engine, "old", ctx.target("new"),
+                         runs.RunRequest(users=users, groups=groups), chunk_size=1000)
+    planned = {s.stage: s for s in plan.stages}
+    adds = {"netease": 3, "rongcloud": 1}[vendor]
+    assert planned["groups"].calls == len(sizes) + adds
+    assert planned["groups"].seconds == pytest.approx(max(len(sizes) / 400, adds / 500))
+    box = ctx.sandbox("new")
+    p = run_to_the_end(ctx, plan.run_id)
+    assert dict(p.stages)["groups"].counts == {"ok": len(sizes)}
+    assert (box.calls["create_group"], box.calls["add_members"]) == (
+        planned["groups"].report.pending, planned["groups"].calls - planned["groups"].report.pending
+        + planned["members"].calls)
+    ctx.engine.dispose()
+
+
 def test_the_members_stage_is_estimated_a_group_at_a_time_as_the_client_adds_them(tmp_path):
     """Each group's members go in calls of their own: 250 members at 100 a
     call are 3 calls, 10 groups of 5 are 10 calls (not 300 / 100 = 3)."""

@@ -12,7 +12,8 @@ import pytest
 
 from imshift.vendors.vocabulary import Group, Message, Operation, Outcome, Profile, Unsupported
 from imshift.vendors.client import Reply
-from imshift.vendors.netease import BASE_URLS, NeteaseClient, NeteaseConfig, checksum, member_slices
+from imshift.vendors.netease import BASE_URLS, NeteaseClient, NeteaseConfig, checksum
+from imshift.vendors.netease_forms import member_slices
 from imshift.vendors.sandbox.common import Faults
 from imshift.vendors.sandbox.netease import NeteaseSandbox
 
