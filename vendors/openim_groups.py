@@ -54,12 +54,7 @@ class OpenIMV3Groups:
     async def _group_page(self, number: int, size: int) -> tuple[list[dict[str, Any]], bool]:
         result, body = await self._post(Operation.LIST_GROUPS, "/group/get_groups",
                                         {"pagination": {"pageNumber": number, "showNumber": size}})
-        if not result.succeeded:
-            raise CallFailed(result)
-        data = data_of(body)
-        entries = [e for e in listed(data, "groups") if isinstance(e, dict)]
-        total = data.get("total")
-        return entries, len(entries) < size or (isinstance(total, int) and number * size >= total)
+        return listing_page(result, body, "groups", number, size)
 
     async def _listed_group(self, entry: dict[str, Any]) -> Group | None:
         info = entry.get("groupInfo") if isinstance(entry.get("groupInfo"), dict) else {}
@@ -87,13 +82,20 @@ class OpenIMV3Groups:
         return await read_all(page, MAX_IDS_PER_CALL)
 
 
-def page_of(result: Result, body: dict[str, Any], key: str, id_of: Any, number: int,
-            size: int) -> tuple[list[str], bool]:
-    """The ids on one page of a v3 listing ({total, <key>: [...]}) and whether it is the last."""
+def listing_page(result: Result, body: dict[str, Any], key: str, number: int, size: int,
+                 kind: type = dict) -> tuple[list[Any], bool]:
+    """The entries (of type `kind`) on one page of a v3 listing ({total,
+    <key>: [...]}) and whether it is the last."""
     if not result.succeeded:
         raise CallFailed(result)
     data = data_of(body)
-    entries = [e for e in listed(data, key) if isinstance(e, dict)]
-    ids = [str(i) for i in map(id_of, entries) if i]
+    entries = [e for e in listed(data, key) if isinstance(e, kind)]
     total = data.get("total")
-    return ids, len(entries) < size or (isinstance(total, int) and number * size >= total)
+    return entries, len(entries) < size or (isinstance(total, int) and number * size >= total)
+
+
+def page_of(result: Result, body: dict[str, Any], key: str, id_of: Any, number: int,
+            size: int) -> tuple[list[str], bool]:
+    """The ids on one page of a v3 listing and whether it is the last."""
+    entries, last = listing_page(result, body, key, number, size)
+    return [str(i) for i in map(id_of, entries) if i], last

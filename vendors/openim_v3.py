@@ -16,7 +16,7 @@ import httpx
 from .vocabulary import FieldRule, Group, Operation, Outcome, Profile, Result, VendorRules
 from .client import Batch, CallFailed, Codes, chunks, invalid, same_for_all
 from .openim import (MAX_IDS_PER_CALL, OpenIMClient, data_of, exists, listed, new_operation_id, ok, with_data)
-from .openim_groups import GROUPS_PER_PAGE, OpenIMV3Groups, page_of
+from .openim_groups import GROUPS_PER_PAGE, OpenIMV3Groups, listing_page, page_of
 from .paging import NoSuchList, PageFetch, read_all
 
 GROUP_TYPE = 2  # v3 accepts only WorkingGroup
@@ -193,12 +193,7 @@ class OpenIMV3Client(OpenIMV3Groups, OpenIMClient):
     async def _uid_page(self, number: int, size: int) -> tuple[list[str], bool]:
         result, body = await self._post(Operation.LIST_USERS, "/user/get_all_users_uid",
                                         {"pagination": {"pageNumber": number, "showNumber": size}})
-        if not result.succeeded:
-            raise CallFailed(result)
-        data = data_of(body)
-        ids = [u for u in listed(data, "userIDs") if isinstance(u, str)]
-        total = data.get("total")
-        return ids, len(ids) < size or (isinstance(total, int) and number * size >= total)
+        return listing_page(result, body, "userIDs", number, size, kind=str)
 
     @staticmethod
     def _profile_of(user: dict[str, Any]) -> Profile:
