@@ -78,16 +78,36 @@ function card(job) {
   return {root, parts, status: null, detailKey: null};
 }
 
-async function steer(id, action, note) {
-  if (action === "cancel" && !confirm(`Cancel job ${id} for good?`)) return;
+// POST a control action to `path`; its answer, or the refusal, goes in
+// `note` (as `say` words it), then the page polls again.
+async function steerAt(path, action, note, say = out => `${out.message}: now ${out.status}`) {
   note.textContent = `${action}…`;
   try {
-    const out = await api(`/api/jobs/${id}/${action}`, {method: "POST"});
-    note.textContent = `${out.message}: now ${out.status}`;
+    note.textContent = say(await api(`${path}/${action}`, {method: "POST"}));
   } catch (e) {
     note.textContent = e.message;
   }
   poll();
+}
+
+// Show `items` in `area` in the API's order (newest first), one card each,
+// made once and kept by id; `update` draws an item on its card. Cards of
+// items no longer listed are dropped.
+async function syncCards(area, items, cards, make, update) {
+  const seen = new Set();
+  for (const item of items) {
+    seen.add(item.id);
+    let c = cards.get(item.id);
+    if (!c) { c = make(item); cards.set(item.id, c); }
+    area.append(c.root);
+    await update(c, item);
+  }
+  for (const [id, c] of cards) if (!seen.has(id)) { c.root.remove(); cards.delete(id); }
+}
+
+async function steer(id, action, note) {
+  if (action === "cancel" && !confirm(`Cancel job ${id} for good?`)) return;
+  await steerAt(`/api/jobs/${id}`, action, note);
 }
 
 function drawBar(bar, job) {
@@ -255,29 +275,13 @@ function renderRun(c, run) {
 
 async function steerRun(name, action, note) {
   if (action === "cancel" && !confirm(`Cancel run ${name} for good?`)) return;
-  note.textContent = `${action}…`;
-  try {
-    const out = await api(`/api/runs/${name}/${action}`, {method: "POST"});
-    note.textContent = `${out.message}: now ${out.status}`;
-  } catch (e) {
-    note.textContent = e.message;
-  }
-  poll();
+  await steerAt(`/api/runs/${name}`, action, note);
 }
 
 async function pollRuns() {
   const page = await api("/api/runs?limit=10");
-  const area = document.getElementById("runs");
   document.getElementById("runs-area").hidden = page.runs.length === 0;
-  const seen = new Set();
-  for (const run of page.runs) {
-    seen.add(run.id);
-    let c = runCards.get(run.id);
-    if (!c) { c = runCard(run); runCards.set(run.id, c); }
-    area.append(c.root);
-    renderRun(c, run);
-  }
-  for (const [id, c] of runCards) if (!seen.has(id)) { c.root.remove(); runCards.delete(id); }
+  await syncCards(document.getElementById("runs"), page.runs, runCards, runCard, renderRun);
 }
 
 let busy = false;
@@ -288,19 +292,12 @@ async function poll() {
     await pollRuns();
     await pollSchedules();
     const page = await api("/api/jobs?limit=20");
-    const main = document.getElementById("jobs");
     document.getElementById("empty").hidden = page.jobs.length > 0;
-    const seen = new Set();
-    for (const job of page.jobs) {
-      seen.add(job.id);
-      let c = cards.get(job.id);
-      const was = c ? c.status : null;
-      if (!c) { c = card(job); cards.set(job.id, c); }
-      main.append(c.root); // keeps the API's order, newest first
+    await syncCards(document.getElementById("jobs"), page.jobs, cards, card, async (c, job) => {
+      const was = c.status; // null on a new card
       render(c, job);
       await follow(c, job, was);
-    }
-    for (const [id, c] of cards) if (!seen.has(id)) { c.root.remove(); cards.delete(id); }
+    });
     document.getElementById("problem").textContent = "";
     document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   } catch (e) {

@@ -61,27 +61,12 @@ function renderSchedule(c, s) {
 }
 
 async function steerSchedule(id, action, note) {
-  note.textContent = `${action}…`;
-  try {
-    const out = await api(`/api/schedules/${id}/${action}`, {method: "POST"});
-    note.textContent = out.message;
-  } catch (e) {
-    note.textContent = e.message;
-  }
-  poll();
+  await steerAt(`/api/schedules/${id}`, action, note, out => out.message);
 }
 
 async function pollSchedules() {
   const page = await api("/api/schedules?limit=20");
-  const area = document.getElementById("schedules");
   document.getElementById("schedules-area").hidden = page.schedules.length === 0;
-  const seen = new Set();
-  for (const s of page.schedules) {
-    seen.add(s.id);
-    let c = scheduleCards.get(s.id);
-    if (!c) { c = scheduleCard(s); scheduleCards.set(s.id, c); }
-    area.append(c.root); // the API's order, newest first
-    renderSchedule(c, s);
-  }
-  for (const [id, c] of scheduleCards) if (!seen.has(id)) { c.root.remove(); scheduleCards.delete(id); }
+  await syncCards(document.getElementById("schedules"), page.schedules, scheduleCards, scheduleCard,
+                  renderSchedule);
 }
