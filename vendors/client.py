@@ -20,14 +20,17 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, replace
-from typing import (Any, AsyncIterator, Awaitable, Callable, ClassVar, Generic, Iterable, Sequence,
-                    TypeVar)
+from typing import (TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, ClassVar, Generic, Iterable,
+                    Sequence, TypeVar)
 
 import httpx
 
 from .vocabulary import (CAP_CODE, CapReached, Group, Message, Operation, Outcome, Profile, Result,
                          Unsupported, VendorRules)
 from .operations import idempotent
+
+if TYPE_CHECKING:
+    from .feeds import Delivery, FeedMessage
 
 Throttle = Callable[[str, int], Awaitable[None]]
 T = TypeVar("T")
@@ -280,6 +283,38 @@ class VendorClient:
         whether a cut-off create made one), or None where the vendor has no
         read that finds them. Raises CallFailed."""
         return None
+
+    # -- the bridge (vendors/feeds.py) ----------------------------------------------------
+
+    # True where the vendor has a message feed `read_feed` reads, and a send
+    # `relay` makes as the original sender; `recalls` where it can also take a
+    # message back through its server API.
+    feeds: ClassVar[bool] = False
+    recalls: ClassVar[bool] = False
+
+    @classmethod
+    def read_feed(cls, config: Any, delivery: "Delivery", now: float) -> list["FeedMessage"]:
+        """The messages of one feed delivery, verified as the vendor signs it
+        (a delivery that carries no message, such as another event type,
+        gives []). Raises FeedRefused: 401 for a bad signature or a stale
+        timestamp, 400 for a body that cannot be read."""
+        from .feeds import FeedRefused
+
+        raise FeedRefused(404, f"{cls.vendor} has no message feed imshift can read")
+
+    async def relay(self, message: "FeedMessage", *, dedup_key: str) -> Result:
+        """Send `message` (ids already the target's) as its sender, to the
+        user or the group, carrying feeds.MARK where the vendor has a place
+        for it. Result.data["msg_id"]: the target's id of the message. It is
+        throttled under the key of the operation its endpoint is (send or
+        send_group), so it shares that quota with mass sends. A kind the
+        vendor cannot carry is `rejected` with the reason, before any call."""
+        raise self._unsupported(Operation.SEND)
+
+    async def recall(self, message: "FeedMessage", target_msg_id: str) -> Result:
+        """Take back the message relayed as `target_msg_id` (`message`: the
+        original, ids the target's). `rejected` where the vendor cannot."""
+        return Result(Outcome.REJECTED, "unsupported", f"{self.vendor} has no server-side recall")
 
     # -- hooks a vendor fills in ---------------------------------------------------------
 
