@@ -24,7 +24,9 @@ from sqlalchemy.exc import DBAPIError
 from imshift import __version__, metrics
 
 from .api_access import Access, open_on_loopback
+from .api_bridges import bridge_router
 from .api_exports import export_router
+from .api_hooks import hook_router
 from .api_jobs import job_or_404, job_router, runnable
 from .api_live import FirstFailures, Rates, job_out, sample_rates
 from .api_page import page_routes
@@ -77,5 +79,7 @@ def create_app(ctx: Context, token: str | None = None) -> FastAPI:
     app.include_router(run_router(ctx, lambda p: job_out(p, rates), lambda p: runnable(ctx, p)),
                        dependencies=Access)
     app.include_router(schedule_router(ctx, lambda p: job_out(p, rates)), dependencies=Access)
+    app.include_router(bridge_router(ctx), dependencies=Access)
+    app.include_router(hook_router(ctx))  # no API token: each vendor's signature is the check
     page_routes(app)
     return app

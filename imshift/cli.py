@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from imshift import __version__, jobcli
+from imshift import __version__, bridgecli, jobcli
 from imshift.vendors.vocabulary import Operation
 
 EXIT_CODES = ("Exit codes: 0 the job finished and every item sent is ok or exists; "
@@ -42,6 +42,7 @@ app = App(help="Bulk work on cloud IM vendors' server APIs: migrations, token re
                   pretty_exceptions_show_locals=False)
 console = Console()
 jobcli.register(app)
+app.add_typer(bridgecli.bridge_app, name="bridge")
 
 
 def _version(value: bool) -> None:

@@ -23,11 +23,11 @@ from typing import Any, Iterator
 import dramatiq
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
                                generate_latest, start_http_server)
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import select
 
-from imshift.models.tables import Job, JobCount, JobStatus
+from imshift.models.tables import Bridge, BridgeMessage, BridgeStatus, Job, JobCount, JobStatus
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RECENT_JOBS = 50  # finished jobs shown besides the open ones: bounded label sets
@@ -41,6 +41,17 @@ LIMITER_WAIT = Histogram("imshift_limiter_wait_seconds", "Time a call waited for
                          buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 CHUNK_SECONDS = Histogram("imshift_chunk_seconds", "Time to run one chunk message",
                           buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+FEED_DELIVERIES = Counter("imshift_feed_deliveries", "Vendor feed deliveries received, by app and answer",
+                          ["app", "answer"])
+FEED_ACK_SECONDS = Histogram("imshift_feed_ack_seconds", "Time from a feed delivery's arrival to its answer",
+                             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5))
+LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+LAG_SAMPLE = 10_000  # the latest relayed messages per direction the lag histogram counts
+
+
+def feed_delivery(app: str, answer: str, seconds: float) -> None:
+    FEED_DELIVERIES.labels(app, answer).inc()
+    FEED_ACK_SECONDS.observe(seconds)
 
 
 def instrument(runtime: Any) -> None:
@@ -172,6 +183,45 @@ class StateCollector(Collector):
         return None
 
 
+class BridgeCollector(Collector):
+    """Read at scrape time: each open bridge's messages by direction and
+    state, and the lag from the source's send to the target's acceptance
+    (a histogram over each direction's latest LAG_SAMPLE relayed messages)."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+
+    def collect(self) -> Iterator[Any]:
+        from sqlalchemy import func
+
+        m, b = BridgeMessage.__table__, Bridge.__table__
+        messages = GaugeMetricFamily("imshift_bridge_messages", "Bridge messages by direction and state",
+                                     labels=["bridge", "from_app", "to_app", "state"])
+        lag = HistogramMetricFamily("imshift_bridge_lag_seconds",
+                                    "Source send to target acceptance, latest relayed messages",
+                                    labels=["bridge", "from_app", "to_app"])
+        with self.engine.connect() as conn:
+            shown = conn.execute(select(b.c.id, b.c.source_app, b.c.app).where(
+                b.c.status != BridgeStatus.REMOVED.value)).all()
+            for bridge in shown:
+                other = {bridge.source_app: bridge.app, bridge.app: bridge.source_app}
+                for from_app, state, n in conn.execute(
+                        select(m.c.from_app, m.c.state, func.count()).where(m.c.bridge_id == bridge.id)
+                        .group_by(m.c.from_app, m.c.state)).all():
+                    messages.add_metric([f"B{bridge.id}", from_app, other[from_app], state], n)
+                for from_app in other:
+                    lags = [r.relayed_at - r.sent_at_ms / 1000 for r in conn.execute(
+                        select(m.c.relayed_at, m.c.sent_at_ms).where(
+                            m.c.bridge_id == bridge.id, m.c.from_app == from_app,
+                            m.c.relayed_at.is_not(None)).order_by(m.c.id.desc()).limit(LAG_SAMPLE))]
+                    if lags:
+                        buckets = [(str(edge), sum(1 for x in lags if x <= edge)) for edge in LAG_BUCKETS]
+                        lag.add_metric([f"B{bridge.id}", from_app, other[from_app]],
+                                       buckets + [("+Inf", len(lags))], sum(lags))
+        yield messages
+        yield lag
+
+
 def registry(engine: Any, broker: dramatiq.Broker | None = None) -> CollectorRegistry:
     """What `/metrics` serves: this process's counters (or, in multiprocess
     mode, every process's), plus the state read from the database."""
@@ -182,9 +232,11 @@ def registry(engine: Any, broker: dramatiq.Broker | None = None) -> CollectorReg
         multiprocess.MultiProcessCollector(reg)
     else:
         reg = CollectorRegistry()
-        for collector in (VENDOR_CALLS, RATE_LIMITED, LIMITER_WAIT, CHUNK_SECONDS):
+        for collector in (VENDOR_CALLS, RATE_LIMITED, LIMITER_WAIT, CHUNK_SECONDS, FEED_DELIVERIES,
+                          FEED_ACK_SECONDS):
             reg.register(collector)
     reg.register(StateCollector(engine, broker))
+    reg.register(BridgeCollector(engine))
     return reg
 
 

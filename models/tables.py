@@ -7,7 +7,7 @@ import enum
 import time
 from typing import Any, Optional
 
-from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -208,3 +208,84 @@ class ScheduleFire(SQLModel, table=True):
     job_id: Optional[int] = Field(default=None, foreign_key="jobs.id")
     note: Optional[str] = None
     created_at: float = Field(default_factory=now)
+
+
+class BridgeStatus(str, enum.Enum):
+    ACTIVE = "active"  # feed deliveries are stored and relayed
+    PAUSED = "paused"  # deliveries are stored, nothing is relayed until resumed
+    STOPPED = "stopped"  # the target refused our credentials: fix them, then resume
+    REMOVED = "removed"  # deliveries are refused; kept for its history
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Bridge(SQLModel, table=True):
+    """Keeps users of `source_app` (the old vendor) and `app` (the new one)
+    talking during a cut-over: each message one side's feed reports is
+    relayed to the other, ids through run `run_id`'s id map (and its delta
+    re-runs'). One way (old -> new) unless `both_ways`."""
+
+    __tablename__ = "bridges"
+    __table_args__ = {"sqlite_autoincrement": True}  # a removed bridge's id is never reused
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    source_app: str
+    app: str
+    run_id: int = Field(foreign_key="runs.id")
+    both_ways: bool = False
+    hold: float = 600.0  # seconds a message waits for an id the run has not mapped yet
+    settle: float = 0.3  # seconds a message waits for an earlier one delivered late (order)
+    status: str = Field(default=BridgeStatus.ACTIVE.value)
+    stop_reason: Optional[str] = None
+    created_at: float = Field(default_factory=now)
+    # The process relaying it and until when it holds the turn (one relayer a bridge).
+    relayer: Optional[str] = None
+    relayer_until: Optional[float] = None
+
+
+class BridgeMessage(SQLModel, table=True):
+    """One message a feed reported, stored before the delivery is answered:
+    unique per (bridge, sending app, the vendor's message id), so a repeated
+    delivery is dropped. Relayed in (sent_at_ms, id) order per conversation."""
+
+    __tablename__ = "bridge_messages"
+    __table_args__ = (UniqueConstraint("bridge_id", "from_app", "msg_id", name="uq_bridge_messages_msg"),
+                      Index("ix_bridge_messages_work", "bridge_id", "state", "sent_at_ms"),
+                      Index("ix_bridge_messages_target", "bridge_id", "target_msg_id"),
+                      {"sqlite_autoincrement": True})
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    bridge_id: int = Field(foreign_key="bridges.id")
+    from_app: str  # the side that sent it: relayed to the other
+    msg_id: str
+    conversation: str  # feeds.FeedMessage.conversation
+    sender: str
+    to: str
+    is_group: bool = False
+    sent_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))  # ms: past 32 bits
+    kind: str
+    content: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    state: str = Field(default=ItemState.PENDING.value)  # pending, claimed, ok, rejected, failed, unknown
+    attempts: int = 0
+    code: Optional[str] = None
+    message: Optional[str] = None
+    claim: Optional[str] = None
+    lease_until: Optional[float] = None
+    sent_at: Optional[float] = None  # the limiter let its call go: it may have reached the target
+    not_before: Optional[float] = None
+    target_msg_id: Optional[str] = None
+    received_at: float = Field(default_factory=now)
+    relayed_at: Optional[float] = None  # when the target accepted it
+
+
+class FeedCount(SQLModel, table=True):
+    """Deliveries that stored nothing, per app and why: duplicates dropped,
+    echoes of the bridge's own sends, refused (signature, age, body), ignored
+    (not a message)."""
+
+    __tablename__ = "feed_counts"
+
+    app: str = Field(primary_key=True)
+    name: str = Field(primary_key=True)
+    n: int = 0

@@ -7,11 +7,18 @@ import dramatiq
 from . import runtime as runtime_module
 from .broker import QUEUE
 from .chunk import run_chunk as run_chunk_now
+from .relay import RUN_FOR
+from .relay import relay_bridge as relay_bridge_now
 
 
 async def run_chunk(job_id: int, start: int, end: int) -> None:
     """Work the items with start <= seq < end of job `job_id`."""
     await run_chunk_now(runtime_module.current(), job_id, start, end)
+
+
+async def relay_bridge(bridge_id: int) -> None:
+    """Relay bridge `bridge_id`'s waiting messages while this process holds its turn."""
+    await relay_bridge_now(runtime_module.current(), bridge_id)
 
 
 def declare(broker: dramatiq.Broker, *, time_limit_ms: int) -> dramatiq.Actor:
@@ -20,6 +27,10 @@ def declare(broker: dramatiq.Broker, *, time_limit_ms: int) -> dramatiq.Actor:
     per-item retries are ours, by re-sending the chunk with a delay."""
     if "run_chunk" in broker.actors:
         return broker.actors["run_chunk"]
+    # A relayer gives its turn back after RUN_FOR and wakes the next; a failed
+    # one is woken again by the sweeper, so no queue-level retries.
+    dramatiq.actor(relay_bridge, actor_name="relay_bridge", queue_name=QUEUE, broker=broker,
+                   max_retries=0, time_limit=int((RUN_FOR + 60) * 1000))
     return dramatiq.actor(run_chunk, actor_name="run_chunk", queue_name=QUEUE, broker=broker,
                           max_retries=20, min_backoff=1_000, max_backoff=60_000,
                           time_limit=time_limit_ms)

@@ -37,6 +37,7 @@ makes up a late wake-up) and it cannot see the vendor's windows.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import time
 from collections import deque
@@ -214,6 +215,10 @@ class _Local:
 MARGIN = 0.005
 GUARD = 0.15
 
+# Set by a caller whose calls go ahead of the others waiting in this process
+# for the same quota (the bridge's live messages before a bulk job's).
+urgent: contextvars.ContextVar[bool] = contextvars.ContextVar("imshift_urgent", default=False)
+
 
 class RateLimiter:
     """Vendor quotas per (app, operation key), in calls (weight units) per second.
@@ -336,7 +341,14 @@ class RateLimiter:
         """(slot, latest) in loop time for one call, reserved together with
         the calls of this process waiting for the same key."""
         waiter = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault((app, key), []).append((weight, waiter))
+        waiting = self._waiting.setdefault((app, key), [])
+        if urgent.get():  # behind the other urgent ones, ahead of the rest
+            at = next((i for i, (_, w) in enumerate(waiting) if not getattr(w, "urgent", False)),
+                      len(waiting))
+            waiter.urgent = True  # type: ignore[attr-defined]  # a mark read just above
+            waiting.insert(at, (weight, waiter))
+        else:
+            waiting.append((weight, waiter))
         if (app, key) not in self._leaders:
             self._leaders[(app, key)] = asyncio.ensure_future(self._lead(app, key, limit))
         return await waiter

@@ -15,6 +15,7 @@ from sqlalchemy import and_, or_, select, update
 from imshift.models import store
 from imshift.models.tables import Job, JobStatus
 
+from . import relay
 from .embedded import runner_gone, runner_id
 from .enqueue import enqueue_ranges, open_ranges
 from .runtime import Runtime
@@ -46,12 +47,23 @@ def sweep(runtime: Runtime, now: float | None = None) -> int:
             size = params.get("chunk_size", runtime.tuning.chunk_size)
             plans.append((job_id, open_ranges(conn, job_id, size)))
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(touched_at=now))
-    sent = 0
+    sent = wake_bridges(runtime, now)
     for job_id, ranges in plans:
         sent += enqueue_ranges(runtime.broker, job_id, ranges)
         log.warning("job %s made no progress for %.0f s: re-sent %d chunks",
                     job_id, runtime.tuning.stale_after, len(ranges))
     return sent
+
+
+def wake_bridges(runtime: Runtime, now: float) -> int:
+    """Queue a relayer for each active bridge with messages waiting and no
+    live relayer (a wake lost with the queue, a relayer that died)."""
+    with runtime.engine.begin() as conn:
+        stale = [b for b in relay.stale_bridges(conn, now) if relay.wake_needed(conn, b, now)]
+    for bid in stale:
+        runtime.broker.actors["relay_bridge"].send(bid)
+        log.warning("bridge B%s had messages waiting and no relayer: woken", bid)
+    return len(stale)
 
 
 class Sweeper(dramatiq.Middleware):

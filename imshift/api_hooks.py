@@ -1,0 +1,110 @@
+"""The vendors' message feeds, received for the bridge: `POST /hooks/APP`
+(OpenIM's webhooks: `/hooks/APP/SECRET/COMMAND`, the secret standing in for
+a signature it does not make).
+
+A delivery is verified as its vendor signs it (vendors/*_feed.py), stored
+(jobs/bridges.py) and only then answered 200, so the vendor retries what we
+never stored and a repeat is dropped by its message id. A delivery that
+fails verification, is malformed, too large, stale, or for an app no bridge
+takes is refused with its status, stored nowhere and counted. These routes
+take no API token: the vendor's signature is their access check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from imshift import metrics
+from imshift.jobs import bridges
+from imshift.vendors.feeds import MAX_FEED_BYTES, Delivery, FeedRefused
+from imshift.vendors.registry import vendor
+from imshift.workers import relay
+
+from .context import Context
+
+log = logging.getLogger("imshift.api")
+# An answer every vendor's feed takes as "received" (NetEase and RongCloud
+# read the status; OpenIM's webhooks read errCode/actionCode; Maxim the status).
+ACK = {"code": 200, "errCode": 0, "errMsg": "", "actionCode": 0}
+
+
+def hook_router(ctx: Context) -> APIRouter:
+    router = APIRouter()
+
+    async def receive(request: Request, app: str, secret: str = "") -> JSONResponse:
+        started = time.perf_counter()
+        label = app if _known(ctx, app) else "?"  # no label per name a stranger makes up
+        try:
+            answer = await _receive(ctx, request, app, secret)
+        except FeedRefused as refused:
+            await asyncio.to_thread(bridges.refused, ctx.engine, label)
+            metrics.feed_delivery(label, f"refused {refused.status}", time.perf_counter() - started)
+            log.warning("feed delivery for %s refused (%s): %s", label, refused.status, refused.reason)
+            return JSONResponse({"error": refused.reason}, status_code=refused.status)
+        metrics.feed_delivery(label, answer, time.perf_counter() - started)
+        return JSONResponse(ACK)
+
+    router.add_api_route("/hooks/{app}", receive, methods=["POST"], include_in_schema=False)
+    router.add_api_route("/hooks/{app}/{secret}", receive, methods=["POST"], include_in_schema=False)
+    router.add_api_route("/hooks/{app}/{secret}/{command}", receive, methods=["POST"],
+                         include_in_schema=False)
+    return router
+
+
+def _known(ctx: Context, app: str) -> bool:
+    return app in ctx.settings.apps or app in ctx.sandboxes
+
+
+async def _receive(ctx: Context, request: Request, app: str, secret: str) -> str:
+    if not _known(ctx, app):
+        raise FeedRefused(404, f"no app named {app!r} here")
+    try:
+        client_class = vendor(ctx.settings.app(app).vendor).client.for_config(ctx.config(app))
+    except ValueError:
+        raise FeedRefused(404, f"app {app!r} is not configured so that its feed can be read") from None
+    body = await _body(request)
+    delivery = Delivery(headers={k.lower(): v for k, v in request.headers.items()},
+                        query=dict(request.query_params), body=body, path_secret=secret)
+    found = client_class.read_feed(ctx.config(app), delivery, time.time())
+    if not found:
+        await asyncio.to_thread(_count, ctx, app, "ignored")
+        return "ignored"
+    wake = await asyncio.to_thread(_store, ctx, app, found)
+    if wake is not None:
+        ctx.broker.actors["relay_bridge"].send(wake)
+    return "stored"
+
+
+async def _body(request: Request) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_FEED_BYTES:
+        raise FeedRefused(413, f"the body is over {MAX_FEED_BYTES} bytes")
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > MAX_FEED_BYTES:
+            raise FeedRefused(413, f"the body is over {MAX_FEED_BYTES} bytes")
+        parts.append(part)
+    return b"".join(parts)
+
+
+def _count(ctx: Context, app: str, name: str) -> None:
+    with ctx.engine.begin() as conn:
+        bridges.count(conn, app, name)
+
+
+def _store(ctx: Context, app: str, found) -> int | None:
+    """Store in one transaction; the bridge to wake once it is committed, if any."""
+    now = time.time()
+    with ctx.engine.begin() as conn:
+        bridge = bridges.feeding(conn, app)
+        if bridge is None:
+            raise FeedRefused(404, f"no bridge takes {app}'s feed (`imshift bridge add`)")
+        received = bridges.receive(conn, bridge, app, found, now)
+        wake = received.stored and relay.wake_needed(conn, bridge.id, now)
+    return bridge.id if wake else None
