@@ -21,6 +21,8 @@ import httpx
 
 from .vocabulary import FieldRule, Group, Message, Operation, Outcome, Profile, Result, VendorRules
 from .client import Batch, CallFailed, Codes, Reply, VendorClient, chunks
+from . import netease_feed
+from .feeds import Delivery, FeedMessage
 from .netease_forms import (ACCID_RULE, MEMBERS_MAX_COUNT, PROFILE_EXTRAS, as_form, create_members,
                             failed_accids, json_list, member_slices, message_form, message_problem,
                             profile_form, profile_from, string_list)
@@ -120,6 +122,8 @@ class NeteaseClient(VendorClient):
         split_calls={Operation.ADD_MEMBERS: lambda ids: len(member_slices(ids))},
         adds_in_create=lambda owner, ids: max(0, len(member_slices(create_members(owner, ids))) - 1),
     )
+    feeds = True  # message copy (消息抄送): vendors/netease_feed.py
+    recalls = True  # msg/recall.action
     # 408 timeout, 500 internal error, 501 database error, 503 busy; 416 frequency control.
     codes = Codes(ok=frozenset({200}), rate_limited=frozenset({416}),
                   retryable=frozenset({408, 500, 501, 503}))
@@ -371,3 +375,56 @@ class NeteaseClient(VendorClient):
             raise CallFailed(result)
         friends = [f.get("faccid") for f in body.get("friends") or [] if isinstance(f, dict)]
         return list(dict.fromkeys(str(f) for f in friends if f))
+
+    # -- the bridge: the message copy, relaying and recalling ---------------------------
+
+    @classmethod
+    def read_feed(cls, config: NeteaseConfig, delivery: Delivery, now: float) -> list[FeedMessage]:
+        """One message copy, verified (CheckSum over the body's MD5) and parsed."""
+        netease_feed.verify(config.app_key, config.app_secret, delivery, now)
+        return netease_feed.parse(delivery.body)
+
+    async def relay(self, message: FeedMessage, *, dedup_key: str) -> Result:
+        """msg/sendMsg.action as the original sender, with option route=false
+        (not copied back to the feed) and ext = MARK. NetEase takes no
+        deduplication key; a cut-off call comes back maybe_delivered."""
+        op = Operation.SEND_GROUP if message.group else Operation.SEND
+        encoded = netease_feed.relay_body(message)
+        if encoded is None:
+            return Result(Outcome.REJECTED, "unsupported",
+                          f"NetEase cannot carry a {message.kind!r} message")
+        kind, body = encoded
+        problem = (ACCID_RULE.check("from", message.sender)
+                   or (None if message.group else ACCID_RULE.check("to", message.to))
+                   or FieldRule(max_len=TEXT_BODY_MAX).check("body", body))
+        if problem:
+            return Result(Outcome.REJECTED, "invalid", problem)
+        form = {"from": message.sender.lower(), "ope": 1 if message.group else 0,
+                "to": message.to if message.group else message.to.lower(),
+                "type": kind, "body": body, "option": netease_feed.RELAY_OPTION,
+                "ext": netease_feed.MARK}
+        result, reply = await self.call(op, "POST", f"{self.config.url}/msg/sendMsg.action",
+                                        repeat_safe=False, expect=("data.msgid",),
+                                        headers={"Content-Type": FORM_CONTENT_TYPE},
+                                        content=urlencode(as_form(form)))
+        data = reply.get("data") or {}
+        if result.outcome is not Outcome.OK:
+            return result
+        found = {"msg_id": str(data["msgid"])}
+        if str(data.get("timetag", "")).isdigit():
+            found["sent_at_ms"] = int(data["timetag"])
+        return replace(result, data=found)
+
+    async def recall(self, message: FeedMessage, target_msg_id: str) -> Result:
+        """msg/recall.action: type 7 one-to-one, 8 team; `timetag` is the
+        relayed message's send time, read from message.sent_at_ms (the
+        engine passes the relay's data["sent_at_ms"] there). ignoreTime=1:
+        the relay's lag must not push it past the vendor's recall window."""
+        op = Operation.SEND_GROUP if message.group else Operation.SEND
+        form = {"deleteMsgid": target_msg_id, "timetag": message.sent_at_ms,
+                "type": 8 if message.group else 7, "from": message.sender.lower(),
+                "to": message.to if message.group else message.to.lower(), "ignoreTime": "1"}
+        result, _ = await self.call(op, "POST", f"{self.config.url}/msg/recall.action",
+                                    repeat_safe=True, headers={"Content-Type": FORM_CONTENT_TYPE},
+                                    content=urlencode(as_form(form)))
+        return replace(result, data={"msg_id": target_msg_id}) if result.succeeded else result

@@ -25,6 +25,8 @@ import httpx
 from .vocabulary import CAP_CODE, FieldRule, Message, Operation, Outcome, Profile, Result, VendorRules
 from .client import (Batch, CallFailed, Codes, Reply, VendorClient, chunks, invalid,
                      same_for_all)
+from . import rongcloud_feed
+from .feeds import Delivery, FeedMessage
 from .hosts import HostPool
 from .rongcloud_groups import RongCloudGroups
 from .rongcloud_rules import (BROADCAST_CAPS, ID_RULE, MAX_CONTENT_BYTES, MAX_GROUP_CALL_MEMBERS, MAX_GROUP_MEMBERS,
@@ -107,6 +109,8 @@ class RongCloudClient(RongCloudGroups, VendorClient):
         Operation.CREATE_GROUP, Operation.ADD_MEMBERS, Operation.IMPORT_FRIENDS,
         Operation.GET_MEMBERS, Operation.GET_FRIENDS,
     })
+    feeds = True  # full message routing (全量消息路由): vendors/rongcloud_feed.py
+    recalls = True  # /message/recall.json
     codes = Codes(ok=frozenset({200}), retryable=frozenset({1000, 1050}),
                   auth=frozenset({1001, 1004, 1006, 1007}), rate_limited=frozenset({1008}))
     # The app picks the group id, and creating an existing group answers 200.
@@ -366,3 +370,56 @@ class RongCloudClient(RongCloudGroups, VendorClient):
         if result.succeeded and body.get("id"):
             return replace(result, data={"msg_id": str(body["id"])})
         return result
+
+    # -- the bridge: message routing, relaying and recalling ----------------------------
+
+    @classmethod
+    def read_feed(cls, config: RongCloudConfig, delivery: Delivery,
+                  now: float) -> list[FeedMessage]:
+        """One routed message, verified (the query's signature) and parsed."""
+        rongcloud_feed.verify(config.app_key, config.app_secret, delivery, now)
+        return rongcloud_feed.parse(delivery.body)
+
+    async def relay(self, message: FeedMessage, *, dedup_key: str) -> Result:
+        """One publish as the original sender. Server API messages are not
+        routed back by default; built-in types carry MARK in `extra` for apps
+        that route them. The publish reply names the messageUID but no send
+        time: data["sent_at_ms"] is our clock just before the call (what
+        recall's sentTime gets)."""
+        op = Operation.SEND_GROUP if message.group else Operation.SEND
+        path, target_field, target_name, uid_field = PUBLISH[op]
+        encoded = rongcloud_feed.relay_content(message, self.config.custom_object_name)
+        if encoded is None:
+            return invalid(f"RongCloud cannot carry a {message.kind!r} message")
+        object_name, payload = encoded
+        content = json.dumps(payload, ensure_ascii=False)
+        problem = problems(id_problem("sender", message.sender), id_problem(target_name, message.to),
+                           None if len(content.encode()) <= MAX_CONTENT_BYTES else
+                           f"content: over {MAX_CONTENT_BYTES} bytes")
+        if problem:
+            return invalid(problem)
+        form = [("fromUserId", message.sender), (target_field, message.to),
+                ("objectName", object_name), ("content", content)]
+        sent_at = int(time.time() * 1000)
+        result, body = await self.call(op, "POST", path, repeat_safe=False, content=urlencode(form),
+                                       headers=FORM)
+        if result.outcome is not Outcome.OK:
+            return result
+        ids = [str(e.get("messageUID")) for e in body.get("messageUIDs") or []
+               if isinstance(e, dict) and str(e.get(uid_field)) == message.to and e.get("messageUID")]
+        data: dict[str, Any] = {"sent_at_ms": sent_at}
+        if ids:
+            data["msg_id"] = ids[0]
+        return replace(result, data=data)
+
+    async def recall(self, message: FeedMessage, target_msg_id: str) -> Result:
+        """/message/recall.json: conversationType 1 one-to-one, 3 group;
+        sentTime from message.sent_at_ms (the engine passes the relay's
+        data["sent_at_ms"] there)."""
+        op = Operation.SEND_GROUP if message.group else Operation.SEND
+        form = [("conversationType", "3" if message.group else "1"),
+                ("fromUserId", message.sender), ("targetId", message.to),
+                ("messageUID", target_msg_id), ("sentTime", str(message.sent_at_ms))]
+        result, _ = await self.call(op, "POST", "/message/recall.json", repeat_safe=True,
+                                    content=urlencode(form), headers=FORM)
+        return replace(result, data={"msg_id": target_msg_id}) if result.succeeded else result

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from ..vocabulary import Profile
 from ..netease import TEAM_SIZE, NeteaseClient, NeteaseConfig, checksum
 from .common import Call, Endpoint, Form, Refusal, Sandbox
+from .netease_feed import NeteaseFeed
 from .store import Record
 
 CHECKSUM_WINDOW = 300  # seconds either side of the server clock
@@ -34,7 +35,7 @@ MESSAGE_TYPES = {"0", "1", "2", "3", "4", "6", "10", "100"}
 VendorError = Refusal  # a refused call: the body code and desc the vendor answers with
 
 
-class NeteaseSandbox(Sandbox):
+class NeteaseSandbox(NeteaseFeed, Sandbox):
     vendor = "netease"
     client_class = NeteaseClient
     secret_attr = "app_secret"
@@ -49,6 +50,7 @@ class NeteaseSandbox(Sandbox):
         self.team_member_limit = team_member_limit  # the app's default, owner included
         self.friended_at: dict[tuple[str, str], int] = {}  # (accid, faccid) -> ms
         self._ids = itertools.count(6_000_000_001)
+        self.init_netease_feed()  # the message copy (vendors/sandbox/netease_feed.py)
         super().__init__(**kwargs)
 
     @property
@@ -56,6 +58,9 @@ class NeteaseSandbox(Sandbox):
         return self.store.groups
 
     # -- wiring ------------------------------------------------------------------------
+
+    def routes(self) -> list:
+        return super().routes() + self.feed_routes()
 
     def endpoints(self) -> list[Endpoint]:
         table = {
@@ -66,6 +71,7 @@ class NeteaseSandbox(Sandbox):
             "msg/sendBatchMsg.action": ("send", self.msg_send_batch),
             "msg/sendMsg.action": ("send_group", self.msg_send),
             "msg/broadcastMsg.action": ("broadcast", self.msg_broadcast),
+            "msg/recall.action": ("recall", self.msg_recall),
             "team/create.action": ("create_group", self.team_create),
             "team/add.action": ("add_members", self.team_add),
             "team/query.action": ("get_members", self.team_query),
@@ -146,10 +152,14 @@ class NeteaseSandbox(Sandbox):
         return_msgid = boolean_param(form, "returnMsgid")
         targets = list_param(form, "toAccids", max_items=100 if return_msgid else 500)
         content = message_params(form, max_body=5000)
+        route, ext = route_param(form), text_param(form, "ext", 1024)
         unregistered, msgids = [], {}
         for target in dict.fromkeys(t.lower() for t in targets):
             if target in self.users:
-                msgids[target] = self._deliver(target, {"from": sender, **content})
+                msgids[target], _ = self.store_message(sender, target, False, content,
+                                                       route=route, ext=ext)
+                for copy in self.copies(msgids[target]):
+                    self.feed.push(copy)
             else:
                 unregistered.append(target)
         answer: dict[str, Any] = {"unregister": json.dumps(unregistered)}
@@ -162,17 +172,15 @@ class NeteaseSandbox(Sandbox):
         ope = choice_param(form, "ope", ("0", "1"), required=True)
         to = text_param(form, "to", 128, required=True)
         content = message_params(form, max_body=5000)
+        route, ext = route_param(form), text_param(form, "ext", 1024)
         if ope == "0":
-            target = self._known(form, "to")
-            msgid = self._deliver(target, {"from": sender, **content})
-        else:
-            team = self._team(to)
-            if sender not in team["members"]:
-                raise Refusal(804, f"from: {sender} is not a member of team {to}")
-            msgid = next(self._ids)
-            for member in team["members"] - {sender}:
-                self._deliver(member, {"from": sender, "group_id": to, "msgid": msgid, **content})
-        return {"data": {"msgid": msgid, "timetag": self._now_ms(), "antispam": False}}
+            to = self._known(form, "to")
+        elif sender not in self._team(to)["members"]:
+            raise Refusal(804, f"from: {sender} is not a member of team {to}")
+        msgid, timetag = self.store_message(sender, to, ope == "1", content, route=route, ext=ext)
+        for copy in self.copies(msgid):  # copied unless option says route=false
+            self.feed.push(copy)
+        return {"data": {"msgid": msgid, "timetag": timetag, "antispam": False}}
 
     def msg_broadcast(self, form: Form, _: Call | None = None) -> dict[str, Any]:
         body = text_param(form, "body", 4096, required=True)
@@ -433,6 +441,24 @@ def profile_params(form: Form) -> dict[str, str]:
     return {name: value for name, value in fields.items() if value}
 
 
+def route_param(form: Form) -> bool:
+    """Whether the send is copied to the app's feed: option's `route`, true
+    unless set false (NetEase's msg/send* option field)."""
+    raw = form.get("option", "")
+    if not raw:
+        return True
+    try:
+        option = lenient_json(raw)
+    except ValueError:
+        option = None
+    if not isinstance(option, dict):
+        raise Refusal(414, "option is not a JSON object")
+    route = option.get("route", True)
+    if not isinstance(route, bool):
+        raise Refusal(414, "option: route not boolean")
+    return route
+
+
 def message_params(form: Form, *, max_body: int) -> dict[str, Any]:
     """`type` and `body` of a message, as an inbox entry: text or custom."""
     kind = choice_param(form, "type", tuple(sorted(MESSAGE_TYPES)), required=True)
@@ -445,4 +471,6 @@ def message_params(form: Form, *, max_body: int) -> dict[str, Any]:
         if not isinstance(content, dict) or not isinstance(content.get("msg"), str):
             raise Refusal(414, 'body: a text message needs {"msg": "..."}')
         return {"text": content["msg"]}
+    if kind in ("1", "6") and not (isinstance(content, dict) and content.get("url")):
+        raise Refusal(414, "body: a picture or file message needs its url")
     return {"custom": content, "type": int(kind)}

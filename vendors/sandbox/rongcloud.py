@@ -26,6 +26,7 @@ from ..rongcloud import TEXT_OBJECT_NAME, RongCloudClient, RongCloudConfig, sign
 from ..rongcloud_rules import (ID_HINT, ID_PATTERN, MAX_CONTENT_BYTES, MAX_GROUP_CALL_MEMBERS,
                                MAX_GROUP_TARGETS, MAX_PUBLISH_RECIPIENTS)
 from .common import Call, Endpoint, Form, Refusal, Sandbox
+from .rongcloud_feed import RongCloudFeed
 from .store import Record
 
 MAX_SYSTEM_RECIPIENTS = 100  # toUserId per system publish call
@@ -73,7 +74,7 @@ def _counting(name: str) -> Callable[[Form], int]:
     return lambda form: max(1, len(form.getlist(name)))
 
 
-class RongCloudSandbox(Sandbox):
+class RongCloudSandbox(RongCloudFeed, Sandbox):
     vendor = "rongcloud"
     client_class = RongCloudClient
     secret_attr = "app_secret"
@@ -83,7 +84,7 @@ class RongCloudSandbox(Sandbox):
 
     def __init__(self, *, app_key: str = "demo-app-key", app_secret: str = "demo-secret",
                  max_users: int | None = None, broadcast_enabled: bool = True,
-                 profile_hosting: bool = True, **kwargs: Any):
+                 profile_hosting: bool = True, route_api_sends: bool = False, **kwargs: Any):
         self.app_key = app_key
         self.app_secret = app_secret
         self.max_users = max_users  # a development app key stops at 100 (code 2007)
@@ -93,7 +94,13 @@ class RongCloudSandbox(Sandbox):
         self.online: set[str] = set()  # users a test marks as connected
         self._uids = itertools.count(1)
         self.friended_at: dict[tuple[str, str], int] = {}  # (user, friend) -> when, in ms
+        # Message routing (vendors/sandbox/rongcloud_feed.py); Server API sends
+        # are routed only with route_api_sends (a console switch at the vendor).
+        self.init_rongcloud_feed(route_api_sends)
         super().__init__(**kwargs)
+
+    def routes(self) -> list:
+        return super().routes() + self.feed_routes()
 
     # -- the vendor's replies and auth ---------------------------------------------------
 
@@ -137,6 +144,7 @@ class RongCloudSandbox(Sandbox):
             ("/message/system/publish.json", "send", self._publish_system, "toUserId"),
             ("/message/group/publish.json", "send_group", self._publish_group, "toGroupId"),
             ("/message/broadcast.json", "broadcast", self._broadcast, None),
+            ("/message/recall.json", "recall", self._recall_message, None),
             ("/group/create.json", "create_group", self._create_group, None),
             ("/group/join.json", "add_members", self._join_group, None),
             ("/group/sync.json", "add_members", self._sync_groups, None),
@@ -250,8 +258,15 @@ class RongCloudSandbox(Sandbox):
         sender = _one(form, "fromUserId", max_bytes=64, id_like=True)
         recipients = _many(form, "toUserId", at_most=at_most)
         entry = {"from": sender, **mark, **self._message(form)}
-        return {"messageUIDs": [{"userId": r, "messageUID": self._deliver(r, entry)}
-                                for r in recipients]}
+        uids = []
+        for recipient in recipients:
+            uid = self._deliver(recipient, entry)
+            self.store_sent(uid, sender, recipient, False, entry["object_name"], form["content"],
+                            source="Server", deliver=False)  # kept for recall and routing
+            if not mark:  # system messages are not conversation messages
+                self.route_api(uid)
+            uids.append({"userId": recipient, "messageUID": uid})
+        return {"messageUIDs": uids}
 
     def _publish_private(self, form: Form, _: Call) -> dict[str, Any]:
         return self._publish_to_users(form, MAX_PUBLISH_RECIPIENTS)
@@ -269,6 +284,9 @@ class RongCloudSandbox(Sandbox):
             for member in sorted(self.store.members(group_id)):
                 self.store.deliver(member, {"from": sender, "group": group_id, **message,
                                             "msg_id": uid})
+            self.store_sent(uid, sender, group_id, True, message["object_name"], form["content"],
+                            source="Server", deliver=False)
+            self.route_api(uid)
             uids.append({"groupId": group_id, "messageUID": uid})
         return {"messageUIDs": uids}
 
