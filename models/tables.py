@@ -275,6 +275,8 @@ class BridgeMessage(SQLModel, table=True):
     sent_at: Optional[float] = None  # the limiter let its call go: it may have reached the target
     not_before: Optional[float] = None
     target_msg_id: Optional[str] = None
+    # The target's time of the relayed message, which its recall call names (NetEase, RongCloud).
+    target_sent_at_ms: Optional[int] = Field(default=None, sa_column=Column(BigInteger))
     received_at: float = Field(default_factory=now)
     relayed_at: Optional[float] = None  # when the target accepted it
 

@@ -22,7 +22,7 @@ import hashlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import or_, select, update
@@ -284,7 +284,7 @@ class Relayer:
 
     async def _recall(self, client, source: FeedMessage, row: Any) -> Result:
         original = await self._db(lambda conn: conn.execute(select(
-            messages.c.state, messages.c.target_msg_id).where(
+            messages.c.state, messages.c.target_msg_id, messages.c.target_sent_at_ms).where(
             messages.c.bridge_id == self.bid, messages.c.from_app == row.from_app,
             messages.c.msg_id == (row.content or {}).get("recalls"))).first())
         if original is None or original.state != ItemState.OK.value or not original.target_msg_id:
@@ -297,7 +297,9 @@ class Relayer:
         urgent.set(True)
         try:
             async with self.runtime.gate():
-                return await client.recall(source, original.target_msg_id)
+                # The recall names the relayed message as the target knows it: its id and time.
+                relayed = replace(source, sent_at_ms=original.target_sent_at_ms or source.sent_at_ms)
+                return await client.recall(relayed, original.target_msg_id)
         finally:
             urgent.set(False)
 
@@ -347,8 +349,10 @@ class Relayer:
         values: dict[str, Any] = {"claim": None, "attempts": attempts, "code": result.code,
                                   "message": result.message, "not_before": None}
         if result.succeeded:
+            sent = result.data.get("sent_at_ms")
             values.update(state=ItemState.OK.value, relayed_at=now,
-                          target_msg_id=str(result.data.get("msg_id") or "") or None)
+                          target_msg_id=str(result.data.get("msg_id") or "") or None,
+                          target_sent_at_ms=int(sent) if sent is not None else None)
         elif result.outcome is Outcome.REJECTED:
             values["state"] = ItemState.REJECTED.value
         elif result.maybe_delivered and not repeat_safe:

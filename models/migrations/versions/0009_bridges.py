@@ -57,6 +57,7 @@ def upgrade() -> None:
         sa.Column("sent_at", sa.Float(), nullable=True),
         sa.Column("not_before", sa.Float(), nullable=True),
         sa.Column("target_msg_id", S(), nullable=True),
+        sa.Column("target_sent_at_ms", sa.BigInteger(), nullable=True),
         sa.Column("received_at", sa.Float(), nullable=False),
         sa.Column("relayed_at", sa.Float(), nullable=True),
         sa.ForeignKeyConstraint(["bridge_id"], ["bridges.id"]),

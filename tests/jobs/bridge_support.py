@@ -1,0 +1,230 @@
+"""Two vendor sandboxes over real HTTP with a migration run between them,
+an `imshift serve` process receiving their feeds, and simulated clients
+sending on either side: what the bridge tests and `bench bridge` share."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+
+from imshift.jobs import bridges, run_control, runs
+from imshift.vendors.registry import vendor
+from imshift.vendors.sandbox.serve import served
+from imshift.vendors.vocabulary import Group, Profile
+from imshift.workers.embedded import in_process_workers
+
+from helpers import command_env, context, wait_until_done
+
+FAST = {op: 1000.0 for op in ("register", "update_profile", "get_profiles", "issue_token",
+                              "create_group", "add_members", "import_friends", "get_members",
+                              "get_friends", "send", "send_group")}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Side:
+    app: str
+    vendor: str
+    box: Any
+    url: str
+    users: list[str] = field(default_factory=list)  # as this side knows them
+    groups: list[str] = field(default_factory=list)
+
+    def inbox(self, user: str) -> list[dict[str, Any]]:
+        return httpx.get(f"{self.url}/_sandbox/inbox", params={"user": user}, timeout=10).json()
+
+    def feed_to(self, url: str, **faults: Any) -> None:
+        reply = httpx.post(f"{self.url}/_sandbox/feed", json={"url": url, **faults}, timeout=10)
+        assert reply.status_code == 200, reply.text
+
+
+@dataclass
+class Bridged:
+    old: Side
+    new: Side
+    db: str
+    env: dict[str, str]
+    run_id: int
+    ids: dict[str, dict[str, str]]  # kind -> old id -> new id
+    server_url: str = ""
+
+
+def user_name(i: int) -> str:
+    return f"bu_{i:05d}"
+
+
+async def _register(box: Any, names: list[str]) -> list[str]:
+    client = box.client()
+    results = await client.register_users([Profile(n, f"Name {n}") for n in names])
+    ids = [str(r.data.get("user_id") or n) for n, r in zip(names, results)]
+    assert all(r.succeeded for r in results), [r for r in results if not r.succeeded][:3]
+    return ids
+
+
+async def _groups(box: Any, users: list[str], count: int, size: int) -> list[str]:
+    client = box.client()
+    made = []
+    for g in range(count):
+        members = [users[(g + 1 + i) % len(users)] for i in range(size - 1)]
+        result = await client.create_group(Group(f"bg_{g}", f"Group {g}", users[g], members))
+        assert result.succeeded, result
+        made.append(str(result.data.get("group_id") or f"bg_{g}"))
+    return made
+
+
+@contextlib.contextmanager
+def bridged(tmp_path: Path, database_url: str, old_vendor: str, new_vendor: str, *, users: int,
+            groups: int = 0, group_size: int = 3, both_ways: bool = False,
+            hold: float = 600.0, settle: float = 0.3) -> Iterator[Bridged]:
+    """Users (and groups) on the old side, migrated to the new by a run, and
+    a bridge between them; both sandboxes served on loopback."""
+    old_box, new_box = vendor(old_vendor).sandbox(), vendor(new_vendor).sandbox()
+    with served(old_box) as old_url, served(new_box) as new_url:
+        old = Side("old", old_vendor, old_box, old_url)
+        new = Side("new", new_vendor, new_box, new_url)
+        names = [user_name(i) for i in range(users)]
+        old.users = asyncio.run(_register(old_box, names))
+        if groups:
+            old.groups = asyncio.run(_groups(old_box, old.users, groups, group_size))
+        users_csv = tmp_path / "users.csv"
+        users_csv.write_text("user_id,name\n" + "".join(f"{u},Name {u}\n" for u in old.users),
+                             encoding="utf-8")
+        groups_file = None
+        if groups:
+            groups_file = tmp_path / "groups.jsonl"
+            groups_file.write_text("".join(json.dumps({
+                "group_id": gid, "name": f"Group {g}", "owner": old.users[g],
+                "members": [old.users[(g + 1 + i) % len(old.users)] for i in range(group_size - 1)]}) + "\n"
+                for g, gid in enumerate(old.groups)), encoding="utf-8")
+        apps = {"old": (old_vendor, old_box.config(old_url), FAST),
+                "new": (new_vendor, new_box.config(new_url), FAST)}
+        env = command_env(tmp_path, database_url, apps)
+        ctx = context(database_url, apps={name: {"vendor": v, "rates": r, **_fields(c)}
+                                          for name, (v, c, r) in apps.items()})
+        plan = runs.plan_run(ctx.engine, "old", ctx.target("new"),
+                             runs.RunRequest(users=users_csv, groups=groups_file), chunk_size=200)
+        ctx.runtime  # noqa: B018  (configures the in-process workers)
+        with in_process_workers(ctx.broker):
+            run_control.start(ctx.engine, ctx.broker, plan.run_id)
+            for _, p in run_control.run_progress(ctx.engine, plan.run_id).stages:
+                _finish(ctx, p.job_id)
+        from imshift.workers.relay import map_ids
+        with ctx.engine.connect() as conn:
+            ids = {"user": map_ids(conn, [plan.run_id], "user", set(old.users), True),
+                   "group": map_ids(conn, [plan.run_id], "group", set(old.groups), True)}
+        assert len(ids["user"]) == users and len(ids["group"]) == groups, ids
+        new.users = [ids["user"][u] for u in old.users]
+        new.groups = [ids["group"][g] for g in old.groups]
+        bridges.add(ctx.engine, source_app="old", app="new", run_id=plan.run_id, both_ways=both_ways,
+                    hold=hold, settle=settle)
+        ctx.engine.dispose()
+        yield Bridged(old, new, database_url, env, plan.run_id, ids)
+
+
+def _fields(config: Any) -> dict[str, Any]:
+    import dataclasses
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if getattr(config, f.name) is not None and not callable(getattr(config, f.name))}
+
+
+def _finish(ctx: Any, job_id: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        p = wait_until_done(ctx, job_id, timeout)
+        if p.status == "finished":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"stage job {job_id} did not finish")
+
+
+@contextlib.contextmanager
+def serving(b: Bridged, log: Path, extra_env: dict[str, str] | None = None,
+            port: int | None = None) -> Iterator[subprocess.Popen]:
+    """`imshift serve` on a free port (embedded: it relays in its own
+    process); the feeds of both sides point at it."""
+    port = port or free_port()
+    with log.open("a") as out:
+        server = subprocess.Popen([sys.executable, "-m", "imshift.cli", "serve", "--port", str(port)],
+                                  env={**b.env, **(extra_env or {})}, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    b.server_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_server(b.server_url, server, log)
+        yield server
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(5)
+
+
+def wait_for_server(url: str, server: subprocess.Popen, log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(f"{url}/api/bridges", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"imshift serve did not answer within {timeout} s: {log.read_text()[-3000:]}")
+
+
+@dataclass
+class Sent:
+    side: str  # "old" or "new": where the client sent it
+    sender: str
+    to: str
+    group: bool
+    text: str
+    msg_id: str = ""
+    at: float = 0.0  # when the client's send returned (the source accepted it)
+
+
+async def send_all(side: Side, plan: list[Sent], rate: float) -> None:
+    """Each message of `plan` from a simulated client of `side`, at `rate` a second."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        start = time.monotonic()
+        for n, m in enumerate(plan):
+            wait = start + n / rate - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            reply = await http.post(f"{side.url}/_sandbox/client/send",
+                                    json={"from": m.sender, "to": m.to, "group": m.group, "text": m.text})
+            assert reply.status_code == 200, reply.text
+            m.msg_id, m.at = str(reply.json()["msg_id"]), time.time()
+
+
+def received_texts(side: Side, users: list[str]) -> dict[str, list[str]]:
+    """Each user's inbox texts on `side`, oldest first."""
+    return {u: [m.get("text") for m in side.inbox(u) if m.get("kind") == "text"] for u in users}
+
+
+def wait_for(check, timeout: float, what: str, pause: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what() if callable(what) else what}: not within {timeout} s")
+        time.sleep(pause)
