@@ -123,8 +123,9 @@ class OpenIMv3Feed(FeedSandbox):
                "groupID": sent.get("groupID", "")}
         return headers, {"key": base64.b64encode(json.dumps(key, separators=(",", ":")).encode()).decode()}
 
-    async def _v3_send_msg(self, body: dict[str, Any], who: str | None) -> Any:
-        sent = await super()._v3_send_msg(body, who)
+    async def _feed_send_msg(self, body: dict[str, Any], who: str | None) -> Any:
+        """/msg/send_msg, then its webhook."""
+        sent = await self._v3_send_msg(body, who)
         group = body["sessionType"] == 3
         target = str(body["groupID"] if group else body["recvID"])
         return self._stored(str(body["sendID"]), "group" if group else "single", target,
@@ -132,8 +133,9 @@ class OpenIMv3Feed(FeedSandbox):
                             self._content(body["contentType"], body["content"], "content"),
                             sent, ADMIN_MSG, str(body.get("ex") or ""))
 
-    async def _v3_batch_send(self, body: dict[str, Any], who: str | None) -> Any:
-        sent = await super()._v3_batch_send(body, who)
+    async def _feed_batch_send(self, body: dict[str, Any], who: str | None) -> Any:
+        """/msg/batch_send_msg, then a webhook per receiver."""
+        sent = await self._v3_batch_send(body, who)
         decoded = self._content(body["contentType"], body["content"], "content")
         for one in sent["results"]:  # one SendMsg, and so one webhook, per receiver
             self._stored(str(body["sendID"]), "single", one["recvID"], body["contentType"],

@@ -74,8 +74,8 @@ class OpenIMv3Sandbox(OpenIMv3Feed, OpenIMSandbox):
             "/group/get_group_member_list": (GET_MEMBERS, self._v3_member_list),
             "/group/get_groups": (Operation.LIST_GROUPS.value, self._v3_get_groups),
             "/friend/get_friend_list": (GET_FRIENDS, self._v3_friend_list),
-            "/msg/send_msg": (Operation.SEND.value, self._v3_send_msg),
-            "/msg/batch_send_msg": (batch_op, self._v3_batch_send),
+            "/msg/send_msg": (Operation.SEND.value, self._feed_send_msg),  # with its webhooks
+            "/msg/batch_send_msg": (batch_op, self._feed_batch_send),
         }
         return [Endpoint(path, op, as_handler(act), body="json")
                 for path, (op, act) in table.items()] + self.feed_endpoints()
