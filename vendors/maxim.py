@@ -25,15 +25,19 @@ import json
 import re
 import secrets
 from dataclasses import dataclass, field, replace
-from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 
 import httpx
 
 from .vocabulary import FieldRule, Message, Operation, Outcome, Profile, Result, VendorRules
 from .client import Batch, CallFailed, Codes, Reply, VendorClient, chunks, invalid, same_for_all
+from .maxim_feed import mark_ext, read as read_subscription, relay_fields
 from .maxim_groups import MaximGroups
 from .maxim_wire import acting_as, is_id as _is_id, items_by, not_an_id, vendor_id
 from .paging import offset_pages
+
+if TYPE_CHECKING:
+    from .feeds import Delivery, FeedMessage
 
 MAX_TARGETS = 500  # message targets per call (the vendor's 12005 cap on push lists)
 MAX_PAGE_SIZE = 200  # GET /user/list
@@ -53,6 +57,8 @@ class MaximConfig:
     # Overrides of MaximClient.rules.batch_size, by Operation; sends stay ≤ 500.
     batch_sizes: Mapping[Operation, int] = field(default_factory=dict)
     concurrency: int = 8  # calls in flight for per-user operations (profiles, tokens)
+    # The value the message subscription sends in its `signature` header.
+    feed_signature: str = field(default="", repr=False)
 
 
 def admin_headers(config: MaximConfig) -> dict[str, str]:
@@ -108,6 +114,8 @@ class MaximClient(MaximGroups, VendorClient):
     vendor = "maxim"
     capabilities = frozenset(Operation) - {Operation.LIST_GROUPS}  # no documented listing of an app's groups
     deduplicates_sends = True  # /message/send takes transaction_id (broadcast does not)
+    feeds = True  # the message subscription (maxim_feed.py)
+    recalls = True  # POST /message/recall
     # Business errors come back as HTTP 200 with a body code; anything else is `rejected`.
     codes = Codes(
         ok=frozenset({200}),
@@ -420,3 +428,52 @@ class MaximClient(MaximGroups, VendorClient):
                 outcome = [await call([uid]) for uid in ids]
             batch.put(part, outcome)
         return batch.done()
+
+    # -- the bridge ------------------------------------------------------------------------
+
+    @classmethod
+    def read_feed(cls, config: MaximConfig, delivery: "Delivery", now: float) -> list["FeedMessage"]:
+        return read_subscription(config, delivery, now)
+
+    async def relay(self, message: "FeedMessage", *, dedup_key: str) -> Result:
+        """POST /message/send from the sender to the one user or group, the
+        mark in `ext`, and a transaction_id from dedup_key: the vendor drops
+        a repeat, so a relay cut off mid-call can simply be made again.
+        data["msg_id"]: msg_ids[0] (the vendor returns it for one target;
+        None when it does not, e.g. for a repeat it dropped)."""
+        fields = relay_fields(message.kind, message.text, message.custom)
+        if isinstance(fields, str):
+            return invalid(fields)
+        problem = not_an_id("sender", message.sender) or not_an_id("to", message.to)
+        if problem:
+            return invalid(problem)
+        target_type, target = (2 if message.group else 1), vendor_id(message.to)
+        op = Operation.SEND_GROUP if message.group else Operation.SEND
+        body = {"type": target_type, "targets": [target], "from_user_id": vendor_id(message.sender),
+                "ext": mark_ext(), "transaction_id": transaction_id(dedup_key, target_type, [target]),
+                **fields}
+        result, reply = await self.call(op, "POST", "/message/send", json=body)
+        if not result.succeeded:
+            return result
+        ids = reply.get("msg_ids") if isinstance(reply.get("msg_ids"), list) else []
+        msg_id = str(ids[0]) if ids and _is_id(ids[0]) else None
+        return Result(Outcome.OK, result.code, "" if msg_id else "the reply carried no msg_ids",
+                      data={"msg_id": msg_id, "conversation_id": message.to})
+
+    async def recall(self, message: "FeedMessage", target_msg_id: str) -> Result:
+        """POST /message/recall {conversation_id, msg_id} acting as the
+        sender; the conversation is the peer user or the group."""
+        problem = (not_an_id("sender", message.sender) or not_an_id("to", message.to)
+                   or not_an_id("msg_id", target_msg_id or ""))
+        if problem:
+            return invalid(problem)
+        op = Operation.SEND_GROUP if message.group else Operation.SEND
+        result, _ = await self.call(op, "POST", "/message/recall", repeat_safe=True,
+                                    headers=acting_as(user_id=vendor_id(message.sender)),
+                                    json={"conversation_id": vendor_id(message.to),
+                                          "msg_id": vendor_id(target_msg_id)})
+        if result.code == "10010":
+            # The admin token got this far, so "no permission" is about this
+            # message (not the sender's, or too old), not a reason to stop the job.
+            return replace(result, outcome=Outcome.REJECTED)
+        return result

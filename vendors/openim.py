@@ -55,6 +55,9 @@ class OpenIMConfig:
     platform_id: int = 5
     api_version: str = "v3"
     concurrency: int = 8
+    # The secret in the after-send webhook's URL (v3): OpenIM signs nothing,
+    # so this is what tells its deliveries from anyone else's.
+    feed_secret: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if not self.secret or len(self.secret) > 32:

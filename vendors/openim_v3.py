@@ -16,6 +16,7 @@ import httpx
 from .vocabulary import FieldRule, Group, Operation, Outcome, Profile, Result, VendorRules
 from .client import Batch, CallFailed, Codes, chunks, invalid, same_for_all
 from .openim import (MAX_IDS_PER_CALL, OpenIMClient, data_of, exists, listed, new_operation_id, ok, with_data)
+from .openim_feed import OpenIMV3Feed
 from .openim_groups import GROUPS_PER_PAGE, OpenIMV3Groups, listing_page, page_of
 from .paging import NoSuchList, PageFetch, read_all
 
@@ -81,7 +82,7 @@ CODES_V3 = Codes(
 )
 
 
-class OpenIMV3Client(OpenIMV3Groups, OpenIMClient):
+class OpenIMV3Client(OpenIMV3Feed, OpenIMV3Groups, OpenIMClient):
     version = "v3"
     rules = RULES_V3
     codes = CODES_V3

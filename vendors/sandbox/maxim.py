@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, Response
 from ..vocabulary import Profile
 from ..maxim import EXTRA_FIELDS, MAX_PAGE_SIZE, MAX_TARGETS, MaximClient, MaximConfig
 from .common import Call, Endpoint, Form, Refusal, Sandbox
+from .maxim_feed import MEDIA, MaximFeed, media_of
 from .maxim_groups import ChatGroup, MaximGroups  # ChatGroup: importable from here too
 from .maxim_params import Refused, as_id, id_list, int_param, text
 
@@ -65,7 +66,7 @@ def username_problem(username: Any) -> str | None:
     return None
 
 
-class MaximSandbox(MaximGroups, Sandbox):
+class MaximSandbox(MaximFeed, MaximGroups, Sandbox):
     vendor = "maxim"
     client_class = MaximClient
     secret_attr = "access_token"
@@ -82,7 +83,11 @@ class MaximSandbox(MaximGroups, Sandbox):
         self._user_ids = itertools.count(2199040544800, 16)
         self._group_ids = itertools.count(2306414607700, 16)
         self._msg_ids = itertools.count(1_000_000)
+        self.init_maxim_feed()  # the message subscription: maxim_feed.py
         super().__init__(**kwargs)
+
+    def routes(self) -> list[Any]:
+        return super().routes() + self.feed_routes()
 
     @property
     def rosters(self) -> dict[int, set[int]]:
@@ -108,10 +113,11 @@ class MaximSandbox(MaximGroups, Sandbox):
             Endpoint("/user/add_roster", "import_friends", self.add_roster, "json"),
             Endpoint("/roster/list", "get_friends", self.roster_list, methods=("GET",)),
             Endpoint("/user/rosters", "get_friends", self.user_rosters, methods=("GET",)),
-        ]
+        ] + self.feed_endpoints()
 
     def client_config(self, base_url: str, secret: str) -> MaximConfig:
-        return MaximConfig(app_id=self.app_id, access_token=secret, api_endpoint=base_url)
+        return MaximConfig(app_id=self.app_id, access_token=secret, api_endpoint=base_url,
+                           feed_signature=self.feed_signature)
 
     def error_body(self, code: int, message: str) -> dict[str, Any]:
         return {"code": code, "message": message, "data": None}
@@ -272,8 +278,9 @@ class MaximSandbox(MaximGroups, Sandbox):
     # -- messages ------------------------------------------------------------------------
 
     def _deliver(self, to: int, sender: int | None, content_type: int, content: str,
-                 group: int | None = None) -> int:
-        entry: dict[str, Any] = {"from": str(sender) if sender else "", "msg_id": next(self._msg_ids)}
+                 group: int | None = None, msg_id: int | None = None) -> int:
+        entry: dict[str, Any] = {"from": str(sender) if sender else "",
+                                 "msg_id": next(self._msg_ids) if msg_id is None else msg_id}
         if content_type == 6:  # COMMAND: the client's custom JSON object
             try:
                 entry["custom"] = json.loads(content)
@@ -305,6 +312,8 @@ class MaximSandbox(MaximGroups, Sandbox):
         if len(targets) > MAX_TARGETS:
             raise Refused(12005, f"targets: at most {MAX_TARGETS} per call")
         content_type, content = self._content(body)
+        if content_type in MEDIA and media_of(body.get("attachment")) is None:
+            raise Refused(10002, "attachment: a JSON string with a url is required for media")
         sender = body.get("from_user_id")
         sender = None if sender is None else as_id(sender)
         if body.get("from_user_id") is not None:
@@ -323,14 +332,10 @@ class MaximSandbox(MaximGroups, Sandbox):
         if self._repeated(body.get("transaction_id")):
             self.duplicates[call.op] += 1
             return reply(True)
-        msg_ids = []
-        for target in targets:
-            if target_type == 1:
-                msg_ids.append(self._deliver(target, sender, content_type, content))
-            else:
-                for member in sorted(self.groups[target].members - {sender}):
-                    self._deliver(member, sender, content_type, content, group=target)
-        return reply(True, msg_ids=msg_ids if len(targets) == 1 and msg_ids else None)
+        # One msg_id a target (a group's members share it), posted to the subscription.
+        msg_ids = [self._message(sender, target_type, target, content_type, content,
+                                 body.get("attachment"), body.get("ext")) for target in targets]
+        return reply(True, msg_ids=msg_ids if len(targets) == 1 else None)
 
     def _repeated(self, raw: Any) -> bool:
         """Whether this transaction_id was executed within the dedup window

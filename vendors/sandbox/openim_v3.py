@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
@@ -15,6 +16,7 @@ from ..vocabulary import Operation
 from ..openim import ADMIN_PLATFORM_ID, MAX_IDS_PER_CALL
 from .common import Endpoint, Refusal
 from .openim import Fail, OpenIMSandbox, legal_user_id, page, repeated
+from .openim_feed import OpenIMv3Feed
 from .store import Record
 
 OWNER, ADMIN, MEMBER = 100, 60, 20  # v3 roleLevel
@@ -30,11 +32,23 @@ def as_handler(act: Any) -> Any:
     return lambda body, call: act(body, call.who)
 
 
-class OpenIMv3Sandbox(OpenIMSandbox):
+class OpenIMv3Sandbox(OpenIMv3Feed, OpenIMSandbox):
+    """v3 with its webhooks (the bridge's feed): see openim_feed.py."""
+
     api_version = "v3"
     SERVER_ERROR = Refusal(500, "ServerInternalError", errDlt="injected fault")
     OVER_LIMIT = Refusal(429, "too many requests, please try again later", 429,
                          headers={"Retry-After": "1"})  # the optional BBR limiter
+
+    def __init__(self, **kwargs: Any):
+        self.init_openim_feed()
+        super().__init__(**kwargs)
+
+    def routes(self) -> list[Any]:
+        return super().routes() + self.feed_routes()
+
+    def client_config(self, base_url: str, secret: str) -> Any:
+        return replace(super().client_config(base_url, secret), feed_secret=self.feed_secret)
 
     def error_body(self, code: int, message: str) -> dict[str, Any]:
         return {"errCode": code, "errMsg": message, "errDlt": ""}
@@ -60,10 +74,11 @@ class OpenIMv3Sandbox(OpenIMSandbox):
             "/group/get_group_member_list": (GET_MEMBERS, self._v3_member_list),
             "/group/get_groups": (Operation.LIST_GROUPS.value, self._v3_get_groups),
             "/friend/get_friend_list": (GET_FRIENDS, self._v3_friend_list),
-            "/msg/send_msg": (Operation.SEND.value, self._v3_send_msg),
-            "/msg/batch_send_msg": (batch_op, self._v3_batch_send),
+            "/msg/send_msg": (Operation.SEND.value, self._feed_send_msg),  # with its webhooks
+            "/msg/batch_send_msg": (batch_op, self._feed_batch_send),
         }
-        return [Endpoint(path, op, as_handler(act), body="json") for path, (op, act) in table.items()]
+        return [Endpoint(path, op, as_handler(act), body="json")
+                for path, (op, act) in table.items()] + self.feed_endpoints()
 
     async def authenticate(self, request: Request) -> str | None:
         """operationID header, then the token header (except on the whitelist),
