@@ -48,6 +48,12 @@ class Side:
     def inbox(self, user: str) -> list[dict[str, Any]]:
         return httpx.get(f"{self.url}/_sandbox/inbox", params={"user": user}, timeout=10).json()
 
+    def hook(self, server_url: str) -> str:
+        """Where this side's feed is pointed: /hooks/APP, and for OpenIM,
+        which signs nothing, the feed secret in the path."""
+        secret = getattr(self.box.config(self.url), "feed_secret", "")
+        return f"{server_url}/hooks/{self.app}" + (f"/{secret}" if secret else "")
+
     def feed_to(self, url: str, **faults: Any) -> None:
         reply = httpx.post(f"{self.url}/_sandbox/feed", json={"url": url, **faults}, timeout=10)
         assert reply.status_code == 200, reply.text
@@ -215,8 +221,10 @@ async def send_all(side: Side, plan: list[Sent], rate: float) -> None:
 
 
 def received_texts(side: Side, users: list[str]) -> dict[str, list[str]]:
-    """Each user's inbox texts on `side`, oldest first."""
-    return {u: [m.get("text") for m in side.inbox(u) if m.get("kind") == "text"] for u in users}
+    """Each user's inbox texts on `side`, oldest first; not what the user sent
+    (some vendors show a group message in its sender's inbox too)."""
+    return {u: [m.get("text") for m in side.inbox(u) if m.get("kind") == "text" and str(m.get("from")) != u]
+            for u in users}
 
 
 def wait_for(check, timeout: float, what: str, pause: float = 0.2):

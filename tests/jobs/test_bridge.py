@@ -80,12 +80,14 @@ def check_arrived(side, want: dict[str, list[str]], prefix: str, last: dict | No
     return None if differs else mine
 
 
-@pytest.mark.parametrize("old_vendor,new_vendor", [("netease", "netease")])
+# Each vendor once as the source and once as the target.
+@pytest.mark.parametrize("old_vendor,new_vendor", [("netease", "rongcloud"), ("rongcloud", "openim"),
+                                                   ("openim", "maxim"), ("maxim", "netease")])
 def test_messages_cross_one_way_exactly_once_in_order(tmp_path, old_vendor, new_vendor):
     db = f"sqlite:///{tmp_path}/imshift.db"
     with bridged(tmp_path, db, old_vendor, new_vendor, users=40, groups=4) as b:
         with serving(b, tmp_path / "serve.log"):
-            b.old.feed_to(f"{b.server_url}/hooks/old", repeat=0.2, reorder=0.05)
+            b.old.feed_to(b.old.hook(b.server_url), repeat=0.2, reorder=0.05)
             plan = conversations(b, "old", pairs=20, groups=True, count=300)
             asyncio.run(send_all(b.old, plan, rate=200))
             want, last = expected(b, plan), {}
