@@ -46,6 +46,7 @@ RUN_FOR = 60.0  # a relayer gives its turn back after this (an actor's time limi
 IDLE = 1.0  # seconds with nothing to do before the turn is given back
 POLL = 0.02  # seconds between looks for new messages while working
 HELD_RETRY = 1.0  # seconds between looks at the id map for a held message
+RESCAN = 2.0  # seconds between reads of every pending message, not only the newest
 QUEUED = "queued"  # the turn's holder when a wake is queued but not started
 
 
@@ -103,6 +104,8 @@ def map_ids(conn: Connection, chain: list[int], kind: str, ids: set[str], forwar
 
 @dataclass
 class Waiting:
+    """A message in its conversation's queue, in memory."""
+
     id: int
     sent_at_ms: int
     received_at: float
@@ -113,13 +116,70 @@ class Waiting:
 
 
 @dataclass
+class Claimed:
+    """A message this relayer holds, with the ids the other side knows."""
+
+    row: Any
+    conv: tuple[str, str]
+    head: Waiting
+    sender: str
+    to: str
+    original: Any = None  # a recall's recalled message (state, target_msg_id, target_sent_at_ms)
+
+
+class Marks:
+    """Marks messages `sent_at` once the limiter lets their calls go, many in
+    one transaction (a group commit): each send waits for its mark to be
+    written before its call is made."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+        self.waiting: list[tuple[int, asyncio.Future]] = []
+        self.flusher: asyncio.Task | None = None
+
+    async def mark(self, mid: int) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self.waiting.append((mid, done))
+        if self.flusher is None:
+            self.flusher = asyncio.ensure_future(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        try:
+            while self.waiting:
+                batch, self.waiting = self.waiting, []
+                try:
+                    await asyncio.to_thread(self._write, [mid for mid, _ in batch])
+                except Exception as exc:  # the sends wait for this: they fail, never unmarked
+                    for _, done in batch:
+                        done.set_exception(exc)
+                    continue
+                for _, done in batch:
+                    done.set_result(None)
+        finally:
+            self.flusher = None
+
+    def _write(self, ids: list[int]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(messages).where(messages.c.id.in_(ids), messages.c.state == "claimed")
+                         .values(sent_at=time.time()))
+
+
 class Relayer:
-    runtime: Runtime
-    bridge: Any
-    me: str = field(default_factory=lambda: f"relay-{uuid.uuid4().hex[:12]}")
-    queues: dict[tuple[str, str], list[Waiting]] = field(default_factory=dict)
-    busy: set[tuple[str, str]] = field(default_factory=set)
-    seen: int = 0  # the highest message id read
+    """Relays one bridge while it holds the bridge's turn. Each round: read
+    the messages stored since the last, claim the due first message of each
+    idle conversation (one transaction), send them, and record what came
+    back (one transaction)."""
+
+    def __init__(self, runtime: Runtime, bridge: Any, me: str):
+        self.runtime, self.bridge, self.me = runtime, bridge, me
+        self.queues: dict[tuple[str, str], list[Waiting]] = {}
+        self.busy: set[tuple[str, str]] = set()
+        self.known: set[int] = set()  # ids in the queues
+        self.seen = 0  # the highest id read
+        self.chain: list[int] = [bridge.run_id]
+        self.marks = Marks(runtime.engine)
+        self.repeat_safe: dict[str, bool] = {}  # per app: whether a send to it may be repeated
 
     @property
     def bid(self) -> int:
@@ -132,6 +192,9 @@ class Relayer:
         with self.runtime.engine.begin() as conn:
             return work(conn)
 
+    def target_of(self, from_app: str) -> str:
+        return self.bridge.app if from_app == self.bridge.source_app else self.bridge.source_app
+
     # reading ---------------------------------------------------------------------------
 
     def _recover(self, conn: Connection) -> None:
@@ -140,8 +203,7 @@ class Relayer:
         held = conn.execute(select(messages.c.id, messages.c.from_app, messages.c.sent_at).where(
             messages.c.bridge_id == self.bid, messages.c.state == "claimed")).all()
         for row in held:
-            safe = self.runtime.client(self.target_of(row.from_app)).repeat_safe(Operation.SEND)
-            if row.sent_at is None or safe:
+            if row.sent_at is None or self.repeat_safe[self.target_of(row.from_app)]:
                 values = {"state": ItemState.PENDING.value, "claim": None}
             else:
                 values = {"state": ItemState.UNKNOWN.value, "claim": None, "code": "unknown",
@@ -149,62 +211,72 @@ class Relayer:
                                      "answer: it may have been delivered, so it is not sent again"}
             conn.execute(update(messages).where(messages.c.id == row.id).values(**values))
 
-    def _read_new(self, conn: Connection) -> None:
-        rows = conn.execute(select(messages.c.id, messages.c.from_app, messages.c.conversation,
-                                   messages.c.sent_at_ms, messages.c.received_at, messages.c.not_before,
-                                   messages.c.state)
-                            .where(messages.c.bridge_id == self.bid, messages.c.id > self.seen,
-                                   messages.c.state == ItemState.PENDING.value)
-                            .order_by(messages.c.id).limit(20000)).all()
+    def _read(self, conn: Connection, everything: bool) -> list[Any]:
+        """Pending messages not in the queues yet: those stored since the last
+        read, or (`everything`) all of them, for ids PostgreSQL's sequence
+        handed out before a slower transaction committed."""
+        query = select(messages.c.id, messages.c.from_app, messages.c.conversation, messages.c.sent_at_ms,
+                       messages.c.received_at, messages.c.not_before).where(
+            messages.c.bridge_id == self.bid, messages.c.state == ItemState.PENDING.value)
+        if not everything:
+            query = query.where(messages.c.id > self.seen)
+        return list(conn.execute(query.order_by(messages.c.id).limit(50_000)).all())
+
+    def _queue(self, rows: list[Any]) -> None:
         for r in rows:
             self.seen = max(self.seen, r.id)
-            queue = self.queues.setdefault((r.from_app, r.conversation), [])
-            one = Waiting(r.id, r.sent_at_ms, r.received_at, r.not_before)
-            bisect.insort(queue, one, key=Waiting.key)
-
-    def target_of(self, from_app: str) -> str:
-        return self.bridge.app if from_app == self.bridge.source_app else self.bridge.source_app
+            if r.id in self.known:
+                continue
+            self.known.add(r.id)
+            bisect.insort(self.queues.setdefault((r.from_app, r.conversation), []),
+                          Waiting(r.id, r.sent_at_ms, r.received_at, r.not_before), key=Waiting.key)
 
     # the loop --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        started = time.time()
+        started = renewed = rescanned = time.time()
+        # Read here, on the loop: the database steps run in threads, where no client is made.
+        self.repeat_safe = {app: self.runtime.client(app).repeat_safe(Operation.SEND)
+                            for app in (self.bridge.source_app, self.bridge.app)}
         await self._db(self._recover)
-        chain = await self._db(lambda conn: run_chain(conn, self.bridge.run_id))
+        self.chain = await self._db(lambda conn: run_chain(conn, self.bridge.run_id))
         idle_since: float | None = None
-        inflight: set[asyncio.Task] = set()
-        renewed = time.time()
+        inflight: set[asyncio.Future] = set()
         while time.time() - started < RUN_FOR:
-            await self._db(self._read_new)
+            everything = time.time() - rescanned > RESCAN
+            if everything:
+                rescanned = time.time()
+            self._queue(await self._db(lambda conn: self._read(conn, everything)))
             now = time.time()
-            due_heads = [(conv, q[0]) for conv, q in self.queues.items()
-                         if q and conv not in self.busy and self._due(q[0], now)]
-            gate = self.runtime.tuning.concurrency
-            for conv, head in due_heads[:max(0, gate - len(inflight))]:
-                self.busy.add(conv)
-                inflight.add(asyncio.ensure_future(self._relay(conv, head, chain)))
+            free = self.runtime.tuning.concurrency - len(inflight)
+            heads = [(conv, q[0]) for conv, q in self.queues.items()
+                     if q and conv not in self.busy and self._due(q[0], now)][:max(0, free)]
+            if heads:
+                for conv, _ in heads:
+                    self.busy.add(conv)
+                claimed, settled = await self._db(lambda conn: self._claim(conn, heads))
+                self._settle(settled)
+                inflight.update(asyncio.ensure_future(self._send_one(c)) for c in claimed)
             if inflight:
                 idle_since = None
-                done, inflight = await asyncio.wait(inflight, timeout=POLL,
-                                                    return_when=asyncio.FIRST_COMPLETED)
-                inflight = set(inflight)
-                for task in done:
-                    task.result()
+                done, still = await asyncio.wait(inflight, timeout=POLL, return_when=asyncio.FIRST_COMPLETED)
+                inflight = set(still)
+                await self._record_all([task.result() for task in done])
+            elif any(self.queues.values()):
+                idle_since = None
+                await asyncio.sleep(POLL)
             else:
-                if any(self.queues.values()):
-                    idle_since = None
-                    await asyncio.sleep(POLL)
-                else:
-                    idle_since = idle_since or now
-                    if now - idle_since >= IDLE:
-                        break
-                    await asyncio.sleep(POLL)
+                idle_since = idle_since or now
+                if now - idle_since >= IDLE:
+                    break
+                await asyncio.sleep(POLL)
             if time.time() - renewed > TURN / 3:
                 renewed = time.time()
                 if not await self._db(self._renew):
                     break  # paused, removed, stopped, or the turn was lost: leave the rest
-        if inflight:
-            await asyncio.wait(inflight)
+        if inflight:  # the turn ends: what is on its way is recorded first
+            done, _ = await asyncio.wait(inflight)
+            await self._record_all([task.result() for task in done])
 
     def _due(self, head: Waiting, now: float) -> bool:
         return head.received_at + self.bridge.settle <= now and (head.not_before or 0) <= now
@@ -215,78 +287,134 @@ class Relayer:
             bridges.c.status == BridgeStatus.ACTIVE.value)
             .values(relayer_until=time.time() + TURN)).rowcount == 1
 
-    # one message -----------------------------------------------------------------------
+    def _settle(self, settled: list[tuple[tuple[str, str], Waiting, float | None]]) -> None:
+        """After a round: a message done leaves its queue; one to try again
+        stays first, until `not_before`. Its conversation is free again."""
+        for conv, head, again in settled:
+            queue = self.queues.get(conv, [])
+            if again is None:
+                if queue and queue[0] is head:
+                    queue.pop(0)
+                self.known.discard(head.id)
+                if not queue:
+                    self.queues.pop(conv, None)
+            else:
+                head.not_before = again
+            self.busy.discard(conv)
 
-    async def _relay(self, conv: tuple[str, str], head: Waiting, chain: list[int]) -> None:
-        try:
-            outcome = await self._relay_one(head, chain)
-        except Exception:  # a bug or the database: the message stays pending for a later turn
-            log.exception("bridge B%s: relaying message %s failed", self.bid, head.id)
-            outcome = time.time() + 1.0
-        queue = self.queues.get(conv, [])
-        if outcome == "done" and queue and queue[0] is head:
-            queue.pop(0)
-        elif isinstance(outcome, float):  # to be tried again then
-            head.not_before = outcome
-        self.busy.discard(conv)
+    # claiming --------------------------------------------------------------------------
 
-    async def _relay_one(self, head: Waiting, chain: list[int]) -> str | float:
-        """"done" (final, or no longer this relayer's), "held", or when to try again."""
+    def _claim(self, conn: Connection, heads: list[tuple[tuple[str, str], Waiting]]):
+        """Claim the heads in one transaction and map their ids: (the claimed,
+        what was settled at once: held, failed unmapped, or no longer pending)."""
         token = uuid.uuid4().hex
-        row = await self._db(lambda conn: self._claim(conn, head.id, token))
-        if row is None:
-            return "done"  # no longer pending (resolved elsewhere)
-        target = self.target_of(row.from_app)
-        forward = row.from_app == self.bridge.source_app
-        ids = await self._db(lambda conn: self._map(conn, chain, row, forward))
-        if isinstance(ids, str):  # an id the run has not mapped
-            return await self._db(lambda conn: self._hold(conn, row, token, ids, head))
-        source = FeedMessage(msg_id=row.msg_id, sender=ids[0], to=ids[1], group=row.is_group,
-                             sent_at_ms=row.sent_at_ms, kind=row.kind, **_content(row.content))
-        client = self.runtime.client(target)
-        if row.kind not in KINDS:
-            result = Result(Outcome.REJECTED, "kind",
-                            f"a {row.kind} message cannot be relayed (the bridge carries "
-                            f"{', '.join(k for k in KINDS if k != 'recall')} and recalls)")
-        elif row.kind == "recall":
-            result = await self._recall(client, source, row)
-        else:
-            result = await self._send(client, source, row, token)
-        again = await self._db(lambda conn: self._record(conn, row, token, result, target,
-                                                         client.repeat_safe(Operation.SEND)))
-        if result.outcome is Outcome.RATE_LIMITED:
-            op = Operation.SEND_GROUP if row.is_group else Operation.SEND
-            await self.runtime.limiter.slow_down(target, op.value, result.retry_after)
-        return "done" if again is None else again
+        by_id = {head.id: (conv, head) for conv, head in heads}
+        conn.execute(update(messages).where(messages.c.id.in_(list(by_id)),
+                                            messages.c.state == ItemState.PENDING.value)
+                     .values(state="claimed", claim=token, sent_at=None,
+                             lease_until=time.time() + self.runtime.tuning.lease_seconds))
+        rows = conn.execute(select(messages).where(messages.c.claim == token)).all()
+        settled = [(conv, head, None) for mid, (conv, head) in by_id.items()
+                   if mid not in {r.id for r in rows}]  # resolved meanwhile: drop from the queue
+        found = self._mapped(conn, rows)
+        originals = self._originals(conn, [r for r in rows if r.kind == "recall"])
+        claimed = []
+        for row in rows:
+            conv, head = by_id[row.id]
+            sender, to = found(row)
+            missing = (f"user {row.sender}" if sender is None else
+                       f"{'group' if row.is_group else 'user'} {row.to}" if to is None else None)
+            if missing:
+                settled.append((conv, head, self._hold(conn, row, missing)))
+            else:
+                claimed.append(Claimed(row, conv, head, sender, to, originals.get(row.id)))
+        return claimed, settled
 
-    async def _send(self, client, source: FeedMessage, row: Any, token: str) -> Result:
+    def _mapped(self, conn: Connection, rows: list[Any]):
+        """(sender, to) as the other side knows them, per row (None where unmapped)."""
+        maps: dict[tuple[bool, str], dict[str, str]] = {}
+        for forward in (True, False):
+            side = [r for r in rows if (r.from_app == self.bridge.source_app) == forward]
+            users = {r.sender for r in side} | {r.to for r in side if not r.is_group}
+            groups = {r.to for r in side if r.is_group}
+            maps[(forward, "user")] = map_ids(conn, self.chain, "user", users, forward)
+            maps[(forward, "group")] = map_ids(conn, self.chain, "group", groups, forward)
+
+        def found(row: Any) -> tuple[str | None, str | None]:
+            forward = row.from_app == self.bridge.source_app
+            return (maps[(forward, "user")].get(row.sender),
+                    maps[(forward, "group" if row.is_group else "user")].get(row.to))
+
+        return found
+
+    def _originals(self, conn: Connection, recalls: list[Any]) -> dict[int, Any]:
+        out = {}
+        for row in recalls:
+            out[row.id] = conn.execute(select(
+                messages.c.state, messages.c.target_msg_id, messages.c.target_sent_at_ms).where(
+                messages.c.bridge_id == self.bid, messages.c.from_app == row.from_app,
+                messages.c.msg_id == (row.content or {}).get("recalls"))).first()
+        return out
+
+    def _hold(self, conn: Connection, row: Any, what: str) -> float | None:
+        """Wait for an id the run has not mapped yet, up to the bridge's hold;
+        then fail naming it. When to look again (None: failed)."""
+        now = time.time()
+        run = f"R{self.bridge.run_id}"
+        if now - row.received_at < self.bridge.hold:
+            again = now + HELD_RETRY
+            conn.execute(update(messages).where(messages.c.id == row.id)
+                         .values(state=ItemState.PENDING.value, claim=None, code="held", not_before=again,
+                                 message=f"held: {what} is not in run {run}'s id map yet"))
+            return again
+        conn.execute(update(messages).where(messages.c.id == row.id)
+                     .values(state=ItemState.FAILED.value, claim=None, code="unmapped",
+                             message=f"{what} is not in the id map of run {run} or its delta runs "
+                                     f"(held {self.bridge.hold:.0f} s): migrate it (`imshift migrate run "
+                                     f"... --since {run}`), then it is relayed from then on"))
+        return None
+
+    # sending ---------------------------------------------------------------------------
+
+    async def _send_one(self, c: Claimed) -> tuple[Claimed, Result]:
+        row = c.row
+        source = FeedMessage(msg_id=row.msg_id, sender=c.sender, to=c.to, group=row.is_group,
+                             sent_at_ms=row.sent_at_ms, kind=row.kind, **_content(row.content))
+        client = self.runtime.client(self.target_of(row.from_app))
+        try:
+            if row.kind not in KINDS:
+                return c, Result(Outcome.REJECTED, "kind",
+                                 f"a {row.kind} message cannot be relayed (the bridge carries "
+                                 f"{', '.join(k for k in KINDS if k != 'recall')} and recalls)")
+            if row.kind == "recall":
+                return c, await self._recall(client, source, c.original)
+            return c, await self._send(client, source, row)
+        except Exception as exc:  # a client bug: the message is kept, not lost
+            log.exception("bridge B%s: relaying message %s failed", self.bid, row.id)
+            return c, Result(Outcome.RETRYABLE, "client-error", type(exc).__name__, maybe_delivered=True)
+
+    async def _send(self, client, source: FeedMessage, row: Any) -> Result:
         announced = False
 
         async def mark() -> None:
             nonlocal announced
             if not announced:
+                await self.marks.mark(row.id)
                 announced = True
-                await self._db(lambda conn: conn.execute(update(messages).where(
-                    messages.c.id == row.id, messages.c.claim == token).values(sent_at=time.time())))
 
         before_send.set(mark)
         urgent.set(True)
         try:
             async with self.runtime.gate():
                 return await client.relay(source, dedup_key=dedup_key(self.bid, row.from_app, row.msg_id))
-        except Exception as exc:  # a client bug: the message is kept, not lost
+        except Exception as exc:  # a client bug, or the mark could not be written
             log.exception("bridge B%s: relay call failed", self.bid)
-            return Result(Outcome.RETRYABLE, "client-error", type(exc).__name__,
-                          maybe_delivered=announced)
+            return Result(Outcome.RETRYABLE, "client-error", type(exc).__name__, maybe_delivered=announced)
         finally:
             before_send.set(None)
             urgent.set(False)
 
-    async def _recall(self, client, source: FeedMessage, row: Any) -> Result:
-        original = await self._db(lambda conn: conn.execute(select(
-            messages.c.state, messages.c.target_msg_id, messages.c.target_sent_at_ms).where(
-            messages.c.bridge_id == self.bid, messages.c.from_app == row.from_app,
-            messages.c.msg_id == (row.content or {}).get("recalls"))).first())
+    async def _recall(self, client, source: FeedMessage, original: Any) -> Result:
         if original is None or original.state != ItemState.OK.value or not original.target_msg_id:
             state = "not stored" if original is None else original.state
             return Result(Outcome.REJECTED, "not-relayed",
@@ -294,57 +422,34 @@ class Relayer:
         if not client.recalls:
             return Result(Outcome.REJECTED, "unsupported",
                           f"{client.vendor} has no server-side recall: the recall is not relayed")
+        # The recall names the relayed message as the target knows it: its id and time.
+        relayed = replace(source, sent_at_ms=original.target_sent_at_ms or source.sent_at_ms)
         urgent.set(True)
         try:
             async with self.runtime.gate():
-                # The recall names the relayed message as the target knows it: its id and time.
-                relayed = replace(source, sent_at_ms=original.target_sent_at_ms or source.sent_at_ms)
                 return await client.recall(relayed, original.target_msg_id)
         finally:
             urgent.set(False)
 
-    # database steps --------------------------------------------------------------------
+    # recording -------------------------------------------------------------------------
 
-    def _claim(self, conn: Connection, mid: int, token: str) -> Any:
-        done = conn.execute(update(messages).where(messages.c.id == mid,
-                                                   messages.c.state == ItemState.PENDING.value)
-                            .values(state="claimed", claim=token, sent_at=None,
-                                    lease_until=time.time() + self.runtime.tuning.lease_seconds)).rowcount
-        if not done:
-            return None
-        return conn.execute(select(messages).where(messages.c.id == mid)).first()
+    async def _record_all(self, finished: list[tuple[Claimed, Result]]) -> None:
+        if not finished:
+            return
+        settled = await self._db(lambda conn: [
+            (c.conv, c.head, self._record(conn, c.row, r)) for c, r in finished])
+        self._settle(settled)
+        for c, result in finished:
+            if result.outcome is Outcome.RATE_LIMITED:
+                op = Operation.SEND_GROUP if c.row.is_group else Operation.SEND
+                await self.runtime.limiter.slow_down(self.target_of(c.row.from_app), op.value,
+                                                     result.retry_after)
 
-    def _map(self, conn: Connection, chain: list[int], row: Any, forward: bool) -> tuple[str, str] | str:
-        users = map_ids(conn, chain, "user", {row.sender} | (set() if row.is_group else {row.to}), forward)
-        groups = map_ids(conn, chain, "group", {row.to}, forward) if row.is_group else {}
-        sender, to = users.get(row.sender), (groups if row.is_group else users).get(row.to)
-        if sender is None:
-            return f"user {row.sender}"
-        if to is None:
-            return f"{'group' if row.is_group else 'user'} {row.to}"
-        return sender, to
-
-    def _hold(self, conn: Connection, row: Any, token: str, what: str, head: Waiting) -> str:
+    def _record(self, conn: Connection, row: Any, result: Result) -> float | None:
+        """Record the answer; when the message is to be tried again (None: final)."""
         now = time.time()
-        run = f"R{self.bridge.run_id}"
-        if now - row.received_at < self.bridge.hold:
-            head.not_before = now + HELD_RETRY
-            conn.execute(update(messages).where(messages.c.id == row.id, messages.c.claim == token)
-                         .values(state=ItemState.PENDING.value, claim=None, code="held",
-                                 not_before=head.not_before,
-                                 message=f"held: {what} is not in run {run}'s id map yet"))
-            return "held"
-        conn.execute(update(messages).where(messages.c.id == row.id, messages.c.claim == token)
-                     .values(state=ItemState.FAILED.value, claim=None, code="unmapped",
-                             message=f"{what} is not in the id map of run {run} or its delta runs "
-                                     f"(held {self.bridge.hold:.0f} s): migrate it (`imshift migrate run "
-                                     f"... --since {run}`), then it is relayed from then on"))
-        return "done"
-
-    def _record(self, conn: Connection, row: Any, token: str, result: Result, target: str,
-                repeat_safe: bool) -> float | None:
-        """Record the answer; when the message is to be tried again, when."""
-        now = time.time()
+        target = self.target_of(row.from_app)
+        repeat_safe = self.repeat_safe[target]
         attempts = row.attempts + 1
         values: dict[str, Any] = {"claim": None, "attempts": attempts, "code": result.code,
                                   "message": result.message, "not_before": None}
@@ -371,7 +476,7 @@ class Relayer:
         else:
             wait = result.retry_after or min(30.0, 0.5 * 2 ** attempts)
             values.update(state=ItemState.PENDING.value, not_before=now + wait, sent_at=None)
-        conn.execute(update(messages).where(messages.c.id == row.id, messages.c.claim == token)
+        conn.execute(update(messages).where(messages.c.id == row.id, messages.c.claim == row.claim)
                      .values(**values))
         return values["not_before"] if values.get("state") == ItemState.PENDING.value else None
 
@@ -393,7 +498,7 @@ async def relay_bridge(runtime: Runtime, bid: int) -> None:
     bridge = await asyncio.to_thread(_begin, runtime, start)
     if bridge is None:
         return  # another relayer has the turn, or the bridge is not active
-    relayer = Relayer(runtime, bridge, me=me)
+    relayer = Relayer(runtime, bridge, me)
     try:
         await relayer.run()
     finally:

@@ -100,3 +100,35 @@ def test_messages_cross_one_way_exactly_once_in_order(tmp_path, old_vendor, new_
         # Nothing came back to the old side: its users' inboxes hold only what the clients sent there.
         old_texts = received_texts(b.old, b.old.users)
         assert all(len(texts) == len(set(texts)) for texts in old_texts.values())
+
+
+def test_both_ways_many_conversations_exactly_once_in_order_without_echoes(tmp_path):
+    """Clients on both vendors at once, 200 messages/s in all, over 500
+    conversations: each message reaches the other side once, in its
+    conversation's order, and nothing the bridge sent comes back."""
+    count, pairs = 2000, 250
+    db = f"sqlite:///{tmp_path}/imshift.db"
+    with bridged(tmp_path, db, "openim", "maxim", users=pairs, both_ways=True) as b:
+        with serving(b, tmp_path / "serve.log"):
+            b.old.feed_to(b.old.hook(b.server_url), repeat=0.1, reorder=0.05)
+            b.new.feed_to(b.new.hook(b.server_url), repeat=0.1, reorder=0.05)
+            old_plan = conversations(b, "old", pairs=pairs, groups=False, count=count // 2, seed=1)
+            new_plan = conversations(b, "new", pairs=pairs, groups=False, count=count // 2, seed=2)
+
+            async def both():
+                await asyncio.gather(send_all(b.old, old_plan, rate=100), send_all(b.new, new_plan, rate=100))
+
+            asyncio.run(both())
+            for side, plan, prefix in ((b.new, old_plan, "old:"), (b.old, new_plan, "new:")):
+                want, last = expected(b, plan), {}
+                wait_for(lambda: check_arrived(side, want, prefix, last), 60,
+                         lambda: f"{prefix} messages at the other side: {last}; feeds: "
+                                 f"{httpx.get(b.old.url + '/_sandbox/feed/stats').json()} "
+                                 f"{httpx.get(b.new.url + '/_sandbox/feed/stats').json()}")
+            status = httpx.get(f"{b.server_url}/api/bridges/1", timeout=10).json()
+        for way in status["directions"]:
+            assert way["relayed"] == count // 2 and way["failed"] == way["unknown"] == 0, status
+        # No echo: each side's inboxes hold its own clients' messages once, and the other side's once.
+        for side in (b.old, b.new):
+            for user, texts in received_texts(side, side.users).items():
+                assert len(texts) == len(set(texts)), (user, texts)

@@ -26,7 +26,7 @@ import asyncio
 import json
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -64,6 +64,10 @@ class Feed:
         self.sign = sign  # (body) -> (headers, query): the vendor's signature
         self.stats: Counter[str] = Counter()
         self.pending = 0
+        # Seconds per delivery, for benchmarks: from the send to the POST
+        # going out (the feed's own queueing), and from there to the answer.
+        self.queued: deque[float] = deque(maxlen=100_000)
+        self.answered: deque[float] = deque(maxlen=100_000)
         self._random = random.Random()
         self._tasks: set[asyncio.Task] = set()
         self._http: httpx.AsyncClient | None = None
@@ -84,14 +88,15 @@ class Feed:
         wait = s.delay + (self._random.uniform(0, s.reorder) if s.reorder else 0.0)
         twice = self._random.random() < s.repeat
         self.pending += 1
-        task = asyncio.ensure_future(self._deliver(outgoing, wait, twice))
+        task = asyncio.ensure_future(self._deliver(outgoing, wait, twice, time.perf_counter()))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, outgoing: Outgoing, wait: float, twice: bool) -> None:
+    async def _deliver(self, outgoing: Outgoing, wait: float, twice: bool, pushed: float) -> None:
         try:
             if wait:
                 await asyncio.sleep(wait)
+            self.queued.append(time.perf_counter() - pushed - wait)
             delivered = await self._attempts(outgoing)
             if delivered and twice:
                 self.stats["repeated"] += 1
@@ -115,6 +120,7 @@ class Feed:
             self._http = httpx.AsyncClient()
         headers, query = self.sign(outgoing.body)
         self.stats["sent"] += 1
+        began = time.perf_counter()
         try:
             reply = await self._http.post(self.settings.url or "", content=outgoing.body,
                                           params=query or None,
@@ -123,6 +129,7 @@ class Feed:
         except httpx.HTTPError:
             self.stats["unanswered"] += 1
             return False
+        self.answered.append(time.perf_counter() - began)
         if 200 <= reply.status_code < 300:
             self.stats["acknowledged"] += 1
             return True
@@ -130,7 +137,15 @@ class Feed:
         return False
 
     def snapshot(self) -> dict[str, Any]:
-        return {"url_set": bool(self.settings.url), "pending": self.pending, **self.stats}
+        return {"url_set": bool(self.settings.url), "pending": self.pending, **self.stats,
+                "queued_p50": _share(self.queued, 0.5), "queued_p99": _share(self.queued, 0.99),
+                "answered_p50": _share(self.answered, 0.5), "answered_p99": _share(self.answered, 0.99)}
+
+
+def _share(values: deque[float], q: float) -> float | None:
+    """The q-quantile of `values` in seconds (None when empty)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
 
 
 class FeedSandbox:
