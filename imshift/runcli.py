@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from imshift.jobs import control, run_control, runs, source_groups
+from imshift.jobs.exports import RESULT_FIELDS, write_record
 from imshift.jobs.inputs import InputError
 from imshift.jobs.run_control import RunProgress, name
 from imshift.models.tables import ItemState, JobStatus
@@ -344,12 +345,12 @@ def results(ctx: Context, run_id: int, stage: Optional[str], outcome: Optional[s
     if output:
         os.chmod(output, 0o600)  # it may hold tokens
     try:
-        writer = csv.DictWriter(out, ["stage", *jobcli.RESULT_FIELDS]) if format == "csv" else None
+        writer = csv.DictWriter(out, ["stage", *RESULT_FIELDS]) if format == "csv" else None
         if writer:
             writer.writeheader()
         for s, sp in stages:
             for record in reportcli.records(ctx, sp.job_id, outcome):
-                jobcli.write_record(out, writer, {"stage": s, **record})
+                write_record(out, writer, {"stage": s, **record})
     finally:
         if output:
             out.close()
