@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from imshift.jobs.exports import RESULT_FIELDS, csv_record, export_record, token_key_problem, write_record
+from imshift.jobs.exports import RESULT_FIELDS, export_record, token_key_problem, write_record
 from imshift.jobs.progress import Progress, progress, recent_jobs, results as item_results
 from imshift.models.tables import ItemState, JobStatus
 
@@ -163,10 +163,6 @@ def records(ctx: Context, job: int, outcome: Optional[str]):
     """Each item of the job as an export record, its secrets decrypted."""
     for item in item_results(ctx.engine, job, outcome):
         yield export_record(item, ctx.runtime.unseal)
-
-
-def csv_cells(values) -> list:
-    return list(csv_record(dict(enumerate(values))).values())
 
 
 def _check_token_key(ctx: Context, job: int) -> None:

@@ -379,7 +379,7 @@ def idmap(
             writer.writerow(["kind", "source_id", "target_id"])
         for row in run_control.id_map_rows(ctx.engine, run_id):
             if writer:
-                writer.writerow(reportcli.csv_cells(row))
+                writer.writerow(row)  # ids exact: they are loaded back
             else:
                 out.write(json.dumps({"kind": row[0], "source_id": row[1], "target_id": row[2]},
                                      ensure_ascii=False) + "\n")

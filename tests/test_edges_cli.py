@@ -56,3 +56,41 @@ def test_every_format_and_json_output_parses_on_a_job_and_a_run(env):
         result, _ = run(*args)
         assert result.exit_code == 0, result.output
         json.loads(result.output)
+
+
+def test_tokens_passwords_and_ids_round_trip_exactly_through_a_csv_export(env, monkeypatch):
+    """A secret or id that starts like a formula is a machine value: the CSV
+    keeps it exact; only free text (the message column) is defused."""
+    from cryptography.fernet import Fernet
+    from sqlalchemy import select, update
+
+    from imshift.models import make_engine
+    from imshift.models.tables import Item
+
+    key = Fernet.generate_key()
+    monkeypatch.setenv("IMSHIFT_TOKEN_KEY", key.decode())
+    starts = ["-", "=", "+", "@"]
+    (env / "users.csv").write_text("accid,name\n" + "".join(f"{c}u{n},N{n}\n" for n, c in enumerate(starts))
+                                   + "=bad id,Evil\n", encoding="utf-8")
+    result, output = run("migrate", "users", "--from", "new", "--to", "new", "--input", str(env / "users.csv"))
+    assert result.exit_code in (0, 3), output
+    items = Item.__table__
+    engine = make_engine(f"sqlite:///{env}/imshift.db")
+    secrets = {}
+    with engine.begin() as conn:  # the secrets a vendor could hand out (base64, url-safe, ...)
+        for seq, key_ in conn.execute(select(items.c.seq, items.c.key).where(items.c.job_id == 1)):
+            c = starts[seq % len(starts)]
+            secrets[key_] = {"token": f"{c}tok/{seq}==", "password": f"{c}pw_{seq}"}
+            conn.execute(update(items).where(items.c.job_id == 1, items.c.seq == seq).values(
+                secret=Fernet(key).encrypt(json.dumps(secrets[key_]).encode())))
+    engine.dispose()
+    result, output = run("results", "1", "--format", "csv", "--output", str(env / "out.csv"))
+    assert result.exit_code == 0, output
+    with open(env / "out.csv", encoding="utf-8", newline="") as f:
+        exported = list(csv.DictReader(f))
+    assert [r["id"] for r in exported] == ["-u0", "=u1", "+u2", "@u3", "=bad id"]
+    for r in exported:
+        assert {"token": r["token"], "password": r["password"]} == secrets[r["id"]]
+    rejected = exported[-1]
+    assert rejected["outcome"] == "rejected" and rejected["message"]
+    assert not rejected["message"].startswith(("=", "+", "-", "@"))
