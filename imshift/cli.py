@@ -13,10 +13,11 @@ from rich.table import Table
 from imshift import __version__, jobcli
 from imshift.vendors.vocabulary import Operation
 
-EXIT_CODES = ("Exit codes: 0 the job finished and every item sent is ok or exists; "
-              "1 the job stopped, was paused or cancelled, or a service (Redis) failed; "
-              "2 a wrong request or setting, nothing run; 3 the job finished with items "
-              "rejected, failed or unknown (`imshift results JOB`).")
+EXIT_CODES = ("Exit codes, for a job or a run: 0 it finished and every input row ended ok or "
+              "exists; 3 it finished with rows that ended otherwise (refused at planning, "
+              "rejected, failed, unknown, skipped: `imshift results JOB|R<n>`); 1 it stopped, was "
+              "paused or cancelled, or a service (Redis, the database) failed; 2 a wrong request "
+              "or setting, nothing run.")
 
 class App(typer.Typer):
     def __call__(self, *args, **kwargs):

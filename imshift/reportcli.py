@@ -85,7 +85,7 @@ def status(
             return
         p = watch(ctx, job, console)
         summary(ctx, p, console)
-        raise typer.Exit(exit_code(ctx, p))
+        raise typer.Exit(exit_code(p.status, p.counts))
     summary(ctx, p, console)
     if p.status == JobStatus.PLANNING.value:
         # Planning writes the total last: a producer that died leaves this state for good.

@@ -23,7 +23,7 @@ from imshift.vendors.vocabulary import Operation, Unsupported
 
 from . import jobcli, reportcli
 from .context import Context
-from .jobcli import EXIT_FAILURES, EXIT_OK, EXIT_STOPPED, console, fail
+from .jobcli import EXIT_STOPPED, console, exit_code, fail
 from .watch import _fmt_seconds, counts_text, watch
 
 FilePath = Optional[Path]
@@ -265,11 +265,12 @@ def follow(ctx: Context, run_id: int, detach: bool) -> None:
 
 
 def run_exit_code(p: RunProgress) -> int:
-    if p.status != JobStatus.FINISHED.value:
-        return EXIT_STOPPED
-    bad = (ItemState.REJECTED.value, ItemState.FAILED.value, ItemState.UNKNOWN.value,
-           ItemState.SKIPPED.value)
-    return EXIT_FAILURES if any(sp.counts.get(s) for _, sp in p.stages for s in bad) else EXIT_OK
+    import collections
+
+    counts: collections.Counter[str] = collections.Counter()
+    for _, sp in p.stages:
+        counts.update(sp.counts)
+    return exit_code(p.status, counts)
 
 
 def report(p: RunProgress) -> None:

@@ -72,18 +72,6 @@ def progress(engine: Engine, job_id: int) -> Progress | None:
                         job.touched_at)
 
 
-PLANNING_CODES = ("invalid", "duplicate")  # rejected while planning, never sent
-
-
-def refused_at_planning(engine: Engine, job_id: int) -> int:
-    """Items rejected while planning (bad rows, repeated ids): reported when
-    the job was planned, never sent to the vendor."""
-    with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(items).where(
-            items.c.job_id == job_id, items.c.state == ItemState.REJECTED.value,
-            items.c.code.in_(PLANNING_CODES))).scalar_one()
-
-
 def first_secret(engine: Engine, job_id: int) -> bytes | None:
     """One item's encrypted result secrets, if any item of the job has them."""
     with engine.connect() as conn:

@@ -94,3 +94,23 @@ def test_tokens_passwords_and_ids_round_trip_exactly_through_a_csv_export(env, m
     rejected = exported[-1]
     assert rejected["outcome"] == "rejected" and rejected["message"]
     assert not rejected["message"].startswith(("=", "+", "-", "@"))
+
+
+def test_one_exit_code_rule_for_jobs_and_runs(env):
+    """0 only when every input row ended ok or exists, 3 otherwise, for a job
+    and for a run alike; --help says so."""
+    (env / "good.csv").write_text("user_id,name\nalice,Alice\nbob,Bob\n", encoding="utf-8")
+    (env / "bad.csv").write_text("user_id,name\ncarol,Carol\nbad id,Bad\n", encoding="utf-8")
+    for command in (("migrate", "users", "--input"), ("migrate", "run", "--users")):
+        result, output = run(*command[:2], "--from", "new", "--to", "new", command[2], str(env / "good.csv"))
+        assert result.exit_code == 0, (command, output)
+        result, output = run(*command[:2], "--from", "new", "--to", "new", command[2], str(env / "bad.csv"))
+        assert result.exit_code == 3, (command, output)  # a row refused at planning
+    result, output = run("migrate", "run", "--from", "new", "--to", "new", "--users",
+                         str(env / "bad.csv"), "--dry-run")
+    assert result.exit_code == 0, output
+    result, output = run("start", "R3")
+    assert result.exit_code == 3, output
+    result, output = run("--help")
+    assert "0 it finished and every input row ended ok or exists" in output
+
