@@ -59,7 +59,7 @@ def test_a_database_at_an_older_revision_is_brought_up_to_date(database_url):
     assert "claimed_at" not in {c["name"] for c in inspect(engine).get_columns("items")}
     make_engine(database_url).dispose()
     assert "claimed_at" in {c["name"] for c in inspect(engine).get_columns("items")}
-    assert revision(engine) == head() == "0007"
+    assert revision(engine) == head() == "0008"
     assert "sent_at" in {c["name"] for c in inspect(engine).get_columns("items")}
     assert "run_id" in {c["name"] for c in inspect(engine).get_columns("jobs")}
     assert {"list_cursor", "planner", "group_cursor"} <= {c["name"] for c in inspect(engine).get_columns("runs")}
