@@ -22,7 +22,7 @@ from imshift.models.tables import ItemState, JobStatus
 from imshift.vendors.vocabulary import Message, Operation, Unsupported
 
 from .context import Context, SetupError
-from .watch import _fmt_seconds, run_in_process, summary, watch
+from .watch import _fmt_seconds, exit_code_of, run_in_process, summary, watch
 
 # Exit codes (the README and docs/failure-modes.md list them).
 EXIT_OK = 0  # the job or run finished and every input row ended ok or exists
@@ -199,8 +199,8 @@ def _follow(ctx: Context, job_id: int, detach: bool) -> None:
     if ctx.embedded:
         try:
             p = run_in_process(ctx, job_id, console)
-        except KeyboardInterrupt:
-            raise typer.Exit(130)
+        except KeyboardInterrupt as exc:
+            raise typer.Exit(exit_code_of(exc))
     elif detach:
         console.print(f"Queued. Follow it with `imshift status {job_id} --watch`.")
         return

@@ -24,7 +24,7 @@ from imshift.vendors.vocabulary import Operation, Unsupported
 from . import jobcli, reportcli
 from .context import Context
 from .jobcli import EXIT_STOPPED, console, exit_code, fail
-from .watch import _fmt_seconds, counts_text, watch
+from .watch import _fmt_seconds, counts_text, exit_code_of, stop_signals_interrupt, watch
 
 FilePath = Optional[Path]
 
@@ -236,7 +236,8 @@ def follow(ctx: Context, run_id: int, detach: bool) -> None:
 
     if ctx.embedded:
         ctx.runtime  # noqa: B018  (configures the workers before they start)
-    with in_process_workers(ctx.broker) if ctx.embedded else contextlib.nullcontext():
+    with (stop_signals_interrupt() if ctx.embedded else contextlib.nullcontext(),
+          in_process_workers(ctx.broker) if ctx.embedded else contextlib.nullcontext()):
         try:
             while True:
                 p = run_control.run_progress(ctx.engine, run_id)
@@ -250,7 +251,7 @@ def follow(ctx: Context, run_id: int, detach: bool) -> None:
                 else:
                     import time
                     time.sleep(0.25)  # the hand-over to the next stage is under way
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if ctx.embedded:
                 try:
                     run_control.pause(ctx.engine, run_id)
@@ -258,7 +259,7 @@ def follow(ctx: Context, run_id: int, detach: bool) -> None:
                     pass
                 console.print(f"\n[yellow]Paused run {name(run_id)}[/yellow]; "
                               f"`imshift resume {name(run_id)}` continues it.")
-            raise typer.Exit(130)
+            raise typer.Exit(exit_code_of(exc))
     p = run_control.run_progress(ctx.engine, run_id)
     report(p)
     raise typer.Exit(run_exit_code(p))

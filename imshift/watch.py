@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import signal
+import threading
 import time
 
 from rich.console import Console
@@ -57,16 +60,49 @@ def watch(ctx: Context, job_id: int, console: Console, *, sweeping: bool = False
             time.sleep(0.25)
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a service manager, a closed terminal): handled as
+    Ctrl-C, with the exit code a shell gives that signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.code = 128 + signum
+
+
+def exit_code_of(exc: KeyboardInterrupt) -> int:
+    return getattr(exc, "code", 130)
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt():
+    """While this process runs a job, SIGTERM and SIGHUP stop it as Ctrl-C
+    does (the job paused, resumable), instead of leaving it `running`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame):
+        raise Stopped(signum)
+
+    before = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def run_in_process(ctx: Context, job_id: int, console: Console, threads: int = 8) -> JobProgress:
     """The embedded mode: workers inside this process until the job ends.
-    Ctrl-C pauses the job, so `imshift resume` picks it up later."""
+    Ctrl-C, SIGTERM or SIGHUP pauses the job, so `imshift resume` picks it up later."""
     ctx.runtime  # noqa: B018  (configures the workers before they start)
-    with in_process_workers(ctx.broker, threads):
+    with stop_signals_interrupt(), in_process_workers(ctx.broker, threads):
         try:
             return watch(ctx, job_id, console, sweeping=True)
         except KeyboardInterrupt:
-            control.pause(ctx.engine, job_id)
-            console.print(f"\n[yellow]Paused job {job_id}[/yellow]; `imshift resume {job_id}` continues it.")
+            with contextlib.suppress(control.JobError):  # it ended meanwhile: nothing to pause
+                control.pause(ctx.engine, job_id)
+                console.print(f"\n[yellow]Paused job {job_id}[/yellow]; `imshift resume {job_id}` continues it.")
             raise
 
 

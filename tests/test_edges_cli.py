@@ -114,3 +114,52 @@ def test_one_exit_code_rule_for_jobs_and_runs(env):
     result, output = run("--help")
     assert "0 it finished and every input row ended ok or exists" in output
 
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_an_embedded_start_stopped_by_a_signal_pauses_its_job(env, signame):
+    """SIGTERM (a service manager) or SIGHUP (a closed terminal) ends an
+    embedded run as Ctrl-C does: the job paused, one line, resumable."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from imshift.jobs.progress import progress
+    from imshift.models import make_engine
+
+    (env / "users.csv").write_text("user_id,name\n" + "".join(f"u{i},U{i}\n" for i in range(40)),
+                                   encoding="utf-8")
+    result, output = run("migrate", "users", "--from", "new", "--to", "new", "--input",
+                         str(env / "users.csv"), "--dry-run")
+    assert result.exit_code == 0, output
+    command = subprocess.Popen([sys.executable, "-m", "imshift.cli", "start", "1"],
+                               env={**os.environ, "IMSHIFT_APPS__NEW__RATES": '{"register": 5}'},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    engine = make_engine(f"sqlite:///{env}/imshift.db")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            p = progress(engine, 1)
+            if p.status == "running" and p.completed >= 2:
+                break
+            assert time.monotonic() < deadline and command.poll() is None, command.communicate()
+            time.sleep(0.1)
+        command.send_signal(getattr(signal, signame))
+        out, err = command.communicate(timeout=30)
+    finally:
+        if command.poll() is None:
+            command.kill()
+    sig = getattr(signal, signame)
+    assert command.returncode == 128 + sig, (out, err)
+    assert "Traceback" not in out + err
+    assert "Paused job 1; `imshift resume 1` continues it." in " ".join(out.split())
+    p = progress(engine, 1)
+    assert p.status == "paused" and p.completed < 40
+    engine.dispose()
+    result, output = run("resume", "1")
+    assert result.exit_code == 0 and "finished, 40/40 items done" in output, output
