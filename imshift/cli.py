@@ -40,7 +40,8 @@ class App(typer.Typer):
 
 app = App(help="Bulk work on cloud IM vendors' server APIs: migrations, token refreshes, "
                        "mass sends.", epilog=EXIT_CODES, no_args_is_help=True,
-                  pretty_exceptions_show_locals=False)
+                  pretty_exceptions_show_locals=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})  # every command inherits it
 console = Console()
 jobcli.register(app)
 

@@ -307,15 +307,18 @@ def _run(ctx: Context, run_id: int) -> RunProgress:
 def status(ctx: Context, run_id: int, watch_: bool, as_json: bool) -> None:
     p = _run(ctx, run_id)
     if as_json:
-        print(json.dumps({"runs": [{"id": name(p.run_id), "from": p.source_app, "to": p.app,
-                                    "status": p.status, "stages": [
-                                        {"stage": s, **reportcli._json(sp)} for s, sp in p.stages]}]}))
+        print(json.dumps({"runs": [run_json(p)]}))
         return
     if watch_ and p.status == JobStatus.RUNNING.value:
         if ctx.embedded:
             jobcli._target(ctx, p.app)
         follow(ctx, run_id, detach=False)
     report(p)
+
+
+def run_json(p: RunProgress) -> dict:
+    return {"id": name(p.run_id), "from": p.source_app, "to": p.app, "status": p.status,
+            "stages": [{"stage": s, **reportcli._json(sp)} for s, sp in p.stages]}
 
 
 def results(ctx: Context, run_id: int, stage: Optional[str], outcome: Optional[str],

@@ -56,6 +56,20 @@ def test_every_format_and_json_output_parses_on_a_job_and_a_run(env):
         result, _ = run(*args)
         assert result.exit_code == 0, result.output
         json.loads(result.output)
+    listed = json.loads(run("status", "--json")[0].output)
+    assert [r["id"] for r in listed["runs"]] == ["R1"]  # runs beside the jobs
+    assert [s["stage"] for s in listed["runs"][0]["stages"]] == ["accounts", "friends"]
+    (env / "to.txt").write_text("alice\n", encoding="utf-8")
+    result, output = run("schedule", "add", "--at", "2099-01-01T09:00", "--", "send", "--app", "new",
+                         "--sender", "alice", "--to", str(env / "to.txt"), "--text", "hi")
+    assert result.exit_code == 0, output
+    result, _ = run("schedule", "list", "--json")
+    assert [(s["id"], s["command"], s["message"]) for s in json.loads(result.output)["schedules"]] \
+        == [(1, "send", {"text": "hi"})]
+    result, _ = run("schedule", "show", "1", "--json")
+    assert json.loads(result.output)["next_fire"].startswith("2099-01-01 09:00")
+    result, _ = run("schedule", "history", "1", "--json")
+    assert json.loads(result.output) == {"fires": []}
 
 
 def test_tokens_passwords_and_ids_round_trip_exactly_through_a_csv_export(env, monkeypatch):
@@ -163,3 +177,37 @@ def test_an_embedded_start_stopped_by_a_signal_pauses_its_job(env, signame):
     engine.dispose()
     result, output = run("resume", "1")
     assert result.exit_code == 0 and "finished, 40/40 items done" in output, output
+
+
+def test_h_is_help_everywhere(env):
+    for args in (["-h"], ["migrate", "-h"], ["migrate", "run", "-h"], ["status", "-h"],
+                 ["schedule", "add", "-h"], ["schedule", "history", "-h"], ["results", "-h"]):
+        result, output = run(*args)
+        assert result.exit_code == 0 and "Usage: " in output, (args, output)
+
+
+def test_progress_into_a_pipe_is_a_line_every_few_seconds(env):
+    """Not a terminal: plain lines while the job runs, not one bar at the end."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    (env / "users.csv").write_text("user_id,name\n" + "".join(f"u{i},U{i}\n" for i in range(40)),
+                                   encoding="utf-8")
+    result, output = run("migrate", "users", "--from", "new", "--to", "new", "--input",
+                         str(env / "users.csv"), "--dry-run")
+    assert result.exit_code == 0, output
+    command = subprocess.Popen([sys.executable, "-m", "imshift.cli", "start", "1"],
+                               env={**os.environ, "IMSHIFT_APPS__NEW__RATES": '{"register": 6}'},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []  # (line, the command still running when it arrived)
+    try:
+        for line in command.stdout:
+            seen.append((line.strip(), command.poll() is None))
+    finally:
+        command.wait(30)
+    assert command.returncode == 0, seen
+    live = [line for line, running in seen if running and line.startswith("job 1: ")]
+    assert len(live) >= 2, seen  # one at the start, more every few seconds
+    assert any(line.startswith("job 1: 40/40 ") for line, _ in seen), seen
