@@ -367,15 +367,16 @@ def _steer(action, ref: str, done: str) -> None:
         from . import runcli
         return runcli.steer(ctx, {"cancelled": "cancel", "paused": "pause"}[done], job)
     try:
-        action(ctx, job)
+        counts = action(ctx, job)
     except control.JobError as exc:
         fail(str(exc))
-    console.print(f"job {job} {done}")
+    console.print(f"job {job} {done}" + (f": {control.cancelled_text(counts)}" if counts else ""),
+                  highlight=False)
 
 
 def cancel(ref: JobRef) -> None:
     """Stop a job (or every stage of a run) for good; its pending items end cancelled."""
-    _steer(lambda ctx, j: control.cancel(ctx.engine, j), ref, "cancelled")
+    _steer(lambda ctx, j: control.cancel_counts(ctx.engine, j), ref, "cancelled")
 
 
 def pause(ref: JobRef) -> None:

@@ -402,8 +402,10 @@ def steer(ctx: Context, action: str, run_id: int, detach: bool = False) -> None:
             console.print(f"run {name(run_id)} paused at its {stage} stage")
             return
         if action == "cancel":
-            closed = run_control.cancel(ctx.engine, run_id)
-            console.print(f"run {name(run_id)} cancelled ({closed:,} items closed)")
+            ended = run_control.cancel_counts(ctx.engine, run_id)
+            ended.pop("removed", None)  # a stage never planned whole: its rows were never items
+            console.print(f"run {name(run_id)} cancelled: {control.cancelled_text(ended)}",
+                          highlight=False)
             return
     except control.JobError as exc:
         fail(str(exc))

@@ -5,6 +5,7 @@ exit codes follow one rule."""
 import csv
 import io
 import json
+import re
 
 from typer.testing import CliRunner
 
@@ -211,3 +212,49 @@ def test_progress_into_a_pipe_is_a_line_every_few_seconds(env):
     live = [line for line, running in seen if running and line.startswith("job 1: ")]
     assert len(live) >= 2, seen  # one at the start, more every few seconds
     assert any(line.startswith("job 1: 40/40 ") for line, _ in seen), seen
+
+
+def test_a_delta_runs_friend_calls_count_only_the_pairs_it_sends(env):
+    (env / "users.csv").write_text("user_id,name\n" + "".join(f"u{i},U{i}\n" for i in range(12)),
+                                   encoding="utf-8")
+    pairs = [f"u{i},u{i + 1}\n" for i in range(10)]
+    (env / "f1.csv").write_text("user_id,friend_id\n" + "".join(pairs), encoding="utf-8")
+    (env / "f2.csv").write_text("user_id,friend_id\n" + "".join(pairs) + "u0,u11\nu11,u5\n",
+                                encoding="utf-8")
+    result, output = run("migrate", "run", "--from", "new", "--to", "new", "--users",
+                         str(env / "users.csv"), "--friends", str(env / "f1.csv"))
+    assert result.exit_code == 0, output
+    result, output = run("migrate", "run", "--from", "new", "--to", "new", "--users",
+                         str(env / "users.csv"), "--friends", str(env / "f2.csv"), "--since", "R1",
+                         "--dry-run")
+    assert result.exit_code == 0, output
+    # stage, job, items, to send, rejected, done before, vendor calls (one pair a NetEase call)
+    assert re.search(r"│ friends │ \d+ │ 12 │ 2 │ 0 │ 10 │ 2 │", output), output
+
+
+def test_cancel_says_how_many_items_ended_cancelled_and_how_many_unknown(env):
+    from sqlalchemy import text
+
+    from imshift.models import make_engine
+
+    (env / "to.txt").write_text("".join(f"u{i}\n" for i in range(40)), encoding="utf-8")
+    result, output = run("send", "--app", "new", "--sender", "admin", "--to", str(env / "to.txt"),
+                         "--text", "hi", "--dry-run")
+    assert result.exit_code == 0, output
+    engine = make_engine(f"sqlite:///{env}/imshift.db")
+    with engine.begin() as conn:  # as a killed worker leaves it: one send let go, never recorded
+        conn.execute(text("UPDATE items SET state = 'claimed', sent_at = 1 WHERE job_id = 1 AND seq = 0"))
+        conn.execute(text("UPDATE job_counts SET n = n - 1 WHERE job_id = 1 AND state = 'pending'"))
+        conn.execute(text("INSERT INTO job_counts (job_id, state, n) VALUES (1, 'claimed', 1)"))
+    engine.dispose()
+    result, output = run("cancel", "1")
+    assert result.exit_code == 0, output
+    assert "job 1 cancelled: 39 items cancelled, 1 unknown" in output, output
+    listed = json.loads(run("status", "1", "--json")[0].output)["jobs"][0]["counts"]
+    assert listed == {"cancelled": 39, "unknown": 1}
+    (env / "users.csv").write_text("user_id,name\nalice,Alice\nbob,Bob\nbad id,X\n", encoding="utf-8")
+    result, output = run("migrate", "run", "--from", "new", "--to", "new", "--users",
+                         str(env / "users.csv"), "--dry-run")
+    assert result.exit_code == 0, output
+    result, output = run("cancel", "R1")
+    assert "run R1 cancelled: 2 items cancelled" in output, output  # the refused row was never open
