@@ -18,7 +18,7 @@ from imshift.jobs import control, run_control, runs, source_groups
 from imshift.jobs.exports import RESULT_FIELDS, write_record
 from imshift.jobs.inputs import InputError
 from imshift.jobs.run_control import RunProgress, name
-from imshift.models.tables import ItemState, JobStatus
+from imshift.models.tables import JobStatus
 from imshift.vendors.vocabulary import Operation, Unsupported
 
 from . import jobcli, reportcli

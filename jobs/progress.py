@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from sqlalchemy import bindparam, func, literal_column, select, union_all
+from sqlalchemy import bindparam, literal_column, select, union_all
 from sqlalchemy.engine import Engine
 
 from imshift.models import store
