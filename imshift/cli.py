@@ -13,10 +13,11 @@ from rich.table import Table
 from imshift import __version__, bridgecli, jobcli
 from imshift.vendors.vocabulary import Operation
 
-EXIT_CODES = ("Exit codes: 0 the job finished and every item sent is ok or exists; "
-              "1 the job stopped, was paused or cancelled, or a service (Redis) failed; "
-              "2 a wrong request or setting, nothing run; 3 the job finished with items "
-              "rejected, failed or unknown (`imshift results JOB`).")
+EXIT_CODES = ("Exit codes, for a job or a run: 0 it finished and every input row ended ok or "
+              "exists; 3 it finished with rows that ended otherwise (refused at planning, "
+              "rejected, failed, unknown, skipped: `imshift results JOB|R<n>`); 1 it stopped, was "
+              "paused or cancelled, or a service (Redis, the database) failed; 2 a wrong request "
+              "or setting, nothing run.")
 
 class App(typer.Typer):
     def __call__(self, *args, **kwargs):
@@ -39,7 +40,8 @@ class App(typer.Typer):
 
 app = App(help="Bulk work on cloud IM vendors' server APIs: migrations, token refreshes, "
                        "mass sends.", epilog=EXIT_CODES, no_args_is_help=True,
-                  pretty_exceptions_show_locals=False)
+                  pretty_exceptions_show_locals=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})  # every command inherits it
 console = Console()
 jobcli.register(app)
 app.add_typer(bridgecli.bridge_app, name="bridge")

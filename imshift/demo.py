@@ -9,7 +9,8 @@ its id map, then messages a thousand of the migrated users through Maxim's
 batch endpoint, addressed by the ids Maxim gave them. Last, a broadcast
 schedule a few seconds ahead and a recurring send, each fired once by the
 scheduler in this process (imshift/demo_schedules.py). Runs on a temporary
-SQLite database with the in-process broker and workers: nothing to set up.
+SQLite database with the in-process broker and workers: nothing to set up,
+and nothing left behind.
 """
 
 from __future__ import annotations
@@ -120,11 +121,18 @@ def run_demo(count: int, console: Console) -> None:
         console.print("  IMSHIFT_TOKEN_KEY is not set: the new tokens are stored encrypted with a key "
                       "made for this demo")
     console.print()
-    ctx.runtime  # noqa: B018  (configures the in-process workers)
-    with in_process_workers(ctx.broker):
-        run_id = migrate(ctx, users, friends, groups, console)
-        sender, chosen = send(ctx, run_id, workdir, console)
-        run_schedules(ctx, TARGET, sender, chosen[:3], workdir, console)
+    try:
+        ctx.runtime  # noqa: B018  (configures the in-process workers)
+        with in_process_workers(ctx.broker):
+            run_id = migrate(ctx, users, friends, groups, console)
+            sender, chosen = send(ctx, run_id, workdir, console)
+            run_schedules(ctx, TARGET, sender, chosen[:3], workdir, console)
+    finally:  # its database and sample files are of no use after it, however it ended
+        ctx.engine.dispose()
+        shutil.rmtree(workdir, ignore_errors=True)
+    console.print(f"\nDone; {workdir} is removed. Next: put your apps in imshift.toml (README, "
+                  "Using it) and check a migration without sending anything: `imshift migrate run "
+                  "--from OLD --to NEW --users users.csv --dry-run`", highlight=False)
 
 
 def migrate(ctx: Context, users: Path, friends: Path, groups: Path, console: Console) -> int:

@@ -17,18 +17,18 @@ from imshift import logs
 from imshift.jobs import control, kinds
 from imshift.jobs.inputs import InputError
 from imshift.jobs.plan import PlanReport
-from imshift.jobs.progress import Progress, progress, refused_at_planning
+from imshift.jobs.progress import Progress, progress
 from imshift.models.tables import ItemState, JobStatus
 from imshift.vendors.vocabulary import Message, Operation, Unsupported
 
 from .context import Context, SetupError
-from .watch import _fmt_seconds, run_in_process, summary, watch
+from .watch import _fmt_seconds, exit_code_of, run_in_process, summary, watch
 
 # Exit codes (the README and docs/failure-modes.md list them).
-EXIT_OK = 0  # the job finished and every item sent is ok or exists
-EXIT_STOPPED = 1  # the job stopped, paused or was cancelled; or a service (Redis) failed
+EXIT_OK = 0  # the job or run finished and every input row ended ok or exists
+EXIT_STOPPED = 1  # it stopped, paused or was cancelled; or a service (Redis) failed
 EXIT_USAGE = 2  # the request or the settings are wrong; nothing was run
-EXIT_FAILURES = 3  # the job finished, but some items were rejected, failed or are unknown
+EXIT_FAILURES = 3  # it finished, but some rows ended otherwise (refused at planning, rejected, ...)
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # an error stays one line, however narrow the terminal
@@ -133,16 +133,12 @@ def _queue(ctx: Context, job_id: int, change):
              f"`imshift resume {job_id}` continues it once Redis works", EXIT_STOPPED)
 
 
-def exit_code(ctx: Context, p: Progress) -> int:
-    if p.status != JobStatus.FINISHED.value:
+def exit_code(status: str, counts: dict[str, int]) -> int:
+    """One rule for jobs and runs (a run passes its stages' counts summed)."""
+    if status != JobStatus.FINISHED.value:
         return EXIT_STOPPED
-    c = p.counts
-    sent_and_rejected = c.get(ItemState.REJECTED.value, 0) - refused_at_planning(ctx.engine, p.job_id)
-    succeeded = c.get(ItemState.OK.value, 0) + c.get(ItemState.EXISTS.value, 0)
-    if (c.get(ItemState.FAILED.value) or c.get(ItemState.UNKNOWN.value) or sent_and_rejected
-            or (p.total and not succeeded)):
-        return EXIT_FAILURES
-    return EXIT_OK
+    done = (ItemState.OK.value, ItemState.EXISTS.value)
+    return EXIT_FAILURES if any(n for state, n in counts.items() if state not in done) else EXIT_OK
 
 
 def _target(ctx: Context, app: str):
@@ -203,15 +199,15 @@ def _follow(ctx: Context, job_id: int, detach: bool) -> None:
     if ctx.embedded:
         try:
             p = run_in_process(ctx, job_id, console)
-        except KeyboardInterrupt:
-            raise typer.Exit(130)
+        except KeyboardInterrupt as exc:
+            raise typer.Exit(exit_code_of(exc))
     elif detach:
         console.print(f"Queued. Follow it with `imshift status {job_id} --watch`.")
         return
     else:
         p = watch(ctx, job_id, console)
     summary(ctx, p, console)
-    code = exit_code(ctx, p)
+    code = exit_code(p.status, p.counts)
     if code:
         raise typer.Exit(code)
 
@@ -371,15 +367,16 @@ def _steer(action, ref: str, done: str) -> None:
         from . import runcli
         return runcli.steer(ctx, {"cancelled": "cancel", "paused": "pause"}[done], job)
     try:
-        action(ctx, job)
+        counts = action(ctx, job)
     except control.JobError as exc:
         fail(str(exc))
-    console.print(f"job {job} {done}")
+    console.print(f"job {job} {done}" + (f": {control.cancelled_text(counts)}" if counts else ""),
+                  highlight=False)
 
 
 def cancel(ref: JobRef) -> None:
     """Stop a job (or every stage of a run) for good; its pending items end cancelled."""
-    _steer(lambda ctx, j: control.cancel(ctx.engine, j), ref, "cancelled")
+    _steer(lambda ctx, j: control.cancel_counts(ctx.engine, j), ref, "cancelled")
 
 
 def pause(ref: JobRef) -> None:

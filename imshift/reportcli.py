@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from imshift.jobs.exports import RESULT_FIELDS, csv_record, export_record, token_key_problem, write_record
+from imshift.jobs.exports import RESULT_FIELDS, export_record, token_key_problem, write_record
 from imshift.jobs.progress import Progress, progress, recent_jobs, results as item_results
 from imshift.models.tables import ItemState, JobStatus
 
@@ -35,8 +35,9 @@ def status(
     ref: Annotated[Optional[str], typer.Argument(metavar="[JOB|RUN]", help="A job id or a run "
                                                  "(R<n>); the recent jobs and runs when omitted.")] = None,
     watch_: Annotated[bool, typer.Option("--watch", "-w", help="Follow it live.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help='Print {"jobs": [...]}: each job\'s id, '
-                                          "kind, app, status, total, done and counts per outcome.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"jobs": [...], "runs": [...]}: '
+                                          "each job's id, kind, app, status, total, done and counts "
+                                          "per outcome; each run's stages as such jobs.")] = False,
 ) -> None:
     """How far a job is: done/total, per-outcome counts, rate and ETA."""
     if as_json and watch_:
@@ -47,9 +48,13 @@ def status(
         from . import runcli
         return runcli.status(ctx, job, watch_, as_json)
     if job is None:
-        jobs = recent_jobs(ctx.engine)
+        from imshift.jobs.run_control import recent_runs
+
+        jobs, listed = recent_jobs(ctx.engine), recent_runs(ctx.engine)
         if as_json:
-            print(json.dumps({"jobs": [_json(p) for p in jobs]}))
+            from .runcli import run_json
+
+            print(json.dumps({"jobs": [_json(p) for p in jobs], "runs": [run_json(r) for r in listed]}))
             return
         table = Table(title="recent jobs")
         for column in ("job", "kind", "app", "status", "done", "counts"):
@@ -58,9 +63,6 @@ def status(
             table.add_row(str(p.job_id), p.kind, p.app, p.status, f"{p.completed}/{p.total}",
                           counts_text(p))
         console.print(table)
-        from imshift.jobs.run_control import recent_runs
-
-        listed = recent_runs(ctx.engine)
         if listed:
             table = Table(title="recent runs (`imshift status R<n>` shows one)")
             for column in ("run", "from", "to", "status", "stage now"):
@@ -85,7 +87,7 @@ def status(
             return
         p = watch(ctx, job, console)
         summary(ctx, p, console)
-        raise typer.Exit(exit_code(ctx, p))
+        raise typer.Exit(exit_code(p.status, p.counts))
     summary(ctx, p, console)
     if p.status == JobStatus.PLANNING.value:
         # Planning writes the total last: a producer that died leaves this state for good.
@@ -163,10 +165,6 @@ def records(ctx: Context, job: int, outcome: Optional[str]):
     """Each item of the job as an export record, its secrets decrypted."""
     for item in item_results(ctx.engine, job, outcome):
         yield export_record(item, ctx.runtime.unseal)
-
-
-def csv_cells(values) -> list:
-    return list(csv_record(dict(enumerate(values))).values())
 
 
 def _check_token_key(ctx: Context, job: int) -> None:

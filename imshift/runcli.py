@@ -15,15 +15,16 @@ import typer
 from rich.table import Table
 
 from imshift.jobs import control, run_control, runs, source_groups
+from imshift.jobs.exports import RESULT_FIELDS, write_record
 from imshift.jobs.inputs import InputError
 from imshift.jobs.run_control import RunProgress, name
-from imshift.models.tables import ItemState, JobStatus
+from imshift.models.tables import JobStatus
 from imshift.vendors.vocabulary import Operation, Unsupported
 
 from . import jobcli, reportcli
 from .context import Context
-from .jobcli import EXIT_FAILURES, EXIT_OK, EXIT_STOPPED, console, fail
-from .watch import _fmt_seconds, counts_text, watch
+from .jobcli import EXIT_STOPPED, console, exit_code, fail
+from .watch import _fmt_seconds, counts_text, exit_code_of, stop_signals_interrupt, watch
 
 FilePath = Optional[Path]
 
@@ -235,7 +236,8 @@ def follow(ctx: Context, run_id: int, detach: bool) -> None:
 
     if ctx.embedded:
         ctx.runtime  # noqa: B018  (configures the workers before they start)
-    with in_process_workers(ctx.broker) if ctx.embedded else contextlib.nullcontext():
+    with (stop_signals_interrupt() if ctx.embedded else contextlib.nullcontext(),
+          in_process_workers(ctx.broker) if ctx.embedded else contextlib.nullcontext()):
         try:
             while True:
                 p = run_control.run_progress(ctx.engine, run_id)
@@ -249,7 +251,7 @@ def follow(ctx: Context, run_id: int, detach: bool) -> None:
                 else:
                     import time
                     time.sleep(0.25)  # the hand-over to the next stage is under way
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if ctx.embedded:
                 try:
                     run_control.pause(ctx.engine, run_id)
@@ -257,18 +259,19 @@ def follow(ctx: Context, run_id: int, detach: bool) -> None:
                     pass
                 console.print(f"\n[yellow]Paused run {name(run_id)}[/yellow]; "
                               f"`imshift resume {name(run_id)}` continues it.")
-            raise typer.Exit(130)
+            raise typer.Exit(exit_code_of(exc))
     p = run_control.run_progress(ctx.engine, run_id)
     report(p)
     raise typer.Exit(run_exit_code(p))
 
 
 def run_exit_code(p: RunProgress) -> int:
-    if p.status != JobStatus.FINISHED.value:
-        return EXIT_STOPPED
-    bad = (ItemState.REJECTED.value, ItemState.FAILED.value, ItemState.UNKNOWN.value,
-           ItemState.SKIPPED.value)
-    return EXIT_FAILURES if any(sp.counts.get(s) for _, sp in p.stages for s in bad) else EXIT_OK
+    import collections
+
+    counts: collections.Counter[str] = collections.Counter()
+    for _, sp in p.stages:
+        counts.update(sp.counts)
+    return exit_code(p.status, counts)
 
 
 def report(p: RunProgress) -> None:
@@ -304,15 +307,18 @@ def _run(ctx: Context, run_id: int) -> RunProgress:
 def status(ctx: Context, run_id: int, watch_: bool, as_json: bool) -> None:
     p = _run(ctx, run_id)
     if as_json:
-        print(json.dumps({"runs": [{"id": name(p.run_id), "from": p.source_app, "to": p.app,
-                                    "status": p.status, "stages": [
-                                        {"stage": s, **reportcli._json(sp)} for s, sp in p.stages]}]}))
+        print(json.dumps({"runs": [run_json(p)]}))
         return
     if watch_ and p.status == JobStatus.RUNNING.value:
         if ctx.embedded:
             jobcli._target(ctx, p.app)
         follow(ctx, run_id, detach=False)
     report(p)
+
+
+def run_json(p: RunProgress) -> dict:
+    return {"id": name(p.run_id), "from": p.source_app, "to": p.app, "status": p.status,
+            "stages": [{"stage": s, **reportcli._json(sp)} for s, sp in p.stages]}
 
 
 def results(ctx: Context, run_id: int, stage: Optional[str], outcome: Optional[str],
@@ -344,12 +350,12 @@ def results(ctx: Context, run_id: int, stage: Optional[str], outcome: Optional[s
     if output:
         os.chmod(output, 0o600)  # it may hold tokens
     try:
-        writer = csv.DictWriter(out, ["stage", *jobcli.RESULT_FIELDS]) if format == "csv" else None
+        writer = csv.DictWriter(out, ["stage", *RESULT_FIELDS]) if format == "csv" else None
         if writer:
             writer.writeheader()
         for s, sp in stages:
             for record in reportcli.records(ctx, sp.job_id, outcome):
-                jobcli.write_record(out, writer, {"stage": s, **record})
+                write_record(out, writer, {"stage": s, **record})
     finally:
         if output:
             out.close()
@@ -378,7 +384,7 @@ def idmap(
             writer.writerow(["kind", "source_id", "target_id"])
         for row in run_control.id_map_rows(ctx.engine, run_id):
             if writer:
-                writer.writerow(reportcli.csv_cells(row))
+                writer.writerow(row)  # ids exact: they are loaded back
             else:
                 out.write(json.dumps({"kind": row[0], "source_id": row[1], "target_id": row[2]},
                                      ensure_ascii=False) + "\n")
@@ -396,8 +402,10 @@ def steer(ctx: Context, action: str, run_id: int, detach: bool = False) -> None:
             console.print(f"run {name(run_id)} paused at its {stage} stage")
             return
         if action == "cancel":
-            closed = run_control.cancel(ctx.engine, run_id)
-            console.print(f"run {name(run_id)} cancelled ({closed:,} items closed)")
+            ended = run_control.cancel_counts(ctx.engine, run_id)
+            ended.pop("removed", None)  # a stage never planned whole: its rows were never items
+            console.print(f"run {name(run_id)} cancelled: {control.cancelled_text(ended)}",
+                          highlight=False)
             return
     except control.JobError as exc:
         fail(str(exc))

@@ -47,7 +47,7 @@ def _scheduled(args: list[str]) -> tuple[str, str, dict]:
     commands = {"send": send, "broadcast": broadcast}
     if not args or args[0] not in commands:
         fail("after `--` give the command to schedule: `send ...` or `broadcast ...`")
-    one = typer.Typer()
+    one = typer.Typer(context_settings={"help_option_names": ["-h", "--help"]})
     one.command()(commands[args[0]])
     try:
         parsed = typer.main.get_command(one).make_context(args[0], list(args[1:])).params
@@ -131,9 +131,15 @@ def _schedule(ctx: Context, schedule_id: int):
 @schedule_app.command("list")
 def schedule_list(
     all_: Annotated[bool, typer.Option("--all", help="Removed schedules too.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"schedules": [...]}, as GET '
+                                          "/api/schedules.")] = False,
 ) -> None:
     """The schedules, with their next fire."""
     ctx = _context()
+    if as_json:
+        print(json.dumps({"schedules": [schedule_json(ctx, row) for row in
+                                        schedules.listed(ctx.engine, include_removed=all_)]}))
+        return
     table = Table(title="schedules")
     for column in ("id", "command", "app", "when", "status", "next fire"):
         table.add_column(column)
@@ -144,10 +150,17 @@ def schedule_list(
 
 
 @schedule_app.command("show")
-def schedule_show(schedule_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+def schedule_show(
+    schedule_id: Annotated[int, typer.Argument(metavar="ID")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the schedule as GET "
+                                          "/api/schedules/ID does.")] = False,
+) -> None:
     """One schedule: what it sends, when, and its last fires."""
     ctx = _context()
     row = _schedule(ctx, schedule_id)
+    if as_json:
+        print(json.dumps(schedule_json(ctx, row)))
+        return
     p = row.params
     to = p.get("to") or p.get("to_groups")
     console.print(f"schedule {row.id}: {row.command} on {row.app}, {_when(row)}, {row.status}",
@@ -163,10 +176,42 @@ def schedule_show(schedule_id: Annotated[int, typer.Argument(metavar="ID")]) -> 
 def schedule_history(
     schedule_id: Annotated[int, typer.Argument(metavar="ID")],
     limit: Annotated[int, typer.Option(min=1, max=100, help="How many of the latest fires.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"fires": [...]}, newest first, '
+                                          "as GET /api/schedules/ID/fires.")] = False,
 ) -> None:
     """The latest fires of a schedule: when each was due, what happened, its job's counts."""
     ctx = _context()
-    console.print(history_table(ctx, _schedule(ctx, schedule_id), limit))
+    row = _schedule(ctx, schedule_id)
+    if as_json:
+        print(json.dumps({"fires": [fire_json(f, row.tz) for f in
+                                    fires_page(ctx.engine, row.id, limit=limit)]}))
+        return
+    console.print(history_table(ctx, row, limit))
+
+
+def fire_json(fire, tz: str) -> dict:
+    from .reportcli import _json
+
+    return {"fire_at": fire.fire_at, "fire_time": schedules.local(fire.fire_at, tz),
+            "state": fire.state, "job_id": fire.job_id, "note": fire.note,
+            "job": _json(fire.job) if fire.job else None}
+
+
+def schedule_json(ctx: Context, row) -> dict:
+    """A schedule as the HTTP API shows it (the same field names); never a credential."""
+    p = row.params
+
+    def clock(t):
+        return None if t is None else schedules.local(t, row.tz)
+
+    last = fires_page(ctx.engine, row.id, limit=1)
+    return {"id": row.id, "command": row.command, "app": row.app, "status": row.status,
+            "at": row.at, "at_time": clock(row.at), "cron": row.cron, "tz": row.tz,
+            "local_at": p.get("local_at"), "zones": p.get("zones"), "next_at": row.next_at,
+            "next_fire": clock(row.next_at), "catch_up_seconds": row.catch_up,
+            "created_at": row.created_at, "sender": p.get("sender"),
+            "recipients": p.get("to") or p.get("to_groups"), "message": p.get("message") or {},
+            "last_fire": fire_json(last[0], row.tz) if last else None}
 
 
 def history_table(ctx: Context, row, limit: int = 20) -> Table:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import signal
+import threading
 import time
 
 from rich.console import Console
@@ -30,26 +33,41 @@ def counts_text(p: JobProgress) -> str:
     return " ".join(f"{state}={n}" for state, n in sorted(p.counts.items()))
 
 
+PLAIN_EVERY = 5.0  # seconds between progress lines when the output is not a terminal
+
+
 def watch(ctx: Context, job_id: int, console: Console, *, sweeping: bool = False) -> JobProgress:
     """Show progress until the job is no longer running. With `sweeping`, this
-    process also re-sends stale chunks (the embedded mode has no worker to)."""
+    process also re-sends stale chunks (the embedded mode has no worker to).
+    Into a pipe or a file, a plain line every PLAIN_EVERY seconds instead of
+    a bar (which would show only at the end)."""
     # Workers record whole chunks at once: average over ~15 s for a steady rate.
     samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=60)
     last_sweep = time.monotonic()
-    with Progress(TextColumn("job {task.fields[job]}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[rate]}/s  ETA {task.fields[eta]}  {task.fields[counts]}"),
-                  console=console, transient=False) as bar:
+    plain = not console.is_terminal
+    last_line = -PLAIN_EVERY
+    with contextlib.nullcontext() if plain else Progress(
+            TextColumn("job {task.fields[job]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}/s  ETA {task.fields[eta]}  {task.fields[counts]}"),
+            console=console, transient=False) as bar:
         p = progress(ctx.engine, job_id)
-        task = bar.add_task("", total=p.total, job=job_id, rate="?", eta="?", counts="")
+        task = None if plain else bar.add_task("", total=p.total, job=job_id, rate="?", eta="?",
+                                                counts="")
         while True:
             p = progress(ctx.engine, job_id)
             now = time.monotonic()
             samples.append((now, p.done))
             first_t, first_done = samples[0]
             rate = (p.done - first_done) / (now - first_t) if now - first_t > 5 else p.rate
-            bar.update(task, completed=p.done, rate=f"{rate or 0:,.0f}", eta=_fmt_seconds(p.eta(rate)),
-                       counts=counts_text(p))
-            if p.status != JobStatus.RUNNING.value:
+            running = p.status == JobStatus.RUNNING.value
+            if not plain:
+                bar.update(task, completed=p.done, rate=f"{rate or 0:,.0f}",
+                           eta=_fmt_seconds(p.eta(rate)), counts=counts_text(p))
+            elif now - last_line >= PLAIN_EVERY or not running:
+                console.print(f"job {job_id}: {p.done:,}/{p.total:,} {rate or 0:,.0f}/s ETA "
+                              f"{_fmt_seconds(p.eta(rate))} {counts_text(p)}", highlight=False)
+                last_line = now
+            if not running:
                 return p
             if sweeping and now - last_sweep > ctx.runtime.tuning.stale_after / 4:
                 sweep(ctx.runtime)
@@ -57,16 +75,49 @@ def watch(ctx: Context, job_id: int, console: Console, *, sweeping: bool = False
             time.sleep(0.25)
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a service manager, a closed terminal): handled as
+    Ctrl-C, with the exit code a shell gives that signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.code = 128 + signum
+
+
+def exit_code_of(exc: KeyboardInterrupt) -> int:
+    return getattr(exc, "code", 130)
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt():
+    """While this process runs a job, SIGTERM and SIGHUP stop it as Ctrl-C
+    does (the job paused, resumable), instead of leaving it `running`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame):
+        raise Stopped(signum)
+
+    before = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def run_in_process(ctx: Context, job_id: int, console: Console, threads: int = 8) -> JobProgress:
     """The embedded mode: workers inside this process until the job ends.
-    Ctrl-C pauses the job, so `imshift resume` picks it up later."""
+    Ctrl-C, SIGTERM or SIGHUP pauses the job, so `imshift resume` picks it up later."""
     ctx.runtime  # noqa: B018  (configures the workers before they start)
-    with in_process_workers(ctx.broker, threads):
+    with stop_signals_interrupt(), in_process_workers(ctx.broker, threads):
         try:
             return watch(ctx, job_id, console, sweeping=True)
         except KeyboardInterrupt:
-            control.pause(ctx.engine, job_id)
-            console.print(f"\n[yellow]Paused job {job_id}[/yellow]; `imshift resume {job_id}` continues it.")
+            with contextlib.suppress(control.JobError):  # it ended meanwhile: nothing to pause
+                control.pause(ctx.engine, job_id)
+                console.print(f"\n[yellow]Paused job {job_id}[/yellow]; `imshift resume {job_id}` continues it.")
             raise
 
 

@@ -157,22 +157,42 @@ def _take_over(conn, job, broker: dramatiq.Broker, now: float) -> None:
 
 
 def cancel(engine: Engine, job_id: int) -> int:
+    """Stop a job for good (see `cancel_counts`). Returns how many items were closed."""
+    return sum(cancel_counts(engine, job_id).values())
+
+
+def cancel_counts(engine: Engine, job_id: int) -> dict[str, int]:
     """Stop a job for good: its pending and claimed items end `cancelled`
     (a claimed send whose call was let go ends `unknown`). A job never
-    planned whole is removed. Returns how many items were closed."""
+    planned whole is removed. Returns how many items ended in each state:
+    {"cancelled": n, "unknown": n}, or {"removed": n}."""
     now = time.time()
     try:
         with engine.begin() as conn:
             removed = _remove_half_planned(conn, job_id)
             if removed is not None:
-                return removed
+                return {"removed": removed}
             _set_status(conn, job_id, (JobStatus.PLANNING, JobStatus.PLANNED, JobStatus.RUNNING,
                                        JobStatus.PAUSED, JobStatus.STOPPED), JobStatus.CANCELLED,
                         finished_at=now)
-            return (store.move(conn, job_id, [ItemState.PENDING], ItemState.CANCELLED)
-                    + store.close_claimed(conn, job_id, now, unsure=_unsure(conn, job_id)))
+            unknown = -store.counts(conn, job_id).get(ItemState.UNKNOWN.value, 0)
+            closed = (store.move(conn, job_id, [ItemState.PENDING], ItemState.CANCELLED)
+                      + store.close_claimed(conn, job_id, now, unsure=_unsure(conn, job_id)))
+            unknown += store.counts(conn, job_id).get(ItemState.UNKNOWN.value, 0)
+            return {"cancelled": closed - unknown, "unknown": unknown}
     except IntegrityError:  # its producer stored another batch meanwhile
         raise JobError(f"job {job_id} is still being planned; try `imshift cancel {job_id}` again")
+
+
+def cancelled_text(counts: dict[str, int]) -> str:
+    """What a cancel did, in words: "3,886 items cancelled, 1 unknown (...)"."""
+    if "removed" in counts:
+        return f"never planned whole: removed with the {counts['removed']:,} rows it had stored"
+    text = f"{counts.get('cancelled', 0):,} items cancelled"
+    if counts.get("unknown"):
+        text += (f", {counts['unknown']:,} unknown (their call was under way: `--outcome "
+                 "unknown` in `imshift results` lists them)")
+    return text
 
 
 def _unsure(conn, job_id: int) -> str:

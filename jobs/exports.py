@@ -1,10 +1,13 @@
 """What `imshift results` exports write, beyond the values themselves.
 
-A spreadsheet runs a CSV cell that starts with = + - @, a tab or a carriage
-return as a formula (`=cmd|' /C calc'!A0`), and ids, names and vendor
-messages are other people's text. CSV cells are defused as OWASP recommends
-(CSV Injection): a single quote before such a cell, which the spreadsheet
-shows as text. Only CSV: JSON Lines and the vendor get the values as written.
+Machine values (ids, tokens, passwords, codes, the result JSON) are written
+exactly as they are, in every format: they are loaded back into apps, and a
+password with a character added no longer logs in. A spreadsheet runs a CSV
+cell that starts with = + - @, a tab or a carriage return as a formula
+(OWASP: CSV Injection), so the free-text columns, which carry other
+people's words (vendors' messages, reasons quoting the input), get a single
+quote before such a cell in CSV; nothing reads those back. JSON Lines keep
+every value as written.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 from typing import IO, Any, Callable, Mapping, Optional
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+FREE_TEXT = frozenset({"message"})  # columns read by people, never loaded back
 
 
 def spreadsheet_safe(value: Any) -> Any:
@@ -24,7 +28,9 @@ def spreadsheet_safe(value: Any) -> Any:
 
 
 def csv_record(record: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: spreadsheet_safe(value) for name, value in record.items()}
+    """A record's CSV cells: free text defused, machine values exact."""
+    return {name: spreadsheet_safe(value) if name in FREE_TEXT else value
+            for name, value in record.items()}
 
 
 # What `imshift results` and `GET /api/jobs/N/results` write for each item, in this order.
@@ -45,7 +51,7 @@ def export_record(item: Any, unseal: Callable[[bytes], dict]) -> dict[str, Any]:
 def write_record(out: IO[str], writer: Optional[csv.DictWriter], record: Mapping[str, Any]) -> None:
     """A record as a CSV row (`writer` over `out`) or, without a writer, a JSON line."""
     if writer:
-        writer.writerow(csv_record(record))  # a cell is never a formula
+        writer.writerow(csv_record(record))
     else:
         out.write(json.dumps({k: v for k, v in record.items() if v is not None},
                              ensure_ascii=False) + "\n")

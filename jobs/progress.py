@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from sqlalchemy import bindparam, func, literal_column, select, union_all
+from sqlalchemy import bindparam, literal_column, select, union_all
 from sqlalchemy.engine import Engine
 
 from imshift.models import store
@@ -70,18 +70,6 @@ def progress(engine: Engine, job_id: int) -> Progress | None:
         return Progress(job.id, job.kind, job.app, job.status, job.total, store.counts(conn, job_id),
                         job.started_at, job.finished_at, job.stop_reason, job.operation,
                         job.touched_at)
-
-
-PLANNING_CODES = ("invalid", "duplicate")  # rejected while planning, never sent
-
-
-def refused_at_planning(engine: Engine, job_id: int) -> int:
-    """Items rejected while planning (bad rows, repeated ids): reported when
-    the job was planned, never sent to the vendor."""
-    with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(items).where(
-            items.c.job_id == job_id, items.c.state == ItemState.REJECTED.value,
-            items.c.code.in_(PLANNING_CODES))).scalar_one()
 
 
 def first_secret(engine: Engine, job_id: int) -> bytes | None:

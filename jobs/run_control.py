@@ -146,17 +146,24 @@ def resume(engine: Engine, broker: dramatiq.Broker, run_id: int) -> str:
 
 def cancel(engine: Engine, run_id: int) -> int:
     """Cancel every stage not yet finished; returns how many items were closed."""
+    return sum(cancel_counts(engine, run_id).values())
+
+
+def cancel_counts(engine: Engine, run_id: int) -> dict[str, int]:
+    """Cancel every stage not yet finished; returns how many items ended in
+    each state, over the stages (as control.cancel_counts)."""
     p = _run(engine, run_id)
     if p.status in (JobStatus.CANCELLED.value, JobStatus.FINISHED.value):
         raise control.JobError(f"run {name(run_id)} is {p.status}")
     with engine.begin() as conn:
         conn.execute(update(runs).where(runs.c.id == run_id)
                      .values(status=JobStatus.CANCELLED.value, finished_at=time.time()))
-    closed = 0
+    ended: dict[str, int] = {"cancelled": 0}
     for _, stage_progress in p.stages:
         if stage_progress.status not in (JobStatus.FINISHED.value, JobStatus.CANCELLED.value):
-            closed += control.cancel(engine, stage_progress.job_id)
-    return closed
+            for state, n in control.cancel_counts(engine, stage_progress.job_id).items():
+                ended[state] = ended.get(state, 0) + n
+    return ended
 
 
 def id_map_rows(engine: Engine, run_id: int, batch: int = 5000):

@@ -91,7 +91,8 @@ class StagePlanner:
 
     def _stage(self, stage: str, specs: Iterator[Spec], *, makes: str | None = None,
                user_ids: bool = False, calls: int | None = None, ignored: set[str] | None = None,
-               job_id: int | None = None, checkpoint=None, **params: Any) -> StagePlan:
+               job_id: int | None = None, checkpoint=None, marked: bool = False,
+               **params: Any) -> StagePlan:
         """Plan a stage as a new job, or carry on `job_id` (a cut-off planning's)."""
         operation = OPERATIONS[stage]
         chunk = max(self.chunk_size, self.target.batch_size(operation))
@@ -103,7 +104,9 @@ class StagePlanner:
                                                      "chunk_size": chunk,
                                                      **({"makes": makes} if makes else {}), **params})
         rules = self.target.rules
-        report = plan(self.engine, job_id, self._mark_done(stage, specs) if stage != "verify" else specs,
+        if stage != "verify" and not marked:
+            specs = self._mark_done(stage, specs)
+        report = plan(self.engine, job_id, specs,
                       (lambda n: self.progress(stage, n)) if self.progress else None,
                       id_key=rules.id_key if rules.id_form and user_ids else None,
                       checkpoint=checkpoint, carry_on=carry_on)
@@ -205,12 +208,18 @@ class StagePlanner:
                     problems.append("friend_id: a user cannot befriend themself")
                 # A pair is one friendship whichever way round it is written.
                 low, high = sorted((user, friend), key=form)
-                if not problems:
-                    counted(user)
                 yield (Spec(row.line, f"{low}{PAIR}{high}", encode_pair(user, friend), problems),
                        [] if problems else [("user_id", user), ("friend_id", friend)])
 
-        planned = self._stage("friends", self._checked_refs(specs()), user_ids=True, input=str(path))
+        def to_send(stream: Iterator[Spec]) -> Iterator[Spec]:
+            # Counted once refused and done pairs are known: a delta run sends only the new ones.
+            for spec in stream:
+                if not spec.problems and spec.done is None:
+                    counted(spec.payload["user_id"])
+                yield spec
+
+        planned = self._stage("friends", to_send(self._mark_done("friends", self._checked_refs(specs()))),
+                              marked=True, user_ids=True, input=str(path))
         other_sides = owners["pairs"] if self.target.rules.friends_one_way else 0  # a call each
         self._recount(planned, owners["runs"] + other_sides)
 

@@ -43,8 +43,15 @@ def now() -> float:
     return time.time()
 
 
+# Ids are never reused: `results 1` always means the same job, even after a
+# job or run was removed (SQLite reuses the highest rowid without AUTOINCREMENT;
+# PostgreSQL's sequences never go back).
+NEVER_REUSED = {"sqlite_autoincrement": True}
+
+
 class Job(SQLModel, table=True):
     __tablename__ = "jobs"
+    __table_args__ = NEVER_REUSED
 
     id: Optional[int] = Field(default=None, primary_key=True)
     kind: str  # "migrate_users", "refresh_tokens", "send"
@@ -113,6 +120,7 @@ class Run(SQLModel, table=True):
     `params` name the inputs and options (never a secret)."""
 
     __tablename__ = "runs"
+    __table_args__ = NEVER_REUSED
 
     id: Optional[int] = Field(default=None, primary_key=True)
     source_app: str
@@ -179,7 +187,7 @@ class Schedule(SQLModel, table=True):
     the message, the recipient file's path): never a secret."""
 
     __tablename__ = "schedules"
-    __table_args__ = (Index("ix_schedules_due", "status", "next_at"),)
+    __table_args__ = (Index("ix_schedules_due", "status", "next_at"), NEVER_REUSED)
 
     id: Optional[int] = Field(default=None, primary_key=True)
     command: str  # "send", "send_group" or "broadcast"

@@ -1,5 +1,6 @@
-"""Exports: a CSV cell a spreadsheet would run is defused; JSON Lines keep
-every value as written."""
+"""Exports: machine values (ids, tokens, passwords) are exact; a free-text
+CSV cell a spreadsheet would run is defused; JSON Lines keep every value as
+written."""
 
 import csv
 import json
@@ -8,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from imshift.cli import app
-from imshift.jobs.exports import spreadsheet_safe
+from imshift.jobs.exports import csv_record, spreadsheet_safe
 
 runner = CliRunner()
 
@@ -21,7 +22,12 @@ def test_only_cells_a_spreadsheet_would_run_get_a_quote(value, cell):
     assert spreadsheet_safe(value) == cell
 
 
-def test_a_csv_export_never_holds_a_formula_and_jsonl_keeps_the_values(env):
+def test_only_free_text_columns_are_defused():
+    assert csv_record({"id": "-x", "token": "=t", "password": "+p", "message": "=1+2"}) == \
+        {"id": "-x", "token": "=t", "password": "+p", "message": "'=1+2"}
+
+
+def test_a_csv_export_keeps_ids_exact_and_jsonl_keeps_the_values(env):
     users = env / "users.csv"
     users.write_text("accid,name\n@home,Home\n-dash,Dash\n\"=cmd|' /C calc'!A0\",Evil\nplain,Plain\n",
                      encoding="utf-8")
@@ -31,10 +37,9 @@ def test_a_csv_export_never_holds_a_formula_and_jsonl_keeps_the_values(env):
     assert result.exit_code == 0, result.output
     with open(env / "out.csv", encoding="utf-8", newline="") as f:
         exported = list(csv.DictReader(f))
-    assert [r["id"] for r in exported] == ["'@home", "'-dash", "'=cmd|' /C calc'!A0", "plain"]
+    assert [r["id"] for r in exported] == ["@home", "-dash", "=cmd|' /C calc'!A0", "plain"]
     assert [r["outcome"] for r in exported] == ["ok", "ok", "rejected", "ok"]
-    assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r"))
-                   for r in exported for cell in r.values())
+    assert not any(r["message"].startswith(("=", "+", "-", "@", "\t", "\r")) for r in exported)
     result = runner.invoke(app, ["results", "1", "--format", "jsonl"])
     lines = [json.loads(line) for line in result.output.splitlines()]
     assert [r["id"] for r in lines] == ["@home", "-dash", "=cmd|' /C calc'!A0", "plain"]

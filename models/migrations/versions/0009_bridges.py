@@ -2,14 +2,14 @@
 messages, stored before each feed delivery is answered.
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 """
 import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
 revision = "0009"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
