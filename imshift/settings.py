@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -149,6 +150,8 @@ class Settings(BaseSettings):
             super().__init__(**values)
         except ValidationError as exc:
             raise _refusal(exc) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{config_path()} is not TOML: {exc}") from None
         for name, app in self.apps.items():
             _check_app(name, app)
 

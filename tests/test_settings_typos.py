@@ -91,3 +91,8 @@ def test_a_config_file_that_is_not_there_is_named_when_its_app_is_missing(env, m
     assert refusal(env) == (f"error: no vendor app named 'new' (apps: none configured; IMSHIFT_CONFIG "
                             f"names {env / 'imshfit.toml'}, which does not exist; the built-in sandboxes "
                             "are sandbox-rongcloud, sandbox-netease, sandbox-openim, sandbox-maxim)")
+
+
+def test_a_file_that_is_not_toml_is_named(env, monkeypatch):
+    path = configure(env, monkeypatch, "[apps.new]\nvendor = netease\n")
+    assert refusal(env).startswith(f"error: configuration: {path} is not TOML: Invalid value (at line 2")
