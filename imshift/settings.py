@@ -94,7 +94,8 @@ def _check_app(name: str, app: AppSettings) -> None:
         for key in getattr(app, table):
             if key not in known:
                 operations = sorted(op.value for op in v.client.capabilities)
-                raise SettingsError(f"apps.{name}.{table}.{key} ({origin('apps', name, table, key, under=True)}) "
+                where = origin("apps", name, table, key, under=True)
+                raise SettingsError(f"apps.{name}.{table}.{key} ({where}) "
                                     f"is not an operation of {v.title}: choose from {', '.join(operations)}")
 
 

@@ -9,9 +9,11 @@ repeated (autumn) hour, the first time, and at a time the clocks skip
 (02:30 on a spring-forward day) it fires at the instant they skip over it
 (03:30 new time); so does `--at`. An entry with a wildcard hour (`*`,
 `*/2`) keeps its interval on the new time: it fires in the repeated hour
-again, and not at the times that do not exist. A local-time schedule's fires are the union of its zones' fires:
-zones whose wall clocks give the same instant share one fire, each other
-instant is a fire of its own (its own fire row, exactly once like any).
+again, and not at the times that do not exist.
+
+A local-time schedule's fires are the union of its zones' fires: zones
+whose wall clocks give the same instant share one fire, each other instant
+is a fire of its own (its own fire row, exactly once like any).
 """
 
 from __future__ import annotations

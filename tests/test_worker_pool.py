@@ -108,5 +108,6 @@ def test_a_pool_whose_settings_cannot_work_stops_with_one_line(tmp_path, redis_s
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
-    assert line.startswith("error: ") and "apps.new.app_secrt (environment variable IMSHIFT_APPS__NEW__APP_SECRT) " \
-        "is not a setting of a NetEase Yunxin app: choose from app_key, app_secret," in line, line
+    assert line.startswith("error: ") and ("apps.new.app_secrt (environment variable "
+                                           "IMSHIFT_APPS__NEW__APP_SECRT) is not a setting of a NetEase "
+                                           "Yunxin app: choose from app_key, app_secret,") in line, line
