@@ -2,13 +2,20 @@
 every API and page request carries it, as a bearer token or as the
 HttpOnly cookie the page's login sets; `/openapi.json` and `/metrics` are
 open to loopback clients only. Without a token, serve listens on loopback
-only (imshift/api_serve.py)."""
+only (imshift/api_serve.py).
+
+A request that changes state (any method but GET, HEAD, OPTIONS) and names
+another page as its Origin (or, without one, its Referer) is refused: a page
+on another port of the same host is the same *site*, so the SameSite=Strict
+cookie goes with its form posts and fetches. A request with neither header,
+as curl and scripts send, is not a browser's and stays allowed."""
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
 from typing import Annotated, Optional
+from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -62,10 +69,50 @@ def _given(request: Request, credentials: HTTPAuthorizationCredentials | None) -
     return credentials.credentials if credentials else request.cookies.get(COOKIE)
 
 
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+NO_FRAMES = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
+
+
+def _netloc(url: str) -> str | None:
+    """host:port of an origin or address, default ports dropped; None when unreadable."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None  # "null": a sandboxed frame, a file, a redirect across origins
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return host if port in (None, default) else f"{host}:{port}"
+
+
+def same_origin(request: Request) -> bool:
+    """Whether a state-changing request comes from this server's own page (or
+    from no page at all). Host and port only, not the scheme: behind a proxy
+    that ends TLS the page is https while this server sees http."""
+    if request.method in SAFE_METHODS:
+        return True
+    sender = request.headers.get("origin") or request.headers.get("referer")
+    if sender is None:
+        return True
+    own = _netloc(f"{request.url.scheme}://{request.headers.get('host', '')}")
+    return own is not None and _netloc(sender) == own
+
+
+def refuse_other_pages(request: Request) -> None:
+    if not same_origin(request):
+        sender = request.headers.get("origin") or request.headers.get("referer")
+        raise HTTPException(403, f"refused: a change sent from another page ({sender[:200]}); "
+                                 "use imshift's own page, or send it without an Origin header "
+                                 "as the CLI and scripts do")
+
+
 async def access(request: Request,
                  credentials: Annotated[Optional[HTTPAuthorizationCredentials],
                                         Depends(bearer)] = None) -> None:
     # async: a check that does no I/O needs no hop to a worker thread
+    refuse_other_pages(request)
     if not token_ok(request, _given(request, credentials)):
         raise HTTPException(401, "a valid IMSHIFT_API_TOKEN is needed: send it as "
                                  "`Authorization: Bearer TOKEN`, or log in on the page",

@@ -33,7 +33,7 @@ def job_router(ctx: Context, rates: Rates, failures: FirstFailures) -> APIRouter
     router = APIRouter()
 
     @router.get("/api/jobs", response_model=JobsPage, responses=ERRORS, summary="Jobs, newest first")
-    def list_jobs(before: Annotated[Optional[int], Query(ge=1, le=MAX_ID + 1)] = None,
+    def list_jobs(before: Annotated[Optional[int], Query(ge=1, le=MAX_ID)] = None,
                   limit: Annotated[int, Query(ge=1, le=100)] = 20) -> dict:
         ids = job_ids(ctx.engine, before, limit)
         jobs = [p for p in (progress(ctx.engine, i) for i in ids) if p is not None]

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from .api_access import COOKIE, token_ok
+from .api_access import COOKIE, NO_FRAMES, refuse_other_pages, token_ok
 
 
 def _asset(name: str) -> str:
@@ -25,7 +25,7 @@ ASSETS = {"app.js": "text/javascript; charset=utf-8", "schedules.js": "text/java
 def page_routes(app: FastAPI) -> None:
     def login_page(error: str = "", status: int = 200) -> HTMLResponse:
         html = _asset("login.html").replace("{{error}}", error)
-        return HTMLResponse(html, status_code=status)
+        return HTMLResponse(html, status_code=status, headers=NO_FRAMES)
 
     def with_cookie(request: Request, token: str) -> Response:
         response = RedirectResponse("/", status_code=303)  # drops ?token= from the address bar
@@ -41,10 +41,11 @@ def page_routes(app: FastAPI) -> None:
             return login_page("That token is not the server's IMSHIFT_API_TOKEN.", 401)
         if not token_ok(request, request.cookies.get(COOKIE)):
             return login_page()
-        return HTMLResponse(_asset("index.html"))
+        return HTMLResponse(_asset("index.html"), headers=NO_FRAMES)  # no page may frame it
 
     @app.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
+        refuse_other_pages(request)  # another page must not log this browser in (or out)
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         token = (form.get("token") or [""])[0]
         if app.state.token is not None and token_ok(request, token):
@@ -52,7 +53,8 @@ def page_routes(app: FastAPI) -> None:
         return login_page("That token is not the server's IMSHIFT_API_TOKEN.", 401)
 
     @app.post("/logout", include_in_schema=False)
-    def logout() -> Response:
+    def logout(request: Request) -> Response:
+        refuse_other_pages(request)
         response = RedirectResponse("/", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response

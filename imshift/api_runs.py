@@ -59,7 +59,7 @@ def run_router(ctx: Context, job_out: Callable[[Progress], dict[str, Any]],
 
     @router.get("/api/runs", response_model=RunsPage, responses=ERRORS,
                 summary="Migration runs, newest first")
-    def list_runs(before: Annotated[Optional[int], Query(ge=1, le=MAX_ID + 1)] = None,
+    def list_runs(before: Annotated[Optional[int], Query(ge=1, le=MAX_ID)] = None,
                   limit: Annotated[int, Query(ge=1, le=100)] = 20) -> dict:
         ids = run_control.run_ids(ctx.engine, before, limit)
         listed = [p for p in (run_control.run_progress(ctx.engine, i) for i in ids) if p is not None]

@@ -58,7 +58,7 @@ def schedule_router(ctx: Context, job_out: Callable[[Progress], dict[str, Any]])
 
     @router.get("/api/schedules", response_model=SchedulesPage, responses=ERRORS,
                 summary="Schedules, newest first")
-    def list_schedules(before: Annotated[Optional[int], Query(ge=1, le=MAX_ID + 1)] = None,
+    def list_schedules(before: Annotated[Optional[int], Query(ge=1, le=MAX_ID)] = None,
                        limit: Annotated[int, Query(ge=1, le=100)] = 20,
                        removed: Annotated[bool, Query(description="Removed schedules too (as "
                                                       "`schedule list --all`)")] = False) -> dict:

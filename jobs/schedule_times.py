@@ -3,12 +3,17 @@ recipient-local time (`--local-time`: a wall time or a cron expression read
 on each recipient zone's own clock; jobs/schedules.py fires them).
 
 Cron expressions are read on the zone's wall clock (croniter over naive
-local times, turned into instants with zoneinfo, fold=0). A time the clocks
-skip (02:30 on a spring-forward day) fires at the instant they skip over it
-(03:30 new time); a time the clocks repeat (autumn) fires once, the first
-time. A local-time schedule's fires are the union of its zones' fires:
-zones whose wall clocks give the same instant share one fire, each other
-instant is a fire of its own (its own fire row, exactly once like any).
+local times, turned into instants with zoneinfo), by Vixie/ISC cron's rule
+for the days the clocks change. An entry at a fixed hour fires once in a
+repeated (autumn) hour, the first time, and at a time the clocks skip
+(02:30 on a spring-forward day) it fires at the instant they skip over it
+(03:30 new time); so does `--at`. An entry with a wildcard hour (`*`,
+`*/2`) keeps its interval on the new time: it fires in the repeated hour
+again, and not at the times that do not exist.
+
+A local-time schedule's fires are the union of its zones' fires: zones
+whose wall clocks give the same instant share one fire, each other instant
+is a fire of its own (its own fire row, exactly once like any).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from croniter import croniter
 from .inputs import InputError
 
 _SECOND = timedelta(seconds=1)
+_NEAR = 3 * 3600  # seconds: more than any zone's clock change
 
 
 class ScheduleError(ValueError):
@@ -58,10 +64,7 @@ def parse_at(text: str, tz: str) -> float:
                             "'2026-12-24 09:00' or '2026-12-24T09:00:30'") from None
     if when.tzinfo is not None:
         return when.timestamp()
-    if not _exists(when, z):
-        raise ScheduleError(f"--at {text!r} does not exist in {tz}: the clocks skip it "
-                            "(daylight saving); choose another time")
-    return _instant(when, z)
+    return _instant(when, z)  # a time the clocks skip: the instant they skip over it, as cron
 
 
 def parse_local_at(text: str) -> str:
@@ -94,25 +97,60 @@ def _iter(expr: str, start: datetime, backwards: bool = False) -> croniter:
     return croniter(expr, start, is_prev=backwards, second_at_beginning=seconds)
 
 
+def _wildcard_hour(expr: str) -> bool:
+    parts = cron_fields(expr)[0].split()
+    return "*" in parts[2 if len(parts) == 6 else 1]
+
+
+def _fires_at(naive: datetime, z: ZoneInfo, wildcard: bool) -> set[float]:
+    """The instants a matching wall time fires at. A fixed-hour entry: the
+    first of a repeated time, the skipped-over instant of a missing one. A
+    wildcard hour: both of a repeated time, none of a missing one."""
+    if not wildcard:
+        return {_instant(naive, z)}
+    if not _exists(naive, z):
+        return set()
+    return {_instant(naive, z), naive.replace(tzinfo=z, fold=1).timestamp()}
+
+
+def _jump(z: ZoneInfo, t: float) -> float:
+    """How far the zone's clock moves within _NEAR of instant t (0 on most
+    days): how far out of order wall times and instants can be there."""
+    offsets = [datetime.fromtimestamp(t + d, z).utcoffset() or timedelta() for d in (-_NEAR, 0, _NEAR)]
+    return (max(offsets) - min(offsets)).total_seconds()
+
+
 def next_fire(expr: str, tz: str, after: float) -> float:
     """The first fire of `expr` in `tz` strictly after `after`."""
-    z = zone(tz)
-    it = _iter(expr, datetime.fromtimestamp(after, z).replace(tzinfo=None, fold=0))
+    z, wildcard = zone(tz), _wildcard_hour(expr)
+    # Near a clock change wall times and instants are out of order by the
+    # change (01:00 EST comes after 01:40 EDT): look that far around.
+    start = datetime.fromtimestamp(after, z).replace(tzinfo=None)
+    it = _iter(expr, start - timedelta(seconds=_jump(z, after)))
+    best = None
     while True:
-        t = _instant(it.get_next(datetime), z)
-        if t > after:  # wall times the autumn repeat maps before `after` are skipped
-            return t
+        naive = it.get_next(datetime)
+        if best is not None and _instant(naive, z) > best + _jump(z, best):
+            return best
+        for t in _fires_at(naive, z, wildcard):
+            if t > after and (best is None or t < best):
+                best = t
 
 
 def last_fire(expr: str, tz: str, upto: float) -> float:
     """The last fire of `expr` in `tz` at or before `upto`."""
-    z = zone(tz)
+    z, wildcard = zone(tz), _wildcard_hour(expr)
     start = datetime.fromtimestamp(upto, z).replace(tzinfo=None)
-    it = _iter(expr, start.replace(microsecond=0) + _SECOND, backwards=True)
+    it = _iter(expr, start.replace(microsecond=0) + _SECOND + timedelta(seconds=_jump(z, upto)),
+               backwards=True)
+    best = None
     while True:
-        t = _instant(it.get_prev(datetime), z)
-        if t <= upto:
-            return t
+        naive = it.get_prev(datetime)
+        if best is not None and _instant(naive, z) < best - _jump(z, best):
+            return best
+        for t in _fires_at(naive, z, wildcard):
+            if t <= upto and (best is None or t > best):
+                best = t
 
 
 def local(t: float | None, tz: str) -> str:

@@ -58,8 +58,11 @@ def test_a_typo_in_an_app_field_creates_no_job_and_starts_none(env, monkeypatch)
                     ["start", "1"], ["resume", "1"], ["retry", "1"]):
         result, output = run(*command)
         assert result.exit_code == 2, (command, output)
-        assert error_lines(result) == ["error: app 'new': app_secrt not a setting of NeteaseConfig "
-                                       "(nor vendor, rates, caps, sandbox)"], command
+        assert error_lines(result) == [
+            "error: configuration: apps.new.app_secrt (environment variable IMSHIFT_APPS__NEW__APP_SECRT) "
+            "is not a setting of a NetEase Yunxin app: choose from app_key, app_secret, region, "
+            "base_url, team_invite_msg, broadcast_offline, concurrency, vendor, rates, caps, "
+            "group_size, sandbox"], command
         assert "s3cret-typo" not in result.output
     assert jobs(env) == [(1, "planned")]  # nothing created, nothing started
 

@@ -50,7 +50,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..vendors.client import Throttle
 from .shared_slots import SharedSlots
-from .slot_scripts import RESERVE, SLOW_DOWN
+from .slot_scripts import CLOCK_SLACK, MIN_FACTOR, RESERVE, SLOW_DOWN, STALE_AHEAD
 from .window_caps import Caps, WindowCaps
 
 if TYPE_CHECKING:
@@ -66,7 +66,6 @@ SPARE_SECONDS = 0.02
 SPARES_MAX = 32
 CUT = 0.9  # rate factor after an over-limit reply
 RECOVER = 0.02  # factor regained per second (0.9 -> 1.0 in 5 s)
-MIN_FACTOR = 0.1
 DEFAULT_PAUSE = 1.0  # seconds, when the vendor gives no Retry-After
 REDIS_ATTEMPTS = 4  # a script call is tried again after 0.1, 0.2, 0.4 s
 
@@ -86,7 +85,22 @@ class _Slots:
     cut: float = 0.0
 
     def _factor(self, now: float) -> float:
-        return min(1.0, self.factor + (now - self.fat) * RECOVER)
+        # never below: a write from a clock a little ahead must not cut the rate
+        return min(1.0, self.factor + max(0.0, now - self.fat) * RECOVER)
+
+    def forget_if_stale(self, now: float, need: float, guard: float) -> None:
+        """Start afresh when the schedule was written on a clock ahead of this
+        one, or holds slots further ahead than the rate explains (`need`: the
+        seconds the weight about to be reserved takes at the rate); see
+        workers/slot_scripts.py. Otherwise a command run with its clock ahead
+        leaves slots in the future that hold every later call back."""
+        factor = min(max(self.factor, MIN_FACTOR), 1.0)
+        if self.fat <= now + CLOCK_SLACK and self.next_slot(guard) - now <= (STALE_AHEAD + need) / factor:
+            return
+        self.win, self.pos, self.cw, self.cn, self.cn1, self.bnext, self.cut = 0, 0.0, 0, 0, 0, 0.0, 0.0
+        if self.paused > now + STALE_AHEAD:
+            self.paused = 0.0
+        self.factor, self.fat = factor, now
 
     def _used(self, window: int) -> float:
         if window == self.cw:
@@ -150,6 +164,7 @@ class _Slots:
         return self.win + guard + self.pos * (1 - 2 * guard)
 
     def slow_down(self, now: float, pause: float) -> None:
+        self.forget_if_stale(now, 0.0, 0.0)
         factor = self._factor(now)
         if now - self.cut >= max(pause, 1.0):
             factor, self.cut = max(MIN_FACTOR, factor * CUT), now
@@ -328,6 +343,7 @@ class RateLimiter:
         rate = limit * (1 - self.margin)
         with schedule as slots:
             now = time.time()
+            slots.forget_if_stale(now, weight / rate, self.guard)
             if slots.paused > now or slots.next_slot(self.guard) > now + HORIZON:
                 return None  # a backlog: reserve in HORIZON-sized batches, see `_lead`
             delay, latest = slots.reserve(now, limit, rate, weight, self.guard)
@@ -413,6 +429,7 @@ class RateLimiter:
         if self.redis is None:
             with self._schedule(app, key) as slots:
                 now = time.time()
+                slots.forget_if_stale(now, sum(weights) / rate, self.guard)
                 return [slots.reserve(now, limit, rate, w, self.guard) for w in weights]
         flat = await self._run(self._reserve_script, app, key,
                                RECOVER, limit, rate, self.guard, *weights)

@@ -1,6 +1,19 @@
 """The Redis side of the per-second schedule in workers/ratelimit.py: its two
 Lua scripts, run on Redis's own clock (one round trip per reservation)."""
 
+# A schedule is stale, and forgotten, when its last write is more than
+# CLOCK_SLACK seconds in the future (written on a clock that was ahead, say
+# before a correction, or by another Redis after a failover), or when its
+# next free slot is further ahead than the rate explains: each process
+# reserves at most about 2 x HORIZON (0.2 s) ahead, and a call heavier than
+# the rate goes alone (weight 1,000 at 100/s: 10 s), so STALE_AHEAD seconds
+# beyond what the queued weight needs, over the rate factor (a cut rate
+# spreads the same calls wider), is no live schedule. Clocks that differ by
+# less than CLOCK_SLACK keep one schedule: a short wait, never a burst.
+STALE_AHEAD = 30.0
+CLOCK_SLACK = 5.0
+MIN_FACTOR = 0.1  # the lowest rate factor an over-limit reply leaves
+
 # Mirror of `_Slots.reserve` / `_Slots.slow_down` in workers/ratelimit.py; keep the two in step.
 # State (a hash): win, pos = the next free place in the middles of the
 # windows (an epoch second and the share of it used: GCRA's theoretical
@@ -19,12 +32,29 @@ local cw, cn, cn1 = tonumber(st[3]) or 0, tonumber(st[4]) or 0, tonumber(st[5]) 
 local bnext = tonumber(st[6]) or 0
 local paused, factor = tonumber(st[7]) or 0, tonumber(st[8]) or 1
 local fat, cut = tonumber(st[9]) or 0, tonumber(st[10]) or 0
-factor = math.min(1, factor + (now - fat) * tonumber(ARGV[1]))
+-- `need`: the seconds the queued weight takes at the rate (see _Slots.forget_if_stale)
+local function forget_if_stale(need)
+  local f = math.min(math.max(factor, MIN_FACTOR), 1)
+  if fat <= now + CLOCK_SLACK and win + pos - now <= (STALE_AHEAD + need) / f then return end
+  win, pos, cw, cn, cn1, bnext, cut = 0, 0, 0, 0, 0, 0, 0
+  if paused > now + STALE_AHEAD then paused = 0 end
+  factor, fat = f, now
+end
+local function recover()
+  factor = math.min(1, factor + math.max(0, now - fat) * tonumber(ARGV[1]))
+end
 """
+
+STATE = (STATE.replace("MIN_FACTOR", repr(MIN_FACTOR)).replace("CLOCK_SLACK", repr(CLOCK_SLACK))
+         .replace("STALE_AHEAD", repr(STALE_AHEAD)))
 
 RESERVE = STATE + """
 -- one slot per weight in ARGV[5..], in order: one round trip for a batch of calls
 local limit, rate, guard = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local queued = 0
+for i = 5, #ARGV do queued = queued + tonumber(ARGV[i]) end
+forget_if_stale(queued / rate)
+recover()
 local function used(w)
   if w == cw then return cn elseif w == cw + 1 then return cn1 elseif w > cw + 1 then return 0 end
   return math.huge
@@ -78,19 +108,22 @@ for i = 5, #ARGV do
   furthest = math.max(furthest, delay)
 end
 redis.call('HSET', KEYS[1], 'win', win, 'pos', pos, 'cw', cw, 'cn', cn, 'cn1', cn1,
-           'bnext', bnext, 'factor', factor, 'fat', now)
+           'bnext', bnext, 'paused', paused, 'factor', factor, 'fat', now, 'cut', cut)
 redis.call('EXPIRE', KEYS[1], math.ceil(math.max(furthest, paused - now, 0)) + 60)
 return out
 """
 
 SLOW_DOWN = STATE + """
 local pause = tonumber(ARGV[2])
+forget_if_stale(0)
+recover()
 -- one cut per burst of over-limit replies: the echoes of one overrun don't compound
 if now - cut >= math.max(pause, 1) then
   factor = math.max(tonumber(ARGV[3]), factor * tonumber(ARGV[4])); cut = now
 end
 paused = math.max(paused, now + pause)
-redis.call('HSET', KEYS[1], 'paused', paused, 'factor', factor, 'fat', now, 'cut', cut)
+redis.call('HSET', KEYS[1], 'win', win, 'pos', pos, 'cw', cw, 'cn', cn, 'cn1', cn1, 'bnext', bnext,
+           'paused', paused, 'factor', factor, 'fat', now, 'cut', cut)
 redis.call('EXPIRE', KEYS[1], math.ceil(pause) + 60)
 return 1
 """
