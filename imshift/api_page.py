@@ -19,7 +19,7 @@ def _asset(name: str) -> str:
 
 
 ASSETS = {"app.js": "text/javascript; charset=utf-8", "schedules.js": "text/javascript; charset=utf-8",
-          "app.css": "text/css; charset=utf-8"}
+          "bridges.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
 
 
 def page_routes(app: FastAPI) -> None:

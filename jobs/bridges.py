@@ -148,8 +148,9 @@ def receive(conn: Connection, bridge: Any, app: str, delivered: Sequence[FeedMes
     if unique:
         insert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert
         statement = insert(messages).values([row(bridge.id, app, m, now) for m in unique])
-        stored = conn.execute(statement.on_conflict_do_nothing(
-            index_elements=["bridge_id", "from_app", "msg_id"])).rowcount
+        # The rows RETURNING gives, not rowcount: psycopg's is -1 for this insert on PostgreSQL.
+        stored = len(conn.execute(statement.on_conflict_do_nothing(
+            index_elements=["bridge_id", "from_app", "msg_id"]).returning(messages.c.id)).all())
     duplicates = len(rest) - stored
     count(conn, app, "duplicates", duplicates)
     count(conn, app, "echoes", len(echoes))

@@ -1,5 +1,5 @@
 // The live page: polls the API every second, draws each run's stages, the
-// schedules (schedules.js) and each job's state. Plain DOM (no library, nothing from a CDN). User data
+// bridges (bridges.js), the schedules (schedules.js) and each job's state. Plain DOM (no library, nothing from a CDN). User data
 // goes in as text only.
 "use strict";
 
@@ -290,6 +290,7 @@ async function poll() {
   busy = true;
   try {
     await pollRuns();
+    await pollBridges();
     await pollSchedules();
     const page = await api("/api/jobs?limit=20");
     document.getElementById("empty").hidden = page.jobs.length > 0;

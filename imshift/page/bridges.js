@@ -1,0 +1,85 @@
+// The page's cut-over bridges, polled with the rest by app.js (its el(),
+// api(), steerAt() and syncCards()): each bridge's apps, run and status, per
+// direction what was relayed, waits, failed or was dropped and the lag, its
+// last failures, and pause, resume and remove. User data goes in as text only.
+"use strict";
+
+const BRIDGE_ACTIONS = {pause: ["active"], resume: ["paused", "stopped"],
+                        remove: ["active", "paused", "stopped"]};
+// Per direction, in this order: [the report's field, its column heading].
+const WAY_COUNTS = [["relayed", "relayed"], ["pending", "pending"], ["held", "held"],
+                    ["failed", "failed"], ["unknown", "unknown"], ["duplicates", "duplicates dropped"],
+                    ["echoes", "echoes dropped"], ["refused", "refused deliveries"]];
+const bridgeCards = new Map(); // bridge id -> {root, parts}
+
+function lagText(s) {
+  return s === null || s === undefined ? "–" : `${Math.round(s * 1000).toLocaleString()} ms`;
+}
+
+function bridgeCard(b) {
+  const parts = {
+    title: el("h2", {}, `bridge ${b.name}`),
+    what: el("span", {class: "muted"}),
+    status: el("span", {class: "status", "data-role": "status"}),
+    reason: el("p", {class: "error", "data-role": "reason"}),
+    ways: el("table", {class: "ways", "data-role": "ways"}),
+    failures: el("table", {class: "failures", "data-role": "failures"}),
+    note: el("p", {class: "note", "data-role": "note", role: "status"}),
+    buttons: el("div", {class: "buttons"}),
+  };
+  for (const action of Object.keys(BRIDGE_ACTIONS)) {
+    const button = el("button", {type: "button", "data-action": action}, action);
+    button.addEventListener("click", () => steerBridge(b.id, action, parts.note));
+    parts.buttons.append(button);
+  }
+  const root = el("section", {class: "bridge", "data-bridge": String(b.id)},
+    el("div", {class: "head"}, parts.title, parts.what, parts.status),
+    parts.reason, parts.ways, parts.failures, parts.buttons, parts.note);
+  return {root, parts};
+}
+
+function drawWays(t, ways) {
+  const head = ["direction", ...WAY_COUNTS.map(([, h]) => h), "lag p50", "lag p99"];
+  t.replaceChildren(el("tr", {}, ...head.map((h) => el("th", {}, h))));
+  for (const w of ways) {
+    t.append(el("tr", {"data-way": `${w.from_app}>${w.to_app}`},
+      el("td", {}, `${w.from_app} → ${w.to_app}`),
+      ...WAY_COUNTS.map(([k]) => el("td", {class: w[k] ? k : "zero", "data-count": k}, w[k].toLocaleString())),
+      el("td", {"data-lag": "p50"}, lagText(w.lag_p50)),
+      el("td", {"data-lag": "p99"}, lagText(w.lag_p99))));
+  }
+}
+
+function drawBridgeFailures(t, failures) {
+  t.replaceChildren();
+  if (!failures.length) return;
+  t.append(el("caption", {}, "last failures"),
+           el("tr", {}, ...["from", "message id", "state", "code", "reason"].map((h) => el("th", {}, h))));
+  for (const f of failures) {
+    t.append(el("tr", {}, ...[f.from_app, f.msg_id, f.state, f.code || "", f.message || ""].map(
+      (v) => el("td", {}, String(v)))));
+  }
+}
+
+function renderBridge(c, b) {
+  const p = c.parts;
+  c.root.dataset.status = b.status;
+  p.what.textContent = ` ${b.source_app} → ${b.app}${b.both_ways ? " (both ways)" : ""}, run ${b.run}`;
+  p.status.textContent = b.status;
+  p.status.className = `status ${b.status}`;
+  p.reason.textContent = b.stop_reason || "";
+  drawWays(p.ways, b.directions);
+  drawBridgeFailures(p.failures, b.last_failures);
+  for (const btn of p.buttons.children) btn.disabled = !BRIDGE_ACTIONS[btn.dataset.action].includes(b.status);
+}
+
+async function steerBridge(id, action, note) {
+  if (action === "remove" && !confirm(`Remove bridge B${id}? It stops relaying for good.`)) return;
+  await steerAt(`/api/bridges/${id}`, action, note, (out) => `bridge B${out.id} is now ${out.status}`);
+}
+
+async function pollBridges() {
+  const list = await api("/api/bridges");
+  document.getElementById("bridges-empty").hidden = list.length > 0;
+  await syncCards(document.getElementById("bridges"), list, bridgeCards, bridgeCard, renderBridge);
+}
