@@ -15,7 +15,7 @@ import httpx
 
 from .vocabulary import FieldRule, Group, Operation, Outcome, Profile, Result, VendorRules
 from .client import Batch, CallFailed, Codes, chunks, invalid, same_for_all
-from .openim import (MAX_IDS_PER_CALL, OpenIMClient, data_of, exists, listed, new_operation_id, ok, with_data)
+from .openim import (MAX_IDS_PER_CALL, TOKEN, OpenIMClient, data_of, exists, listed, new_operation_id, ok, with_data)
 from .openim_feed import OpenIMV3Feed
 from .openim_groups import GROUPS_PER_PAGE, OpenIMV3Groups, listing_page, page_of
 from .paging import NoSuchList, PageFetch, read_all
@@ -177,7 +177,8 @@ class OpenIMV3Client(OpenIMV3Feed, OpenIMV3Groups, OpenIMClient):
 
     async def _issue_token(self, user_id: str) -> Result:
         result, body = await self._post(Operation.ISSUE_TOKEN, "/auth/get_user_token",
-                                        {"platformID": self.config.platform_id, "userID": user_id})
+                                        {"platformID": self.config.platform_id, "userID": user_id},
+                                        expect=TOKEN)
         if result.code == "1002":
             # Our token is an admin's (get_admin_token checks that), so 1002 here
             # means the target: an admin account, which gets no user token.
