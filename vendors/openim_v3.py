@@ -9,6 +9,7 @@ duration (`expireTimeSeconds`).
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Sequence
 
 import httpx
@@ -57,10 +58,32 @@ RULES_RATES = {
     Operation.GET_MEMBERS: 50,
     Operation.GET_FRIENDS: 50,
 }
+
+
+def _legal_user_id() -> str:
+    """datautil.IsLegalUserID as a regex: every rune Go's unicode.IsLetter
+    (L*), unicode.IsDigit (Nd) or '_'. Python's \\w also takes the other
+    numbers (Nl, No: '²', 'Ⅻ'), which the server refuses: they are left out."""
+    others = [n for n in range(sys.maxunicode + 1)
+              if chr(n).isnumeric() and not chr(n).isdecimal() and not chr(n).isalpha()]
+    spans: list[list[int]] = []
+    for n in others:
+        if spans and spans[-1][1] == n - 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    excluded = "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in spans)
+    return rf"(?:(?![{excluded}])\w)+"
+
+
+LEGAL_USER_ID = _legal_user_id()
 RULES_V3 = VendorRules(
     fields={
-        # protocol datautil.IsLegalUserID: unicode letters, digits, '_'
-        "user_id": FieldRule(max_len=64, required=True, pattern=r"\w+", pattern_hint="letters, digits and _"),
+        # The server's own rule: protocol UserRegisterReq.Check -> datautil.IsLegalUserID,
+        # and the user rpc refuses only an empty id (and ':'); no length limit.
+        # Mongo's unique index on user_id compares bytes, with no folding: ids
+        # are told apart as written (id_form None).
+        "user_id": FieldRule(required=True, pattern=LEGAL_USER_ID, pattern_hint="letters, digits and _"),
         # UserRegisterReq.Check refuses only an empty nickname; neither the
         # user rpc nor the Mongo model limits its length.
         "name": FieldRule(required=True),
