@@ -46,6 +46,8 @@ CONTENT_TEXT = 0
 CONTENT_COMMAND = 6  # "custom" content: our JSON object, serialised in `content`
 MISSING = Result(Outcome.RETRYABLE, "missing", "the reply left this user out")
 
+SOURCE_IDS = ("username", "user_id")  # MaximConfig.source_id
+
 _CODE_IN_REASON = re.compile(r"\s*(\d{3,5})\b")
 
 
@@ -59,6 +61,14 @@ class MaximConfig:
     concurrency: int = 8  # calls in flight for per-user operations (profiles, tokens)
     # The value the message subscription sends in its `signature` header.
     feed_signature: str = field(default="", repr=False)
+    # Which id a listed user (Maxim as a migration source) goes by: "username",
+    # the app's own name for the user (what its users log in with), or
+    # "user_id", Maxim's number. The other one is kept in the profile's extra.
+    source_id: str = "username"
+
+    def __post_init__(self) -> None:
+        if self.source_id not in SOURCE_IDS:
+            raise ValueError(f"source_id: one of {', '.join(SOURCE_IDS)}")
 
 
 def admin_headers(config: MaximConfig) -> dict[str, str]:
@@ -345,30 +355,51 @@ class MaximClient(MaximGroups, VendorClient):
             out["expires_at"] = expiry
         return Result(Outcome.OK, "200", data=out)
 
-    async def _user_page(self, number: int, size: int) -> tuple[list[str], bool]:
-        """One page of GET /user/list (≤ 200): its user_ids, and whether it is the last."""
+    async def _user_page(self, number: int, size: int) -> tuple[list[dict[str, Any]], bool]:
+        """One page of GET /user/list (≤ 200): its entries ({user_id, username,
+        status}), and whether it is the last."""
         call, body = await self.call(Operation.LIST_USERS, "GET", "/user/list",
                                      params={"page_num": number, "page_size": size})
         if not call.succeeded:
             raise CallFailed(call)
         page = body.get("data") if isinstance(body.get("data"), list) else []
-        return [str(item["user_id"]) for item in page if isinstance(item, dict)], len(page) < size
+        return [item for item in page if isinstance(item, dict) and _is_id(item.get("user_id"))], \
+            len(page) < size
 
     async def list_users(self, page_size: int = MAX_PAGE_SIZE) -> AsyncIterator[str]:
-        """Every user_id of the app (GET /user/list, ≤ 200 a page)."""
-        async for ids, _ in offset_pages(self._user_page, None, min(max(1, page_size), MAX_PAGE_SIZE)):
-            for user_id in ids:
-                yield user_id
+        """Every user of the app (GET /user/list, ≤ 200 a page), by the
+        config's `source_id`. Raises CallFailed."""
+        async for entries, _ in offset_pages(self._user_page, None, min(max(1, page_size), MAX_PAGE_SIZE)):
+            for entry in entries:
+                yield self._listed_ids(entry)[0]
 
     async def list_user_pages(self, cursor: str | None = None, page_size: int = MAX_PAGE_SIZE
                               ) -> AsyncIterator[tuple[list[Profile], str | None]]:
         """Pages of GET /user/list (≤ 200) with each user's profile. Maxim has
         no bulk profile read, so a page costs one /user/profile call per user
-        (`concurrency` at a time); a user deleted meanwhile is left out."""
+        (`concurrency` at a time); a user deleted meanwhile is left out. Each
+        profile goes by the config's `source_id` (the username by default:
+        the app's identity), the other id in extra ("maxim_user_id" or
+        "username"). Raises CallFailed."""
         size = min(max(1, page_size), MAX_PAGE_SIZE)
-        async for ids, after in offset_pages(self._user_page, cursor, size):
-            profiles = await self.each(ids, self._get_profile)
+        async for entries, after in offset_pages(self._user_page, cursor, size):
+            profiles = await self.each(entries, self._listed_profile)
             yield [p for p in profiles if p is not None], after
+
+    def _listed_ids(self, entry: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
+        """A listed user's id by `source_id`, and the other id as a profile extra."""
+        uid, username = str(entry["user_id"]), str(entry.get("username") or "")
+        if not username:  # /user/list documents it: without it a user has no app identity
+            raise CallFailed(Result(Outcome.RETRYABLE, "incomplete",
+                                    f"user {uid}: the listing carried no username"))
+        if self.config.source_id == "user_id":
+            return uid, {"username": username}
+        return username, {"maxim_user_id": uid}
+
+    async def _listed_profile(self, entry: Mapping[str, Any]) -> Profile | None:
+        user_id, other = self._listed_ids(entry)
+        profile = await self._get_profile(str(entry["user_id"]))
+        return replace(profile, user_id=user_id, extra={**profile.extra, **other}) if profile else None
 
     # -- messages ------------------------------------------------------------------------
 

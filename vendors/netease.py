@@ -245,7 +245,8 @@ class NeteaseClient(VendorClient):
 
         async def send_one(tid: str) -> Result:
             result, reply = await self._post(Operation.SEND_GROUP, "msg/sendMsg.action", {
-                "from": sender.lower(), "ope": 1, "to": tid, "type": kind, "body": body})
+                "from": sender.lower(), "ope": 1, "to": tid, "type": kind, "body": body},
+                expect=("data.msgid",))
             msgid = (reply.get("data") or {}).get("msgid")
             data = {"group_id": tid, **({"msg_id": str(msgid)} if msgid else {})}
             return replace(result, data=data)

@@ -34,6 +34,8 @@ ADMIN_PLATFORM_ID = 10  # v3 refuses user tokens for it
 MAX_IDS_PER_CALL = 1000  # openimsdk/protocol constant.ParamMaxLength
 TEXT, CUSTOM = 101, 110  # contentType
 SINGLE_CHAT = 1
+MSG_ID = ("data.serverMsgID",)  # what an OK send_msg reply must carry (both versions name it)
+TOKEN = ("data.token",)  # ... and a token reply
 ECHOED_TOKEN = re.compile(r"(token\s*[:=]\s*)\S+", re.IGNORECASE)
 
 
@@ -150,10 +152,11 @@ class OpenIMClient(AdminToken, VendorClient):
     # -- calls and their replies ---------------------------------------------------------
 
     async def _post(self, key: str | Operation, path: str, body: dict[str, Any], *,
-                    admin: bool = True) -> tuple[Result, dict[str, Any]]:
-        """A call with the admin token, or (admin=False) with the secret in the body."""
+                    admin: bool = True, expect: Sequence[str] = ()) -> tuple[Result, dict[str, Any]]:
+        """A call with the admin token, or (admin=False) with the secret in the
+        body; `expect`: what an OK reply must carry (the base's `call`)."""
         return await self.call(key, "POST", self.config.base_url.rstrip("/") + path, json=body,
-                               auth=self._admin_auth if admin else self._secret_auth)
+                               auth=self._admin_auth if admin else self._secret_auth, expect=expect)
 
     def reply_code(self, body: dict[str, Any]) -> int | None:
         code = body.get("errCode")
@@ -350,13 +353,16 @@ class OpenIMClient(AdminToken, VendorClient):
 
     def _batch_outcome(self, body: dict[str, Any]) -> tuple[dict[str, str], set[str]]:
         data = data_of(body)
+        # A result without a message id is not a sent message: its recipient is "missing".
         sent = {r.get("recvID"): r.get("serverMsgID") or r.get("clientMsgID")
-                for r in listed(data, self.sent_key) if isinstance(r, dict)}
+                for r in listed(data, self.sent_key)
+                if isinstance(r, dict) and (r.get("serverMsgID") or r.get("clientMsgID"))}
         return sent, set(listed(data, self.failed_key))
 
     async def _send_one(self, sender: str, recipient: str, message: Message) -> Result:
         fields = {**self._message_fields(sender, message), "sessionType": SINGLE_CHAT, "recvID": recipient}
-        return _sent(*await self._post(Operation.SEND, self.send_path, fields), user_id=recipient)
+        return _sent(*await self._post(Operation.SEND, self.send_path, fields, expect=MSG_ID),
+                     user_id=recipient)
 
     async def send_group(self, sender: str, group_ids: Sequence[str], message: Message, *,
                          dedup_key: str | None = None) -> list[Result]:
@@ -367,7 +373,8 @@ class OpenIMClient(AdminToken, VendorClient):
         async def one(group_id: str) -> Result:
             fields = {**self._message_fields(sender, message), "sessionType": self.group_chat,
                       "groupID": group_id}
-            return _sent(*await self._post(Operation.SEND_GROUP, self.send_path, fields), group_id=group_id)
+            return _sent(*await self._post(Operation.SEND_GROUP, self.send_path, fields, expect=MSG_ID),
+                         group_id=group_id)
 
         batch = Batch(group_ids, lambda g: None if g else "group_id: required")
         batch.put(batch.valid, await self.each([group_ids[i] for i in batch.valid], one))

@@ -17,7 +17,7 @@ import httpx
 
 from .vocabulary import FieldRule, Group, Operation, Outcome, Profile, Result, VendorRules
 from .client import Batch, CallFailed, Codes, VendorClient, chunks, invalid, same_for_all
-from .openim import (MAX_IDS_PER_CALL, OpenIMClient, data_of, exists, listed, new_operation_id, ok, with_data)
+from .openim import (MAX_IDS_PER_CALL, TOKEN, OpenIMClient, data_of, exists, listed, new_operation_id, ok, with_data)
 from .openim_v3 import RULES_V3
 from .paging import PageFetch, sliced
 
@@ -151,7 +151,8 @@ class OpenIMV2Client(OpenIMClient):
     async def _issue_token(self, user_id: str) -> Result:
         """The secret buys any user's token directly."""
         body = {"secret": self.config.secret, "platform": self.config.platform_id, "userID": user_id}
-        result, body = await self._post(Operation.ISSUE_TOKEN, "/auth/user_token", body, admin=False)
+        result, body = await self._post(Operation.ISSUE_TOKEN, "/auth/user_token", body, admin=False,
+                                        expect=TOKEN)
         if result.outcome is not Outcome.OK:
             return result
         data = data_of(body)

@@ -9,13 +9,14 @@ duration (`expireTimeSeconds`).
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Sequence
 
 import httpx
 
 from .vocabulary import FieldRule, Group, Operation, Outcome, Profile, Result, VendorRules
 from .client import Batch, CallFailed, Codes, chunks, invalid, same_for_all
-from .openim import (MAX_IDS_PER_CALL, OpenIMClient, data_of, exists, listed, new_operation_id, ok, with_data)
+from .openim import (MAX_IDS_PER_CALL, TOKEN, OpenIMClient, data_of, exists, listed, new_operation_id, ok, with_data)
 from .openim_feed import OpenIMV3Feed
 from .openim_groups import GROUPS_PER_PAGE, OpenIMV3Groups, listing_page, page_of
 from .paging import NoSuchList, PageFetch, read_all
@@ -57,10 +58,32 @@ RULES_RATES = {
     Operation.GET_MEMBERS: 50,
     Operation.GET_FRIENDS: 50,
 }
+
+
+def _legal_user_id() -> str:
+    """datautil.IsLegalUserID as a regex: every rune Go's unicode.IsLetter
+    (L*), unicode.IsDigit (Nd) or '_'. Python's \\w also takes the other
+    numbers (Nl, No: '²', 'Ⅻ'), which the server refuses: they are left out."""
+    others = [n for n in range(sys.maxunicode + 1)
+              if chr(n).isnumeric() and not chr(n).isdecimal() and not chr(n).isalpha()]
+    spans: list[list[int]] = []
+    for n in others:
+        if spans and spans[-1][1] == n - 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    excluded = "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in spans)
+    return rf"(?:(?![{excluded}])\w)+"
+
+
+LEGAL_USER_ID = _legal_user_id()
 RULES_V3 = VendorRules(
     fields={
-        # protocol datautil.IsLegalUserID: unicode letters, digits, '_'
-        "user_id": FieldRule(max_len=64, required=True, pattern=r"\w+", pattern_hint="letters, digits and _"),
+        # The server's own rule: protocol UserRegisterReq.Check -> datautil.IsLegalUserID,
+        # and the user rpc refuses only an empty id (and ':'); no length limit.
+        # Mongo's unique index on user_id compares bytes, with no folding: ids
+        # are told apart as written (id_form None).
+        "user_id": FieldRule(required=True, pattern=LEGAL_USER_ID, pattern_hint="letters, digits and _"),
         # UserRegisterReq.Check refuses only an empty nickname; neither the
         # user rpc nor the Mongo model limits its length.
         "name": FieldRule(required=True),
@@ -177,7 +200,8 @@ class OpenIMV3Client(OpenIMV3Feed, OpenIMV3Groups, OpenIMClient):
 
     async def _issue_token(self, user_id: str) -> Result:
         result, body = await self._post(Operation.ISSUE_TOKEN, "/auth/get_user_token",
-                                        {"platformID": self.config.platform_id, "userID": user_id})
+                                        {"platformID": self.config.platform_id, "userID": user_id},
+                                        expect=TOKEN)
         if result.code == "1002":
             # Our token is an admin's (get_admin_token checks that), so 1002 here
             # means the target: an admin account, which gets no user token.

@@ -45,8 +45,9 @@ def run_context(tmp_path, source: str, target: str, database_url: str | None = N
 
 
 def seed_source(ctx) -> list[str]:
-    """The source's accounts, registered through its own API; returns their
-    ids at the source (Maxim assigns numbers), in the order of `user(i)`."""
+    """The source's accounts, registered through its own API; returns the
+    ids they are listed by, in the order of `user(i)`: the app's own (a
+    Maxim source lists its users by username, its numbers kept beside)."""
     async def fill():
         client = ctx.client("old")
         try:
@@ -54,7 +55,7 @@ def seed_source(ctx) -> list[str]:
         finally:
             await client.http.aclose()
         assert all(r.succeeded for r in results)
-        return [str(r.data["user_id"]) for r in results]
+        return [user(i) for i in range(USERS)]
 
     return asyncio.run(fill())
 
@@ -151,8 +152,7 @@ def test_a_run_into_openim_lists_its_accounts_from_a_maxim_source(tmp_path):
 
 
 def listed_from_maxim(ctx, tmp_path):
-    ids = seed_source(ctx)  # Maxim's numbers: the run's source ids
-    assert all(i.isdigit() for i in ids)
+    ids = seed_source(ctx)  # the usernames, not Maxim's numbers: the run's source ids
     m = migration(tmp_path, ids, limit=500)
     run_and_check(ctx, ids, runs.RunRequest(
         friends=m.friends, groups=m.groups_file, verify=True,
