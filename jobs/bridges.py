@@ -154,7 +154,6 @@ def receive(conn: Connection, bridge: Any, app: str, delivered: Sequence[FeedMes
     duplicates = len(rest) - stored
     count(conn, app, "duplicates", duplicates)
     count(conn, app, "echoes", len(echoes))
-    count(conn, app, "received", stored)
     return Received(stored, duplicates, len(echoes))
 
 

@@ -22,10 +22,11 @@ import hashlib
 import logging
 import time
 import uuid
+from types import SimpleNamespace
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, case, or_, select, update
 from sqlalchemy.engine import Connection
 
 from imshift.models.tables import Bridge, BridgeMessage, BridgeStatus, IdMap, ItemState, Run
@@ -180,6 +181,7 @@ class Relayer:
         self.chain: list[int] = [bridge.run_id]
         self.marks = Marks(runtime.engine)
         self.repeat_safe: dict[str, bool] = {}  # per app: whether a send to it may be repeated
+        self.mapped: dict[tuple[bool, str, str], str] = {}  # (forward, kind, id) -> the other side's
 
     @property
     def bid(self) -> int:
@@ -305,45 +307,54 @@ class Relayer:
     # claiming --------------------------------------------------------------------------
 
     def _claim(self, conn: Connection, heads: list[tuple[tuple[str, str], Waiting]]):
-        """Claim the heads in one transaction and map their ids: (the claimed,
-        what was settled at once: held, failed unmapped, or no longer pending)."""
+        """Map the heads' ids, then claim them, in one transaction whose
+        reads come first, so the write lock is held only for the writes:
+        (the claimed, what was settled at once: held, failed unmapped, or no
+        longer pending)."""
         token = uuid.uuid4().hex
         by_id = {head.id: (conv, head) for conv, head in heads}
-        conn.execute(update(messages).where(messages.c.id.in_(list(by_id)),
-                                            messages.c.state == ItemState.PENDING.value)
-                     .values(state="claimed", claim=token, sent_at=None,
-                             lease_until=time.time() + self.runtime.tuning.lease_seconds))
-        rows = conn.execute(select(messages).where(messages.c.claim == token)).all()
-        settled = [(conv, head, None) for mid, (conv, head) in by_id.items()
-                   if mid not in {r.id for r in rows}]  # resolved meanwhile: drop from the queue
+        rows = conn.execute(select(messages).where(messages.c.id.in_(list(by_id)),
+                                                   messages.c.state == ItemState.PENDING.value)).all()
         found = self._mapped(conn, rows)
         originals = self._originals(conn, [r for r in rows if r.kind == "recall"])
-        claimed = []
+        claimed, held = [], []
         for row in rows:
             conv, head = by_id[row.id]
             sender, to = found(row)
             missing = (f"user {row.sender}" if sender is None else
                        f"{'group' if row.is_group else 'user'} {row.to}" if to is None else None)
             if missing:
-                settled.append((conv, head, self._hold(conn, row, missing)))
+                held.append((conv, head, row, missing))
             else:
                 claimed.append(Claimed(row, conv, head, sender, to, originals.get(row.id)))
+        taken = set(conn.execute(update(messages).where(
+            messages.c.id.in_([c.row.id for c in claimed]), messages.c.state == ItemState.PENDING.value)
+            .values(state="claimed", claim=token, sent_at=None,
+                    lease_until=time.time() + self.runtime.tuning.lease_seconds)
+            .returning(messages.c.id)).scalars()) if claimed else set()
+        claimed = [replace(c, row=_with_claim(c.row, token)) for c in claimed if c.row.id in taken]
+        settled = [(conv, head, None) for mid, (conv, head) in by_id.items()
+                   if mid not in taken and mid not in {h[2].id for h in held}]  # resolved meanwhile
+        settled += [(conv, head, self._hold(conn, row, what)) for conv, head, row, what in held]
         return claimed, settled
 
     def _mapped(self, conn: Connection, rows: list[Any]):
-        """(sender, to) as the other side knows them, per row (None where unmapped)."""
-        maps: dict[tuple[bool, str], dict[str, str]] = {}
+        """(sender, to) as the other side knows them, per row (None where
+        unmapped). Ids found are kept for the turn: a run's map only grows."""
+        cache = self.mapped
         for forward in (True, False):
             side = [r for r in rows if (r.from_app == self.bridge.source_app) == forward]
-            users = {r.sender for r in side} | {r.to for r in side if not r.is_group}
-            groups = {r.to for r in side if r.is_group}
-            maps[(forward, "user")] = map_ids(conn, self.chain, "user", users, forward)
-            maps[(forward, "group")] = map_ids(conn, self.chain, "group", groups, forward)
+            wanted = {("user", i) for r in side for i in ((r.sender,) if r.is_group else (r.sender, r.to))}
+            wanted |= {("group", r.to) for r in side if r.is_group}
+            for kind in ("user", "group"):
+                ids = {i for k, i in wanted if k == kind and (forward, kind, i) not in cache}
+                cache.update(((forward, kind, s), t) for s, t in
+                             map_ids(conn, self.chain, kind, ids, forward).items())
 
         def found(row: Any) -> tuple[str | None, str | None]:
             forward = row.from_app == self.bridge.source_app
-            return (maps[(forward, "user")].get(row.sender),
-                    maps[(forward, "group" if row.is_group else "user")].get(row.to))
+            return (cache.get((forward, "user", row.sender)),
+                    cache.get((forward, "group" if row.is_group else "user", row.to)))
 
         return found
 
@@ -436,49 +447,74 @@ class Relayer:
     async def _record_all(self, finished: list[tuple[Claimed, Result]]) -> None:
         if not finished:
             return
-        settled = await self._db(lambda conn: [
-            (c.conv, c.head, self._record(conn, c.row, r)) for c, r in finished])
-        self._settle(settled)
-        for c, result in finished:
+        answers = [(c, r, self._outcome(c.row, r)) for c, r in finished]
+        await self._db(lambda conn: self._write(conn, answers))
+        self._settle([(c.conv, c.head, values["b_not_before"] if values["b_state"] == ItemState.PENDING.value
+                       else None) for c, _, values in answers])
+        for c, result, _ in answers:
             if result.outcome is Outcome.RATE_LIMITED:
                 op = Operation.SEND_GROUP if c.row.is_group else Operation.SEND
                 await self.runtime.limiter.slow_down(self.target_of(c.row.from_app), op.value,
                                                      result.retry_after)
 
-    def _record(self, conn: Connection, row: Any, result: Result) -> float | None:
-        """Record the answer; when the message is to be tried again (None: final)."""
+    def _outcome(self, row: Any, result: Result) -> dict[str, Any]:
+        """What the answer makes of the message: the values its row gets."""
         now = time.time()
         target = self.target_of(row.from_app)
-        repeat_safe = self.repeat_safe[target]
         attempts = row.attempts + 1
-        values: dict[str, Any] = {"claim": None, "attempts": attempts, "code": result.code,
-                                  "message": result.message, "not_before": None}
+        v: dict[str, Any] = {"b_id": row.id, "b_claim": row.claim, "b_attempts": attempts,
+                             "b_code": result.code, "b_message": result.message, "b_not_before": None,
+                             "b_relayed_at": None, "b_target_msg_id": None, "b_target_sent_at_ms": None}
         if result.succeeded:
             sent = result.data.get("sent_at_ms")
-            values.update(state=ItemState.OK.value, relayed_at=now,
-                          target_msg_id=str(result.data.get("msg_id") or "") or None,
-                          target_sent_at_ms=int(sent) if sent is not None else None)
+            v.update(b_state=ItemState.OK.value, b_relayed_at=now,
+                     b_target_msg_id=str(result.data.get("msg_id") or "") or None,
+                     b_target_sent_at_ms=int(sent) if sent is not None else None)
         elif result.outcome is Outcome.REJECTED:
-            values["state"] = ItemState.REJECTED.value
-        elif result.maybe_delivered and not repeat_safe:
-            values.update(state=ItemState.UNKNOWN.value,
-                          message=f"{result.message}; it may have been delivered, so it is not sent again")
+            v["b_state"] = ItemState.REJECTED.value
+        elif result.maybe_delivered and not self.repeat_safe[target]:
+            v.update(b_state=ItemState.UNKNOWN.value,
+                     b_message=f"{result.message}; it may have been delivered, so it is not sent again")
         elif result.outcome is Outcome.AUTH:
-            values.update(state=ItemState.PENDING.value, sent_at=None, not_before=now + 1.0)
+            v.update(b_state=ItemState.PENDING.value, b_not_before=now + 1.0,
+                     b_stop=f"{target} refused the credentials: {result.code} {result.message}; fix "
+                            f"them, then `imshift bridge resume B{self.bid}`")
+        elif attempts >= self.runtime.tuning.max_attempts:
+            v["b_state"] = ItemState.FAILED.value
+        else:
+            v.update(b_state=ItemState.PENDING.value,
+                     b_not_before=now + (result.retry_after or min(30.0, 0.5 * 2 ** attempts)))
+        return v
+
+    def _write(self, conn: Connection, answers: list[tuple[Claimed, Result, dict[str, Any]]]) -> None:
+        """Every answer of the round in one statement (executemany); a refusal
+        of our credentials stops the bridge."""
+        rows = [values for _, _, values in answers]
+        conn.execute(_RECORD, [{k: v for k, v in r.items() if k != "b_stop"} for r in rows])
+        stop = next((r["b_stop"] for r in rows if "b_stop" in r), None)
+        if stop:
             conn.execute(update(bridges).where(bridges.c.id == self.bid,
                                                bridges.c.status == BridgeStatus.ACTIVE.value)
-                         .values(status=BridgeStatus.STOPPED.value,
-                                 stop_reason=f"{target} refused the credentials: {result.code} "
-                                             f"{result.message}; fix them, then "
-                                             f"`imshift bridge resume B{self.bid}`"))
-        elif attempts >= self.runtime.tuning.max_attempts:
-            values["state"] = ItemState.FAILED.value
-        else:
-            wait = result.retry_after or min(30.0, 0.5 * 2 ** attempts)
-            values.update(state=ItemState.PENDING.value, not_before=now + wait, sent_at=None)
-        conn.execute(update(messages).where(messages.c.id == row.id, messages.c.claim == row.claim)
-                     .values(**values))
-        return values["not_before"] if values.get("state") == ItemState.PENDING.value else None
+                         .values(status=BridgeStatus.STOPPED.value, stop_reason=stop))
+
+
+# One statement for a round's answers; a message to be tried again is
+# pending with no send mark (it never went out, or may be repeated).
+_RECORD = (update(messages).where(messages.c.id == bindparam("b_id"), messages.c.claim == bindparam("b_claim"))
+           .values(state=bindparam("b_state"), claim=None, attempts=bindparam("b_attempts"),
+                   code=bindparam("b_code"), message=bindparam("b_message"),
+                   not_before=bindparam("b_not_before"), relayed_at=bindparam("b_relayed_at"),
+                   target_msg_id=bindparam("b_target_msg_id"),
+                   target_sent_at_ms=bindparam("b_target_sent_at_ms"),
+                   sent_at=case((bindparam("b_state") == ItemState.PENDING.value, None),
+                                else_=messages.c.sent_at)))
+
+
+def _with_claim(row: Any, token: str) -> Any:
+    """The row as claimed (its claim token is what a record must match)."""
+    values = dict(row._mapping)
+    values["claim"] = token
+    return SimpleNamespace(**values)
 
 
 def _content(content: dict[str, Any] | None) -> dict[str, Any]:

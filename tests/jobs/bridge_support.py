@@ -19,7 +19,6 @@ import httpx
 
 from imshift.jobs import bridges, run_control, runs
 from imshift.vendors.registry import vendor
-from imshift.vendors.sandbox.serve import served
 from imshift.vendors.vocabulary import Group, Profile
 from imshift.workers.embedded import in_process_workers
 
@@ -74,16 +73,21 @@ def user_name(i: int) -> str:
     return f"bu_{i:05d}"
 
 
-async def _register(box: Any, names: list[str]) -> list[str]:
-    client = box.client()
+def client_of(side: "Side") -> Any:
+    """A vendor client of the side's app over real HTTP."""
+    return vendor(side.vendor).make_client(side.box.config(side.url), httpx.AsyncClient(timeout=30))
+
+
+async def _register(side: "Side", names: list[str]) -> list[str]:
+    client = client_of(side)
     results = await client.register_users([Profile(n, f"Name {n}") for n in names])
     ids = [str(r.data.get("user_id") or n) for n, r in zip(names, results)]
     assert all(r.succeeded for r in results), [r for r in results if not r.succeeded][:3]
     return ids
 
 
-async def _groups(box: Any, users: list[str], count: int, size: int) -> list[str]:
-    client = box.client()
+async def _groups(side: "Side", users: list[str], count: int, size: int) -> list[str]:
+    client = client_of(side)
     made = []
     for g in range(count):
         members = [users[(g + 1 + i) % len(users)] for i in range(size - 1)]
@@ -99,14 +103,18 @@ def bridged(tmp_path: Path, database_url: str, old_vendor: str, new_vendor: str,
             hold: float = 600.0, settle: float = 0.3) -> Iterator[Bridged]:
     """Users (and groups) on the old side, migrated to the new by a run, and
     a bridge between them; both sandboxes served on loopback."""
+    # Each sandbox a process of its own, as each vendor is a server of its own:
+    # in this process they would share one interpreter lock with the clients.
+    # `box` is a local twin that only says what the served one's credentials are.
     old_box, new_box = vendor(old_vendor).sandbox(), vendor(new_vendor).sandbox()
-    with served(old_box) as old_url, served(new_box) as new_url:
+    with sandbox_process(old_vendor, tmp_path / "old-sandbox.log") as old_url, \
+            sandbox_process(new_vendor, tmp_path / "new-sandbox.log") as new_url:
         old = Side("old", old_vendor, old_box, old_url)
         new = Side("new", new_vendor, new_box, new_url)
         names = [user_name(i) for i in range(users)]
-        old.users = asyncio.run(_register(old_box, names))
+        old.users = asyncio.run(_register(old, names))
         if groups:
-            old.groups = asyncio.run(_groups(old_box, old.users, groups, group_size))
+            old.groups = asyncio.run(_groups(old, old.users, groups, group_size))
         users_csv = tmp_path / "users.csv"
         users_csv.write_text("user_id,name\n" + "".join(f"{u},Name {u}\n" for u in old.users),
                              encoding="utf-8")
@@ -140,6 +148,36 @@ def bridged(tmp_path: Path, database_url: str, old_vendor: str, new_vendor: str,
                     hold=hold, settle=settle)
         ctx.engine.dispose()
         yield Bridged(old, new, database_url, env, plan.run_id, ids)
+
+
+@contextlib.contextmanager
+def sandbox_process(vendor_name: str, log: Path) -> Iterator[str]:
+    """`imshift sandbox --vendor V` on a free port; yields its base URL."""
+    port = free_port()
+    with log.open("a") as out:
+        box = subprocess.Popen([sys.executable, "-m", "imshift.cli", "sandbox", "--vendor", vendor_name,
+                                "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert box.poll() is None, log.read_text()[-2000:]
+            try:
+                if httpx.get(f"{url}/_sandbox/stats", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"the {vendor_name} sandbox did not start: {log.read_text()[-2000:]}"
+            time.sleep(0.05)
+        yield url
+    finally:
+        box.terminate()
+        try:
+            box.wait(10)
+        except subprocess.TimeoutExpired:
+            box.kill()
+            box.wait(5)
 
 
 def _fields(config: Any) -> dict[str, Any]:

@@ -103,12 +103,16 @@ def test_messages_cross_one_way_exactly_once_in_order(tmp_path, old_vendor, new_
 
 
 def test_both_ways_many_conversations_exactly_once_in_order_without_echoes(tmp_path):
-    """Clients on both vendors at once, 200 messages/s in all, over 500
-    conversations: each message reaches the other side once, in its
-    conversation's order, and nothing the bridge sent comes back."""
+    """Clients on both vendors at once, 100 messages/s in all, over 500
+    conversations (250 a side): each message reaches the other side once,
+    in its conversation's order, and nothing the bridge sent comes back
+    (OpenIM's webhooks report the bridge's own sends: each is dropped).
+    Both sandboxes, their clients and the server share this machine's 2
+    cores with the rest of the suite, so the rate is half the benchmark's:
+    `python -m bench bridge` runs 10,000 at 200 and 1,000 a second."""
     count, pairs = 2000, 250
     db = f"sqlite:///{tmp_path}/imshift.db"
-    with bridged(tmp_path, db, "openim", "maxim", users=pairs, both_ways=True) as b:
+    with bridged(tmp_path, db, "rongcloud", "openim", users=pairs, both_ways=True) as b:
         with serving(b, tmp_path / "serve.log"):
             b.old.feed_to(b.old.hook(b.server_url), repeat=0.1, reorder=0.05)
             b.new.feed_to(b.new.hook(b.server_url), repeat=0.1, reorder=0.05)
@@ -116,7 +120,7 @@ def test_both_ways_many_conversations_exactly_once_in_order_without_echoes(tmp_p
             new_plan = conversations(b, "new", pairs=pairs, groups=False, count=count // 2, seed=2)
 
             async def both():
-                await asyncio.gather(send_all(b.old, old_plan, rate=100), send_all(b.new, new_plan, rate=100))
+                await asyncio.gather(send_all(b.old, old_plan, rate=50), send_all(b.new, new_plan, rate=50))
 
             asyncio.run(both())
             for side, plan, prefix in ((b.new, old_plan, "old:"), (b.old, new_plan, "new:")):
@@ -128,6 +132,7 @@ def test_both_ways_many_conversations_exactly_once_in_order_without_echoes(tmp_p
             status = httpx.get(f"{b.server_url}/api/bridges/1", timeout=10).json()
         for way in status["directions"]:
             assert way["relayed"] == count // 2 and way["failed"] == way["unknown"] == 0, status
+        assert status["directions"][1]["echoes"] >= count // 2  # each relay into OpenIM came back (some twice)
         # No echo: each side's inboxes hold its own clients' messages once, and the other side's once.
         for side in (b.old, b.new):
             for user, texts in received_texts(side, side.users).items():

@@ -13,7 +13,6 @@ through the server API is not posted.
 from __future__ import annotations
 
 import json
-import secrets
 from typing import Any, Mapping
 
 from ..maxim_feed import CONTENT_TYPES
@@ -39,10 +38,15 @@ def media_of(attachment: Any) -> dict[str, Any] | None:
     return {k: v for k, v in media.items() if v is not None}
 
 
+DEMO_FEED_SIGNATURE = "demo-feed-signature"
+
+
 class MaximFeed(FeedSandbox):
     def init_maxim_feed(self) -> None:
         self.init_feed()
-        self.feed_signature = "sig-" + secrets.token_urlsafe(12)
+        # A fixed demo value like the sandbox's other credentials, so a sandbox
+        # served on its own (`imshift sandbox`, compose) can be configured.
+        self.feed_signature = DEMO_FEED_SIGNATURE
         self.messages: dict[int, dict[str, Any]] = {}  # msg_id -> the message, in send order
 
     def feed_endpoints(self) -> list[Endpoint]:

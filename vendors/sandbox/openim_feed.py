@@ -42,10 +42,15 @@ def file_elem(media: Mapping[str, Any]) -> dict[str, Any]:
             "fileSize": media.get("size", 0)}
 
 
+DEMO_FEED_SECRET = "demo-feed-secret"
+
+
 class OpenIMv3Feed(FeedSandbox):
     def init_openim_feed(self) -> None:
         self.init_feed()
-        self.feed_secret = "hook-" + secrets.token_urlsafe(12)
+        # A fixed demo value like the sandbox's other credentials, so a sandbox
+        # served on its own (`imshift sandbox`, compose) can be configured.
+        self.feed_secret = DEMO_FEED_SECRET
         self.messages: list[dict[str, Any]] = []  # every stored message, oldest first
         self._seqs: Counter[str] = Counter()  # conversationID -> last seq
 
