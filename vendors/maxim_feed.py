@@ -1,7 +1,7 @@
 """Maxim's message subscription (信息订阅) for the bridge: a delivery read
 into FeedMessages, and the /message/send body of a relayed message.
 
-Facts (docs/feeds-openim-maxim.md says where): the subscription POSTs one
+Facts (docs/vendors.md, "Message feeds" says where): the subscription POSTs one
 JSON message a delivery with `from.uid`, `to.uid`, `type` (CHAT,
 GROUPCHAT), `ctype` (TEXT, IMAGE, AUDIO, VIDEO, FILE, LOCATION, COMMAND,
 FORWARD, ...), `content`, `ext`, `msgId`, `appId`, and a `signature`

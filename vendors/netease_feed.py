@@ -1,7 +1,7 @@
 """NetEase's message copy (消息抄送) read as the bridge's feed, and the forms
 a relayed message and a recall are sent with. A part of NeteaseClient
 (vendors/netease.py); facts and their sources are in
-docs/feeds-netease-rongcloud.md.
+docs/vendors.md, "Message feeds".
 
 A copy is a JSON POST signed with headers CurTime, MD5 (hex MD5 of the raw
 body) and CheckSum = sha1(AppSecret + MD5 + CurTime). eventType "1" is a

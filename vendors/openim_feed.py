@@ -2,7 +2,7 @@
 into FeedMessages, and the `content` a relayed message is sent with.
 
 Facts from the server's source (openimsdk/open-im-server v3 main,
-openimsdk/protocol; docs/feeds-openim-maxim.md says where):
+openimsdk/protocol; docs/vendors.md, "Message feeds" says where):
 - `afterSendSingleMsg` / `afterSendGroupMsg` POST `{url}/{callbackCommand}`
   with the message (pkg/callbackstruct CommonCallbackReq + recvID/groupID),
   for SDK and REST (admin, msgFrom 200) sends alike, one attempt (an

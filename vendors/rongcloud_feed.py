@@ -1,7 +1,7 @@
 """RongCloud's full message routing (全量消息路由) read as the bridge's feed,
 and the publish and recall forms of a relayed message. A part of
 RongCloudClient (vendors/rongcloud.py); facts and sources are in
-docs/feeds-netease-rongcloud.md.
+docs/vendors.md, "Message feeds".
 
 A routed message is a form-encoded POST whose URL query carries nonce,
 signTimestamp (ms) and signature = sha1(AppSecret + nonce + signTimestamp).

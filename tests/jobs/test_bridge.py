@@ -137,3 +137,99 @@ def test_both_ways_many_conversations_exactly_once_in_order_without_echoes(tmp_p
         for side in (b.old, b.new):
             for user, texts in received_texts(side, side.users).items():
                 assert len(texts) == len(set(texts)), (user, texts)
+
+
+def test_forged_stale_malformed_oversized_and_unknown_deliveries_are_refused_and_counted(tmp_path):
+    """Against a real `imshift serve`: each bad delivery gets its status,
+    nothing is stored or relayed, and each is counted as refused."""
+    import json
+    import time
+
+    from imshift.vendors.feeds import MAX_FEED_BYTES
+    from imshift.vendors.netease_feed import body_md5, copy_checksum
+
+    db = f"sqlite:///{tmp_path}/imshift.db"
+    with bridged(tmp_path, db, "netease", "rongcloud", users=4) as b:
+        config = b.old.box.config(b.old.url)
+        sender, to = b.old.users[0], b.old.users[1]
+
+        def signed(body: bytes, *, secret=config.app_secret, curtime=None):
+            curtime = curtime or str(int(time.time() * 1000))
+            md5 = body_md5(body)
+            return {"Content-Type": "application/json", "AppKey": config.app_key, "CurTime": curtime,
+                    "MD5": md5, "CheckSum": copy_checksum(secret, md5, curtime)}
+
+        event = json.dumps({"eventType": "1", "convType": "PERSON", "fromAccount": sender, "to": to,
+                            "msgidServer": "9001", "msgTimestamp": str(int(time.time() * 1000)),
+                            "msgType": "TEXT", "body": "forged?"}).encode()
+        with serving(b, tmp_path / "serve.log"):
+            hook = f"{b.server_url}/hooks/old"
+            cases = {
+                "forged": (hook, event, signed(event, secret="not-the-secret")),
+                "stale": (hook, event, signed(event, curtime=str(int((time.time() - 3600) * 1000)))),
+                "malformed": (hook, b"{not json", signed(b"{not json")),
+                "oversized": (hook, b"x" * (MAX_FEED_BYTES + 1), signed(b"x" * (MAX_FEED_BYTES + 1))),
+                "unknown app": (f"{b.server_url}/hooks/nobody", event, signed(event)),
+            }
+            answers = {name: httpx.post(url, content=body, headers=headers, timeout=10).status_code
+                       for name, (url, body, headers) in cases.items()}
+            # The same event signed right is taken: the refusals were the signature's, age's, body's.
+            taken = httpx.post(hook, content=event, headers=signed(event), timeout=10).status_code
+            status = wait_for(lambda: (s := httpx.get(f"{b.server_url}/api/bridges/1", timeout=10).json())
+                              ["directions"][0]["relayed"] == 1 and s, 10, "the good delivery relayed")
+        assert answers == {"forged": 401, "stale": 401, "malformed": 400, "oversized": 413,
+                           "unknown app": 404}, answers
+        assert taken == 200
+        way = status["directions"][0]
+        assert way["refused"] == 4 and way["relayed"] == 1 and way["pending"] == 0, way
+        assert [m["text"] for m in b.new.inbox(b.ids["user"][to])] == ["forged?"]
+
+
+def test_a_message_to_an_account_not_migrated_yet_is_held_then_fails_naming_it(tmp_path):
+    """A user the run never moved: their message waits (held) for --hold,
+    then ends failed naming the id; the conversation after it goes on."""
+    db = f"sqlite:///{tmp_path}/imshift.db"
+    with bridged(tmp_path, db, "netease", "rongcloud", users=4, hold=2.0) as b:
+        import asyncio as aio
+
+        from bridge_support import _register
+        late = aio.run(_register(b.old, ["bu_late"]))[0]  # on the old side only
+        with serving(b, tmp_path / "serve.log"):
+            b.old.feed_to(b.old.hook(b.server_url))
+            plan = [Sent("old", late, b.old.users[0], False, "old:late#0"),
+                    Sent("old", b.old.users[1], b.old.users[0], False, "old:ok#0")]
+            asyncio.run(send_all(b.old, plan, rate=20))
+
+            def held():
+                s = httpx.get(f"{b.server_url}/api/bridges/1", timeout=10).json()
+                return s if s["directions"][0]["held"] == 1 else None
+
+            assert wait_for(held, 10, "the message from the unmigrated user held")["directions"][0]["relayed"] == 1
+
+            def failed():
+                s = httpx.get(f"{b.server_url}/api/bridges/1", timeout=10).json()
+                return s if s["directions"][0]["failed"] == 1 else None
+
+            status = wait_for(failed, 15, "the held message failed after --hold")
+        [failure] = status["last_failures"]
+        assert failure["code"] == "unmapped" and f"user {late}" in failure["message"], failure
+        assert [m["text"] for m in b.new.inbox(b.new.users[0])] == ["old:ok#0"]
+
+
+def test_a_recall_of_a_relayed_message_takes_it_back_at_the_target(tmp_path):
+    db = f"sqlite:///{tmp_path}/imshift.db"
+    with bridged(tmp_path, db, "netease", "rongcloud", users=4) as b:
+        with serving(b, tmp_path / "serve.log"):
+            b.old.feed_to(b.old.hook(b.server_url))
+            plan = [Sent("old", b.old.users[0], b.old.users[1], False, "old:r#0"),
+                    Sent("old", b.old.users[0], b.old.users[1], False, "old:r#1")]
+            asyncio.run(send_all(b.old, plan, rate=20))
+            target = b.new.users[1]
+            wait_for(lambda: len(b.new.inbox(target)) == 2, 15, "both messages relayed")
+            reply = httpx.post(f"{b.old.url}/_sandbox/client/recall",
+                               json={"from": b.old.users[0], "msg_id": plan[0].msg_id}, timeout=10)
+            assert reply.status_code == 200, reply.text
+            inbox = wait_for(lambda: (i := b.new.inbox(target)) and i[0].get("recalled") and i, 15,
+                             "the recall relayed")
+        assert [m["text"] for m in inbox] == ["old:r#0", "old:r#1"]
+        assert inbox[0]["recalled"] and not inbox[1].get("recalled")

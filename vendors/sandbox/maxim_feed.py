@@ -2,7 +2,7 @@
 simulated client sends and recalls, and POST /message/recall. Mixed into
 MaximSandbox.
 
-Choices where the vendor documents nothing (docs/feeds-openim-maxim.md):
+Choices where the vendor documents nothing (docs/vendors.md, "Message feeds"):
 every message with a sender, made by a client or by /message/send (the
 relay), is posted with its `ext`, one POST, 5 s, no retry; a message has
 one msg_id however many members a group has; a client's recall is posted

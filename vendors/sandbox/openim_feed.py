@@ -2,7 +2,7 @@
 simulated client sends and recalls, and the server's /msg/revoke_msg and
 /msg/search_msg. Mixed into OpenIMv3Sandbox.
 
-As the server does (docs/feeds-openim-maxim.md): every stored user message
+As the server does (docs/vendors.md, "Message feeds"): every stored user message
 (SDK, msgFrom 100, or REST, msgFrom 200, batch sends included) is posted
 with its `ex`, `seq` 0 (the seq is given when stored, after the webhook)
 and a `key` query of base64 JSON {sendID, recvID, groupID}; a revoke is
