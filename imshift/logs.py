@@ -33,7 +33,7 @@ class Redact(logging.Filter):
 def secret_fields(config: object) -> list[str]:
     """The values of a vendor config's secret fields (those kept out of repr)."""
     return [str(getattr(config, f.name)) for f in dataclasses.fields(config)
-            if not f.repr and isinstance(getattr(config, f.name), str)]
+            if not f.repr and isinstance(getattr(config, f.name), str) and getattr(config, f.name)]
 
 
 def install(secrets: Iterable[str]) -> Redact:

@@ -144,13 +144,15 @@ def test_settings_that_break_after_planning_stop_the_job_in_the_worker(db, tmp_p
     good = {"vendor": "netease", "sandbox": True}
     ctx = context(db, apps={"new": good})
     report = plan(ctx, tmp_path / "u.csv", 30)
-    broken = context(db, apps={"new": {**good, "app_secrt": "s3cret-typo"}})
+    # A value that reads as settings but does not fit the vendor's config (a
+    # misspelt key is refused when the settings are read: tests/test_settings_typos.py).
+    broken = context(db, apps={"new": {**good, "concurrency": "s3cret-typo"}})
     broken.runtime  # noqa: B018
     with in_process_workers(broken.broker):
         control.start(broken.engine, broken.broker, report.job_id)
         p = wait_until_done(broken, report.job_id, 30)
     assert p.status == "stopped"
-    assert "app_secrt not a setting" in p.stop_reason and "imshift resume" in p.stop_reason
+    assert "concurrency" in p.stop_reason and "imshift resume" in p.stop_reason
     assert "s3cret-typo" not in p.stop_reason
     assert p.counts == {"pending": 30}
     ctx.runtime  # noqa: B018
