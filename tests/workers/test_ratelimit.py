@@ -356,3 +356,28 @@ def test_no_guard_band_calls_once_windows_fill_past_their_middles():
     starts = simulate(100, weights, arrivals=arrivals)
     late_band = [s for s in starts[200:] if s % 1 < 0.05 or s % 1 > 0.95]
     assert late_band == []
+
+
+async def test_an_urgent_call_goes_ahead_of_the_calls_waiting_for_the_same_quota(mode):
+    """The bridge's live messages before a bulk job's backlog: an urgent
+    caller waits behind other urgent ones only, and the quota is the same."""
+    from imshift.workers.ratelimit import urgent
+
+    limiter = RateLimiter({"send": 50}, redis=mode)
+    throttle = limiter.throttle_for("app1")
+    order: list[str] = []
+
+    async def call(name: str, hurry: bool = False):
+        urgent.set(hurry)
+        await throttle("send", 1)
+        order.append(name)
+
+    bulk = [asyncio.ensure_future(call(f"bulk{i}")) for i in range(100)]  # 2 s of the quota
+    await asyncio.sleep(0.3)  # the backlog is queued behind its leader
+    began = time.monotonic()
+    await asyncio.gather(call("live1", True), call("live2", True))
+    waited = time.monotonic() - began
+    await asyncio.gather(*bulk)
+    assert waited < 0.6, waited  # not behind the 1.5 s of bulk calls still waiting
+    assert order.index("live1") < order.index("bulk60") and order.index("live2") < order.index("bulk60")
+    assert len(order) == 102
