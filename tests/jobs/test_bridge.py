@@ -17,6 +17,25 @@ from bridge_support import Sent, bridged, received_texts, send_all, serving, wai
 pytestmark = pytest.mark.loopback
 
 
+def postgres(request) -> str:
+    """The session's throwaway PostgreSQL database, emptied after the test."""
+    url = request.getfixturevalue("postgres_url")
+
+    def empty() -> None:
+        from sqlalchemy import create_engine, text
+        from sqlmodel import SQLModel
+
+        from imshift.models.db import normalise_url
+        engine = create_engine(normalise_url(url))
+        SQLModel.metadata.drop_all(engine)
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+        engine.dispose()
+
+    request.addfinalizer(empty)
+    return url
+
+
 def conversations(b, side: str, pairs: int, groups: bool, count: int, seed: int = 7) -> list[Sent]:
     """`count` messages over `pairs` one-to-one conversations (and each group
     when `groups`), interleaved at random; each text names its conversation
@@ -81,10 +100,11 @@ def check_arrived(side, want: dict[str, list[str]], prefix: str, last: dict | No
 
 
 # Each vendor once as the source and once as the target.
-@pytest.mark.parametrize("old_vendor,new_vendor", [("netease", "rongcloud"), ("rongcloud", "openim"),
-                                                   ("openim", "maxim"), ("maxim", "netease")])
-def test_messages_cross_one_way_exactly_once_in_order(tmp_path, old_vendor, new_vendor):
-    db = f"sqlite:///{tmp_path}/imshift.db"
+@pytest.mark.parametrize("old_vendor,new_vendor,database", [
+    ("netease", "rongcloud", "sqlite"), ("rongcloud", "openim", "sqlite"), ("openim", "maxim", "sqlite"),
+    ("maxim", "netease", "sqlite"), ("rongcloud", "netease", "postgresql")])
+def test_messages_cross_one_way_exactly_once_in_order(tmp_path, request, old_vendor, new_vendor, database):
+    db = f"sqlite:///{tmp_path}/imshift.db" if database == "sqlite" else postgres(request)
     with bridged(tmp_path, db, old_vendor, new_vendor, users=40, groups=4) as b:
         with serving(b, tmp_path / "serve.log"):
             b.old.feed_to(b.old.hook(b.server_url), repeat=0.2, reorder=0.05)
