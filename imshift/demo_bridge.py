@@ -31,6 +31,7 @@ from .api import create_app
 
 WAIT = 10.0  # seconds a message may take to cross (it takes well under one)
 STEP = 0.05  # seconds between looks at an inbox
+CALL = 10.0  # seconds one call to an in-process sandbox may take
 
 
 @dataclass
@@ -79,9 +80,12 @@ def _run(ctx: Context, source: str, target: str, run_id: int, friends: Path, gro
     # the demo's RongCloud sandbox starts empty, so they are made there first.
     async def old_accounts() -> None:
         client = ctx.client(source)
-        results = await client.register_users([Profile(u, u) for u in sorted(set(new))])
-        made = await client.create_group(Group(team["group_id"], team["name"], team["owner"],
-                                               team["members"]))
+        try:
+            results = await client.register_users([Profile(u, u) for u in sorted(new)])
+            made = await client.create_group(Group(team["group_id"], team["name"], team["owner"],
+                                                   team["members"]))
+        finally:
+            await client.http.aclose()
         bad = [r for r in [*results, made] if not r.succeeded]
         if bad:
             raise RuntimeError(f"the RongCloud sandbox refused {bad[0]}")
@@ -100,7 +104,6 @@ def _run(ctx: Context, source: str, target: str, run_id: int, friends: Path, gro
                       f"/hooks/{target}", highlight=False)
         console.print("  each message as its sender's app sent it, then as the other vendor's "
                       "client shows it (each vendor's own ids for the same people):", highlight=False)
-        # Each message as its sender's app addresses it, and as the other vendor must show it.
         g, new_g = team["group_id"], ids[("group", team["group_id"])]
         crossings = [
             Crossing(source, "RongCloud", a, b, False, "你好! are you on the new app yet? 👋",
@@ -147,7 +150,7 @@ def _ms(seconds: float | None) -> str:
 def _failures(ctx: Context, bid: int) -> str:
     failed = bridges.report(ctx.engine, bid)["last_failures"]
     return f"the bridge's last failure: {failed[0]['code']} {failed[0]['message']}" if failed \
-        else "no failure recorded (`imshift bridge status` would show it)"
+        else "the bridge recorded no failure: it is still pending"
 
 
 # -- where it runs ----------------------------------------------------------------------------
@@ -166,11 +169,16 @@ def _workers_loop() -> asyncio.AbstractEventLoop:
 
 
 def _on(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
-    return asyncio.run_coroutine_threadsafe(coro, loop).result(WAIT)
+    """Run `coro` on the workers' loop and wait for it (bounded)."""
+    try:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(CALL)
+    except TimeoutError:
+        raise RuntimeError(f"a call to a sandbox took over {CALL:g} s") from None
 
 
 async def _post(box: Any, path: str, body: dict[str, Any]) -> None:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=box.app), base_url="http://sandbox") as http:
+    transport = httpx.ASGITransport(app=box.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as http:
         reply = await http.post(path, json=body)
     if reply.status_code != 200:
         raise RuntimeError(f"{path}: {reply.status_code} {reply.text[:200]}")
