@@ -8,7 +8,9 @@ read endpoints. Shows each stage's progress, the run's report and some of
 its id map, then messages a thousand of the migrated users through Maxim's
 batch endpoint, addressed by the ids Maxim gave them. Last, a broadcast
 schedule a few seconds ahead and a recurring send, each fired once by the
-scheduler in this process (imshift/demo_schedules.py). Runs on a temporary
+scheduler in this process (imshift/demo_schedules.py). Then a bridge both
+ways over the run, with a few users on each vendor messaging the other
+(imshift/demo_bridge.py). Runs on a temporary
 SQLite database with the in-process broker and workers: nothing to set up,
 and nothing left behind.
 """
@@ -35,6 +37,7 @@ from imshift.vendors.vocabulary import Message, Operation
 from imshift.workers.embedded import in_process_workers
 
 from . import logs
+from .demo_bridge import run_bridge
 from .demo_schedules import run_schedules
 from .jobcli import fail
 from .watch import summary, watch
@@ -115,7 +118,8 @@ def run_demo(count: int, console: Console) -> None:
     console.print(f"[bold]imshift demo[/bold]: a migration run of {count:,} users with their friends "
                   f"and groups, from the RongCloud sandbox to the Maxim sandbox (which assigns its own "
                   f"numeric ids), with new tokens and a read-back; then a welcome message to up to "
-                  f"1,000 of them, a scheduled broadcast and a recurring send\n  inputs {users.name}, {friends.name}, {groups.name} in {workdir}; "
+                  f"1,000 of them, a scheduled broadcast, a recurring send, and messages crossing a "
+                  f"bridge between the two vendors both ways\n  inputs {users.name}, {friends.name}, {groups.name} in {workdir}; "
                   f"database {workdir / 'imshift.db'}")
     if key:
         console.print("  IMSHIFT_TOKEN_KEY is not set: the new tokens are stored encrypted with a key "
@@ -127,6 +131,7 @@ def run_demo(count: int, console: Console) -> None:
             run_id = migrate(ctx, users, friends, groups, console)
             sender, chosen = send(ctx, run_id, workdir, console)
             run_schedules(ctx, TARGET, sender, chosen[:3], workdir, console)
+            run_bridge(ctx, SOURCE, TARGET, run_id, friends, groups, console)
     finally:  # its database and sample files are of no use after it, however it ended
         ctx.engine.dispose()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -68,6 +68,17 @@ def test_demo_migrates_reports_bad_rows_and_sends(tmp_path, monkeypatch):
     assert output.count("fired as job") == 2
     assert "removed schedule 2 after its first fire" in output
     assert output.count("fires of schedule") == 2
+    # Clients on both vendors crossing the bridge both ways, shown by each vendor's own ids.
+    assert "bridge B1 over R1, both ways" in output
+    assert "the bridge part stopped" not in output
+    assert re.search(rf"sent on RongCloud: user_000000 -> user_000001: .* shown on Maxim: "
+                     rf"{mapped.group(1)} -> \d+, [\d.]+ s later", output)
+    assert re.search(rf"sent on Maxim: \d+ -> {mapped.group(1)}: .* shown on RongCloud: "
+                     r"user_000001 -> user_000000, [\d.]+ s later", output)
+    assert re.search(r"shown on Maxim: \d+ -> group \d+, [\d.]+ s later \(for \d+, \d+\)", output)
+    assert "shown on RongCloud: user_000007 -> group team_000" in output
+    for way in ("rongcloud-app -> maxim-app", "maxim-app -> rongcloud-app"):  # each once: no echo relayed
+        assert re.search(rf"{way}: 2 relayed, 0 pending, 0 failed; lag p50 \d+ ms", output), output
 
 
 
