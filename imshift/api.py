@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError
 
 from imshift import __version__, metrics
+from imshift.jobs.bridge_ingest import Ingest
 
 from .api_access import Access, open_on_loopback
 from .api_bridges import bridge_router
@@ -46,6 +47,7 @@ def create_app(ctx: Context, token: str | None = None) -> FastAPI:
             yield
         finally:
             sampler.cancel()
+            ingest.close()
 
     app = FastAPI(title="imshift", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None,  # their pages load scripts from a CDN
@@ -53,6 +55,7 @@ def create_app(ctx: Context, token: str | None = None) -> FastAPI:
                   description="Progress, results and control of imshift jobs. With "
                               "IMSHIFT_API_TOKEN set, send it as a bearer token.")
     rates = Rates()
+    ingest = Ingest(ctx.engine)  # stores the feeds' deliveries (imshift/api_hooks.py)
     app.state.ctx, app.state.token, app.state.rates = ctx, token, rates
     app.state.failures = FirstFailures()
     app.state.metrics = metrics.registry(ctx.engine, ctx.broker)
@@ -81,6 +84,6 @@ def create_app(ctx: Context, token: str | None = None) -> FastAPI:
     app.include_router(schedule_router(ctx, lambda p: job_out(p, rates)), dependencies=Access)
     app.include_router(bridge_router(ctx), dependencies=Access)
     # Outside the API's routing: no token (each vendor's signature is the check), and fast.
-    app.add_middleware(HooksFirst, ctx=ctx)
+    app.add_middleware(HooksFirst, ctx=ctx, ingest=ingest)
     page_routes(app)
     return app

@@ -42,9 +42,8 @@ class HooksFirst:
     server's loop in them at 270 deliveries/s (py-spy), most of its answer
     time. Everything else goes on to the app."""
 
-    def __init__(self, app: Any, ctx: Context):
-        self.app, self.ctx = app, ctx
-        self.ingest = Ingest(ctx.engine)
+    def __init__(self, app: Any, ctx: Context, ingest: Ingest):
+        self.app, self.ctx, self.ingest = app, ctx, ingest
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""

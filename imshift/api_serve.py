@@ -16,6 +16,7 @@ from .api_access import api_token, is_loopback
 from .context import Context
 
 log = logging.getLogger("imshift.api")
+BRIDGE_WAKE_EVERY = 1.0  # seconds
 
 
 def serve(ctx: Context, host: str, port: int, say) -> int:
@@ -40,6 +41,7 @@ def serve(ctx: Context, host: str, port: int, say) -> int:
     with contextlib.ExitStack() as stack:
         if ctx.embedded:
             stack.enter_context(_embedded_workers(ctx))
+        stack.enter_context(_bridge_waker(ctx))
         _freeze_heap()
         uvicorn.run(app, host=host, port=port, log_config=None)
     return 0
@@ -53,6 +55,33 @@ def _freeze_heap() -> None:
     workers/heap.py, trades that latency for throughput)."""
     gc.collect()
     gc.freeze()
+
+
+@contextlib.contextmanager
+def _bridge_waker(ctx: Context):
+    """Each second, a relayer for every active bridge with messages waiting
+    and none relaying: a bridge resumed by `imshift bridge resume` (another
+    process, which cannot reach this one's in-process queue), or one whose
+    relayer died. The server is where the feeds arrive, so it is always up
+    while a bridge runs."""
+    import time
+
+    from imshift.workers.sweeper import wake_bridges
+
+    stop = threading.Event()
+
+    def waking() -> None:
+        while not stop.wait(BRIDGE_WAKE_EVERY):
+            try:
+                wake_bridges(ctx.runtime, time.time())
+            except Exception as exc:  # the database or Redis is down: try again
+                log.warning("waking bridges failed: %s", exc)
+
+    threading.Thread(target=waking, name="imshift-bridge-waker", daemon=True).start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 @contextlib.contextmanager

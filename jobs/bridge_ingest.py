@@ -49,6 +49,7 @@ class Ingest:
         self.waiting: queue.SimpleQueue[_Delivery] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
+        self.stopped = threading.Event()
 
     async def store(self, app: str, messages: Sequence[FeedMessage]) -> int | None:
         loop = asyncio.get_running_loop()
@@ -67,12 +68,16 @@ class Ingest:
                     threading.Thread(target=self._checkpoint_forever, name="imshift-feed-checkpoint",
                                      daemon=True).start()
 
+    def close(self) -> None:
+        """Stop the writer once what it holds is written (the server is stopping)."""
+        self.stopped.set()
+        self.waiting.put(None)  # type: ignore[arg-type]  # wakes the writer to see the stop
+
     def _checkpoint_forever(self) -> None:
         """The WAL copied back into the database beside the writer, which
         never does it itself (see _write): a checkpoint in the commit that
         triggers it held deliveries 100-500 ms. A passive one waits for nobody."""
-        while True:
-            time.sleep(CHECKPOINT_EVERY)
+        while not self.stopped.wait(CHECKPOINT_EVERY):
             try:
                 with self.engine.connect() as conn:
                     conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
@@ -87,6 +92,11 @@ class Ingest:
                     batch.append(self.waiting.get_nowait())
                 except queue.Empty:
                     break
+            batch = [d for d in batch if d is not None]
+            if not batch:
+                if self.stopped.is_set():
+                    return
+                continue
             try:
                 answers = self._write(batch)
             except Exception as exc:  # the database failed: every delivery of the batch is refused

@@ -557,11 +557,12 @@ def _end_turn(conn: Connection, bid: int, me: str) -> bool:
 
 
 def stale_bridges(conn: Connection, now: float) -> list[int]:
-    """Active bridges with waiting messages whose turn nobody holds (a lost
-    wake, a dead relayer): the sweeper wakes them."""
-    waiting = select(messages.c.bridge_id).where(
-        messages.c.state.in_((ItemState.PENDING.value, "claimed"))).distinct()
-    return list(conn.execute(select(bridges.c.id).where(
-        bridges.c.status == BridgeStatus.ACTIVE.value, bridges.c.id.in_(waiting),
-        or_(bridges.c.relayer_until.is_(None), bridges.c.relayer_until < now))).scalars())
-
+    """Active bridges with messages waiting whose turn nobody holds (a lost
+    wake, a dead relayer, a resume from another process): the ones to wake.
+    The bridges first (a handful), then one indexed look each."""
+    idle = conn.execute(select(bridges.c.id).where(
+        bridges.c.status == BridgeStatus.ACTIVE.value,
+        or_(bridges.c.relayer_until.is_(None), bridges.c.relayer_until < now))).scalars().all()
+    return [bid for bid in idle if conn.execute(select(messages.c.id).where(
+        messages.c.bridge_id == bid,
+        messages.c.state.in_((ItemState.PENDING.value, "claimed"))).limit(1)).first() is not None]

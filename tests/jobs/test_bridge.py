@@ -6,7 +6,9 @@ reads it: exactly once, in each conversation's order, never echoed back."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import time
 from collections import defaultdict
 
 import httpx
@@ -253,3 +255,38 @@ def test_a_recall_of_a_relayed_message_takes_it_back_at_the_target(tmp_path):
                              "the recall relayed")
         assert [m["text"] for m in inbox] == ["old:r#0", "old:r#1"]
         assert inbox[0]["recalled"] and not inbox[1].get("recalled")
+
+
+def test_a_paused_bridge_stores_deliveries_and_relays_them_when_resumed_from_the_cli(tmp_path):
+    """`imshift bridge pause|resume` run as their own commands while the
+    embedded server relays: paused, deliveries are stored and none relayed;
+    resumed, the server picks them up by itself within seconds."""
+    import subprocess
+    import sys
+
+    db = f"sqlite:///{tmp_path}/imshift.db"
+    with bridged(tmp_path, db, "netease", "rongcloud", users=6) as b:
+        def cli(*args: str) -> str:
+            done = subprocess.run([sys.executable, "-m", "imshift.cli", "bridge", *args], env=b.env,
+                                  capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        with serving(b, tmp_path / "serve.log"):
+            b.old.feed_to(b.old.hook(b.server_url))
+            assert "B1 is paused" in cli("pause", "B1")
+            plan = conversations(b, "old", pairs=3, groups=False, count=12)
+            asyncio.run(send_all(b.old, plan, rate=50))
+
+            def status():
+                return httpx.get(f"{b.server_url}/api/bridges/1", timeout=10).json()
+
+            wait_for(lambda: status()["directions"][0]["pending"] == 12, 10, "12 stored while paused")
+            time.sleep(1.5)  # nothing moves while paused
+            assert status()["directions"][0]["relayed"] == 0
+            assert "B1 is active" in cli("resume", "B1")
+            want, last = expected(b, plan), {}
+            wait_for(lambda: check_arrived(b.new, want, "old:", last), 15,
+                     lambda: f"relayed after the resume: {last}")
+            assert "bridge B1: old -> new" in cli("status", "B1")
+            assert json.loads(cli("status", "B1", "--json"))["directions"][0]["relayed"] == 12
