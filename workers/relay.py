@@ -128,19 +128,24 @@ class Claimed:
     original: Any = None  # a recall's recalled message (state, target_msg_id, target_sent_at_ms)
 
 
+class ClaimLost(Exception):
+    """The message is no longer this relayer's (its turn ran out and another
+    took it over): its call must not be made."""
+
+
 class Marks:
     """Marks messages `sent_at` once the limiter lets their calls go, many in
     one transaction (a group commit): each send waits for its mark to be
-    written before its call is made."""
+    written before its call is made, and is not made when its claim is gone."""
 
     def __init__(self, engine: Any):
         self.engine = engine
-        self.waiting: list[tuple[int, asyncio.Future]] = []
+        self.waiting: list[tuple[int, str, asyncio.Future]] = []
         self.flusher: asyncio.Task | None = None
 
-    async def mark(self, mid: int) -> None:
+    async def mark(self, mid: int, claim: str) -> None:
         done = asyncio.get_running_loop().create_future()
-        self.waiting.append((mid, done))
+        self.waiting.append((mid, claim, done))
         if self.flusher is None:
             self.flusher = asyncio.ensure_future(self._flush())
         await done
@@ -150,20 +155,30 @@ class Marks:
             while self.waiting:
                 batch, self.waiting = self.waiting, []
                 try:
-                    await asyncio.to_thread(self._write, [mid for mid, _ in batch])
+                    marked = await asyncio.to_thread(self._write, [(mid, claim) for mid, claim, _ in batch])
                 except Exception as exc:  # the sends wait for this: they fail, never unmarked
-                    for _, done in batch:
+                    for _, _, done in batch:
                         done.set_exception(exc)
                     continue
-                for _, done in batch:
-                    done.set_result(None)
+                for mid, _, done in batch:
+                    if mid in marked:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(ClaimLost(f"message {mid} was taken over"))
         finally:
             self.flusher = None
 
-    def _write(self, ids: list[int]) -> None:
+    def _write(self, claims: list[tuple[int, str]]) -> set[int]:
+        """Mark the messages still held under their claims; the ids marked.
+        One statement per claim (a round's claims share one token)."""
+        marked: set[int] = set()
         with self.engine.begin() as conn:
-            conn.execute(update(messages).where(messages.c.id.in_(ids), messages.c.state == "claimed")
-                         .values(sent_at=time.time()))
+            for claim in {c for _, c in claims}:
+                ids = [mid for mid, c in claims if c == claim]
+                marked |= set(conn.execute(
+                    update(messages).where(messages.c.id.in_(ids), messages.c.claim == claim)
+                    .values(sent_at=time.time()).returning(messages.c.id)).scalars())
+        return marked
 
 
 class Relayer:
@@ -410,7 +425,7 @@ class Relayer:
         async def mark() -> None:
             nonlocal announced
             if not announced:
-                await self.marks.mark(row.id)
+                await self.marks.mark(row.id, row.claim)
                 announced = True
 
         before_send.set(mark)
