@@ -72,7 +72,7 @@ def bridge_router(ctx: Context) -> APIRouter:
         try:
             return bridges.report(ctx.engine, bridge_id)
         except bridges.BridgeError as exc:
-            raise HTTPException(404, str(exc))
+            raise HTTPException(404, str(exc)) from None
 
     @router.get("/api/bridges", response_model=list[BridgeOut], responses=ERRORS,
                 summary="Open bridges, newest first")
@@ -91,7 +91,7 @@ def bridge_router(ctx: Context) -> APIRouter:
         try:
             state = bridges.control(ctx.engine, bridge_id, action)
         except bridges.BridgeError as exc:
-            raise HTTPException(409, str(exc))
+            raise HTTPException(409, str(exc)) from None
         if action == "resume":
             from imshift.workers import relay
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table

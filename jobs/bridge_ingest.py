@@ -102,7 +102,7 @@ class Ingest:
             except Exception as exc:  # the database failed: every delivery of the batch is refused
                 log.warning("storing %d feed deliveries failed: %s", len(batch), exc)
                 answers = [exc] * len(batch)
-            for delivery, answer in zip(batch, answers):
+            for delivery, answer in zip(batch, answers, strict=True):
                 delivery.loop.call_soon_threadsafe(_settle, delivery.done, answer)
 
     def _write(self, batch: list[_Delivery]) -> list[Any]:

@@ -22,8 +22,9 @@ import hashlib
 import logging
 import time
 import uuid
+from functools import partial
 from types import SimpleNamespace
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import bindparam, case, or_, select, update
@@ -263,7 +264,7 @@ class Relayer:
             everything = time.time() - rescanned > RESCAN
             if everything:
                 rescanned = time.time()
-            self._queue(await self._db(lambda conn: self._read(conn, everything)))
+            self._queue(await self._db(partial(self._read, everything=everything)))
             now = time.time()
             free = self.runtime.tuning.concurrency - len(inflight)
             heads = [(conv, q[0]) for conv, q in self.queues.items()
@@ -271,7 +272,7 @@ class Relayer:
             if heads:
                 for conv, _ in heads:
                     self.busy.add(conv)
-                claimed, settled = await self._db(lambda conn: self._claim(conn, heads))
+                claimed, settled = await self._db(partial(self._claim, heads=heads))
                 self._settle(settled)
                 inflight.update(asyncio.ensure_future(self._send_one(c)) for c in claimed)
             if inflight:

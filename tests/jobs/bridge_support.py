@@ -81,7 +81,7 @@ def client_of(side: "Side") -> Any:
 async def _register(side: "Side", names: list[str]) -> list[str]:
     client = client_of(side)
     results = await client.register_users([Profile(n, f"Name {n}") for n in names])
-    ids = [str(r.data.get("user_id") or n) for n, r in zip(names, results)]
+    ids = [str(r.data.get("user_id") or n) for n, r in zip(names, results, strict=True)]
     assert all(r.succeeded for r in results), [r for r in results if not r.succeeded][:3]
     return ids
 

@@ -61,9 +61,7 @@ def conversations(b, side: str, pairs: int, groups: bool, count: int, seed: int 
 def expected(b, plan: list[Sent]) -> dict[str, list[str]]:
     """Per user of the other side: the texts it must receive, in order."""
     other, this = (b.new, b.old) if plan[0].side == "old" else (b.old, b.new)
-    forward = plan[0].side == "old"
-    users = dict(zip(this.users, other.users))
-    groups = dict(zip(this.groups, other.groups))
+    users = dict(zip(this.users, other.users, strict=True))
     members = _members(b, this)
     want: dict[str, list[str]] = defaultdict(list)
     for m in plan:
@@ -73,7 +71,6 @@ def expected(b, plan: list[Sent]) -> dict[str, list[str]]:
                     want[users[member]].append(m.text)
         else:
             want[users[m.to]].append(m.text)
-    del groups, forward
     return want
 
 
@@ -151,8 +148,9 @@ def test_both_ways_many_conversations_exactly_once_in_order_without_echoes(tmp_p
             asyncio.run(both())
             for side, plan, prefix in ((b.new, old_plan, "old:"), (b.old, new_plan, "new:")):
                 want, last = expected(b, plan), {}
-                wait_for(lambda: check_arrived(side, want, prefix, last), 60,
-                         lambda: f"{prefix} messages at the other side: {last}; feeds: "
+                wait_for(lambda side=side, want=want, prefix=prefix, last=last:
+                         check_arrived(side, want, prefix, last), 60,
+                         lambda prefix=prefix, last=last: f"{prefix} messages at the other side: {last}; feeds: "
                                  f"{httpx.get(b.old.url + '/_sandbox/feed/stats').json()} "
                                  f"{httpx.get(b.new.url + '/_sandbox/feed/stats').json()}")
             status = httpx.get(f"{b.server_url}/api/bridges/1", timeout=10).json()
