@@ -19,7 +19,8 @@ from imshift.jobs.inputs import InputError
 from imshift.jobs.plan import PlanReport
 from imshift.jobs.progress import Progress, progress
 from imshift.models.tables import ItemState, JobStatus
-from imshift.vendors.vocabulary import Message, Operation, Unsupported
+from imshift.jobs.target import missing_text
+from imshift.vendors.vocabulary import Message, Missing, Operation, Unsupported
 
 from .context import Context, SetupError
 from .watch import _fmt_seconds, exit_code_of, run_in_process, summary, watch
@@ -154,6 +155,8 @@ def _plan(ctx: Context, make) -> kinds.Planned:
             return make(lambda n: status.update(f"reading and checking the input: {n:,} rows"))
     except InputError as exc:
         fail(f"{exc}\nNothing was created.")
+    except Missing as exc:
+        fail(f"{missing_text(exc)}. Nothing was created.")
     except Unsupported as exc:
         fail(f"{exc}; see `imshift vendors`.")
 
@@ -308,10 +311,19 @@ def _message(text: Optional[str], content: Optional[str]) -> Message:
     return Message(custom=custom)
 
 
+def _needed_by(operation: Operation, parameter: str) -> str:
+    """The vendors whose rules need `parameter` for `operation`, for help texts."""
+    from imshift.vendors.registry import VENDORS
+
+    return ", ".join(v.title for v in VENDORS.values()
+                     if parameter in v.client.rules.needs.get(operation, ()))
+
+
 def broadcast(
     app: Annotated[str, typer.Option("--vendor", "--app", help="The app to broadcast through.")],
-    sender: Annotated[str, typer.Option(help="The sending user's id, where the vendor "
-                                        "names one (RongCloud, NetEase).")] = "",
+    sender: Annotated[str, typer.Option(help="The sending user's id; needed on "
+                                        f"{_needed_by(Operation.BROADCAST, 'sender')}, "
+                                        "optional elsewhere.")] = "",
     text: Annotated[Optional[str], typer.Option(help="Text of the message.")] = None,
     content: Annotated[Optional[str], typer.Option(help="A custom message as a JSON object.")] = None,
     dry_run: DryRun = False,

@@ -69,7 +69,7 @@ def id_specs(rows: Iterator[Row]) -> Iterator[Spec]:
 def _start_plan(engine: Engine, kind: str, operation: Operation, target: Target,
                 params: dict[str, Any], specs: Iterator[Spec], source_app: str | None = None,
                 progress=None, user_ids: bool = True) -> PlanReport:
-    target.require(operation)
+    target.require(operation, params)
     # A chunk carries at least one full vendor batch, or batching is wasted.
     params["chunk_size"] = max(params["chunk_size"], target.batch_size(operation))
     job_id = create_job(engine, kind=kind, operation=operation.value, app=target.app,

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from imshift.models.tables import Job, JobStatus, Schedule, ScheduleFire, ScheduleStatus
-from imshift.vendors.vocabulary import Message, Operation, Unsupported
+from imshift.vendors.vocabulary import Message, Missing, Operation, Unsupported
 
 from . import kinds, schedule_caps
 from .fire_claim import claim
@@ -35,7 +35,7 @@ from .plan import discard
 from .schedule_times import (  # noqa: F401  (the names callers know this module by)
     ScheduleError, cron_fields, is_local, known_zone, last_fire, latest_fire, local, local_instants,
     next_after, next_fire, parse_at, parse_local_at, zone, zones_at, zones_of)
-from .target import Target
+from .target import Target, missing_text
 
 schedules = Schedule.__table__
 fires = ScheduleFire.__table__
@@ -70,7 +70,9 @@ def add(engine: Engine, target: Target, *, command: str, params: dict[str, Any],
     if catch_up < 0:
         raise ScheduleError("--catch-up must be 0 or more seconds")
     try:
-        target.require(COMMANDS[command])
+        target.require(COMMANDS[command], params)
+    except Missing as exc:
+        raise ScheduleError(missing_text(exc)) from None
     except Unsupported as exc:
         raise ScheduleError(f"{exc}; see `imshift vendors`") from None
     for key in ("to", "to_groups"):
