@@ -73,6 +73,10 @@ def add(engine: Engine, target: Target, *, command: str, params: dict[str, Any],
         target.require(COMMANDS[command], params)
     except Missing as exc:
         raise ScheduleError(missing_text(exc)) from None
+    try:  # the run is checked now; the ids are mapped at each fire
+        kinds.via_run(engine, params.get("via"), target.app)
+    except kinds.ViaError as exc:
+        raise ScheduleError(str(exc)) from None
     except Unsupported as exc:
         raise ScheduleError(f"{exc}; see `imshift vendors`") from None
     for key in ("to", "to_groups"):
@@ -182,13 +186,16 @@ def plan_job(firing: Firing, row, fire_at: float) -> int:
     p = row.params
     message = Message(**p["message"])
     tag = {"schedule_id": row.id, "fire_at": fire_at}
+    via = p.get("via")  # mapped now, so accounts a delta run migrated since are found
     target = firing.target(row.app)
     if row.command == "broadcast":
         planned = kinds.plan_broadcast(firing.engine, target, sender=p.get("sender", ""),
-                                       message=message, chunk_size=firing.chunk_size, extra=tag)
+                                       message=message, chunk_size=firing.chunk_size, extra=tag,
+                                       via=via)
     elif row.command == "send_group":
         planned = kinds.plan_group_send(firing.engine, target, p["to_groups"], sender=p["sender"],
-                                        message=message, chunk_size=firing.chunk_size, extra=tag)
+                                        message=message, chunk_size=firing.chunk_size, extra=tag,
+                                        via=via)
     elif is_local(p):  # this fire's recipients: those whose zone's local time it is
         zones = zones_at(p, row.cron, row.tz, fire_at)
         column = p["tz_column"]
@@ -199,10 +206,10 @@ def plan_job(firing: Firing, row, fire_at: float) -> int:
 
         planned = kinds.plan_send(firing.engine, target, p["to"], sender=p["sender"],
                                   message=message, chunk_size=firing.chunk_size,
-                                  extra={**tag, "zones": sorted(zones)}, keep=here)
+                                  extra={**tag, "zones": sorted(zones)}, keep=here, via=via)
     else:
         planned = kinds.plan_send(firing.engine, target, p["to"], sender=p["sender"],
-                                  message=message, chunk_size=firing.chunk_size, extra=tag)
+                                  message=message, chunk_size=firing.chunk_size, extra=tag, via=via)
     return planned.report.job_id
 
 
