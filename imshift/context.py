@@ -25,7 +25,7 @@ from pydantic import TypeAdapter, ValidationError
 from imshift.jobs.target import Target
 from imshift.logs import secret_fields
 from imshift.models import make_engine
-from imshift.settings import Settings
+from imshift.settings import Settings, config_path
 from imshift.vendors.vocabulary import VendorRules
 from imshift.vendors.client import Throttle, VendorClient
 from imshift.vendors.http import http_client
@@ -57,6 +57,15 @@ class SetupError(Exception):
     """Settings or services a command cannot work with; the message names the fix."""
 
 
+def _stamp(path: str) -> tuple[int, int] | None:
+    """What changes when the config file is edited (None: no file)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
 def _sqlite_path(database_url: str) -> str | None:
     """The file of a SQLite URL ("" for an in-memory database); None if not SQLite."""
     from sqlalchemy.engine import make_url
@@ -67,9 +76,25 @@ def _sqlite_path(database_url: str) -> str | None:
 
 class Context:
     def __init__(self, settings: Settings | None = None):
+        # Settings read from the config file are read again when it changes
+        # (refresh): a long-lived process (scheduler, serve, worker) sees an
+        # app removed or changed without a restart. Given settings stay.
+        self._file = None if settings is not None else config_path()
+        self._stamp = _stamp(self._file) if self._file else None
         self.settings = settings or Settings()
         self.sandboxes: dict[str, Any] = {}  # built-in sandboxes, by app name
         self._configs: dict[str, Any] = {}
+
+    def refresh(self) -> None:
+        """Read the apps again if the config file changed since they were
+        read (one stat when it did not). Raises SettingsError for a file that
+        no longer reads; the old apps are not used meanwhile."""
+        if self._file is None or _stamp(self._file) == self._stamp:
+            return
+        stamp = _stamp(self._file)
+        self.settings.apps = Settings().apps  # the apps only: the database and broker stay
+        self._configs.clear()
+        self._stamp = stamp
 
     @property
     def embedded(self) -> bool:
@@ -162,6 +187,7 @@ class Context:
         return f"{vendor(self.settings.app(app).vendor).title} (app {app})"
 
     def target(self, app: str) -> Target:
+        self.refresh()
         v = vendor(self.settings.app(app).vendor)
         return Target(app, v.name, v.client.for_config(self.config(app)).capabilities,
                       self.rules(app), self.rates(app), self.caps(app), self.who(app))
@@ -178,6 +204,7 @@ class Context:
         return self.sandboxes[app]
 
     def client(self, app: str, throttle: Throttle | None = None) -> VendorClient:
+        self.refresh()
         v = vendor(self.settings.app(app).vendor)
         if self.settings.app(app).sandbox:
             http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.sandbox(app).app))

@@ -19,7 +19,8 @@ from imshift.jobs.inputs import InputError
 from imshift.jobs.plan import PlanReport
 from imshift.jobs.progress import Progress, progress
 from imshift.models.tables import ItemState, JobStatus
-from imshift.vendors.vocabulary import Message, Operation, Unsupported
+from imshift.jobs.target import missing_text
+from imshift.vendors.vocabulary import Message, Missing, Operation, Unsupported
 
 from .context import Context, SetupError
 from .watch import _fmt_seconds, exit_code_of, run_in_process, summary, watch
@@ -45,6 +46,19 @@ Detach = Annotated[bool, typer.Option("--detach", help="With Redis: enqueue and 
 
 
 JobRef = Annotated[str, typer.Argument(metavar="JOB|RUN", help="A job id, or a run as R<n>.")]
+Via = Annotated[Optional[str], typer.Option(metavar="R<n>", help="Ids as the migration's source "
+                                            "knows them (the sender, recipients, groups): mapped "
+                                            "through that run's id map into this app's.")]
+
+
+def _via(text: Optional[str]) -> Optional[int]:
+    """The run number of --via R<n> (None without it)."""
+    if text is None:
+        return None
+    kind, number = _ref(text)
+    if kind != "run":
+        fail(f"--via takes a run, R<n>, not {text!r}")
+    return number
 
 
 def _ref(text: str) -> tuple[str, int]:
@@ -154,6 +168,10 @@ def _plan(ctx: Context, make) -> kinds.Planned:
             return make(lambda n: status.update(f"reading and checking the input: {n:,} rows"))
     except InputError as exc:
         fail(f"{exc}\nNothing was created.")
+    except Missing as exc:
+        fail(f"{missing_text(exc)}. Nothing was created.")
+    except kinds.ViaError as exc:
+        fail(f"{exc}. Nothing was created.")
     except Unsupported as exc:
         fail(f"{exc}; see `imshift vendors`.")
 
@@ -269,6 +287,7 @@ def send(
                                                       "column, or .txt.")] = None,
     text: Annotated[Optional[str], typer.Option(help="Text of the message.")] = None,
     content: Annotated[Optional[str], typer.Option(help="A custom message as a JSON object.")] = None,
+    via: Via = None,
     dry_run: DryRun = False,
     detach: Detach = False,
 ) -> None:
@@ -277,6 +296,7 @@ def send(
     if (to is None) == (to_groups is None):
         fail("give exactly one of --to (recipients) or --to-groups (groups)")
     message = _message(text, content)
+    run = _via(via)
     ctx = _context()
     tgt = _target(ctx, app)
     if not dry_run:
@@ -284,12 +304,12 @@ def send(
     if to_groups is not None:
         planned = _plan(ctx, lambda progress: kinds.plan_group_send(
             ctx.engine, tgt, to_groups, sender=sender, message=message,
-            chunk_size=ctx.settings.chunk_size, progress=progress))
+            chunk_size=ctx.settings.chunk_size, progress=progress, via=run))
         _launch(ctx, planned, Operation.SEND_GROUP, app, dry_run, detach)
         return
     planned = _plan(ctx, lambda progress: kinds.plan_send(
         ctx.engine, tgt, to, sender=sender, message=message, chunk_size=ctx.settings.chunk_size,
-        progress=progress))
+        progress=progress, via=run))
     _launch(ctx, planned, Operation.SEND, app, dry_run, detach)
 
 
@@ -308,24 +328,36 @@ def _message(text: Optional[str], content: Optional[str]) -> Message:
     return Message(custom=custom)
 
 
+def _needed_by(operation: Operation, parameter: str) -> str:
+    """The vendors whose rules need `parameter` for `operation`, for help texts."""
+    from imshift.vendors.registry import VENDORS
+
+    return ", ".join(v.title for v in VENDORS.values()
+                     if parameter in v.client.rules.needs.get(operation, ()))
+
+
 def broadcast(
     app: Annotated[str, typer.Option("--vendor", "--app", help="The app to broadcast through.")],
-    sender: Annotated[str, typer.Option(help="The sending user's id, where the vendor "
-                                        "names one (RongCloud, NetEase).")] = "",
+    sender: Annotated[str, typer.Option(help="The sending user's id; needed on "
+                                        f"{_needed_by(Operation.BROADCAST, 'sender')}, "
+                                        "optional elsewhere.")] = "",
     text: Annotated[Optional[str], typer.Option(help="Text of the message.")] = None,
     content: Annotated[Optional[str], typer.Option(help="A custom message as a JSON object.")] = None,
+    via: Via = None,
     dry_run: DryRun = False,
     detach: Detach = False,
 ) -> None:
     """Send one message to every user of the app with the vendor's broadcast:
     one vendor call, one result. A vendor without a broadcast is refused."""
     message = _message(text, content)
+    run = _via(via)
     ctx = _context()
     tgt = _target(ctx, app)
     if not dry_run:
         _check_broker(ctx)
     planned = _plan(ctx, lambda progress: kinds.plan_broadcast(
-        ctx.engine, tgt, sender=sender, message=message, chunk_size=ctx.settings.chunk_size))
+        ctx.engine, tgt, sender=sender, message=message, chunk_size=ctx.settings.chunk_size,
+        via=run))
     _launch(ctx, planned, Operation.BROADCAST, app, dry_run, detach)
 
 

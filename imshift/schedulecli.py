@@ -17,7 +17,8 @@ from imshift.jobs import control, schedules
 from imshift.jobs.schedule_pages import fires_page
 
 from .context import Context
-from .jobcli import _check_broker, _context, _message, _target, broadcast, console, err, fail, send
+from .jobcli import (_check_broker, _context, _message, _target, _via, broadcast, console, err, fail,
+                     send)
 from .watch import counts_text
 
 schedule_app = typer.Typer(help="Sends and broadcasts at a set time or on a cron schedule; "
@@ -58,15 +59,16 @@ def _scheduled(args: list[str]) -> tuple[str, str, dict]:
     if parsed.get("dry_run") or parsed.get("detach"):
         fail("--dry-run and --detach do not go with a schedule")
     message = encode_message(_message(parsed["text"], parsed["content"]))
+    # --via is kept, not mapped: the ids are mapped when the schedule fires.
+    params = {"sender": parsed["sender"], "message": message,
+              **({"via": _via(parsed["via"])} if parsed["via"] else {})}
     if args[0] == "broadcast":
-        return "broadcast", parsed["app"], {"sender": parsed["sender"], "message": message}
+        return "broadcast", parsed["app"], params
     if (parsed["to"] is None) == (parsed["to_groups"] is None):
         fail("give exactly one of --to (recipients) or --to-groups (groups)")
     if parsed["to_groups"] is not None:
-        return "send_group", parsed["app"], {"sender": parsed["sender"], "message": message,
-                                             "to_groups": str(parsed["to_groups"])}
-    return "send", parsed["app"], {"sender": parsed["sender"], "message": message,
-                                   "to": str(parsed["to"])}
+        return "send_group", parsed["app"], {**params, "to_groups": str(parsed["to_groups"])}
+    return "send", parsed["app"], {**params, "to": str(parsed["to"])}
 
 
 def _when(row) -> str:
@@ -166,6 +168,7 @@ def schedule_show(
     console.print(f"schedule {row.id}: {row.command} on {row.app}, {_when(row)}, {row.status}",
                   highlight=False)
     console.print(f"  sender {p.get('sender') or '-'}" + (f", recipients from {to}" if to else "")
+                  + (f"; ids mapped through run R{p['via']}'s id map" if p.get("via") else "")
                   + f"; message {json.dumps(p['message'], ensure_ascii=False)}", highlight=False)
     console.print(f"  next fire {schedules.local(row.next_at, row.tz)}; catch-up "
                   f"{row.catch_up:g} s; `imshift schedule history {row.id}` lists its fires",

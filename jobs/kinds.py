@@ -6,10 +6,14 @@ send and app-wide broadcast. Each is one producer; how its items are run is the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
+
+from imshift.models.runs import runs, target_ids
 
 from imshift.vendors.vocabulary import Message, Operation, Profile
 from imshift.vendors.operations import encode_message, encode_profile
@@ -66,10 +70,80 @@ def id_specs(rows: Iterator[Row]) -> Iterator[Spec]:
         yield Spec(row.line, key or f"#line{row.line}", problems=[] if key else ["user_id: required"])
 
 
+class ViaError(ValueError):
+    """`--via R<n>` cannot map this send's ids: no such run, another target,
+    or a sender the run did not migrate."""
+
+
+@dataclass(frozen=True)
+class Via:
+    """The id map a send reads (`--via R<n>`): run `given`'s, or that of the
+    latest delta run after it (`run`), which holds R<n>'s ids and those it added."""
+
+    given: int
+    run: int
+
+    @property
+    def missing(self) -> str:
+        """Why an id has no target id: "not in run R1's id map"."""
+        later = "" if self.run == self.given else f" (nor its delta run R{self.run}'s)"
+        return f"not in run R{self.given}'s id map{later}"
+
+
+def via_run(engine: Engine, given: int | None, app: str) -> Via | None:
+    """The id map of run R<given> for a send through `app`; the run must
+    have migrated into `app`. Raises ViaError."""
+    if given is None:
+        return None
+    with engine.connect() as conn:
+        target = conn.execute(select(runs.c.app).where(runs.c.id == given)).scalar()
+        if target is None:
+            raise ViaError(f"--via R{given}: there is no run R{given} (`imshift status` lists the runs)")
+        if target != app:
+            raise ViaError(f"--via R{given}: that run migrated into {target}, not {app}: give the "
+                           f"run that migrated into {app}")
+        run = given
+        # A delta run copies the earlier run's map and adds to it: accounts
+        # migrated after the send was scheduled are found there.
+        while (later := conn.execute(select(func.max(runs.c.id)).where(runs.c.since == run)).scalar()):
+            run = later
+    return Via(given, run)
+
+
+def _via_sender(engine: Engine, via: Via | None, sender: str) -> str:
+    """The sender as the target knows it (unchanged without --via)."""
+    if via is None or not sender:
+        return sender
+    with engine.connect() as conn:
+        found = target_ids(conn, via.run, "user", [sender])
+    if sender not in found:
+        raise ViaError(f"--sender {sender!r}: {via.missing}")
+    return found[sender]
+
+
+def _via_keys(engine: Engine, via: Via | None, kind: str, specs: Iterable[Spec]) -> Iterator[Spec]:
+    """Specs with their ids mapped through the run's id map, a batch at a
+    time; an id not there is refused with the reason."""
+    specs = iter(specs)
+    if via is None:
+        yield from specs
+        return
+    noun = "user_id" if kind == "user" else "group_id"
+    while batch := list(islice(specs, 5000)):
+        with engine.connect() as conn:
+            found = target_ids(conn, via.run, kind, [s.key for s in batch if not s.problems])
+        for s in batch:
+            if not s.problems and s.key not in found:
+                s.problems = [f"{noun}: {via.missing}"]
+            elif not s.problems:
+                s.key = found[s.key]
+            yield s
+
+
 def _start_plan(engine: Engine, kind: str, operation: Operation, target: Target,
                 params: dict[str, Any], specs: Iterator[Spec], source_app: str | None = None,
                 progress=None, user_ids: bool = True) -> PlanReport:
-    target.require(operation)
+    target.require(operation, params)
     # A chunk carries at least one full vendor batch, or batching is wasted.
     params["chunk_size"] = max(params["chunk_size"], target.batch_size(operation))
     job_id = create_job(engine, kind=kind, operation=operation.value, app=target.app,
@@ -96,15 +170,24 @@ def plan_token_refresh(engine: Engine, target: Target, input_path: str | Path, *
     return Planned(report)
 
 
+def _via_params(via: Via | None, sender: str) -> dict[str, Any]:
+    return {} if via is None else {"via": via.given, "via_run": via.run, "source_sender": sender}
+
+
 def plan_send(engine: Engine, target: Target, input_path: str | Path, *, sender: str,
               message: Message, chunk_size: int, progress=None,
-              extra: dict[str, Any] | None = None, keep: Callable[[Row], bool] | None = None) -> Planned:
-    """`keep`: only the rows it keeps are this job's (a local-time fire's zone)."""
+              extra: dict[str, Any] | None = None, keep: Callable[[Row], bool] | None = None,
+              via: int | None = None) -> Planned:
+    """`keep`: only the rows it keeps are this job's (a local-time fire's zone).
+    `via`: a run whose id map turns the sender's and recipients' ids into the target's."""
+    mapped = via_run(engine, via, target.app)
     rows = read_rows(input_path)
     report = _start_plan(engine, "send", Operation.SEND, target,
-                         {"input": str(input_path), "sender": sender, "message": encode_message(message),
-                          "chunk_size": chunk_size, **(extra or {})},
-                         id_specs(r for r in rows if keep is None or keep(r)),
+                         {"input": str(input_path), "sender": _via_sender(engine, mapped, sender),
+                          "message": encode_message(message), "chunk_size": chunk_size,
+                          **_via_params(mapped, sender), **(extra or {})},
+                         _via_keys(engine, mapped, "user",
+                                   id_specs(r for r in rows if keep is None or keep(r))),
                          progress=progress)
     return Planned(report)
 
@@ -114,14 +197,17 @@ GROUP_ID_COLUMNS = ("group_id", "groupid", "tid", "id", "group")
 
 def plan_group_send(engine: Engine, target: Target, input_path: str | Path, *, sender: str,
                     message: Message, chunk_size: int, progress=None,
-                    extra: dict[str, Any] | None = None) -> Planned:
+                    extra: dict[str, Any] | None = None, via: int | None = None) -> Planned:
     """A message from `sender` in each group of the input, in the vendor's
     batches (RongCloud: 3 groups a call). Group ids are compared as written."""
+    mapped = via_run(engine, via, target.app)
     rows = read_rows(input_path, key_columns=GROUP_ID_COLUMNS)
     report = _start_plan(engine, "send_group", Operation.SEND_GROUP, target,
-                         {"input": str(input_path), "sender": sender, "message": encode_message(message),
-                          "chunk_size": chunk_size, **(extra or {})},
-                         _group_specs(rows), progress=progress, user_ids=False)
+                         {"input": str(input_path), "sender": _via_sender(engine, mapped, sender),
+                          "message": encode_message(message), "chunk_size": chunk_size,
+                          **_via_params(mapped, sender), **(extra or {})},
+                         _via_keys(engine, mapped, "group", _group_specs(rows)), progress=progress,
+                         user_ids=False)
     return Planned(report)
 
 
@@ -135,11 +221,14 @@ BROADCAST_KEY = "all"  # the one item of a broadcast: every user of the app
 
 
 def plan_broadcast(engine: Engine, target: Target, *, sender: str, message: Message,
-                   chunk_size: int, extra: dict[str, Any] | None = None) -> Planned:
+                   chunk_size: int, extra: dict[str, Any] | None = None,
+                   via: int | None = None) -> Planned:
     """The vendor's app-wide broadcast: one item, one vendor call, one result.
     A vendor without one is refused here, before a job exists."""
+    mapped = via_run(engine, via, target.app)
     report = _start_plan(engine, "broadcast", Operation.BROADCAST, target,
-                         {"sender": sender, "message": encode_message(message),
-                          "chunk_size": chunk_size, **(extra or {})},
+                         {"sender": _via_sender(engine, mapped, sender),
+                          "message": encode_message(message), "chunk_size": chunk_size,
+                          **_via_params(mapped, sender), **(extra or {})},
                          iter([Spec(1, BROADCAST_KEY)]), user_ids=False)
     return Planned(report)

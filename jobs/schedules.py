@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from imshift.models.tables import Job, JobStatus, Schedule, ScheduleFire, ScheduleStatus
-from imshift.vendors.vocabulary import Message, Operation, Unsupported
+from imshift.vendors.vocabulary import Message, Missing, Operation, Unsupported
 
 from . import kinds, schedule_caps
 from .fire_claim import claim
@@ -35,7 +35,7 @@ from .plan import discard
 from .schedule_times import (  # noqa: F401  (the names callers know this module by)
     ScheduleError, cron_fields, is_local, known_zone, last_fire, latest_fire, local, local_instants,
     next_after, next_fire, parse_at, parse_local_at, zone, zones_at, zones_of)
-from .target import Target
+from .target import Target, missing_text
 
 schedules = Schedule.__table__
 fires = ScheduleFire.__table__
@@ -70,7 +70,13 @@ def add(engine: Engine, target: Target, *, command: str, params: dict[str, Any],
     if catch_up < 0:
         raise ScheduleError("--catch-up must be 0 or more seconds")
     try:
-        target.require(COMMANDS[command])
+        target.require(COMMANDS[command], params)
+    except Missing as exc:
+        raise ScheduleError(missing_text(exc)) from None
+    try:  # the run is checked now; the ids are mapped at each fire
+        kinds.via_run(engine, params.get("via"), target.app)
+    except kinds.ViaError as exc:
+        raise ScheduleError(str(exc)) from None
     except Unsupported as exc:
         raise ScheduleError(f"{exc}; see `imshift vendors`") from None
     for key in ("to", "to_groups"):
@@ -180,13 +186,16 @@ def plan_job(firing: Firing, row, fire_at: float) -> int:
     p = row.params
     message = Message(**p["message"])
     tag = {"schedule_id": row.id, "fire_at": fire_at}
+    via = p.get("via")  # mapped now, so accounts a delta run migrated since are found
     target = firing.target(row.app)
     if row.command == "broadcast":
         planned = kinds.plan_broadcast(firing.engine, target, sender=p.get("sender", ""),
-                                       message=message, chunk_size=firing.chunk_size, extra=tag)
+                                       message=message, chunk_size=firing.chunk_size, extra=tag,
+                                       via=via)
     elif row.command == "send_group":
         planned = kinds.plan_group_send(firing.engine, target, p["to_groups"], sender=p["sender"],
-                                        message=message, chunk_size=firing.chunk_size, extra=tag)
+                                        message=message, chunk_size=firing.chunk_size, extra=tag,
+                                        via=via)
     elif is_local(p):  # this fire's recipients: those whose zone's local time it is
         zones = zones_at(p, row.cron, row.tz, fire_at)
         column = p["tz_column"]
@@ -197,10 +206,10 @@ def plan_job(firing: Firing, row, fire_at: float) -> int:
 
         planned = kinds.plan_send(firing.engine, target, p["to"], sender=p["sender"],
                                   message=message, chunk_size=firing.chunk_size,
-                                  extra={**tag, "zones": sorted(zones)}, keep=here)
+                                  extra={**tag, "zones": sorted(zones)}, keep=here, via=via)
     else:
         planned = kinds.plan_send(firing.engine, target, p["to"], sender=p["sender"],
-                                  message=message, chunk_size=firing.chunk_size, extra=tag)
+                                  message=message, chunk_size=firing.chunk_size, extra=tag, via=via)
     return planned.report.job_id
 
 

@@ -9,7 +9,12 @@ from dataclasses import dataclass, field
 from typing import AbstractSet, Mapping, Sequence
 
 from imshift.vendors.operations import STEPS
-from imshift.vendors.vocabulary import Operation, Unsupported, VendorRules
+from imshift.vendors.vocabulary import Missing, Operation, Unsupported, VendorRules
+
+
+def missing_text(exc: Missing) -> str:
+    """A missing parameter as the command line names it: "Maxim (app mx): broadcast needs --sender"."""
+    return f"{exc.vendor}: {exc.operation} needs --{exc.parameter.replace('_', '-')}"
 
 
 @dataclass(frozen=True)
@@ -23,10 +28,14 @@ class Target:
     caps: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     who: str = ""  # "RongCloud (app rc)", for messages
 
-    def require(self, operation: Operation) -> None:
-        """Refuse a job before it starts when the vendor cannot do it."""
+    def require(self, operation: Operation, params: Mapping[str, object] | None = None) -> None:
+        """Refuse a job before it exists when the vendor cannot do it, or
+        (given the job's `params`) when one its vendor needs is empty."""
         if operation not in self.capabilities:
             raise Unsupported(self.vendor, operation)
+        for name in self.rules.needs.get(operation, ()) if params is not None else ():
+            if not params.get(name):
+                raise Missing(self.who or self.vendor, operation, name)
 
     def batch_size(self, operation: Operation) -> int:
         return max(1, self.rules.batch_size.get(operation, 1))

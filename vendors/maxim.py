@@ -175,6 +175,8 @@ class MaximClient(MaximGroups, VendorClient):
         # The vendor's docs name group size limits only as refusals (codes
         # 20007-20010, docs/vendors.md) and give no default figure: None.
         group_size=None,
+        # A send's from_user_id; a broadcast acts as a user (the user_id header).
+        needs={op: ("sender",) for op in (Operation.SEND, Operation.SEND_GROUP, Operation.BROADCAST)},
     )
 
     @classmethod

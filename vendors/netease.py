@@ -119,6 +119,8 @@ class NeteaseClient(VendorClient):
         # (NetEase's create-team reference: the member limit defaults to 200;
         # the app raises it in the console). Over it: code 801.
         group_size=TEAM_SIZE,
+        # A send's fromAccid / from; broadcastMsg's `from` is optional.
+        needs={Operation.SEND: ("sender",), Operation.SEND_GROUP: ("sender",)},
         split_calls={Operation.ADD_MEMBERS: lambda ids: len(member_slices(ids))},
         adds_in_create=lambda owner, ids: max(0, len(member_slices(create_members(owner, ids))) - 1),
     )

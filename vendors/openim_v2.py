@@ -36,7 +36,7 @@ RULES_V2 = VendorRules(  # the ApiUserInfo binding; v3's batches and rates, but 
             "birth": FieldRule(max_len=10, pattern=r"[0-9]+", pattern_hint="a uint32 number"),
             "email": FieldRule(max_len=64)},
     batch_size={**RULES_V3.batch_size, Operation.REGISTER: 1}, rates=RULES_V3.rates,
-    group_size=RULES_V3.group_size)
+    group_size=RULES_V3.group_size, needs=RULES_V3.needs)
 
 # pkg/common/constant/error_info.go
 CODES_V2 = Codes(

@@ -91,6 +91,8 @@ RULES_V3 = VendorRules(
         "ex": FieldRule(max_len=1024),
     },
     batch_size=RULES_BATCH, rates=RULES_RATES,
+    # sendID on every message, the isSendAll broadcast's too.
+    needs={op: ("sender",) for op in (Operation.SEND, Operation.SEND_GROUP, Operation.BROADCAST)},
     # OpenIM's docs state no cap on a group's members (the deployer's own
     # server): None.
     group_size=None)

@@ -154,6 +154,8 @@ class RongCloudClient(RongCloudGroups, VendorClient):
             Operation.GET_MEMBERS: 100.0,  # /group/user/query.json
             Operation.GET_FRIENDS: 100.0,  # /friend/get.json
         },
+        # fromUserId on every publish, the broadcast's too.
+        needs={op: ("sender",) for op in (Operation.SEND, Operation.SEND_GROUP, Operation.BROADCAST)},
         group_size=MAX_GROUP_MEMBERS,  # 3000 (rongcloud_rules.py says where from)
         # The create carries 1000 userIds, the owner among them; the rest
         # join (rongcloud_groups.py's create_group).

@@ -122,6 +122,17 @@ class Unsupported(Exception):
         self.operation = operation
 
 
+class Missing(Unsupported):
+    """The operation needs a parameter the request left empty (a Maxim
+    broadcast's sender); raised before any job or call exists."""
+
+    def __init__(self, who: str, operation: Operation, parameter: str):
+        Exception.__init__(self, f"{who} needs a {parameter} for {operation}")
+        self.vendor = who
+        self.operation = operation
+        self.parameter = parameter
+
+
 @dataclass(frozen=True)
 class FieldRule:
     """One field's limits as the vendor documents them."""
@@ -216,6 +227,10 @@ class VendorRules:
     # writes both sides: a call per owner's run of pairs, then one a pair
     # for the other side (the operation table's import_friends).
     friends_one_way: bool = False
+    # The parameters an operation cannot go without besides its items, as
+    # the vendor's API requires them ({BROADCAST: ("sender",)}): checked
+    # before a job exists.
+    needs: Mapping[Operation, tuple[str, ...]] = field(default_factory=dict)
 
     def id_key(self, user_id: str) -> str:
         """The form under which the vendor tells two ids apart."""

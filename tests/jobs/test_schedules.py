@@ -17,7 +17,8 @@ from imshift.vendors.operations import encode_message
 from helpers import context
 
 NY = "America/New_York"
-HELLO = {"sender": "", "message": encode_message(Message(text="hello"))}
+HELLO = {"sender": "", "message": encode_message(Message(text="hello"))}  # NetEase needs no sender
+FROM_ALICE = {**HELLO, "sender": "alice"}
 
 
 @pytest.fixture
@@ -241,7 +242,7 @@ def test_add_refuses_what_cannot_fire(ctx, tmp_path):
     ne, now = ctx.target("ne"), parse_at("2026-06-01 09:00", "UTC")
     with pytest.raises(ScheduleError, match="nope.txt: no such file"):
         schedules.add(ctx.engine, ne, command="send", at=now + 60, now=now,
-                      params={**HELLO, "to": str(tmp_path / "nope.txt")})
+                      params={**HELLO, "sender": "alice", "to": str(tmp_path / "nope.txt")})
     with pytest.raises(ScheduleError, match="is already past"):
         schedules.add(ctx.engine, ne, command="broadcast", params=HELLO, at=now - 3600, now=now)
     with pytest.raises(ScheduleError, match="not a time zone"):
@@ -250,9 +251,9 @@ def test_add_refuses_what_cannot_fire(ctx, tmp_path):
         schedules.add(ctx.engine, ne, command="broadcast", params=HELLO, cron="0 9 * *", now=now)
     assert local(parse_at("2026-03-08 02:30", NY), NY) == "2026-03-08 03:30:00-04:00"  # skipped: as cron
     with pytest.raises(ScheduleError, match=r"^RongCloud \(app rc\) allows 2 broadcasts an hour "):
-        schedules.add(ctx.engine, ctx.target("rc"), command="broadcast", params=HELLO,
+        schedules.add(ctx.engine, ctx.target("rc"), command="broadcast", params=FROM_ALICE,
                       cron="*/10 * * * *", now=now)
-    assert schedules.add(ctx.engine, ctx.target("rc"), command="broadcast", params=HELLO,
+    assert schedules.add(ctx.engine, ctx.target("rc"), command="broadcast", params=FROM_ALICE,
                          cron="0 9 * * MON", tz="Asia/Shanghai", now=now)
     assert schedules.add(ctx.engine, ne, command="broadcast", params=HELLO,
                          cron="*/20 * * * * *", now=now)  # six fields: seconds first
