@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from imshift import __version__, bridgecli, jobcli
+from imshift import __version__, bridgecli, checkcli, jobcli
 from imshift.vendors.vocabulary import Operation
 
 EXIT_CODES = ("Exit codes, for a job or a run: 0 it finished and every input row ended ok or "
@@ -45,6 +45,7 @@ app = App(help="Bulk work on cloud IM vendors' server APIs: migrations, token re
 console = Console()
 jobcli.register(app)
 app.add_typer(bridgecli.bridge_app, name="bridge")
+app.command()(checkcli.check)
 
 
 def _version(value: bool) -> None:

@@ -232,6 +232,9 @@ def migrate_users(
     _need_key(ctx, target, Operation.REGISTER.value)
     if not dry_run:
         _check_broker(ctx)
+    else:  # a dry run promises the run would start: the target must take its credentials
+        from .checkcli import refuse_unless_reached
+        refuse_unless_reached(ctx, [target])
     planned = _plan(ctx, lambda progress: kinds.plan_user_migration(
         ctx.engine, tgt, input, source_app=source, chunk_size=ctx.settings.chunk_size,
         progress=progress))
