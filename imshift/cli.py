@@ -26,11 +26,11 @@ class App(typer.Typer):
         try:
             return super().__call__(*args, **kwargs)
         except DBAPIError as exc:  # the database is down, full, or refuses us: one line
-            reason = str(exc.orig or exc).strip().splitlines()[0]
-            jobcli.err.print(f"[red]error:[/red] the database failed: {reason}. Fix it "
-                             "(DATABASE_URL), then run the command again; `imshift status` "
-                             "shows where each job stands", highlight=False)
-            sys.exit(1)
+            try:
+                jobcli.database_failed(exc, "Fix it (DATABASE_URL), then run the command again; "
+                                            "`imshift status` shows where each job stands")
+            except typer.Exit as done:
+                sys.exit(done.exit_code)
         except OSError as exc:  # a full disk, a folder that cannot be written
             where = f" ({exc.filename})" if exc.filename else ""
             jobcli.err.print(f"[red]error:[/red] {exc.strerror or exc}{where}; nothing in the "

@@ -234,6 +234,11 @@ def follow(ctx: Context, run_id: int, detach: bool) -> None:
     if not ctx.embedded and detach:
         console.print(f"Queued. Follow it with `imshift status {name(run_id)} --watch`.")
         return
+    with jobcli.continued_by(ctx, name(run_id)):
+        _follow(ctx, run_id)
+
+
+def _follow(ctx: Context, run_id: int) -> None:
     import contextlib
 
     from imshift.workers.embedded import in_process_workers
