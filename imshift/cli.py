@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from imshift import __version__, bridgecli, jobcli
+from imshift import __version__, bridgecli, checkcli, jobcli
 from imshift.vendors.vocabulary import Operation
 
 EXIT_CODES = ("Exit codes, for a job or a run: 0 it finished and every input row ended ok or "
@@ -26,11 +26,11 @@ class App(typer.Typer):
         try:
             return super().__call__(*args, **kwargs)
         except DBAPIError as exc:  # the database is down, full, or refuses us: one line
-            reason = str(exc.orig or exc).strip().splitlines()[0]
-            jobcli.err.print(f"[red]error:[/red] the database failed: {reason}. Fix it "
-                             "(DATABASE_URL), then run the command again; `imshift status` "
-                             "shows where each job stands", highlight=False)
-            sys.exit(1)
+            try:
+                jobcli.database_failed(exc, "Fix it (DATABASE_URL), then run the command again; "
+                                            "`imshift status` shows where each job stands")
+            except typer.Exit as done:
+                sys.exit(done.exit_code)
         except OSError as exc:  # a full disk, a folder that cannot be written
             where = f" ({exc.filename})" if exc.filename else ""
             jobcli.err.print(f"[red]error:[/red] {exc.strerror or exc}{where}; nothing in the "
@@ -45,6 +45,7 @@ app = App(help="Bulk work on cloud IM vendors' server APIs: migrations, token re
 console = Console()
 jobcli.register(app)
 app.add_typer(bridgecli.bridge_app, name="bridge")
+app.command()(checkcli.check)
 
 
 def _version(value: bool) -> None:

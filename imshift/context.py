@@ -251,22 +251,30 @@ class Context:
         digest = hashlib.sha256(url.render_as_string(hide_password=True).encode()).hexdigest()[:16]
         return Path(tempfile.gettempdir()) / f"imshift-limits-{os.getuid()}" / digest
 
-    @functools.cached_property
-    def runtime(self) -> Runtime:
+    def limiter(self) -> RateLimiter:
+        """A rate limiter on the schedules every worker and command of these
+        settings share (Redis, or the limits folder without it)."""
         redis = None
         if self.settings.redis_url:
             import redis.asyncio as aioredis
             redis = aioredis.from_url(self.settings.redis_url)
-        limiter = RateLimiter(redis=redis, margin=self.settings.rate_margin,
-                              guard=self.settings.rate_guard,
-                              shared_dir=None if redis else self.limits_folder())
+        return RateLimiter(redis=redis, margin=self.settings.rate_margin,
+                           guard=self.settings.rate_guard,
+                           shared_dir=None if redis else self.limits_folder())
+
+    def throttle(self, app: str, limiter: RateLimiter) -> Throttle:
+        """The app's throttle: its rates and caps, held with everyone's calls."""
+        return limiter.throttle_for(app, self.rates(app), caps=self.caps(app), who=self.who(app))
+
+    @functools.cached_property
+    def runtime(self) -> Runtime:
+        limiter = self.limiter()
         s = self.settings
         tuning = Tuning(chunk_size=s.chunk_size, lease_seconds=s.lease_seconds,
                         max_attempts=s.max_attempts, concurrency=s.concurrency,
                         stale_after=s.stale_after, claim_seconds=s.claim_seconds)
 
         def clients(app: str) -> VendorClient:
-            return self.client(app, limiter.throttle_for(app, self.rates(app), caps=self.caps(app),
-                                                         who=self.who(app)))
+            return self.client(app, self.throttle(app, limiter))
 
         return configure(Runtime(self.engine, self.broker, clients, limiter, self.cipher, tuning))

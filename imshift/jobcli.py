@@ -5,9 +5,10 @@ results; imshift/runcli.py: runs; imshift/schedulecli.py: schedules)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -75,6 +76,27 @@ def _ref(text: str) -> tuple[str, int]:
 def fail(message: str, code: int = EXIT_USAGE) -> None:
     err.print(f"[red]error:[/red] {message}", highlight=False)
     raise typer.Exit(code)
+
+
+def database_failed(exc: Exception, then: str) -> None:
+    """One line for a database that failed under a command; `then` says what to run next."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    fail(f"the database failed: {reason}. {then}", EXIT_STOPPED)
+
+
+@contextlib.contextmanager
+def continued_by(ctx: Context, ref: str) -> Iterator[None]:
+    """Following job or run `ref` ("7", "R2") while the database fails: the
+    line names the command that carries the work on. Embedded, this command
+    was its runner, so that is resume; with Redis the workers go on."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        yield
+    except DBAPIError as exc:
+        then = (f"Once it is back, `imshift resume {ref}` continues it" if ctx.embedded else
+                f"The workers go on; once it is back, `imshift status {ref} --watch` follows it")
+        database_failed(exc, then)
 
 
 def _context() -> Context:
@@ -214,6 +236,11 @@ def _run(ctx: Context, job_id: int, detach: bool) -> None:
 
 
 def _follow(ctx: Context, job_id: int, detach: bool) -> None:
+    with continued_by(ctx, str(job_id)):
+        _follow_job(ctx, job_id, detach)
+
+
+def _follow_job(ctx: Context, job_id: int, detach: bool) -> None:
     if ctx.embedded:
         try:
             p = run_in_process(ctx, job_id, console)
@@ -250,6 +277,9 @@ def migrate_users(
     _need_key(ctx, target, Operation.REGISTER.value)
     if not dry_run:
         _check_broker(ctx)
+    else:  # a dry run promises the run would start: the target must take its credentials
+        from .checkcli import refuse_unless_reached
+        refuse_unless_reached(ctx, [target])
     planned = _plan(ctx, lambda progress: kinds.plan_user_migration(
         ctx.engine, tgt, input, source_app=source, chunk_size=ctx.settings.chunk_size,
         progress=progress))

@@ -62,6 +62,10 @@ def migrate_run(
         jobcli._need_key(ctx, target, Operation.ISSUE_TOKEN.value)
     if not dry_run:
         jobcli._check_broker(ctx)
+    else:  # a dry run promises the run would start: the apps it calls must take their credentials
+        from .checkcli import refuse_unless_reached
+        lists = users is None or (groups is None and Operation.LIST_GROUPS in ctx.target(source).capabilities)
+        refuse_unless_reached(ctx, [target, source] if lists else [target])
     earlier = None
     if since is not None:
         try:
@@ -230,6 +234,11 @@ def follow(ctx: Context, run_id: int, detach: bool) -> None:
     if not ctx.embedded and detach:
         console.print(f"Queued. Follow it with `imshift status {name(run_id)} --watch`.")
         return
+    with jobcli.continued_by(ctx, name(run_id)):
+        _follow(ctx, run_id)
+
+
+def _follow(ctx: Context, run_id: int) -> None:
     import contextlib
 
     from imshift.workers.embedded import in_process_workers

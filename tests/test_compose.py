@@ -93,18 +93,64 @@ def test_redis_and_postgres_take_no_host_port():
         assert mapping.startswith("127.0.0.1:"), mapping
 
 
-def test_the_token_key_is_required_and_the_documented_way_makes_one():
-    from cryptography.fernet import Fernet
-
+def test_the_token_key_is_required():
     value = services["worker"]["environment"]["IMSHIFT_TOKEN_KEY"]
     # ${VAR:?message}: compose refuses to start while the key is unset or empty.
     assert re.fullmatch(r"\$\{IMSHIFT_TOKEN_KEY:\?[^}]+\}", value), value
     assert services["cli"]["environment"]["IMSHIFT_TOKEN_KEY"] == value
+
+
+def readme_compose_steps():
+    """The README's Docker paragraph and the commands of its first code
+    block, in order (a line ending in a backslash joined to the next)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("`docker compose")
+    section = text[start:text.index("\n## ", start)]
+    block = re.search(r"((?:\n {4,}\S.*)+)", section).group(1)
+    commands = block.replace("\\\n", " ").strip().splitlines()
+    return section, [" ".join(c.split()) for c in commands]
+
+
+def test_the_readme_first_steps_work_in_order(tmp_path):
+    """Compose interpolates the whole file before running any service, so
+    every `${VAR:?}` must be set before the first `docker compose` command;
+    the step that sets them must need no compose (and so no key) itself."""
+    import subprocess
+    from cryptography.fernet import Fernet
+
+    section, steps = readme_compose_steps()
+    text = "\n".join(line for line in (ROOT / "docker-compose.yml").read_text().splitlines()
+                     if not line.lstrip().startswith("#"))
+    required = set(re.findall(r"\$\{(\w+):\?", text))
+    read = set(re.findall(r"\$\{(\w+)", text))
+    assert required == {"IMSHIFT_TOKEN_KEY", "IMSHIFT_API_TOKEN"}, required
+    assert steps and "docker compose" not in steps[0], steps[0]
+    subprocess.run(["bash", "-ec", steps[0]], cwd=tmp_path, check=True)
+    dotenv = dict(line.split("=", 1) for line in (tmp_path / ".env").read_text().splitlines() if line)
+    assert required <= set(dotenv), dotenv.keys()
+    Fernet(dotenv["IMSHIFT_TOKEN_KEY"].encode())  # a valid key
+    assert len(dotenv["IMSHIFT_API_TOKEN"]) >= 32
+    later = steps[1:]
+    assert later and all(s.startswith("docker compose ") for s in later), later
+    assert later[0].startswith("docker compose up"), later
+    for step in later:  # each service a step runs exists, its command is an imshift command
+        ran = re.match(r"docker compose run --rm (\S+) (\S+)", step)
+        if ran:
+            assert ran.group(1) in services, step
+            assert CliRunner().invoke(app, [ran.group(2), "--help"]).exit_code == 0, step
+    named = set(re.findall(r"`(\w+)` service", section))
+    assert named and named <= set(services), named
+    told = set(re.findall(r"\bIMSHIFT_[A-Z_]+", section))
+    assert required <= told <= read, (told, read)
+    assert "keygen" not in section or "docker compose run --rm cli keygen" not in section
+
+
+def test_the_compose_file_says_the_same_first_steps_as_the_readme():
+    _, steps = readme_compose_steps()
     text = (ROOT / "docker-compose.yml").read_text()
-    assert "docker compose run --rm --no-deps cli keygen" in text
-    result = CliRunner().invoke(app, ["keygen"])
-    assert result.exit_code == 0
-    Fernet(result.output.strip().encode())  # a valid key
+    block = "\n".join(line[1:] for line in text.splitlines() if line.startswith("#   "))
+    commands = block.replace("\\\n", " ").strip().splitlines()
+    assert [" ".join(c.split()) for c in commands] == steps
 
 
 def test_the_compose_settings_pass_the_checks_commands_make():

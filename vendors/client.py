@@ -284,6 +284,20 @@ class VendorClient:
         read that finds them. Raises CallFailed."""
         return None
 
+    # An id every vendor's rules accept (Maxim's are numeric); whether it exists does not matter.
+    check_id: ClassVar[str] = "1"
+
+    async def check(self) -> Result:
+        """One read-only call that needs the app's credentials (a made-up
+        user's profile, with the admin token where the vendor needs one):
+        `ok` when the vendor accepted them, otherwise the call's Result
+        (auth: refused; network: not reached)."""
+        try:
+            await self.get_profiles([self.check_id])
+        except CallFailed as failed:
+            return failed.result
+        return Result(Outcome.OK, "ok")
+
     # -- the bridge (vendors/feeds.py) ----------------------------------------------------
 
     # True where the vendor has a message feed `read_feed` reads, and a send

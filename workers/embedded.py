@@ -20,7 +20,7 @@ from typing import Iterator
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
-from sqlalchemy import update
+from sqlalchemy import exc, update
 
 from imshift.models.tables import Job, JobStatus
 
@@ -79,8 +79,43 @@ def _beat(runner: str, stop: threading.Event) -> None:
             log.warning("runner heartbeat failed; retrying in %.0f s", BEAT, exc_info=True)
 
 
+DATABASE_DOWN = (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError,
+                 exc.PendingRollbackError)
+
+
+class QuietDatabaseDown(logging.Filter):
+    """Drops records whose exception is the database failing (not a bug):
+    the command that runs these workers reports that in one line, naming
+    what continues the work, and each thread's traceback of it (a dozen or
+    more, hundreds of lines) would bury that line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        while error is not None:
+            if isinstance(error, DATABASE_DOWN):
+                return False
+            error = error.__cause__ or error.__context__
+        return True
+
+
 @contextlib.contextmanager
 def in_process_workers(broker: dramatiq.Broker, threads: int = 8) -> Iterator[dramatiq.Worker]:
+    quiet = QuietDatabaseDown()
+    handlers = logging.getLogger().handlers or [logging.lastResort]
+    for handler in handlers:
+        if handler is not None:
+            handler.addFilter(quiet)
+    try:
+        with _workers(broker, threads) as worker:
+            yield worker
+    finally:
+        for handler in handlers:
+            if handler is not None:
+                handler.removeFilter(quiet)
+
+
+@contextlib.contextmanager
+def _workers(broker: dramatiq.Broker, threads: int) -> Iterator[dramatiq.Worker]:
     heap.settle()
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
     worker.start()
