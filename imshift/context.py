@@ -277,4 +277,9 @@ class Context:
         def clients(app: str) -> VendorClient:
             return self.client(app, self.throttle(app, limiter))
 
-        return configure(Runtime(self.engine, self.broker, clients, limiter, self.cipher, tuning))
+        def stamp() -> Any:
+            self.refresh()  # raises SettingsError for a file that no longer reads: the job stops on it
+            return self._stamp
+
+        return configure(Runtime(self.engine, self.broker, clients, limiter, self.cipher, tuning,
+                                 settings_stamp=stamp if self._file else None))

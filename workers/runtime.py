@@ -89,6 +89,9 @@ class Runtime:
     # app -> (when its calls began failing to connect, how many did, the last message)
     unreachable: dict[str, tuple[float, int, str]] = field(default_factory=dict, repr=False)
     _loop_state: dict = field(default_factory=dict, repr=False)
+    # What changes when the settings the clients come from are edited (the
+    # config file's stamp), checked at each lookup; None: they never change.
+    settings_stamp: Callable[[], Any] | None = None
 
     def remember_job(self, job_id: int, view: Any) -> None:
         if len(self.jobs) >= 1024:  # a long-lived worker sees many jobs: keep the recent ones
@@ -106,7 +109,13 @@ class Runtime:
         return state
 
     def client(self, app: str) -> VendorClient:
-        clients = self._state()["clients"]
+        state = self._state()
+        if self.settings_stamp is not None:  # settings edited since: clients made again from them
+            stamp = self.settings_stamp()
+            if state.get("stamp", stamp) != stamp:
+                state["clients"] = {}
+            state["stamp"] = stamp
+        clients = state["clients"]
         if app not in clients:
             client = clients[app] = self.clients(app)
             client.throttle = announcing(client.throttle)
