@@ -13,6 +13,7 @@ BENCHMARKS = {
     "api": "the HTTP API's progress and failures requests on a 1M item job: p50/p99",
     "run": "a whole migration run (accounts to verify) at set rates: wall time over calls/rate",
     "schedule": "1,000 one-off schedules due within a minute, two schedulers: lag to the vendor, fires each",
+    "bridge": "the cut-over bridge both ways at 200 and 1,000 messages/s, and beside a mass send: lag, acks, loss",
 }
 
 

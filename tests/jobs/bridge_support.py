@@ -100,15 +100,18 @@ async def _groups(side: "Side", users: list[str], count: int, size: int) -> list
 @contextlib.contextmanager
 def bridged(tmp_path: Path, database_url: str, old_vendor: str, new_vendor: str, *, users: int,
             groups: int = 0, group_size: int = 3, both_ways: bool = False,
-            hold: float = 600.0, settle: float = 0.3) -> Iterator[Bridged]:
+            hold: float = 600.0, settle: float = 0.3,
+            sandbox_rates: dict[str, dict[str, float]] | None = None) -> Iterator[Bridged]:
     """Users (and groups) on the old side, migrated to the new by a run, and
-    a bridge between them; both sandboxes served on loopback."""
+    a bridge between them; both sandboxes served on loopback (`sandbox_rates`:
+    "old"/"new" -> the limits that sandbox enforces, its `--rate OP=N`)."""
     # Each sandbox a process of its own, as each vendor is a server of its own:
     # in this process they would share one interpreter lock with the clients.
     # `box` is a local twin that only says what the served one's credentials are.
     old_box, new_box = vendor(old_vendor).sandbox(), vendor(new_vendor).sandbox()
-    with sandbox_process(old_vendor, tmp_path / "old-sandbox.log") as old_url, \
-            sandbox_process(new_vendor, tmp_path / "new-sandbox.log") as new_url:
+    limits = sandbox_rates or {}
+    with sandbox_process(old_vendor, tmp_path / "old-sandbox.log", limits.get("old")) as old_url, \
+            sandbox_process(new_vendor, tmp_path / "new-sandbox.log", limits.get("new")) as new_url:
         old = Side("old", old_vendor, old_box, old_url)
         new = Side("new", new_vendor, new_box, new_url)
         names = [user_name(i) for i in range(users)]
@@ -151,12 +154,13 @@ def bridged(tmp_path: Path, database_url: str, old_vendor: str, new_vendor: str,
 
 
 @contextlib.contextmanager
-def sandbox_process(vendor_name: str, log: Path) -> Iterator[str]:
-    """`imshift sandbox --vendor V` on a free port; yields its base URL."""
+def sandbox_process(vendor_name: str, log: Path, rates: dict[str, float] | None = None) -> Iterator[str]:
+    """`imshift sandbox --vendor V [--rate OP=N ...]` on a free port; yields its base URL."""
     port = free_port()
+    limits = [a for op, n in (rates or {}).items() for a in ("--rate", f"{op}={n}")]
     with log.open("a") as out:
         box = subprocess.Popen([sys.executable, "-m", "imshift.cli", "sandbox", "--vendor", vendor_name,
-                                "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+                                "--port", str(port), *limits], stdout=out, stderr=subprocess.STDOUT,
                                start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
