@@ -370,8 +370,8 @@ class RateLimiter:
         return await waiter
 
     async def _lead(self, app: str, key: str, limit: float) -> None:
-        """Reserve for the waiting calls, HORIZON's worth of calls (at least
-        one) per reservation, one reservation at a time, and not before the
+        """Reserve for the waiting calls, HORIZON's worth of the quota (at
+        least one call) per reservation, one reservation at a time, and not before the
         last slot reserved is HORIZON away: the schedule never runs far ahead
         of now, so a pause from `slow_down` reaches every process soon and a
         process that dies wastes few slots."""
@@ -379,7 +379,13 @@ class RateLimiter:
         waiting = self._waiting[(app, key)]
         try:
             while waiting:
-                size = max(1, int(limit * HORIZON))
+                # Counted in weight, not calls: 150 calls of 100 recipients each
+                # booked 10 s of a 1,500/s schedule at once, ahead of every
+                # other process's calls (the bridge's among them).
+                size, room = 0, limit * HORIZON
+                while size < len(waiting) and (size == 0 or room >= waiting[size][0]):
+                    room -= waiting[size][0]
+                    size += 1
                 batch, waiting[:size] = waiting[:size], []
                 # Slots are counted from before the round trip: a call then
                 # goes out early by at most the round trip (into the guard
