@@ -1,5 +1,6 @@
 """What tests and benchmarks need around imshift, kept out of the shipped package:
-a private redis-server, a throwaway PostgreSQL database, a free port, and the
+a private redis-server, a throwaway PostgreSQL database, a PostgreSQL cluster of
+a test's own (to stop and start), a free port, and the
 environment that hands a vendor app to worker processes.
 
 A private redis-server has its own free port on 127.0.0.1 and its own temp
@@ -172,3 +173,103 @@ def app_environment(name: str, vendor: str, config: Any) -> dict[str, str]:
             value = json.dumps(list(value) if isinstance(value, tuple) else value)
         env[f"IMSHIFT_APPS__{name.upper()}__{field.name.upper()}"] = str(value)
     return env
+
+
+# -- a PostgreSQL cluster of a test's own ----------------------------------------------------
+
+def postgres_bin() -> Path | None:
+    """The newest /usr/lib/postgresql/*/bin holding initdb and pg_ctl (None: not installed)."""
+    def version(path: Path) -> tuple[int, ...]:
+        return tuple(int(p) for p in path.parent.name.split(".") if p.isdigit())
+
+    found = [p for p in Path("/usr/lib/postgresql").glob("*/bin")
+             if (p / "initdb").exists() and (p / "pg_ctl").exists()]
+    return max(found, key=version) if found else None
+
+
+class PostgresCluster:
+    """A PostgreSQL server of a test's own, to stop and start at will: initdb
+    in a temp dir, trust auth, listening on a free port on 127.0.0.1 (and its
+    socket in that dir, never the machine's). Run as root, the server runs as
+    the `postgres` user (initdb refuses root).
+
+        with PostgresCluster() as pg:      # or pg = PostgresCluster().start()
+            url = pg.url                   # postgresql://postgres@127.0.0.1:PORT/postgres
+            pg.stop(mode="immediate")      # as a crash: no shutdown checkpoint
+            pg.start()                     # back on the SAME port and data
+    """
+
+    def __init__(self, *, port: int | None = None, bindir: Path | None = None):
+        self.bindir = bindir or postgres_bin()
+        if self.bindir is None:
+            raise RuntimeError("initdb and pg_ctl are not installed (no /usr/lib/postgresql/*/bin)")
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="imshift-pg-"))
+        self.data = self.dir / "data"
+        self.log = self.dir / "postgres.log"
+        self._as = [] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--"]
+        if self._as:
+            import pwd
+
+            user = pwd.getpwnam("postgres")
+            os.chown(self.dir, user.pw_uid, user.pw_gid)
+        self._run([str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
+                   "--auth=trust", "--encoding=UTF8", "--no-sync"], timeout=120)
+
+    def _run(self, args: list[str], timeout: float = 60) -> None:
+        done = subprocess.run([*self._as, *args], capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+            raise RuntimeError(f"{' '.join(args[:2])} failed: {done.stdout[-1000:]}{done.stderr[-1000:]}\n{tail}")
+
+    def url_for(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    @property
+    def url(self) -> str:
+        return self.url_for()
+
+    def running(self) -> bool:
+        done = subprocess.run([*self._as, str(self.bindir / "pg_ctl"), "status", "-D", str(self.data)],
+                              capture_output=True, text=True, timeout=30)
+        return done.returncode == 0
+
+    def start(self, timeout: float = 60) -> "PostgresCluster":
+        """Start (again) on this port and data; returns once it takes connections."""
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off -c max_connections=200"
+        self._run([str(self.bindir / "pg_ctl"), "start", "-D", str(self.data), "-l", str(self.log),
+                   "-w", "-t", str(int(timeout)), "-o", options], timeout=timeout + 10)
+        return self
+
+    def stop(self, mode: str = "fast", timeout: float = 60) -> None:
+        """pg_ctl stop: `fast` (clients cut off, a clean shutdown) or
+        `immediate` (as a crash: recovery at the next start)."""
+        if self.data.exists() and self.running():
+            self._run([str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data), "-m", mode,
+                       "-w", "-t", str(int(timeout))], timeout=timeout + 10)
+
+    def restart(self, mode: str = "fast") -> "PostgresCluster":
+        self.stop(mode)
+        return self.start()
+
+    def create_database(self, name: str) -> str:
+        """A database on this cluster; its URL."""
+        import psycopg
+
+        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
+                             autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url_for(name)
+
+    def close(self) -> None:
+        """Stop for good and remove the temp dir."""
+        try:
+            self.stop("immediate")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "PostgresCluster":
+        return self.start() if not self.running() else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -101,17 +103,20 @@ async def _groups(side: "Side", users: list[str], count: int, size: int) -> list
 def bridged(tmp_path: Path, database_url: str, old_vendor: str, new_vendor: str, *, users: int,
             groups: int = 0, group_size: int = 3, both_ways: bool = False,
             hold: float = 600.0, settle: float = 0.3,
-            sandbox_rates: dict[str, dict[str, float]] | None = None) -> Iterator[Bridged]:
+            sandbox_rates: dict[str, dict[str, float]] | None = None,
+            new_latency: float = 0.0) -> Iterator[Bridged]:
     """Users (and groups) on the old side, migrated to the new by a run, and
     a bridge between them; both sandboxes served on loopback (`sandbox_rates`:
-    "old"/"new" -> the limits that sandbox enforces, its `--rate OP=N`)."""
+    "old"/"new" -> the limits that sandbox enforces, its `--rate OP=N`;
+    `new_latency`: seconds the new side's sandbox adds to every call)."""
     # Each sandbox a process of its own, as each vendor is a server of its own:
     # in this process they would share one interpreter lock with the clients.
     # `box` is a local twin that only says what the served one's credentials are.
     old_box, new_box = vendor(old_vendor).sandbox(), vendor(new_vendor).sandbox()
     limits = sandbox_rates or {}
     with sandbox_process(old_vendor, tmp_path / "old-sandbox.log", limits.get("old")) as old_url, \
-            sandbox_process(new_vendor, tmp_path / "new-sandbox.log", limits.get("new")) as new_url:
+            sandbox_process(new_vendor, tmp_path / "new-sandbox.log", limits.get("new"),
+                            latency=new_latency) as new_url:
         old = Side("old", old_vendor, old_box, old_url)
         new = Side("new", new_vendor, new_box, new_url)
         names = [user_name(i) for i in range(users)]
@@ -154,13 +159,15 @@ def bridged(tmp_path: Path, database_url: str, old_vendor: str, new_vendor: str,
 
 
 @contextlib.contextmanager
-def sandbox_process(vendor_name: str, log: Path, rates: dict[str, float] | None = None) -> Iterator[str]:
-    """`imshift sandbox --vendor V [--rate OP=N ...]` on a free port; yields its base URL."""
+def sandbox_process(vendor_name: str, log: Path, rates: dict[str, float] | None = None,
+                    latency: float = 0.0) -> Iterator[str]:
+    """`imshift sandbox --vendor V [--rate OP=N ...] --latency S` on a free port; yields its base URL."""
     port = free_port()
     limits = [a for op, n in (rates or {}).items() for a in ("--rate", f"{op}={n}")]
     with log.open("a") as out:
         box = subprocess.Popen([sys.executable, "-m", "imshift.cli", "sandbox", "--vendor", vendor_name,
-                                "--port", str(port), *limits], stdout=out, stderr=subprocess.STDOUT,
+                                "--port", str(port), "--latency", str(latency), *limits],
+                               stdout=out, stderr=subprocess.STDOUT,
                                start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -222,6 +229,46 @@ def serving(b: Bridged, log: Path, extra_env: dict[str, str] | None = None,
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait(5)
+
+
+@contextlib.contextmanager
+def working(b: Bridged, log: Path, extra_env: dict[str, str], processes: int = 2,
+            threads: int = 4) -> Iterator[subprocess.Popen]:
+    """`imshift worker --processes N` (`extra_env` names REDIS_URL): the
+    pool that relays when `imshift serve` runs with Redis. Yields once every
+    process is ready; SIGTERM stops the pool and its processes."""
+    with log.open("a") as out:
+        pool = subprocess.Popen([sys.executable, "-m", "imshift.cli", "worker", "--processes", str(processes),
+                                 "--threads", str(threads)], env={**b.env, **extra_env}, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_workers(pool, log, processes)
+        yield pool
+    finally:
+        if pool.poll() is None:
+            pool.terminate()
+            try:
+                pool.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(pool.pid, signal.SIGKILL)
+                pool.wait(10)
+
+
+def worker_processes(pool: subprocess.Popen) -> set[int]:
+    """The pool's worker processes (its children)."""
+    path = Path(f"/proc/{pool.pid}/task/{pool.pid}/children")
+    return {int(p) for p in path.read_text().split()} if path.exists() else set()
+
+
+def wait_for_workers(pool: subprocess.Popen, log: Path, processes: int, ready: int | None = None,
+                     timeout: float = 60) -> None:
+    """Until `ready` processes in all have said they are ready (default:
+    `processes`) and the pool has `processes` children."""
+    deadline = time.monotonic() + timeout
+    while (log.read_text().count("Worker process is ready") < (ready or processes)
+           or len(worker_processes(pool)) < processes):
+        assert pool.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)
 
 
 def wait_for_server(url: str, server: subprocess.Popen, log: Path, timeout: float = 30) -> None:
