@@ -97,8 +97,27 @@ async def _receive(ctx: Context, ingest: Ingest, request: Request, app: str, sec
         return "ignored"
     wake = await ingest.store(app, found)
     if wake is not None:
-        ctx.broker.actors["relay_bridge"].send(wake)
+        try:
+            ctx.broker.actors["relay_bridge"].send(wake)
+        except Exception as exc:  # Redis is down: the message is stored, so the delivery is taken
+            log.warning("bridge B%s: its relayer could not be woken (%s); the server wakes it "
+                        "once the queue answers", wake, type(exc).__name__)
+            await asyncio.to_thread(_unqueue, ctx, wake)
     return "stored"
+
+
+def _unqueue(ctx: Context, bid: int) -> None:
+    """Take back the wake marked queued, so the server's waker sends it again
+    each second until the queue takes it (imshift/api_serve.py)."""
+    from sqlalchemy import update
+
+    from imshift.models.tables import Bridge
+    from imshift.workers.relay import QUEUED
+
+    bridges_table = Bridge.__table__
+    with ctx.engine.begin() as conn:
+        conn.execute(update(bridges_table).where(bridges_table.c.id == bid, bridges_table.c.relayer == QUEUED)
+                     .values(relayer=None, relayer_until=None))
 
 
 async def _body(request: Request) -> bytes:

@@ -27,6 +27,7 @@ from types import SimpleNamespace
 from dataclasses import dataclass, replace
 from typing import Any
 
+from redis.exceptions import RedisError
 from sqlalchemy import bindparam, case, or_, select, update
 from sqlalchemy.engine import Connection
 
@@ -49,7 +50,8 @@ IDLE = 1.0  # seconds with nothing to do before the turn is given back
 POLL = 0.02  # seconds between looks for new messages while working
 HELD_RETRY = 1.0  # seconds between looks at the id map for a held message
 RESCAN = 2.0  # seconds between reads of every pending message, not only the newest
-QUEUED = "queued"  # the turn's holder when a wake is queued but not started
+QUEUED = "queued"
+LIMITER_AWAY = "limiter"  # Result.code of a relay the limiter could not let go (Redis down)  # the turn's holder when a wake is queued but not started
 
 
 def dedup_key(bridge_id: int, from_app: str, msg_id: str) -> str:
@@ -434,6 +436,8 @@ class Relayer:
         try:
             async with self.runtime.gate():
                 return await client.relay(source, dedup_key=dedup_key(self.bid, row.from_app, row.msg_id))
+        except RedisError as exc:  # the shared rate limiter is away: the call was never made
+            return Result(Outcome.RETRYABLE, LIMITER_AWAY, f"the rate limiter's Redis: {type(exc).__name__}")
         except Exception as exc:  # a client bug, or the mark could not be written
             log.exception("bridge B%s: relay call failed", self.bid)
             return Result(Outcome.RETRYABLE, "client-error", type(exc).__name__, maybe_delivered=announced)
@@ -477,7 +481,8 @@ class Relayer:
         """What the answer makes of the message: the values its row gets."""
         now = time.time()
         target = self.target_of(row.from_app)
-        attempts = row.attempts + 1
+        # A call our own limiter kept back (its Redis away) was no attempt at the vendor.
+        attempts = row.attempts + (result.code != LIMITER_AWAY)
         v: dict[str, Any] = {"b_id": row.id, "b_claim": row.claim, "b_attempts": attempts,
                              "b_code": result.code, "b_message": result.message, "b_not_before": None,
                              "b_relayed_at": None, "b_target_msg_id": None, "b_target_sent_at_ms": None}

@@ -331,8 +331,8 @@ def test_redis_restarted_mid_stream_loses_and_doubles_nothing(tmp_path, cluster)
     persistence) 2 s later, twice: first with relays in flight (the relayer
     holding the turn needs no Redis: it carries on), then while the bridge is
     idle, so that the next delivery needs a wake queued in Redis: it is
-    stored but answered 5xx, the vendor tries it again (a repeat, dropped),
-    and the sweeper wakes the bridge once the queued wake's turn lapses."""
+    stored and taken (200), and the server's waker queues the wake once
+    Redis answers again."""
     with RedisServer() as redis, redis_rig(tmp_path, cluster, redis) as (b, pool, server, ledger):
         plan = plan_pairs(b)
         half = len(plan) // 2
@@ -364,7 +364,8 @@ def test_redis_restarted_mid_stream_loses_and_doubles_nothing(tmp_path, cluster)
            second_done_after=round(done_after, 2),
            feed={k: v for k, v in feed.items() if not k.endswith(("_p50", "_p99"))})
     check_exact(t, feed, unknown_allowed=False)
-    assert refusals(feed) > refused_before, feed  # the delivery whose wake Redis could not take
+    assert done_after < 10, done_after  # woken within seconds of Redis' return, not a turn later
+    del refused_before
 
 
 def refusals(feed: dict[str, Any]) -> int:
