@@ -20,7 +20,7 @@ import httpx
 
 from .vocabulary import FieldRule, Group, Message, Operation, Outcome, Profile, Result
 from .client import Batch, CallFailed, Codes, invalid, same_for_all
-from .openim import TOKEN, OpenIMClient, data_of, exists, listed, ok, with_data
+from .openim import TOKEN, data_of, exists, listed, ok, with_data
 from .openim_v2 import RULES_V2, OpenIMV2Client
 from .paging import PageFetch, sliced
 
