@@ -5,8 +5,9 @@ and every other call carries that token in a `token` header plus a fresh
 random `operationID` (a header in v3, a body field in v2); `OpenIMAuth`
 stamps both, and the token's keeping is in openim_auth.py.
 `OpenIMClient(config, ...)` builds the class
-for the config's API version: `OpenIMV3Client` (openim_v3.py) or
-`OpenIMV2Client` (openim_v2.py), with each version's endpoints, payload
+for the config's API version: `OpenIMV3Client` (openim_v3.py),
+`OpenIMV2Client` (openim_v2.py) or `OpenIMV1Client` (openim_v1.py, the early
+API), with each version's endpoints, payload
 shapes, rules and reply parsing; the flows both run alike are here. Facts:
 docs/vendors.md and the server's source (openimsdk/open-im-server v3 main and
 v2.3.3, openimsdk/protocol).
@@ -29,7 +30,7 @@ from .client import Batch, CallFailed, Reply, VendorClient, chunks, invalid, sam
 from .openim_auth import AdminToken, OpenIMAuth
 from .paging import offset_pages
 
-API_VERSIONS = ("v3", "v2")
+API_VERSIONS = ("v3", "v2", "v1")
 ADMIN_PLATFORM_ID = 10  # v3 refuses user tokens for it
 MAX_IDS_PER_CALL = 1000  # openimsdk/protocol constant.ParamMaxLength
 TEXT, CUSTOM = 101, 110  # contentType
@@ -66,7 +67,7 @@ class OpenIMConfig:
             raise ValueError("secret: 1 to 32 characters")
         if self.api_version not in API_VERSIONS:
             raise ValueError(f"api_version: one of {', '.join(API_VERSIONS)}")
-        top = 11 if self.api_version == "v3" else 7  # v2 register takes 1..7
+        top = 11 if self.api_version == "v3" else 7  # v2 and v1 register take 1..7
         if not 1 <= self.platform_id <= top or self.platform_id == ADMIN_PLATFORM_ID:
             raise ValueError(f"platform_id: 1..{top}, not {ADMIN_PLATFORM_ID} (Admin)")
         if self.concurrency < 1:
@@ -139,11 +140,12 @@ class OpenIMClient(AdminToken, VendorClient):
     def for_config(cls, config: Any) -> type[OpenIMClient]:
         if cls is not OpenIMClient:  # a version's class serves the configs it is given
             return cls
-        # Imported here: both modules import this one.
+        # Imported here: the version modules import this one.
+        from .openim_v1 import OpenIMV1Client
         from .openim_v2 import OpenIMV2Client
         from .openim_v3 import OpenIMV3Client
 
-        return OpenIMV3Client if config.api_version == "v3" else OpenIMV2Client
+        return {"v1": OpenIMV1Client, "v2": OpenIMV2Client}.get(config.api_version, OpenIMV3Client)
 
     @classmethod
     def rules_for(cls, config: Any) -> VendorRules:

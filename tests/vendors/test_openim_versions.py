@@ -15,6 +15,7 @@ import pytest
 from imshift.vendors.vocabulary import Message, Operation, Outcome, Profile
 from imshift.vendors.client import CallFailed
 from imshift.vendors.openim import OpenIMClient, OpenIMConfig
+from imshift.vendors.openim_v1 import RULES_V1, OpenIMV1Client
 from imshift.vendors.openim_v2 import RULES_V2, OpenIMV2Client
 from imshift.vendors.openim_v3 import RULES_V3, OpenIMV3Client
 from imshift.vendors.registry import vendor
@@ -69,12 +70,14 @@ async def registered(client, count):
 
 def test_the_config_picks_the_version_class_and_its_rules():
     v3, v2 = OpenIMConfig(secret="x"), OpenIMConfig(secret="x", api_version="v2")
+    v1 = OpenIMConfig(secret="x", api_version="v1")
     assert OpenIMClient.for_config(v3) is OpenIMV3Client and OpenIMClient.for_config(v2) is OpenIMV2Client
+    assert OpenIMClient.for_config(v1) is OpenIMV1Client and OpenIMClient.rules_for(v1) is RULES_V1
     assert OpenIMClient.rules_for(v2) is RULES_V2 and OpenIMClient.rules_for(v3) is RULES_V3
     assert OpenIMClient.rules is RULES_V3  # read on the class: the default version's
     assert vendor("openim").client is OpenIMClient and vendor("openim").config is OpenIMConfig
     http = httpx.AsyncClient()
-    for config, cls in ((v3, OpenIMV3Client), (v2, OpenIMV2Client)):
+    for config, cls in ((v3, OpenIMV3Client), (v2, OpenIMV2Client), (v1, OpenIMV1Client)):
         for made in (OpenIMClient(config, http), OpenIMClient.for_config(config)(config, http, timeout=3)):
             assert type(made) is cls and isinstance(made, OpenIMClient)
             assert made.rules is cls.rules and made.version == config.api_version
@@ -224,7 +227,7 @@ async def test_an_unreadable_reply_to_a_send_may_have_been_delivered(version):
     assert failed.value.result.outcome is Outcome.RETRYABLE and not failed.value.result.maybe_delivered
 
 
-@pytest.mark.parametrize("version", ["v3", "v2"])
+@pytest.mark.parametrize("version", ["v3", "v2", "v1"])
 async def test_http_429_to_a_send_is_rate_limited_with_retry_after(version):
     box = OpenIMSandbox(api_version=version, rate_limits={"send": 1}, clock=lambda: 7000.5)
     client = box.client()

@@ -1,10 +1,10 @@
-"""OpenIM sandbox: the server API of one self-hosted deployment, v3 or v2.
+"""OpenIM sandbox: the server API of one self-hosted deployment, v3, v2 or v1.
 
 This module holds what both API versions share: the deployment's settings,
 its tokens, users, groups, friendships and message delivery, and the
-read-backs. The endpoints of each version live in `openim_v3` and
-`openim_v2`; `OpenIMSandbox(api_version=...)` builds the one asked for (v3
-and v2 share paths with different bodies, so a sandbox speaks one version).
+read-backs. The endpoints of each version live in `openim_v3`, `openim_v2`
+and `openim_v1`; `OpenIMSandbox(api_version=...)` builds the one asked for
+(the versions share paths with different bodies, so a sandbox speaks one).
 
 Where the real server answers oddly, so does the sandbox (a duplicate-key
 500 when inviting a member twice, an HTTP 500 for an existing user in v2,
@@ -61,9 +61,10 @@ class OpenIMSandbox(Sandbox):
 
     def __new__(cls, *, api_version: str = "v3", **kwargs: Any) -> "OpenIMSandbox":
         if cls is OpenIMSandbox:
+            from .openim_v1 import OpenIMv1Sandbox
             from .openim_v2 import OpenIMv2Sandbox
             from .openim_v3 import OpenIMv3Sandbox
-            cls = {"v3": OpenIMv3Sandbox, "v2": OpenIMv2Sandbox}.get(api_version, cls)
+            cls = {"v3": OpenIMv3Sandbox, "v2": OpenIMv2Sandbox, "v1": OpenIMv1Sandbox}.get(api_version, cls)
         return super().__new__(cls)
 
     def __init__(self, *, api_version: str = "v3", secret: str = "openIM123",
