@@ -173,8 +173,8 @@ def test_both_ways_many_conversations_exactly_once_in_order_without_echoes(tmp_p
     db = f"sqlite:///{tmp_path}/imshift.db"
     with bridged(tmp_path, db, "rongcloud", "openim", users=pairs, both_ways=True, settle=2 * SETTLE) as b:
         with serving(b, tmp_path / "serve.log"):
-            b.old.feed_to(b.old.hook(b.server_url), repeat=0.1, reorder=0.05)
-            b.new.feed_to(b.new.hook(b.server_url), repeat=0.1, reorder=0.05)
+            b.old.feed_to(b.old.hook(b.server_url), repeat=0.1, reorder=0.05, retries=3, retry_delay=0.5)
+            b.new.feed_to(b.new.hook(b.server_url), repeat=0.1, reorder=0.05, retries=3, retry_delay=0.5)
             old_plan = conversations(b, "old", pairs=pairs, groups=False, count=count // 2, seed=1)
             new_plan = conversations(b, "new", pairs=pairs, groups=False, count=count // 2, seed=2)
 
