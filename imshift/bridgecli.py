@@ -195,6 +195,25 @@ def _control(command: str, ref: str) -> None:
             ctx.broker.actors["relay_bridge"].send(bid)
 
 
+@bridge_app.command("retry")
+def retry(
+    ref: BridgeRef,
+    unknown: Annotated[bool, typer.Option("--unknown", help="Also the messages whose relay was cut off "
+                                          "and may have arrived (they may arrive twice).")] = False,
+) -> None:
+    """Relay the failed messages again (after the delta run mapped a held id,
+    or the target came back); they go after what their conversation has had."""
+    bid = _bid(ref)
+    ctx = _context()
+    try:
+        count = bridges.retry(ctx.engine, bid, unknown=unknown)
+    except bridges.BridgeError as exc:
+        fail(str(exc))
+        raise
+    console.print(f"bridge B{bid}: {count} message{'s' if count != 1 else ''} to relay again; "
+                  "`imshift serve` takes them within a second", highlight=False)
+
+
 @bridge_app.command("pause")
 def pause(ref: BridgeRef) -> None:
     """Stop relaying; deliveries are still stored, and relayed on resume."""

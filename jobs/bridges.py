@@ -97,6 +97,21 @@ def control(engine: Engine, bid: int, command: str) -> str:
     return target.value
 
 
+def retry(engine: Engine, bid: int, *, unknown: bool = False) -> int:
+    """Relay again the messages that ended `failed` (a held id that the run
+    has mapped since, a vendor that was down) and, with `unknown`, those whose
+    relay may have gone out (the user's decision: they may arrive twice).
+    They wait for --hold again from now; the bridge's relayer takes them
+    next. Rejected ones are not: the target said no. How many."""
+    states = [ItemState.FAILED.value] + ([ItemState.UNKNOWN.value] if unknown else [])
+    with engine.begin() as conn:
+        get(conn, bid)
+        return conn.execute(update(messages).where(messages.c.bridge_id == bid, messages.c.state.in_(states))
+                            .values(state=ItemState.PENDING.value, attempts=0, not_before=None,
+                                    sent_at=None, code=None, message=None,
+                                    received_at=time.time())).rowcount
+
+
 def stop(conn: Connection, bid: int, reason: str) -> None:
     conn.execute(update(bridges).where(bridges.c.id == bid, bridges.c.status == BridgeStatus.ACTIVE.value)
                  .values(status=BridgeStatus.STOPPED.value, stop_reason=reason))

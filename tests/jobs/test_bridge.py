@@ -328,3 +328,52 @@ def test_a_paused_bridge_stores_deliveries_and_relays_them_when_resumed_from_the
                      lambda: f"relayed after the resume: {last}")
             assert "bridge B1: old -> new" in cli("status", "B1")
             assert json.loads(cli("status", "B1", "--json"))["directions"][0]["relayed"] == 12
+
+
+def test_a_failed_message_is_relayed_by_retry_once_a_delta_run_maps_its_sender(tmp_path):
+    """The cut-over day as it goes: a user the run missed writes, the message
+    is held and fails naming them; the delta run (--since R1) migrates them;
+    `imshift bridge retry B1` relays it, through the delta run's id map."""
+    import subprocess
+    import sys
+
+    from bridge_support import _finish, _register
+
+    db = f"sqlite:///{tmp_path}/imshift.db"
+    with bridged(tmp_path, db, "rongcloud", "maxim", users=4, hold=1.0) as b:
+        late = asyncio.run(_register(b.old, ["bu_late"]))[0]
+        with serving(b, tmp_path / "serve.log"):
+            b.old.feed_to(b.old.hook(b.server_url))
+            asyncio.run(send_all(b.old, [Sent("old", late, b.old.users[0], False, "old:late#0")], rate=10))
+
+            def status():
+                return httpx.get(f"{b.server_url}/api/bridges/1", timeout=10).json()["directions"][0]
+
+            wait_for(lambda: status()["failed"] == 1, 15, "the message from the unmigrated user failed")
+            # The delta run: the late user only, into the same target.
+            from helpers import context
+            from imshift.jobs import run_control, runs
+            from imshift.workers.embedded import in_process_workers
+            import dataclasses
+            ctx = context(db, apps={side.app: {"vendor": side.vendor, **{
+                f.name: getattr(side.box.config(side.url), f.name)
+                for f in dataclasses.fields(side.box.config(side.url))
+                if getattr(side.box.config(side.url), f.name) is not None}} for side in (b.old, b.new)})
+            users = tmp_path / "late.csv"
+            users.write_text(f"user_id,name\n{late},Late\n", encoding="utf-8")
+            delta = runs.plan_run(ctx.engine, "old", ctx.target("new"),
+                                  runs.RunRequest(users=users, since=b.run_id), chunk_size=10)
+            ctx.runtime  # noqa: B018
+            with in_process_workers(ctx.broker):
+                run_control.start(ctx.engine, ctx.broker, delta.run_id)
+                for _, p in run_control.run_progress(ctx.engine, delta.run_id).stages:
+                    _finish(ctx, p.job_id)
+            done = subprocess.run([sys.executable, "-m", "imshift.cli", "bridge", "retry", "B1"], env=b.env,
+                                  capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0 and "1 message to relay again" in done.stdout, done.stderr
+            wait_for(lambda: status()["relayed"] == 1, 15, "the retried message relayed")
+        with ctx.engine.connect() as conn:
+            from imshift.workers.relay import map_ids, run_chain
+            maxim_id = map_ids(conn, run_chain(conn, b.run_id), "user", {late}, True)[late]
+        inbox = b.new.inbox(b.new.users[0])
+        assert [(m["text"], str(m["from"])) for m in inbox] == [("old:late#0", maxim_id)]
