@@ -9,44 +9,17 @@ import time
 from dataclasses import replace
 
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from imshift.vendors.feeds import MARK, Delivery, FeedMessage, FeedRefused
 from imshift.vendors.http import http_client
 from imshift.vendors.maxim import MaximClient
 from imshift.vendors.sandbox.maxim import MaximSandbox
 from imshift.vendors.sandbox.serve import served
+
+from feed_receiver import Receiver
 from imshift.vendors.vocabulary import Group, Outcome, Profile
 
 pytestmark = pytest.mark.loopback
-
-
-class Receiver:
-    """The app server's hook route: read_feed on each POST."""
-
-    vendor = "receiver"
-
-    def __init__(self, config):
-        self.config = config
-        self.got: list[FeedMessage] = []
-        self.deliveries: list[Delivery] = []
-        self.refused: list[tuple[int, str]] = []
-        self.app = Starlette(routes=[Route("/hooks/{app}", self.hook, methods=["POST"])])
-
-    async def hook(self, request: Request):
-        delivery = Delivery(headers={k.lower(): v for k, v in request.headers.items()},
-                            query=dict(request.query_params), body=await request.body())
-        self.deliveries.append(delivery)
-        try:
-            messages = MaximClient.read_feed(self.config, delivery, time.time())
-        except FeedRefused as refused:
-            self.refused.append((refused.status, refused.reason))
-            return JSONResponse({"error": refused.reason}, status_code=refused.status)
-        self.got.extend(messages)
-        return JSONResponse({})
 
 
 class Rig:
@@ -80,7 +53,7 @@ async def rig():
     ann, bob, cat = (r.data["user_id"] for r in made)
     group = (await setup.create_group(Group("team", "Team", ann, (bob, cat)))).data["group_id"]
     await setup.http.aclose()
-    receiver = Receiver(box.config())
+    receiver = Receiver(MaximClient, box.config(), ok_body={})
     with served(box) as base, served(receiver) as hooks:
         async with http_client() as http:
             assert (await http.post(base + "/_sandbox/feed", json={"url": hooks + "/hooks/app1"})).status_code == 200

@@ -11,50 +11,15 @@ from dataclasses import replace
 
 import httpx
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from imshift.vendors.feeds import MARK, Delivery, FeedMessage, FeedRefused
 from imshift.vendors.netease import NeteaseClient
 from imshift.vendors.netease_feed import copy_checksum
 from imshift.vendors.sandbox.netease import NeteaseSandbox
 from imshift.vendors.sandbox.serve import served
+
+from feed_receiver import Receiver
 from imshift.vendors.vocabulary import Group, Outcome, Profile
-
-
-class Receiver:
-    """The app server's hook: read_feed on every POST, answer 200 or the refusal."""
-
-    vendor = "receiver"
-
-    def __init__(self, client_class, config, fail_first: int = 0):
-        self.client_class, self.config = client_class, config
-        self.got: list[FeedMessage] = []
-        self.refused: list[tuple[int, str]] = []
-        self.posts = 0
-        self.fail_first = fail_first  # answer 500 to this many first posts
-        self.app = Starlette(routes=[Route("/hook", self.hook, methods=["POST"])])
-
-    async def hook(self, request: Request):
-        self.posts += 1
-        if self.posts <= self.fail_first:
-            return JSONResponse({"error": "busy"}, status_code=500)
-        delivery = Delivery({k.lower(): v for k, v in request.headers.items()},
-                            dict(request.query_params), await request.body())
-        try:
-            self.got.extend(self.client_class.read_feed(self.config, delivery, time.time()))
-        except FeedRefused as refused:
-            self.refused.append((refused.status, refused.reason))
-            return JSONResponse({"error": refused.reason}, status_code=refused.status)
-        return JSONResponse({"ok": True})
-
-    async def wait(self, count: int, timeout: float = 5.0) -> list[FeedMessage]:
-        deadline = time.monotonic() + timeout
-        while len(self.got) < count and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        return self.got
 
 
 @pytest.fixture

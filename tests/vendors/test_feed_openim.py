@@ -9,10 +9,6 @@ import time
 from dataclasses import replace
 
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from imshift.vendors.feeds import MARK, Delivery, FeedMessage, FeedRefused
 from imshift.vendors.http import http_client
@@ -21,36 +17,12 @@ from imshift.vendors.openim_v2 import OpenIMV2Client
 from imshift.vendors.sandbox.common import Faults
 from imshift.vendors.sandbox.openim import OpenIMSandbox
 from imshift.vendors.sandbox.serve import served
+
+from feed_receiver import Receiver
 from imshift.vendors.vocabulary import Outcome
 
 pytestmark = pytest.mark.loopback
 OK_REPLY = {"actionCode": 0, "errCode": 0, "errMsg": "", "errDlt": "", "nextCode": 0}
-
-
-class Receiver:
-    """The app server's hook routes /hooks/<app>/<secret>/<command>: read_feed on each POST."""
-
-    vendor = "receiver"
-
-    def __init__(self, config):
-        self.config = config
-        self.got: list[FeedMessage] = []
-        self.deliveries: list[Delivery] = []
-        self.refused: list[tuple[int, str]] = []
-        self.app = Starlette(routes=[Route("/hooks/{app}/{secret}/{command}", self.hook, methods=["POST"])])
-
-    async def hook(self, request: Request):
-        delivery = Delivery(headers={k.lower(): v for k, v in request.headers.items()},
-                            query=dict(request.query_params), body=await request.body(),
-                            path_secret=request.path_params["secret"])
-        self.deliveries.append(delivery)
-        try:
-            messages = OpenIMClient.for_config(self.config).read_feed(self.config, delivery, time.time())
-        except FeedRefused as refused:
-            self.refused.append((refused.status, refused.reason))
-            return JSONResponse({"errCode": refused.status, "errMsg": refused.reason}, status_code=refused.status)
-        self.got.extend(messages)
-        return JSONResponse(OK_REPLY)
 
 
 def people(box):
@@ -86,7 +58,7 @@ class Rig:
 async def rig():
     box = OpenIMSandbox()
     people(box)
-    receiver = Receiver(box.config())
+    receiver = Receiver(OpenIMClient, box.config(), ok_body=OK_REPLY)
     with served(box) as base, served(receiver) as hooks:
         async with http_client() as http:
             url = f"{hooks}/hooks/app1/{box.feed_secret}/callbackAfterSendSingleMsgCommand"
