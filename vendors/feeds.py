@@ -10,6 +10,7 @@ back with `recall` (vendors/client.py). Nothing here knows a vendor's name.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
@@ -77,6 +78,23 @@ class FeedRefused(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+def mark_json() -> str:
+    """MARK as a JSON object, for a send's free-form field (OpenIM `ex`, Maxim `ext`)."""
+    return json.dumps({MARK: True}, separators=(",", ":"))
+
+
+def carries_mark(field: Any) -> bool:
+    """Whether a feed event's free-form field holds MARK (the JSON object
+    mark_json makes, or the mark itself)."""
+    if not isinstance(field, str) or not field:
+        return False
+    try:
+        value = json.loads(field)
+    except ValueError:
+        return field == MARK
+    return isinstance(value, dict) and MARK in value
 
 
 def check_age(sent_ms_or_s: float, now: float, *, unit: float = 1.0) -> None:

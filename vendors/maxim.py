@@ -31,7 +31,8 @@ import httpx
 
 from .vocabulary import FieldRule, Message, Operation, Outcome, Profile, Result, VendorRules
 from .client import Batch, CallFailed, Codes, Reply, VendorClient, chunks, invalid, same_for_all
-from .maxim_feed import mark_ext, read as read_subscription, relay_fields
+from .feeds import mark_json
+from .maxim_feed import read as read_subscription, relay_fields
 from .maxim_groups import MaximGroups
 from .maxim_wire import acting_as, is_id as _is_id, items_by, not_an_id, vendor_id
 from .paging import offset_pages
@@ -483,7 +484,7 @@ class MaximClient(MaximGroups, VendorClient):
         target_type, target = (2 if message.group else 1), vendor_id(message.to)
         op = Operation.SEND_GROUP if message.group else Operation.SEND
         body = {"type": target_type, "targets": [target], "from_user_id": vendor_id(message.sender),
-                "ext": mark_ext(), "transaction_id": transaction_id(dedup_key, target_type, [target]),
+                "ext": mark_json(), "transaction_id": transaction_id(dedup_key, target_type, [target]),
                 **fields}
         result, reply = await self.call(op, "POST", "/message/send", json=body)
         if not result.succeeded:

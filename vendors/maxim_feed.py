@@ -21,7 +21,7 @@ import posixpath
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from .feeds import MARK, MAX_FEED_BYTES, Delivery, FeedMessage, FeedRefused, check_age
+from .feeds import MAX_FEED_BYTES, Delivery, FeedMessage, FeedRefused, carries_mark, check_age
 
 TYPES = {"CHAT": False, "GROUPCHAT": True}  # type -> group?
 # /message/send content_type of each kind we relay (TEXT 0, IMAGE 1, FILE 4, COMMAND 6).
@@ -37,18 +37,8 @@ def as_id(value: Any) -> str | None:
     return str(value) if isinstance(value, int) and 0 < value < 2 ** 63 else None
 
 
-def marked(ext: Any) -> bool:
-    if not isinstance(ext, str) or not ext:
-        return False
-    try:
-        value = json.loads(ext)
-    except ValueError:
-        return ext == MARK
-    return isinstance(value, dict) and MARK in value
 
 
-def mark_ext() -> str:
-    return json.dumps({MARK: True}, separators=(",", ":"))
 
 
 def read(config: Any, delivery: Delivery, now: float) -> list[FeedMessage]:
@@ -100,7 +90,7 @@ def read(config: Any, delivery: Delivery, now: float) -> list[FeedMessage]:
         if recalled:
             fields = {"kind": "recall", "recalls": recalled}
     return [FeedMessage(msg_id=msg_id, sender=sender, to=to, group=group, sent_at_ms=sent_at,
-                        marked=marked(body.get("ext")), **fields)]
+                        marked=carries_mark(body.get("ext")), **fields)]
 
 
 def _id(value: Any, name: str) -> str:

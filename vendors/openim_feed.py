@@ -26,7 +26,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from .client import invalid
-from .feeds import MARK, MAX_FEED_BYTES, Delivery, FeedMessage, FeedRefused, check_age
+from .feeds import MAX_FEED_BYTES, Delivery, FeedMessage, FeedRefused, carries_mark, check_age, mark_json
 from .vocabulary import Operation, Outcome, Result
 
 SINGLE_COMMAND = "callbackAfterSendSingleMsgCommand"
@@ -49,19 +49,8 @@ def conversation_id(sender: str, to: str, group: bool) -> str:
     return f"si_{a}_{b}"
 
 
-def marked(ex: Any) -> bool:
-    """Whether `ex` carries the bridge's mark (a JSON object with the key, or the mark itself)."""
-    if not isinstance(ex, str) or not ex:
-        return False
-    try:
-        value = json.loads(ex)
-    except ValueError:
-        return ex == MARK
-    return isinstance(value, dict) and MARK in value
 
 
-def mark_ex() -> str:
-    return json.dumps({MARK: True}, separators=(",", ":"))
 
 
 # -- reading a delivery ----------------------------------------------------------------
@@ -110,7 +99,7 @@ def _message(body: dict[str, Any], now: float) -> list[FeedMessage]:
     check_age(sent_at, now, unit=0.001)
     kind, text, custom = _content(content_type, body.get("content"))
     return [FeedMessage(msg_id=msg_id, sender=sender, to=to, group=group, sent_at_ms=sent_at,
-                        kind=kind, text=text, custom=custom, marked=marked(body.get("ex")))]
+                        kind=kind, text=text, custom=custom, marked=carries_mark(body.get("ex")))]
 
 
 def _content(content_type: int, raw: Any) -> tuple[str, str | None, Mapping[str, Any] | None]:
@@ -240,7 +229,7 @@ class OpenIMV3Feed:
             return invalid(problem or "to: required")
         content_type, content = built
         body = {"sendID": message.sender, "contentType": content_type, "content": content,
-                "sessionType": GROUP_CHAT if message.group else SINGLE_CHAT, "ex": mark_ex(),
+                "sessionType": GROUP_CHAT if message.group else SINGLE_CHAT, "ex": mark_json(),
                 "groupID" if message.group else "recvID": message.to}
         key = Operation.SEND_GROUP if message.group else Operation.SEND
         result, reply = await self._admin_call(key, "/msg/send_msg", body, repeat_safe=False)
