@@ -245,7 +245,7 @@ def _follow_job(ctx: Context, job_id: int, detach: bool) -> None:
         try:
             p = run_in_process(ctx, job_id, console)
         except KeyboardInterrupt as exc:
-            raise typer.Exit(exit_code_of(exc))
+            raise typer.Exit(exit_code_of(exc)) from exc
     elif detach:
         console.print(f"Queued. Follow it with `imshift status {job_id} --watch`.")
         return

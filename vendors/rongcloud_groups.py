@@ -64,7 +64,7 @@ class RongCloudGroups:
             return await self._join(group_id, [members[i] for i in part])
 
         parts = chunks(batch.valid, self.rules.batch_size[Operation.ADD_MEMBERS])
-        for part, result in zip(parts, await self.each(parts, join)):
+        for part, result in zip(parts, await self.each(parts, join), strict=True):
             batch.put(part, result)
         return batch.done()
 
