@@ -36,7 +36,7 @@ import httpx
 
 from testsupport import RedisServer, free_port
 
-from .common import ROOT, figures, percentile, wait_for_port
+from .common import figures, percentile, wait_for_port
 from .query import build_job, database, writer_process
 
 TARGETS_MS = {"progress": 20.0, "detail": 20.0, "failures": 50.0}

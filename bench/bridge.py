@@ -135,7 +135,7 @@ async def send_lanes(side, plan: list[Sent], rate: float) -> float:
 def check_inboxes(target, source, plan: list[Sent]) -> dict[str, int]:
     """Lost, duplicated and out-of-order messages of `plan` (sent on
     `source`) as `target`'s users' clients show them."""
-    users = dict(zip(source.users, target.users))
+    users = dict(zip(source.users, target.users, strict=True))
     want: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for m in plan:
         want[users[m.to]][m.text.partition("#")[0]].append(m.text)
@@ -409,7 +409,7 @@ def main(argv: list[str]) -> int:
             return 130
     names = ([f"r{r:g}" for r in rates] if "rates" in wanted else []) + (["mass"] if "mass" in wanted else [])
     fig: dict[str, Any] = {"messages": args.messages}
-    for name, r in zip(names, results):
+    for name, r in zip(names, results, strict=True):
         for k, v in r.items():
             fig[f"{name}_{k}"] = v
     if "r200" in names and "mass" in names:

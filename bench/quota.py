@@ -34,6 +34,7 @@ import json
 import os
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Iterator
 
@@ -176,7 +177,7 @@ def steady_window(samples: list[tuple[float, int, int]], final: int) -> tuple[fl
     """When the first and the last accepted call happened, each taken as the
     middle of the poll interval in which it was first seen."""
     def seen(reached) -> float:
-        for (t0, n0, _), (t1, n1, _) in zip(samples, samples[1:]):
+        for (t0, n0, _), (t1, n1, _) in pairwise(samples):
             if not reached(n0) and reached(n1):
                 return (t0 + t1) / 2
         return samples[0][0]

@@ -54,6 +54,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from itertools import pairwise
 from pathlib import Path
 from typing import Iterator
 
@@ -395,7 +396,7 @@ def main(argv: list[str]) -> int:
     start = stages[0].started if stages else time.time()
     wall = (finished_at or stages[-1].finished) - start if stages else math.nan
     need = sum(s.need for s in stages)
-    gaps = sum(b.started - a.finished for a, b in zip(stages, stages[1:]))
+    gaps = sum(b.started - a.finished for a, b in pairwise(stages))
     print(f"run R{plan.run_id} {p.status}: wall {wall:.2f} s, sum of calls/rate {need:.2f} s, "
           f"ratio {wall / need:.3f}; between stages {gaps:.3f} s; planning {plan_s:.1f} s (apart)",
           flush=True)

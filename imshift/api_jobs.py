@@ -79,7 +79,7 @@ def job_router(ctx: Context, rates: Rates, failures: FirstFailures) -> APIRouter
         try:
             changed, message = action()
         except control.JobError as exc:
-            raise HTTPException(409, str(exc))
+            raise HTTPException(409, str(exc)) from exc
         p = progress(ctx.engine, job_id)
         return ControlOut(id=job_id, status=p.status if p else "removed", changed=changed,
                           message=message)
@@ -134,7 +134,7 @@ def runnable(ctx: Context, p: Progress) -> None:
     try:
         ctx.target(p.app)
     except ValueError as exc:
-        raise HTTPException(409, str(exc))
+        raise HTTPException(409, str(exc)) from exc
     if ctx.cipher is None and (p.operation == Operation.ISSUE_TOKEN.value or (
             p.operation == Operation.REGISTER.value and "password" in ctx.register_secrets(p.app))):
         raise HTTPException(409, f"job {p.job_id}'s results are stored only encrypted and "
@@ -142,7 +142,7 @@ def runnable(ctx: Context, p: Progress) -> None:
     try:
         ctx.check_broker()
     except SetupError as exc:
-        raise HTTPException(503, f"{exc}. Nothing was queued.")
+        raise HTTPException(503, f"{exc}. Nothing was queued.") from exc
 
 
 def _queue(ctx: Context, job_id: int, change):
@@ -155,4 +155,4 @@ def _queue(ctx: Context, job_id: int, change):
         return change()
     except (redis.RedisError, dramatiq.errors.DramatiqError, OSError) as exc:
         raise HTTPException(503, f"{control.hold_after_failed_queue(ctx.engine, job_id, exc)}; "
-                                 "resume it once Redis works")
+                                 "resume it once Redis works") from exc

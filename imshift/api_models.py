@@ -173,7 +173,7 @@ class Problem(BaseModel):
     detail: str
 
 
-ERRORS = {401: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem},
+ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem},
           503: {"model": Problem}}
 
 JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="A job id")]

@@ -31,7 +31,7 @@ def _number(ref: str) -> int:
     try:
         _, number = run_control.parse_ref(ref)
     except control.JobError as exc:
-        raise HTTPException(404, str(exc))
+        raise HTTPException(404, str(exc)) from exc
     if number > MAX_ID:
         raise HTTPException(404, f"no run {name(number)}")
     return number
@@ -89,7 +89,7 @@ def run_router(ctx: Context, job_out: Callable[[Progress], dict[str, Any]],
         try:
             stage, changed, message = act()
         except control.JobError as exc:
-            raise HTTPException(409, str(exc))
+            raise HTTPException(409, str(exc)) from exc
         after = run_control.run_progress(ctx.engine, p.run_id)
         return RunControlOut(id=p.run_id, name=name(p.run_id), status=after.status, stage=stage,
                              changed=changed, message=message)
@@ -143,7 +143,7 @@ def _queued(ctx: Context, run_id: int, change):
         current = run_control.run_progress(ctx.engine, run_id).current
         held = control.hold_after_failed_queue(ctx.engine, current[1].job_id, exc) if current else str(exc)
         raise HTTPException(503, f"{held}; `POST /api/runs/{name(run_id)}/resume` carries it on "
-                                 "once Redis works")
+                                 "once Redis works") from exc
 
 
 def _idmap(rows: Iterator[Any], format: ExportFormat) -> Iterator[str]:

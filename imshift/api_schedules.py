@@ -37,7 +37,7 @@ def schedule_router(ctx: Context, job_out: Callable[[Progress], dict[str, Any]])
         try:
             return schedules.get(ctx.engine, schedule_id)
         except schedules.ScheduleError as exc:  # the only one get() raises: no such schedule
-            raise HTTPException(404, str(exc))
+            raise HTTPException(404, str(exc)) from exc
 
     def fire_out(fire: Fire, tz: str) -> dict[str, Any]:
         return dict(fire_at=fire.fire_at, fire_time=schedules.local(fire.fire_at, tz),
@@ -90,7 +90,7 @@ def schedule_router(ctx: Context, job_out: Callable[[Progress], dict[str, Any]])
         try:
             act()
         except schedules.ScheduleError as exc:  # the state does not allow it: the CLI's words
-            raise HTTPException(409, str(exc))
+            raise HTTPException(409, str(exc)) from exc
         row = schedules.get(ctx.engine, schedule_id)
         return ScheduleControlOut(id=row.id, status=row.status, next_at=row.next_at,
                                   next_fire=_clock(row.next_at, row.tz),

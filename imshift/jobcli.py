@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Iterator, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -73,12 +73,12 @@ def _ref(text: str) -> tuple[str, int]:
         raise
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> None:
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     err.print(f"[red]error:[/red] {message}", highlight=False)
     raise typer.Exit(code)
 
 
-def database_failed(exc: Exception, then: str) -> None:
+def database_failed(exc: Exception, then: str) -> NoReturn:
     """One line for a database that failed under a command; `then` says what to run next."""
     reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
     fail(f"the database failed: {reason}. {then}", EXIT_STOPPED)
@@ -245,7 +245,7 @@ def _follow_job(ctx: Context, job_id: int, detach: bool) -> None:
         try:
             p = run_in_process(ctx, job_id, console)
         except KeyboardInterrupt as exc:
-            raise typer.Exit(exit_code_of(exc))
+            raise typer.Exit(exit_code_of(exc)) from exc
     elif detach:
         console.print(f"Queued. Follow it with `imshift status {job_id} --watch`.")
         return

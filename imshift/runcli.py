@@ -268,7 +268,7 @@ def _follow(ctx: Context, run_id: int) -> None:
                     pass
                 console.print(f"\n[yellow]Paused run {name(run_id)}[/yellow]; "
                               f"`imshift resume {name(run_id)}` continues it.")
-            raise typer.Exit(exit_code_of(exc))
+            raise typer.Exit(exit_code_of(exc)) from exc
     p = run_control.run_progress(ctx.engine, run_id)
     report(p)
     raise typer.Exit(run_exit_code(p))

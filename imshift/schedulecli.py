@@ -53,7 +53,7 @@ def _scheduled(args: list[str]) -> tuple[str, str, dict]:
     try:
         parsed = typer.main.get_command(one).make_context(args[0], list(args[1:])).params
     except typer.Exit:
-        raise typer.Exit(0)  # --help
+        raise typer.Exit(0) from None  # --help
     except TyperException as exc:  # a usage error: one line, not the help panel
         fail(f"{args[0]}: {exc.format_message()}")
     if parsed.get("dry_run") or parsed.get("detach"):

@@ -180,8 +180,8 @@ def cancel_counts(engine: Engine, job_id: int) -> dict[str, int]:
                       + store.close_claimed(conn, job_id, now, unsure=_unsure(conn, job_id)))
             unknown += store.counts(conn, job_id).get(ItemState.UNKNOWN.value, 0)
             return {"cancelled": closed - unknown, "unknown": unknown}
-    except IntegrityError:  # its producer stored another batch meanwhile
-        raise JobError(f"job {job_id} is still being planned; try `imshift cancel {job_id}` again")
+    except IntegrityError as exc:  # its producer stored another batch meanwhile
+        raise JobError(f"job {job_id} is still being planned; try `imshift cancel {job_id}` again") from exc
 
 
 def cancelled_text(counts: dict[str, int]) -> str:

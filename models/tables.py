@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
-from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, Table, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+if TYPE_CHECKING:
+    class _Tabled(SQLModel):
+        """SQLModel: what a table=True model has, which its types do not declare."""
+        __table__: ClassVar[Table]
+else:
+    _Tabled = SQLModel
 
 
 class JobStatus(str, enum.Enum):
@@ -49,7 +56,7 @@ def now() -> float:
 NEVER_REUSED = {"sqlite_autoincrement": True}
 
 
-class Job(SQLModel, table=True):
+class Job(_Tabled, table=True):
     __tablename__ = "jobs"
     __table_args__ = NEVER_REUSED
 
@@ -76,7 +83,7 @@ class Job(SQLModel, table=True):
     stage: Optional[str] = None
 
 
-class Item(SQLModel, table=True):
+class Item(_Tabled, table=True):
     __tablename__ = "items"
     __table_args__ = (
         UniqueConstraint("job_id", "key", name="uq_items_job_key"),
@@ -104,7 +111,7 @@ class Item(SQLModel, table=True):
     updated_at: Optional[float] = None
 
 
-class JobCount(SQLModel, table=True):
+class JobCount(_Tabled, table=True):
     """Items per state, updated in the same transaction as the items."""
 
     __tablename__ = "job_counts"
@@ -114,7 +121,7 @@ class JobCount(SQLModel, table=True):
     n: int = 0
 
 
-class Run(SQLModel, table=True):
+class Run(_Tabled, table=True):
     """A migration from one app to another as stages (accounts, friends,
     groups, members, tokens, verify), each a job. Its status follows theirs;
     `params` name the inputs and options (never a secret)."""
@@ -144,7 +151,7 @@ class Run(SQLModel, table=True):
     planner_seen_at: Optional[float] = None
 
 
-class ListedGroup(SQLModel, table=True):
+class ListedGroup(_Tabled, table=True):
     """A group a run read from its source (no groups file), as the row a
     groups.jsonl line would be; a page of them is stored with the run's
     group_cursor in one transaction, and they are deleted once the run is
@@ -159,7 +166,7 @@ class ListedGroup(SQLModel, table=True):
     fields: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
-class IdMap(SQLModel, table=True):
+class IdMap(_Tabled, table=True):
     """Source id -> target id, per run, for users and groups: filled in the
     transaction that records the target's answer, read by every later stage."""
 
@@ -181,7 +188,7 @@ class ScheduleStatus(str, enum.Enum):
         return self.value
 
 
-class Schedule(SQLModel, table=True):
+class Schedule(_Tabled, table=True):
     """A send or broadcast to run at a time (`at`) or on a cron expression,
     read in zone `tz`. `params` are the command's parameters (app, sender,
     the message, the recipient file's path): never a secret."""
@@ -202,7 +209,7 @@ class Schedule(SQLModel, table=True):
     created_at: float = Field(default_factory=now)
 
 
-class ScheduleFire(SQLModel, table=True):
+class ScheduleFire(_Tabled, table=True):
     """One fire of a schedule, unique per (schedule, fire time): inserted in
     the transaction that makes its job the fire's, so it happens once."""
 
@@ -228,7 +235,7 @@ class BridgeStatus(str, enum.Enum):
         return self.value
 
 
-class Bridge(SQLModel, table=True):
+class Bridge(_Tabled, table=True):
     """Keeps users of `source_app` (the old vendor) and `app` (the new one)
     talking during a cut-over: each message one side's feed reports is
     relayed to the other, ids through run `run_id`'s id map (and its delta
@@ -252,7 +259,7 @@ class Bridge(SQLModel, table=True):
     relayer_until: Optional[float] = None
 
 
-class BridgeMessage(SQLModel, table=True):
+class BridgeMessage(_Tabled, table=True):
     """One message a feed reported, stored before the delivery is answered:
     unique per (bridge, sending app, the vendor's message id), so a repeated
     delivery is dropped. Relayed in (sent_at_ms, id) order per conversation."""
@@ -289,7 +296,7 @@ class BridgeMessage(SQLModel, table=True):
     relayed_at: Optional[float] = None  # when the target accepted it
 
 
-class FeedCount(SQLModel, table=True):
+class FeedCount(_Tabled, table=True):
     """Deliveries that stored nothing, per app and why: duplicates dropped,
     echoes of the bridge's own sends, refused (signature, age, body), ignored
     (not a message)."""

@@ -71,7 +71,7 @@ def test_the_example_apps_talk_to_the_sandboxes():
             assert str(vendor.sandbox_port) in str(settings.vendor_config()), name
             config = vendor_config(name, vendor.config, fields)
 
-            async def register():
+            async def register(vendor=vendor, config=config):  # bound: defined in the loop
                 async with http_client() as http:
                     return await vendor.client(config, http).register_users([Profile("compose_1", "C")])
 

@@ -192,7 +192,6 @@ def test_progress_into_a_pipe_is_a_line_every_few_seconds(env):
     import os
     import subprocess
     import sys
-    import time
 
     (env / "users.csv").write_text("user_id,name\n" + "".join(f"u{i},U{i}\n" for i in range(40)),
                                    encoding="utf-8")

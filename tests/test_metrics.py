@@ -69,7 +69,7 @@ def test_the_server_counts_calls_and_items_as_they_rise(tmp_path):
                 break
             time.sleep(0.3)
         wait_until_done(ctx, job, 30)
-    calls, items = zip(*seen)
+    calls, items = zip(*seen, strict=True)
     assert list(calls) == sorted(calls) and list(items) == sorted(items)
     assert len(set(items)) >= 3, f"the item counter did not rise while scraped: {items}"
     assert calls[-1] - calls_before >= 300 / ctx.rules("new").batch_size.get("register", 1) - 0.5
@@ -121,7 +121,7 @@ def test_worker_processes_count_on_their_port_and_in_the_server(tmp_path, redis_
             if seen[-1][2] == 240 and seen[-1][0] == seen[-1][1]:
                 break
             time.sleep(0.3)
-        own_calls, server_calls, items = zip(*seen)
+        own_calls, server_calls, items = zip(*seen, strict=True)
         assert items[-1] == 240, seen[-5:]
         assert own_calls[-1] > 0 and own_calls[-1] == server_calls[-1]
         assert len({c for c in own_calls if c}) >= 2, f"the workers' counter did not rise: {own_calls}"

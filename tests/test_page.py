@@ -6,7 +6,6 @@ resume buttons; and a migration run's stages as a row of bars, the running
 one marked."""
 
 import os
-import shutil
 import socket
 import threading
 import time
@@ -229,7 +228,7 @@ def test_the_page_shows_a_runs_stages_and_which_one_runs(served, tmp_path):
             assert p.status == "finished"
             for stage, sp in p.stages:
                 item = card.locator(f'[data-stage="{stage}"]')
-                wait_for(lambda: item.get_attribute("data-status") == "finished")
+                wait_for(lambda item=item: item.get_attribute("data-status") == "finished")
                 assert item.locator("[data-role=done]").text_content() == f"{sp.completed} / {sp.total}"
                 shown = {li.get_attribute("data-count"): li.text_content()
                          for li in item.locator("[data-count]").all()}

@@ -234,13 +234,13 @@ class MaximClient(MaximGroups, VendorClient):
     async def _register_batch(self, profiles: Sequence[Profile]) -> list[Result]:
         passwords = [new_password() for _ in profiles]
         payload = {"list": [{"username": p.user_id, "password": pw}
-                            for p, pw in zip(profiles, passwords)]}
+                            for p, pw in zip(profiles, passwords, strict=True)]}
         call, body = await self.call(Operation.REGISTER, "POST", "/user/register/batch", json=payload)
         if not call.succeeded:
             return same_for_all(call, len(profiles))
         items = {str(name or "").lower(): item for name, item in items_by(body, "username").items()}
         results = []
-        for profile, password in zip(profiles, passwords):
+        for profile, password in zip(profiles, passwords, strict=True):
             item = items.get(profile.user_id.lower())
             result = self.item_result(item)
             user_id = item and item.get("user_id")
@@ -274,7 +274,7 @@ class MaximClient(MaximGroups, VendorClient):
         there = [k for k, r in enumerate(results) if r.succeeded]
         written = await self._write_profiles([(int(results[k].data["user_id"]), profiles[k])
                                               for k in there])
-        for k, written_k in zip(there, written):
+        for k, written_k in zip(there, written, strict=True):
             if not written_k.succeeded:
                 account = results[k].data
                 results[k] = replace(written_k, data=account, message=(
@@ -311,7 +311,7 @@ class MaximClient(MaximGroups, VendorClient):
         written = await self._write_profiles([(vendor_id(profiles[i].user_id), profiles[i])
                                               for i in batch.valid])
         batch.put(batch.valid, [replace(r, data={"user_id": profiles[i].user_id})
-                                for i, r in zip(batch.valid, written)])
+                                for i, r in zip(batch.valid, written, strict=True)])
         return batch.done()
 
     async def get_profiles(self, user_ids: Sequence[str]) -> list[Profile | None]:

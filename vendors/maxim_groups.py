@@ -12,9 +12,9 @@ replies rather than one reply of unknown size.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
-from .vocabulary import Group, Operation, Outcome, Result
+from .vocabulary import Group, Operation, Outcome, Result, VendorRules
 from .client import Batch, CallFailed, invalid, same_for_all
 from .maxim_wire import acting_as, is_id, items_by, not_an_id, vendor_id
 from .paging import NoSuchList, read_all
@@ -28,6 +28,9 @@ class MaximGroups:
     `item_result` and `_by_batch` (a list operation split into batches)."""
 
     call: Callable[..., Awaitable[tuple[Result, dict[str, Any]]]]
+    item_result: Callable[[Mapping[str, Any] | None], Result]
+    _by_batch: Callable[..., Awaitable[list[Result]]]
+    rules: VendorRules
 
     async def create_group(self, group: Group) -> Result:
         """POST /group/create as the owner with the first slice of members,

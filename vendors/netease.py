@@ -297,7 +297,7 @@ class NeteaseClient(VendorClient):
         missing = failed_accids(body)
         for members_slice in rest:
             added = await self._add_slice(tid, owner, members_slice)
-            missing += [m for m, r in zip(members_slice, added) if not r.succeeded]
+            missing += [m for m, r in zip(members_slice, added, strict=True) if not r.succeeded]
         message = f"{len(missing)} members not added; add them with add_members" if missing else ""
         return Result(Outcome.OK, result.code, message,
                       data={"group_id": tid, "members_not_added": missing})

@@ -102,7 +102,7 @@ def _message(event: Mapping[str, Any]) -> list[FeedMessage]:
         return []  # the server's team-operation notices (joins, renames), not a user's message
     sender, to, msg_id, stamp, msg_type = _required(
         event, "fromAccount", "to", "msgidServer", "msgTimestamp", "msgType")
-    common = dict(msg_id=msg_id, sender=sender, to=to, group=CONV_GROUP[conv],
+    common: dict[str, Any] = dict(msg_id=msg_id, sender=sender, to=to, group=CONV_GROUP[conv],
                   sent_at_ms=_timestamp(stamp, "msgTimestamp"), marked=_marked(event))
     kind = KINDS.get(msg_type, msg_type)
     if kind == "text":

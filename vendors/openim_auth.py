@@ -11,7 +11,7 @@ where the token comes from, how long it lasts and which codes refuse it.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, AsyncIterator, ClassVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, ClassVar
 
 import httpx
 
@@ -64,6 +64,16 @@ class AdminToken:
 
     token_codes: ClassVar[range]  # the codes of a refused token
     token_path: ClassVar[str]
+    _token_body: Callable[[], dict[str, Any]]
+    _expiry: Callable[[dict[str, Any]], float]
+    # the client's (VendorClient, OpenIMClient)
+    _admin_auth: httpx.Auth
+    clock: Callable[[], float]
+    config: Any
+    http: httpx.AsyncClient
+    classify: Callable[[str, Reply], Result]
+    reply_code: Callable[[dict[str, Any]], Any]
+    reply_message: Callable[[dict[str, Any]], str]
 
     def auth(self) -> httpx.Auth:
         return self._admin_auth

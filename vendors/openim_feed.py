@@ -22,8 +22,10 @@ import hmac
 import json
 import posixpath
 import time
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
+
+import httpx
 
 from .client import invalid
 from .feeds import MAX_FEED_BYTES, Delivery, FeedMessage, FeedRefused, carries_mark, check_age, mark_json
@@ -203,7 +205,15 @@ ALREADY_REVOKED = "1404"  # servererrs.MsgAlreadyRevoke
 
 
 class OpenIMV3Feed:
-    """read_feed, relay and recall of OpenIMV3Client."""
+    """read_feed, relay and recall of OpenIMV3Client, which provides these:"""
+
+    config: Any
+    _admin_auth: httpx.Auth
+    _id_problem: Callable[[str], Callable[[str], str | None]]
+    if TYPE_CHECKING:
+        async def call(self, key: str | Operation, method: str, url: str, *, weight: int = 1,
+                       repeat_safe: bool | None = None, expect: Sequence[str] = (),
+                       **kwargs: Any) -> tuple[Result, dict[str, Any]]: ...
 
     feeds = True
     recalls = True

@@ -23,12 +23,12 @@ openimsdk/protocol for the JSON names):
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
 from .client import CallFailed
 from .openim import MAX_IDS_PER_CALL, data_of, listed
 from .paging import NoSuchList, offset_pages, read_all
-from .vocabulary import Group, Operation, Result
+from .vocabulary import Group, Operation, Result, VendorRules
 
 GROUP_MISSING = ("1004", "1201")  # RecordNotFound, GroupIDNotFound
 GROUPS_PER_PAGE = 100  # each listed group then costs its own member reads: keep pages modest
@@ -36,6 +36,11 @@ GROUPS_PER_PAGE = 100  # each listed group then costs its own member reads: keep
 
 class OpenIMV3Groups:
     """Mixed into OpenIMV3Client (vendors/openim_v3.py): needs its `_post` and `rules`."""
+
+    rules: VendorRules
+    if TYPE_CHECKING:
+        async def _post(self, key: str | Operation, path: str, body: dict[str, Any], *,
+                        admin: bool = True, expect: Sequence[str] = ()) -> tuple[Result, dict[str, Any]]: ...
 
     async def list_group_pages(self, cursor: str | None = None, page_size: int = GROUPS_PER_PAGE
                                ) -> AsyncIterator[tuple[list[Group], str | None]]:

@@ -177,7 +177,7 @@ async def _verify(client, items, params, key):
         found = await client.get_profiles([i.payload.get("user_id", i.key) for i in users])
     except CallFailed as failed:
         found = [failed] * len(users)
-    for item, profile in zip(users, found):
+    for item, profile in zip(users, found, strict=True):
         results[item.seq] = _profile_check(item, profile)
     async def relation(item: WorkItem) -> Result:
         try:
@@ -187,7 +187,7 @@ async def _verify(client, items, params, key):
 
     # At once, within the client's concurrency: the limiter spaces the calls.
     others = [i for i in items if i.seq not in results]
-    results.update(zip((i.seq for i in others), await client.each(others, relation)))
+    results.update(zip((i.seq for i in others), await client.each(others, relation), strict=True))
     return [results[i.seq] for i in items]
 
 
@@ -266,7 +266,7 @@ async def _settle_group(client, item: WorkItem, group_id: str) -> Result:
     present = {same(m) for m in there}
     missing = [m for m in p.get("members", ()) if same(m) not in present]
     added = await client.add_members(group_id, p["owner"], missing) if missing else []
-    not_added = [m for m, r in zip(missing, added) if not r.succeeded]
+    not_added = [m for m, r in zip(missing, added, strict=True) if not r.succeeded]
     return Result(Outcome.OK, "found", f"made by the cut-off create; {len(missing) - len(not_added)} "
                                        f"members added, {len(not_added)} not",
                   data={"group_id": group_id, "members_not_added": not_added})
@@ -305,7 +305,7 @@ async def _import_friends(client, items, params, key):
     flat = [r for part in await client.each(_runs(items, "user_id"), owner) for r in part]
     if client.rules.friends_one_way:
         back = await client.each(items, other_side)
-        flat = [a if not a.succeeded else _all_of([a, *b]) for a, b in zip(flat, back)]
+        flat = [a if not a.succeeded else _all_of([a, *b]) for a, b in zip(flat, back, strict=True)]
     return flat
 
 

@@ -269,7 +269,7 @@ class RongCloudClient(RongCloudGroups, VendorClient):
     async def get_profiles(self, user_ids: Sequence[str]) -> list[Profile | None]:
         """Raises CallFailed with the vendor's outcome when a read fails."""
         profiles = []
-        for user_id, (result, body) in zip(user_ids, await self.each(user_ids, self._user_info)):
+        for user_id, (result, body) in zip(user_ids, await self.each(user_ids, self._user_info), strict=True):
             if not result.succeeded:
                 raise CallFailed(result)
             profiles.append(self._profile_from(user_id, body))
@@ -344,7 +344,7 @@ class RongCloudClient(RongCloudGroups, VendorClient):
                     else result for i in part]
 
         parts = chunks(batch.valid, self.rules.batch_size[op])
-        for part, results in zip(parts, await self.each(parts, publish)):
+        for part, results in zip(parts, await self.each(parts, publish), strict=True):
             batch.put(part, results)
         return batch.done()
 

@@ -11,10 +11,10 @@ without it the vendor answers 1009.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
-from .vocabulary import Group, Operation, Result
-from .client import Batch, CallFailed, chunks, invalid, same_for_all
+from .vocabulary import Group, Operation, Result, VendorRules
+from .client import R, T, Batch, CallFailed, chunks, invalid, same_for_all
 from .rongcloud_rules import (FRIEND_PAGE, MAX_GROUP_CALL_MEMBERS, MAX_GROUP_MEMBERS, id_problem,
                               problems)
 
@@ -24,6 +24,10 @@ class RongCloudGroups:
     call), `_one_call_each`, `each` and `rules`."""
 
     _post: Callable[..., Awaitable[tuple[Result, dict[str, Any]]]]
+    _one_call_each: Callable[..., Awaitable[list[Result]]]
+    rules: VendorRules
+    if TYPE_CHECKING:
+        async def each(self, items: Sequence[T], work: Callable[[T], Awaitable[R]]) -> list[R]: ...
 
     async def create_group(self, group: Group) -> Result:
         """RongCloud groups are the app's: the app picks the id, and there is no
@@ -64,7 +68,7 @@ class RongCloudGroups:
             return await self._join(group_id, [members[i] for i in part])
 
         parts = chunks(batch.valid, self.rules.batch_size[Operation.ADD_MEMBERS])
-        for part, result in zip(parts, await self.each(parts, join)):
+        for part, result in zip(parts, await self.each(parts, join), strict=True):
             batch.put(part, result)
         return batch.done()
 

@@ -14,6 +14,7 @@ QUEUE = "imshift"
 def make_broker(redis_url: str | None, *, heartbeat_timeout_ms: int = 60_000) -> dramatiq.Broker:
     """`heartbeat_timeout_ms`: how soon a dead worker's unacknowledged
     messages go back on the queue (Redis only)."""
+    broker: dramatiq.Broker
     if redis_url:
         broker = RedisBroker(url=redis_url, heartbeat_timeout=heartbeat_timeout_ms)
     else:

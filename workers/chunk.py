@@ -175,7 +175,7 @@ async def _run_slice(runtime: Runtime, client: VendorClient, job: JobView, start
     outcomes = [at_cap(runtime, job, row, result)
                 if result.code == CAP_CODE or (capped and result.outcome is Outcome.RATE_LIMITED)
                 else decide(runtime, row, result, repeat_safe, now, operation.unsure)
-                for row, result in zip(rows, results)]
+                for row, result in zip(rows, results, strict=True)]
     stop = _stop_reason(runtime, job, looked.results + results, now)
     made = _made_ids(job, looked.rows + rows, [r for r in looked.results if r.succeeded] + results)
     await asyncio.to_thread(_record, runtime, job, token, outcomes + looked.outcomes + skipped, stop, made)
@@ -280,7 +280,7 @@ def _made_ids(job: JobView, rows: Sequence[Any], results: Sequence[Result]) -> d
         return {}
     field = f"{kind}_id"
     return {row.key: str(result.data.get(field) or row.key)
-            for row, result in zip(rows, results) if result.succeeded}
+            for row, result in zip(rows, results, strict=True) if result.succeeded}
 
 
 def _record(runtime: Runtime, job: JobView, token: str, outcomes: list[dict[str, Any]],

@@ -400,7 +400,7 @@ class RateLimiter:
                     if not isinstance(exc, Exception):
                         raise
                     continue
-                for (_, waiter), (delay, latest) in zip(batch, answers):
+                for (_, waiter), (delay, latest) in zip(batch, answers, strict=True):
                     if not waiter.done():  # a cancelled caller leaves its slot unused
                         waiter.set_result((before + delay, before + latest))
                 ahead = before + answers[-1][0] - HORIZON - loop.time()

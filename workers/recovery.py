@@ -56,7 +56,7 @@ async def look_up(runtime: Any, client: VendorClient, job: Any, token: str, rows
     found = await client.each(cut_off, lambda row: _find(client, step, row))
     others = await asyncio.to_thread(_others, runtime, job, cut_off, found)
     noun, why = step.lookup.noun, f"the worker stopped after sending; {step.unsure}"
-    for row, candidates, (mapped, sibling) in zip(cut_off, found, others):
+    for row, candidates, (mapped, sibling) in zip(cut_off, found, others, strict=True):
         if isinstance(candidates, Result):  # the read failed
             looked.results.append(candidates)
             looked.outcomes.append(_still_unsure(runtime, row, candidates, why))
@@ -122,7 +122,7 @@ def _others(runtime: Any, job: Any, rows: Sequence[Any],
     owner and name (the one found may be that item's)."""
     out: list[tuple[frozenset[str], bool]] = []
     with runtime.engine.connect() as conn:
-        for row, candidates in zip(rows, found):
+        for row, candidates in zip(rows, found, strict=True):
             if not isinstance(candidates, list) or not candidates:
                 out.append((frozenset(), False))
                 continue

@@ -53,7 +53,7 @@ class SharedSlots(Generic[S]):
     def __enter__(self) -> S:
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         try:
-            self._state.update(zip(self.names, self.record.unpack_from(self.map)))
+            self._state.update(zip(self.names, self.record.unpack_from(self.map), strict=True))
         except BaseException:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             raise

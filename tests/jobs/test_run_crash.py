@@ -318,7 +318,7 @@ def embedded_run(tmp_path_factory):
         command = imshift(inputs.args, env, log)
         try:
             for stage in STAGES:
-                hold_inside(ctx, door, stage, lambda: command.poll() is None, log)
+                hold_inside(ctx, door, stage, lambda command=command: command.poll() is None, log)
                 kill(command, then=door.release)  # the call it had sent reaches the vendor
                 assert stage_progress(ctx, stage).status == "running"  # cut off mid-stage
                 command = imshift(["resume", "R1"], env, log)

@@ -38,7 +38,7 @@ def run_to_the_end(ctx, run_id, timeout=120):
     ctx.runtime  # noqa: B018  (configures the workers)
     with in_process_workers(ctx.broker):
         run_control.start(ctx.engine, ctx.broker, run_id)
-        for stage, p in run_control.run_progress(ctx.engine, run_id).stages:
+        for _, p in run_control.run_progress(ctx.engine, run_id).stages:
             wait_until_stage(ctx, p.job_id, timeout)
     return run_control.run_progress(ctx.engine, run_id)
 
@@ -177,7 +177,7 @@ def test_without_an_export_the_accounts_are_listed_from_the_source_with_their_pr
 
     asyncio.run(fill())  # listed by the app's ids (Maxim: the usernames, its numbers kept beside)
     friends = write_pairs(tmp_path / "f.csv", [(a, b) for a, b in zip(list(names)[:10],
-                                                                      list(names)[1:11])])
+                                                                      list(names)[1:11], strict=True)])
     plan = runs.plan_run(ctx.engine, "old", ctx.target("new"),
                          runs.RunRequest(friends=friends, verify=True,
                                          source_pages=source_pages(ctx, "old")), chunk_size=100)

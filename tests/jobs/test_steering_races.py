@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 
 import pytest
 from sqlalchemy import func, select
@@ -112,19 +113,19 @@ def race(*calls) -> list[object]:
 def test_of_two_racing_starts_or_resumes_exactly_one_wins(database_url, tmp_path):
     ctx = context(database_url, apps=SANDBOX)
     queue = ctx.broker.queues["imshift"]
-    for trial in range(10):
+    for _ in range(10):
         job_id = planned_job(ctx, tmp_path, 30)
         before = queue.qsize()
-        outcomes = race(lambda: control.start(ctx.engine, ctx.broker, job_id),
-                        lambda: control.start(ctx.engine, ctx.broker, job_id))
+        outcomes = race(partial(control.start, ctx.engine, ctx.broker, job_id),
+                        partial(control.start, ctx.engine, ctx.broker, job_id))
         wins = [o for o in outcomes if isinstance(o, int)]
         assert len(wins) == 1 and wins[0] > 0, outcomes
         assert queue.qsize() - before == wins[0]  # every chunk queued once
         assert sum(isinstance(o, control.JobError) for o in outcomes) == 1, outcomes
         control.pause(ctx.engine, job_id)
         before = queue.qsize()
-        outcomes = race(lambda: control.resume(ctx.engine, ctx.broker, job_id),
-                        lambda: control.resume(ctx.engine, ctx.broker, job_id))
+        outcomes = race(partial(control.resume, ctx.engine, ctx.broker, job_id),
+                        partial(control.resume, ctx.engine, ctx.broker, job_id))
         assert sum(isinstance(o, int) for o in outcomes) == 1, outcomes
         assert sum(isinstance(o, control.JobError) for o in outcomes) == 1, outcomes
         assert queue.qsize() - before == wins[0]
@@ -133,12 +134,12 @@ def test_of_two_racing_starts_or_resumes_exactly_one_wins(database_url, tmp_path
 
 def test_cancel_racing_resume_always_ends_cancelled(database_url, tmp_path):
     ctx = context(database_url, apps=SANDBOX)
-    for trial in range(10):
+    for _ in range(10):
         job_id = planned_job(ctx, tmp_path, 30)
         control.start(ctx.engine, ctx.broker, job_id)
         control.pause(ctx.engine, job_id)
-        outcomes = race(lambda: control.cancel(ctx.engine, job_id),
-                        lambda: control.resume(ctx.engine, ctx.broker, job_id))
+        outcomes = race(partial(control.cancel, ctx.engine, job_id),
+                        partial(control.resume, ctx.engine, ctx.broker, job_id))
         assert isinstance(outcomes[0], int), outcomes  # cancel is allowed from paused and running
         p = progress(ctx.engine, job_id)
         assert p.status == "cancelled" and p.counts == {"cancelled": 30}, (outcomes, p)

@@ -81,7 +81,7 @@ def incomplete(result):
 async def registered(box, *ids):
     results = await box.client().register_users([Profile(i, i.title()) for i in ids])
     assert all(r.succeeded for r in results), results
-    return [r.data.get("user_id", i) for r, i in zip(results, ids)]
+    return [r.data.get("user_id", i) for r, i in zip(results, ids, strict=True)]
 
 
 @pytest.mark.parametrize("version", ["v3", "v2"])

@@ -42,7 +42,7 @@ async def seeded(box, **config):
         client.config = MaximConfig(**{**client.config.__dict__, **config})
     results = await client.register_users([Profile(n, f"Name {n}") for n in NAMES])
     assert all(r.succeeded for r in results)
-    return client, {n: r.data["user_id"] for n, r in zip(NAMES, results)}
+    return client, {n: r.data["user_id"] for n, r in zip(NAMES, results, strict=True)}
 
 
 def test_a_listed_user_goes_by_its_username_with_its_number_beside():
@@ -81,7 +81,7 @@ def test_a_run_from_maxim_lands_the_usernames_with_their_friends_and_groups(targ
         assert all(r.succeeded for r in results)
 
     asyncio.run(fill())
-    pairs = list(zip(NAMES[:10], NAMES[1:11]))
+    pairs = list(zip(NAMES[:10], NAMES[1:11], strict=True))
     friends, groups = tmp_path / "f.csv", tmp_path / "g.jsonl"
     friends.write_text("user_id,friend_id\n" + "".join(f"{a},{b}\n" for a, b in pairs), encoding="utf-8")
     groups.write_text(json.dumps({"group_id": "crew", "name": "Crew", "owner": NAMES[0],

@@ -226,7 +226,7 @@ async def test_invalid_rows_are_rejected_client_side_and_the_rest_still_go():
         Profile("has-dash", "A"), Profile(uid(), ""),
         Profile(uid(), "A", avatar="é" * 513), Profile(uid(), "A", extra={"gender": "1"}), Profile(good, "Good")])
     assert [r.outcome for r in results] == [Outcome.REJECTED] * 4 + [Outcome.OK]
-    for result, field in zip(results, ["user_id", "name", "avatar", "gender"]):
+    for result, field in zip(results, ["user_id", "name", "avatar", "gender"], strict=False):  # the 5th is ok
         assert result.code == "invalid" and result.message.startswith(field), result
     assert box.calls["register"] == 1 and box.stored_profile(good).name == "Good"
 

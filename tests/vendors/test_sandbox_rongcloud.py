@@ -23,7 +23,7 @@ def signed(box, *, plain=False):
     names = ("App-Key", "Nonce", "Timestamp", "Signature") if plain else (
         "app-key", "nonce", "timestamp", "signature")
     values = (box.app_key, nonce, timestamp, signature)
-    headers = {prefix + n: v for n, v in zip(names, values)}
+    headers = {prefix + n: v for n, v in zip(names, values, strict=True)}
     headers["content-type"] = "application/x-www-form-urlencoded"
     return headers
 

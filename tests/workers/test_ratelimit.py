@@ -281,7 +281,7 @@ def simulate(limit, weights, margin=0.0, guard=0.05, slow_down_at=None, arrivals
 
 def per_window(starts, weights):
     counts = Counter()
-    for start, weight in zip(starts, weights):
+    for start, weight in zip(starts, weights, strict=True):
         counts[math.floor(start)] += weight
     return counts
 
@@ -291,7 +291,7 @@ def worst_windows(starts, weights, guard=0.05):
     reaches the vendor up to `guard` early or late: what must stay within
     the limit."""
     counts = Counter()
-    for start, weight in zip(starts, weights):
+    for start, weight in zip(starts, weights, strict=True):
         for window in {math.floor(start - guard), math.floor(start + guard)}:
             counts[window] += weight
     return counts
@@ -320,7 +320,7 @@ def test_callers_slower_than_the_rate_never_wait_for_the_guard_bands(limit, dema
     arrivals = [1000.0 + i / demand for i in range(3 * demand)]
     weights = [1] * len(arrivals)
     starts = simulate(limit, weights, arrivals=arrivals)
-    assert max(s - a for s, a in zip(starts, arrivals)) < 1e-9
+    assert max(s - a for s, a in zip(starts, arrivals, strict=True)) < 1e-9
     assert max(worst_windows(starts, weights).values()) <= limit
 
 

@@ -33,7 +33,7 @@ from ..vocabulary import Profile
 from ..maxim import EXTRA_FIELDS, MAX_PAGE_SIZE, MAX_TARGETS, MaximClient, MaximConfig
 from .common import Call, Endpoint, Form, Refusal, Sandbox
 from .maxim_feed import MEDIA, MaximFeed, media_of
-from .maxim_groups import ChatGroup, MaximGroups  # ChatGroup: importable from here too
+from .maxim_groups import ChatGroup as ChatGroup, MaximGroups  # ChatGroup: importable from here too
 from .maxim_params import Refused, as_id, id_list, int_param, text
 
 USERNAME = re.compile(r"(?!(?i:maxim|mta))(?![0-9]+$)[A-Za-z0-9_]+")

@@ -4,6 +4,7 @@ Revision ID: 0001
 """
 import sqlalchemy as sa
 import sqlmodel
+import sqlmodel.sql.sqltypes  # AutoString; imported by sqlmodel too, named here for the type checker
 from alembic import op
 
 revision = '0001'

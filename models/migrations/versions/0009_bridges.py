@@ -6,6 +6,7 @@ Revises: 0008
 """
 import sqlalchemy as sa
 import sqlmodel
+import sqlmodel.sql.sqltypes  # AutoString; imported by sqlmodel too, named here for the type checker
 from alembic import op
 
 revision = "0009"
