@@ -114,7 +114,7 @@ def _csv_rows(lines: Iterator[str], path: Path, key_columns: Sequence[str]) -> I
                 yield Row(line, problem=f"{len(values)} values for {len(names)} columns")
             continue
         if any(v.strip() for v in values):
-            yield _checked(Row(line, dict(zip(names, values))))
+            yield _checked(Row(line, dict(zip(names, values, strict=True))))
 
 
 def _jsonl_rows(lines: Iterator[tuple[int, str]], key_columns: Sequence[str]) -> Iterator[Row]:

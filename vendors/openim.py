@@ -347,7 +347,7 @@ class OpenIMClient(AdminToken, VendorClient):
             return same_for_all(result, len(recipients))
         sent, failed = self._batch_outcome(body)
         again = [r for r in recipients if r not in sent and r in failed]
-        answers = dict(zip(again, await self.each(again, lambda r: self._send_one(sender, r, message))))
+        answers = dict(zip(again, await self.each(again, lambda r: self._send_one(sender, r, message)), strict=True))
         return [Result(Outcome.OK, "0", data={"user_id": r, "msg_id": sent[r]}) if r in sent else
                 answers[r] if r in answers else
                 Result(Outcome.RETRYABLE, "missing", "the reply does not name this recipient",

@@ -129,7 +129,7 @@ def tally(b, plan: list[Sent], ledger: Ledger) -> dict[str, Any]:
     text is in its recipient's inbox at the target, and whether each
     conversation's texts came in order."""
     states = ledger.states()
-    recipient = dict(zip(b.old.users, b.new.users))
+    recipient = dict(zip(b.old.users, b.new.users, strict=True))
     got = received_texts(b.new, sorted({recipient[m.to] for m in plan}))
     seen = Counter(t for texts in got.values() for t in texts if t)
     out: dict[str, Any] = {"sent": len(plan), "stored": sum(1 for m in plan if m.msg_id in states)}
