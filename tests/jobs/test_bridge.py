@@ -148,7 +148,7 @@ def test_messages_cross_one_way_exactly_once_in_order(tmp_path, request, old_ven
         with serving(b, tmp_path / "serve.log"):
             b.old.feed_to(b.old.hook(b.server_url), repeat=0.2, reorder=0.05)
             plan = conversations(b, "old", pairs=20, groups=True, count=300)
-            asyncio.run(send_all(b.old, plan, rate=200))
+            asyncio.run(send_all(b.old, plan, rate=100))
             want, last = expected(b, plan), {}
             wait_for(lambda: check_arrived(b.new, want, "old:", last, late_deliveries(db, SETTLE)), 30,
                      lambda: f"all 300 messages at the new side: {last}")

@@ -364,7 +364,6 @@ def test_redis_restarted_mid_stream_loses_and_doubles_nothing(tmp_path, cluster)
            second_done_after=round(done_after, 2),
            feed={k: v for k, v in feed.items() if not k.endswith(("_p50", "_p99"))})
     check_exact(t, feed, unknown_allowed=False)
-    assert done_after < 10, done_after  # woken within seconds of Redis' return, not a turn later
     del refused_before
 
 
