@@ -215,7 +215,7 @@ def _read_batches(path: Path, key_columns: Sequence[str], size: int) -> Iterator
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
-        yield from _batches(path, key_columns, size)
+        yield from _exactly(_batches(path, key_columns, size), size)
     except (InputError, csv.Error) as exc:
         for _ in _read_rows(path, key_columns):  # raises the row-by-row reader's error
             pass
@@ -263,6 +263,33 @@ def _batches(path: Path, key_columns: Sequence[str], size: int) -> Iterator[RowB
                 if not records:
                     continue
             yield RowBatch(lines, names, list(zip(*records)), problems)
+
+
+def _exactly(batches: Iterator[RowBatch], size: int) -> Iterator[RowBatch]:
+    """Batches of `size` rows (the last one: what is left), as batching
+    `Row`s would cut them: where blank rows were left out, the next batch's
+    first rows fill the gap."""
+    held: RowBatch | None = None
+    for batch in batches:
+        if held is not None:
+            batch = RowBatch([*held.lines, *batch.lines], batch.names,
+                             [(*a, *b) for a, b in zip(held.columns, batch.columns)],
+                             {**held.problems, **{len(held) + i: p for i, p in batch.problems.items()}})
+            held = None
+        if len(batch) < size:
+            held = batch
+            continue
+        if len(batch) > size:
+            held = _part(batch, size, len(batch))
+            batch = _part(batch, 0, size)
+        yield batch
+    if held is not None and len(held):
+        yield held
+
+
+def _part(batch: RowBatch, start: int, end: int) -> RowBatch:
+    return RowBatch(batch.lines[start:end], batch.names, [c[start:end] for c in batch.columns],
+                    {i - start: p for i, p in batch.problems.items() if start <= i < end})
 
 
 def _sorted_out(records: list[list[str]], lines: Sequence[int], names: list[str],

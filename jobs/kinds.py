@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
+
+import orjson
 
 from sqlalchemy.engine import Engine
 
@@ -107,7 +109,7 @@ def _user_batches(batches: Iterator[RowBatch], rules: VendorRules,
             payloads = [json_text(encode_profile(nm, av, {c: v for c, v in zip(extra, vs) if v}))
                         for nm, av, vs in zip(name, avatar, zip(*extra.values()))]
         else:
-            payloads = list(map(json_text, map(_profile_payload, name, avatar)))
+            payloads = _profile_payloads(name, avatar)
         lines = batch.lines
         for i in batch.problems:  # unreadable: as `_user_specs` makes them
             found[i] = [batch.problems[i]]
@@ -118,6 +120,13 @@ def _user_batches(batches: Iterator[RowBatch], rules: VendorRules,
             for i in batch.problems:
                 keys[i] = f"#line{lines[i]}"
         yield SpecBatch(lines, keys, payloads, found)
+
+
+def _profile_payloads(names: Sequence[str], avatars: Sequence[str]) -> list[str]:
+    """json_text(encode_profile(name, avatar, {})) of each pair: the same
+    text, with orjson called straight (values read from UTF-8 are always
+    strings it takes) and no Python frame a row but the dict's."""
+    return list(map(bytes.decode, map(orjson.dumps, map(_profile_payload, names, avatars))))
 
 
 def _profile_payload(name: str, avatar: str) -> dict[str, str]:

@@ -225,12 +225,15 @@ class _Claims:
     """The id forms valid rows have taken, for a target that folds ids. The
     items' unique (job, key) index compares keys as written, so a temporary
     table on the planning connection, keyed by the form, keeps memory flat.
-    Each batch's forms are staged (COPY on PostgreSQL, the driver's
-    executemany on SQLite) and matched with one join: SQLAlchemy's
-    row-by-row parameters and IN lists cost more than the rest of planning."""
+    On PostgreSQL each batch's forms are staged by COPY and matched with one
+    join; on SQLite they are looked up with the driver's IN lists and the
+    new ones added by its executemany. SQLAlchemy's row-by-row parameters
+    and IN lists cost more than the rest of planning."""
 
     def __init__(self, conn: Connection, id_key: Callable[[str], str]):
-        self.id_key = id_key
+        # VendorRules.id_key is its id_form where it has one: called straight
+        # (str.lower runs in C under map), the same forms.
+        self.id_key = getattr(getattr(id_key, "__self__", None), "id_form", None) or id_key
         with conn.begin():
             conn.exec_driver_sql("CREATE TEMPORARY TABLE plan_claims "
                                  "(form text PRIMARY KEY, row integer, key text)")
@@ -258,22 +261,41 @@ class _Claims:
         key) of the row that took it."""
         if not first:
             return {}
-        conn.exec_driver_sql("CREATE TEMPORARY TABLE plan_forms (form text, row integer, key text)")
         rows, keys = batch.rows, batch.keys
+        if conn.dialect.name != "postgresql":
+            return self._take_sqlite(conn, first, rows, keys)
+        conn.exec_driver_sql("CREATE TEMPORARY TABLE plan_forms (form text, row integer, key text)")
         staged = [(form, rows[i], keys[i]) for form, i in first.items()]
-        if conn.dialect.name == "postgresql":
-            with conn.connection.driver_connection.cursor() as cursor:
-                with cursor.copy("COPY plan_forms FROM STDIN") as copy:
-                    for values in staged:
-                        copy.write_row(values)
-        else:
-            conn.exec_driver_sql("INSERT INTO plan_forms VALUES (?, ?, ?)", staged)
+        with conn.connection.driver_connection.cursor() as cursor:
+            with cursor.copy("COPY plan_forms FROM STDIN") as copy:
+                for values in staged:
+                    copy.write_row(values)
         earlier = {form: (row, key) for form, row, key in conn.exec_driver_sql(
             "SELECT c.form, c.row, c.key FROM plan_forms f JOIN plan_claims c ON c.form = f.form")}
-        # WHERE true: without it SQLite reads ON CONFLICT as a join's ON.
         conn.exec_driver_sql("INSERT INTO plan_claims SELECT form, row, key FROM plan_forms "
                              "WHERE true ON CONFLICT (form) DO NOTHING")
         conn.exec_driver_sql("DROP TABLE plan_forms")
+        return earlier
+
+    @staticmethod
+    def _take_sqlite(conn: Connection, first: dict[str, int], rows: Sequence[int],
+                     keys: Sequence[str]) -> dict[str, tuple[int, str]]:
+        # Look the batch's forms up (IN lists, under SQLite's 32,766
+        # parameters), then add the new ones: two statements in C, where
+        # staging them in a table of their own and joining took five.
+        forms = list(first)
+        earlier: dict[str, tuple[int, str]] = {}
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            for lo in range(0, len(forms), 10_000):
+                part = forms[lo:lo + 10_000]
+                cursor.execute(f"SELECT form, row, key FROM plan_claims WHERE form IN ({','.join('?' * len(part))})",
+                               part)
+                earlier.update((form, (row, key)) for form, row, key in cursor)
+            cursor.executemany("INSERT INTO plan_claims VALUES (?, ?, ?) ON CONFLICT (form) DO NOTHING",
+                               [(form, rows[i], keys[i]) for form, i in first.items() if form not in earlier])
+        finally:
+            cursor.close()
         return earlier
 
     def drop(self, conn: Connection) -> None:
