@@ -57,6 +57,11 @@ class BridgeControlOut(BaseModel):
     status: str
 
 
+class BridgeRetryOut(BaseModel):
+    id: int
+    retried: int  # messages set to be relayed again
+
+
 def _out(r: dict[str, Any]) -> dict[str, Any]:
     return dict(id=r["id"], name=r["name"], source_app=r["from"], app=r["to"], run=r["run"],
                 both_ways=r["both_ways"], hold_seconds=r["hold"], settle_seconds=r["settle"],
@@ -83,6 +88,13 @@ def bridge_router(ctx: Context) -> APIRouter:
                 summary="A bridge: per direction, relayed, held, failed, dropped and lag")
     def one(bridge_id: BridgeId) -> dict[str, Any]:
         return _out(report(bridge_id))
+
+    # Before the route below, whose {action} would take "retry" too.
+    @router.post("/api/bridges/{bridge_id}/retry", response_model=BridgeRetryOut, responses=ERRORS,
+                 summary="Relay a bridge's failed messages again (and, asked, the unknown ones)")
+    def retry(bridge_id: BridgeId, unknown: bool = False) -> dict[str, Any]:
+        report(bridge_id)
+        return {"id": bridge_id, "retried": bridges.retry(ctx.engine, bridge_id, unknown=unknown)}
 
     @router.post("/api/bridges/{bridge_id}/{action}", response_model=BridgeControlOut, responses=ERRORS,
                  summary="Pause, resume or remove a bridge")

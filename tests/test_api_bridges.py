@@ -134,6 +134,9 @@ def test_bridge_routes_hooks_and_metrics(database_url, tmp_path, api):
     refused = http.post(f"/api/bridges/{bid}/resume")
     assert refused.status_code == 409 and refused.json()["detail"] == (
         f"bridge B{bid} is active: it cannot resume (`imshift bridge status B{bid}`)")
+    # Nothing failed here: a retry sets nothing to go again; an unknown bridge is a 404.
+    assert http.post(f"/api/bridges/{bid}/retry", params={"unknown": True}).json() == {"id": bid, "retried": 0}
+    assert http.post(f"/api/bridges/{bid + 1}/retry").status_code == 404
     assert http.post(f"/api/bridges/{bid}/pause").json() == {"id": bid, "status": "paused"}
     assert http.post(f"/api/bridges/{bid}/pause").status_code == 409
     assert http.get(f"/api/bridges/{bid}").json()["status"] == "paused"
@@ -176,7 +179,7 @@ def test_the_bridge_routes_keep_to_their_schema(tmp_path):
     checks = [not_a_server_error, response_schema_conformance, status_code_conformance,
               content_type_conformance]
     operations = [r.ok() for r in schema.get_all_operations() if r.ok().path.startswith("/api/bridges")]
-    assert len(operations) == 3
+    assert len(operations) == 4  # the list, one bridge, retry, and pause/resume/remove
     by_path = {(o.method.upper(), o.path): o for o in operations}
     seen = []
     for method, action in (("GET", ""), ("POST", "pause"), ("POST", "pause"), ("POST", "resume"),
