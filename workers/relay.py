@@ -206,11 +206,7 @@ class Relayer:
         return self.bridge.id
 
     def _db(self, work):
-        return asyncio.to_thread(self._in_transaction, work)
-
-    def _in_transaction(self, work):
-        with self.runtime.engine.begin() as conn:
-            return work(conn)
+        return asyncio.to_thread(_begin, self.runtime, work)
 
     def target_of(self, from_app: str) -> str:
         return self.bridge.app if from_app == self.bridge.source_app else self.bridge.source_app
@@ -565,6 +561,7 @@ async def relay_bridge(runtime: Runtime, bid: int) -> None:
 
 
 def _begin(runtime: Runtime, work):
+    """`work(conn)` in one transaction (run in a thread: it blocks)."""
     with runtime.engine.begin() as conn:
         return work(conn)
 
