@@ -46,7 +46,7 @@ COUNT, PAIRS, RATE = 400, 20, 100  # messages, one-to-one conversations, message
 FAST = {"IMSHIFT_STALE_AFTER": "2", "IMSHIFT_LEASE_SECONDS": "3", "IMSHIFT_REQUEUE_AFTER": "2"}
 # The vendor's feed: a delivery not answered 2xx is tried again every 0.25 s for a minute.
 FEED = {"retries": 240, "retry_delay": 0.25, "timeout": 3.0}
-LATENCY = 0.05  # the target sandbox's added seconds a call: relays are in flight when a kill lands
+LATENCY = 0.1  # the target sandbox's added seconds a call: relays are in flight when a kill lands (0.05 left a relay time to finish between being seen in flight and the kill)
 DONE_WITHIN = 90.0
 
 
