@@ -73,7 +73,8 @@ def read(config: Any, delivery: Delivery, now: float) -> list[FeedMessage]:
     ctype = body.get("ctype")
     if not isinstance(ctype, str) or not ctype:
         raise FeedRefused(400, "ctype: missing")
-    content = body.get("content") if isinstance(body.get("content"), str) else ""
+    raw = body.get("content")
+    content = raw if isinstance(raw, str) else ""
     fields: dict[str, Any] = {"kind": ctype}  # a type we cannot carry keeps its own name
     if ctype == "TEXT":
         fields = {"kind": "text", "text": content}

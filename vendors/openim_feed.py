@@ -245,7 +245,8 @@ class OpenIMV3Feed:
         result, reply = await self._admin_call(key, "/msg/send_msg", body, repeat_safe=False)
         if result.outcome is not Outcome.OK:
             return result
-        sent = reply.get("data") if isinstance(reply.get("data"), dict) else {}
+        data = reply.get("data")
+        sent = data if isinstance(data, dict) else {}
         if not sent.get("serverMsgID"):
             return Result(Outcome.RETRYABLE, "incomplete", "the reply carried no serverMsgID",
                           maybe_delivered=True)
@@ -286,8 +287,9 @@ class OpenIMV3Feed:
                     "pagination": {"pageNumber": number, "showNumber": SEARCH_PAGE}}, repeat_safe=True)
                 if not result.succeeded:
                     return result
-                data = body.get("data") if isinstance(body.get("data"), dict) else {}
-                logs = data.get("chatLogs") if isinstance(data.get("chatLogs"), list) else []
+                data = body.get("data")
+                found = data.get("chatLogs") if isinstance(data, dict) else None
+                logs = found if isinstance(found, list) else []
                 for item in logs:
                     log = item.get("chatLog") if isinstance(item, dict) else None
                     if isinstance(log, dict) and log.get("serverMsgID") == target_msg_id:

@@ -208,7 +208,8 @@ class OpenIMV2Client(OpenIMClient):
                                         {"groupID": group_id, "memberList": list(user_ids)})
         if not result.succeeded:
             raise CallFailed(result)
-        return {m.get("userID") for m in listed(body.get("data"), None) if isinstance(m, dict)}
+        return {uid for m in listed(body.get("data"), None)
+                if isinstance(m, dict) and isinstance(uid := m.get("userID"), str)}
 
     async def _invite(self, group_id: str, user_ids: list[str]) -> list[Result]:
         """The reply lists each user's result (0: invited, -1: not, being a
@@ -272,7 +273,8 @@ def _per_user(body: dict[str, Any]) -> dict[str, Any] | None:
     data = body.get("data")
     if not isinstance(data, list):
         return None
-    return {d.get("userID"): d.get("result") for d in data if isinstance(d, dict)}
+    return {uid: d.get("result") for d in data
+            if isinstance(d, dict) and isinstance(uid := d.get("userID"), str)}
 
 
 def _profile(user: dict[str, Any]) -> Profile:

@@ -17,13 +17,13 @@ import json
 import secrets
 import time
 from collections import Counter
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..openim_feed import (CUSTOM, FILE, GROUP_COMMAND, PICTURE, REVOKE_COMMAND, SINGLE_COMMAND, TEXT,
                            conversation_id)
 from .common import Endpoint
 from .feed import FeedSandbox, Outgoing, json_body
-from .openim import Fail
+from .openim import Fail, OpenIMSandbox
 
 USER_MSG, ADMIN_MSG = 100, 200  # msgFrom
 SEND_SUCCESS = 2  # MsgStatusSendSuccess
@@ -45,7 +45,13 @@ def file_elem(media: Mapping[str, Any]) -> dict[str, Any]:
 DEMO_FEED_SECRET = "demo-feed-secret"
 
 
-class OpenIMv3Feed(FeedSandbox):
+class OpenIMv3Feed(FeedSandbox, OpenIMSandbox):
+    """Besides OpenIMSandbox's, OpenIMv3Sandbox provides these:"""
+
+    if TYPE_CHECKING:
+        async def _v3_send_msg(self, body: dict[str, Any], who: str | None) -> Any: ...
+        async def _v3_batch_send(self, body: dict[str, Any], who: str | None) -> Any: ...
+
     def init_openim_feed(self) -> None:
         self.init_feed()
         # A fixed demo value like the sandbox's other credentials, so a sandbox
@@ -77,7 +83,7 @@ class OpenIMv3Feed(FeedSandbox):
         if not all(isinstance(p, dict) and all(p.get(k) for k in ("type", "width", "height", "url"))
                    for p in pictures):
             return {}
-        source = pictures[0]
+        source = content["sourcePicture"]
         return {"kind": "image", "custom": {k: source[k] for k in ("url", "size", "width", "height", "type")
                                             if source.get(k)}}
 
