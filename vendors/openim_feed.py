@@ -1,17 +1,20 @@
-"""OpenIM v3's message feed for the bridge: its after-send webhooks read
-into FeedMessages, and the `content` a relayed message is sent with.
+"""OpenIM v3's message feed for the bridge: its after-save and after-revoke
+webhooks read into FeedMessages, and the `content` a relayed message is sent with.
 
 Facts from the server's source (openimsdk/open-im-server v3 main,
 openimsdk/protocol; docs/vendors.md, "Message feeds" says where):
-- `afterSendSingleMsg` / `afterSendGroupMsg` POST `{url}/{callbackCommand}`
-  with the message (pkg/callbackstruct CommonCallbackReq + recvID/groupID),
-  for SDK and REST (admin, msgFrom 200) sends alike, one attempt (an
-  in-memory queue, `timeout` 5 s by default, no retry); notification
+- `afterMsgSaveDB` POSTs `{url}/callbackAfterMsgSaveDBCommand` with each
+  message msgtransfer has stored (CommonCallbackReq + recvID, groupID), its
+  `seq` given; SDK and REST (admin, msgFrom 200) sends alike, one attempt
+  (an in-memory queue, `timeout` 5 s by default, no retry); notification
   content types (1000-5000) and typing (113) are never sent.
-- The webhook fires before the message is stored, so its `seq` is 0.
 - `afterRevokeMsg` POSTs `{conversationID, seq, userID}` under the command
   "callbackBeforeAfterMsgCommand" (the server's own spelling): no
-  serverMsgID and no time.
+  serverMsgID and no time. So a message's id here is "<conversationID>#<seq>",
+  the pair a revoke names.
+- `afterSendSingleMsg` / `afterSendGroupMsg` fire before the message is
+  stored: their `seq` is 0, so no revoke could be matched to them. They
+  report the same messages again and are ignored.
 - Nothing is signed: the hook URL carries a secret of the user's
   (`feed_secret`), compared in constant time; sendTime bounds replays.
 """
@@ -31,7 +34,8 @@ from .client import invalid
 from .feeds import MAX_FEED_BYTES, Delivery, FeedMessage, FeedRefused, carries_mark, check_age, mark_json
 from .vocabulary import Operation, Outcome, Result
 
-SINGLE_COMMAND = "callbackAfterSendSingleMsgCommand"
+SAVED_COMMAND = "callbackAfterMsgSaveDBCommand"  # CallbackAfterMsgSaveDBCommand
+SINGLE_COMMAND = "callbackAfterSendSingleMsgCommand"  # after-send: ignored (seq 0)
 GROUP_COMMAND = "callbackAfterSendGroupMsgCommand"
 REVOKE_COMMAND = "callbackBeforeAfterMsgCommand"  # CallbackAfterRevokeMsgCommand's value upstream
 SINGLE_CHAT, GROUP_CHAT = 1, 3  # sessionType (4: notification, never a user's message)
@@ -50,6 +54,10 @@ def conversation_id(sender: str, to: str, group: bool) -> str:
     a, b = sorted((sender, to))
     return f"si_{a}_{b}"
 
+
+def message_key(conversation: str, seq: int) -> str:
+    """A stored message's id in the feed: what a revoke names it by."""
+    return f"{conversation}#{seq}"
 
 
 
@@ -71,8 +79,8 @@ def read(secret: str, delivery: Delivery, now: float) -> list[FeedMessage]:
     command = body.get("callbackCommand")
     if command == REVOKE_COMMAND:
         return [_revoke(body, now)]
-    if command not in (SINGLE_COMMAND, GROUP_COMMAND):
-        return []  # another webhook pointed at the same URL: no message in it
+    if command != SAVED_COMMAND:
+        return []  # another webhook at the same URL (after-send included): no message to take
     return _message(body, now)
 
 
@@ -95,11 +103,14 @@ def _message(body: dict[str, Any], now: float) -> list[FeedMessage]:
     if session not in (SINGLE_CHAT, GROUP_CHAT) or content_type in NOTIFICATIONS or content_type == TYPING:
         return []  # notifications and typing are not users' messages
     group = session == GROUP_CHAT
-    sender, msg_id = _text(body, "sendID"), _text(body, "serverMsgID")
-    to = _text(body, "groupID" if group else "recvID")
+    sender, to = _text(body, "sendID"), _text(body, "groupID" if group else "recvID")
+    seq = _int(body, "seq")
+    if seq < 1:
+        raise FeedRefused(400, "seq: a stored message has one (1 or more)")
     sent_at = _int(body, "sendTime")
     check_age(sent_at, now, unit=0.001)
     kind, text, custom = _content(content_type, body.get("content"))
+    msg_id = message_key(conversation_id(sender, to, group), seq)
     return [FeedMessage(msg_id=msg_id, sender=sender, to=to, group=group, sent_at_ms=sent_at,
                         kind=kind, text=text, custom=custom, marked=carries_mark(body.get("ex")))]
 
@@ -141,14 +152,13 @@ def _content(content_type: int, raw: Any) -> tuple[str, str | None, Mapping[str,
 
 
 def _revoke(body: dict[str, Any], now: float) -> FeedMessage:
-    """A revoke names the message by (conversationID, seq) only; the feed's
-    message carried seq 0, so `recalls` is "<conversationID>#<seq>", which
-    the bridge can match only if it learns that pair some other way."""
+    """A revoke names the message by (conversationID, seq) only: `recalls`
+    is the after-save message's id, message_key(conversationID, seq)."""
     conversation, user = _text(body, "conversationID"), _text(body, "userID")
     seq = _int(body, "seq")
     group = conversation.startswith("sg_")
     to = conversation[3:] if group else _peer(conversation, user)
-    key = f"{conversation}#{seq}"
+    key = message_key(conversation, seq)
     return FeedMessage(msg_id=f"revoke:{key}", sender=user, to=to, group=group,
                        sent_at_ms=int(now * 1000), kind="recall", recalls=key)
 

@@ -276,9 +276,12 @@ def test_a_message_to_an_account_not_migrated_yet_is_held_then_fails_naming_it(t
         assert [m["text"] for m in b.new.inbox(b.new.users[0])] == ["old:ok#0"]
 
 
-def test_a_recall_of_a_relayed_message_takes_it_back_at_the_target(tmp_path):
+# OpenIM as the source: its revoke webhook names the message by (conversationID,
+# seq), which only its after-save webhook reported (vendors/openim_feed.py).
+@pytest.mark.parametrize("old_vendor,new_vendor", [("netease", "rongcloud"), ("openim", "maxim")])
+def test_a_recall_of_a_relayed_message_takes_it_back_at_the_target(tmp_path, old_vendor, new_vendor):
     db = f"sqlite:///{tmp_path}/imshift.db"
-    with bridged(tmp_path, db, "netease", "rongcloud", users=4) as b:
+    with bridged(tmp_path, db, old_vendor, new_vendor, users=4) as b:
         with serving(b, tmp_path / "serve.log"):
             b.old.feed_to(b.old.hook(b.server_url))
             plan = [Sent("old", b.old.users[0], b.old.users[1], False, "old:r#0"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from starlette.requests import Request
 
@@ -16,7 +16,7 @@ from ..vocabulary import Operation
 from ..openim import ADMIN_PLATFORM_ID, MAX_IDS_PER_CALL
 from .common import Endpoint, Op, Refusal
 from .openim import Fail, OpenIMSandbox, legal_user_id, page, repeated
-from .openim_feed import OpenIMv3Feed
+from .openim_feed import SETUP_WEBHOOKS, OpenIMv3Feed
 from .store import Record
 
 OWNER, ADMIN, MEMBER = 100, 60, 20  # v3 roleLevel
@@ -40,8 +40,8 @@ class OpenIMv3Sandbox(OpenIMv3Feed, OpenIMSandbox):
     OVER_LIMIT = Refusal(429, "too many requests, please try again later", 429,
                          headers={"Retry-After": "1"})  # the optional BBR limiter
 
-    def __init__(self, **kwargs: Any):
-        self.init_openim_feed()
+    def __init__(self, *, webhooks: Iterable[str] = SETUP_WEBHOOKS, **kwargs: Any):
+        self.init_openim_feed(webhooks)  # which webhooks the server's config enables
         super().__init__(**kwargs)
 
     def routes(self) -> list[Any]:
