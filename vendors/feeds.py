@@ -10,6 +10,7 @@ back with `recall` (vendors/client.py). Nothing here knows a vendor's name.
 
 from __future__ import annotations
 
+import hmac
 import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
@@ -95,6 +96,13 @@ def carries_mark(field: Any) -> bool:
     except ValueError:
         return field == MARK
     return isinstance(value, dict) and MARK in value
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """Whether what a delivery carries (a configured secret or signature, or
+    one computed over it) is `expected`: compared in constant time, as bytes,
+    so any characters compare; never when nothing is expected."""
+    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
 
 
 def check_age(sent_ms_or_s: float, now: float, *, unit: float = 1.0) -> None:

@@ -21,7 +21,6 @@ openimsdk/protocol; docs/vendors.md, "Message feeds" says where):
 
 from __future__ import annotations
 
-import hmac
 import json
 import posixpath
 import time
@@ -31,7 +30,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from .client import invalid
-from .feeds import MAX_FEED_BYTES, Delivery, FeedMessage, FeedRefused, carries_mark, check_age, mark_json
+from .feeds import (MAX_FEED_BYTES, Delivery, FeedMessage, FeedRefused, carries_mark, check_age, mark_json,
+                    same_secret)
 from .vocabulary import Operation, Outcome, Result
 
 SAVED_COMMAND = "callbackAfterMsgSaveDBCommand"  # CallbackAfterMsgSaveDBCommand
@@ -66,7 +66,7 @@ def message_key(conversation: str, seq: int) -> str:
 # -- reading a delivery ----------------------------------------------------------------
 
 def read(secret: str, delivery: Delivery, now: float) -> list[FeedMessage]:
-    if not secret or not hmac.compare_digest(delivery.path_secret.encode(), secret.encode()):
+    if not same_secret(delivery.path_secret, secret):
         raise FeedRefused(401, "the hook URL's secret does not match the app's feed_secret")
     if len(delivery.body) > MAX_FEED_BYTES:
         raise FeedRefused(413, f"delivery larger than {MAX_FEED_BYTES} bytes")

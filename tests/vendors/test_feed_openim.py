@@ -181,7 +181,8 @@ def read(body, secret="s3cret", feed_secret="s3cret", now=None):
 
 
 def test_refusals_say_why_without_the_secret():
-    for secret, feed_secret in (("wrong", "s3cret"), ("", "s3cret"), ("", ""), ("s3cret", "")):
+    for secret, feed_secret in (("wrong", "s3cret"), ("s3cr\xe9t", "s3cret"), ("", "s3cret"), ("", ""),
+                                ("s3cret", "")):
         with pytest.raises(FeedRefused) as refused:
             read(message_body(), secret, feed_secret)
         assert refused.value.status == 401 and "s3cret" not in refused.value.reason
