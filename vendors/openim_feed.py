@@ -60,6 +60,11 @@ def message_key(conversation: str, seq: int) -> str:
     return f"{conversation}#{seq}"
 
 
+def revoke_id(conversation: str, seq: int) -> str:
+    """The feed's id of the revoke of that message (the webhook carries none of its own)."""
+    return "revoke:" + message_key(conversation, seq)
+
+
 
 
 
@@ -158,9 +163,8 @@ def _revoke(body: dict[str, Any], now: float) -> FeedMessage:
     seq = _int(body, "seq")
     group = conversation.startswith("sg_")
     to = conversation[3:] if group else _peer(conversation, user)
-    key = message_key(conversation, seq)
-    return FeedMessage(msg_id=f"revoke:{key}", sender=user, to=to, group=group,
-                       sent_at_ms=int(now * 1000), kind="recall", recalls=key)
+    return FeedMessage(msg_id=revoke_id(conversation, seq), sender=user, to=to, group=group,
+                       sent_at_ms=int(now * 1000), kind="recall", recalls=message_key(conversation, seq))
 
 
 def _peer(conversation: str, user: str) -> str:
@@ -268,20 +272,23 @@ class OpenIMV3Feed:
         """/msg/revoke_msg takes (conversationID, seq, userID), and a send's
         reply carries no seq: find it with /msg/search_msg (the sender's
         messages to that user or group on the day sent), then revoke as the
-        sender. Already revoked is `exists`."""
+        sender. Already revoked is `exists`. data: `seq`, and `msg_id`, the id
+        the revoke webhook reports this revoke by, so a bridge that reads this
+        app's feed knows it as its own (an echo) when it comes back."""
         key = Operation.SEND_GROUP if message.group else Operation.SEND
         found = await self._find_seq(key, message, target_msg_id)
         if isinstance(found, Result):
             return found
         seq, revoked = found
         conversation = conversation_id(message.sender, message.to, message.group)
+        data = {"seq": seq, "msg_id": revoke_id(conversation, seq)}
         if revoked:
-            return Result(Outcome.EXISTS, ALREADY_REVOKED, "already revoked", data={"seq": seq})
+            return Result(Outcome.EXISTS, ALREADY_REVOKED, "already revoked", data=data)
         result, _ = await self._admin_call(key, "/msg/revoke_msg", {
             "conversationID": conversation, "seq": seq, "userID": message.sender}, repeat_safe=True)
         if result.code == ALREADY_REVOKED:
-            return Result(Outcome.EXISTS, result.code, result.message, data={"seq": seq})
-        return Result(result.outcome, result.code, result.message, data={"seq": seq},
+            return Result(Outcome.EXISTS, result.code, result.message, data=data)
+        return Result(result.outcome, result.code, result.message, data=data,
                       retry_after=result.retry_after) if result.succeeded else result
 
     async def _find_seq(self, key: Operation, message: FeedMessage,

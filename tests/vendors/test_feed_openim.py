@@ -138,6 +138,7 @@ async def test_recall_takes_back_the_relayed_message(rig):
     await rig.settled(2)
     [revoke] = [m for m in rig.receiver.got if m.kind == "recall"]
     assert revoke.recalls == f"sg_g1#{recalled.data['seq']}" and revoke.sender == "ann" and revoke.group
+    assert revoke.msg_id == recalled.data["msg_id"]  # a bridge reading this feed knows it as its own
 
 
 async def test_a_client_recall_comes_through_as_a_recall(rig):
