@@ -1,7 +1,7 @@
 """What the bridge reads from a vendor's message feed and sends on the other side.
 
 A vendor's feed (NetEase message copy, RongCloud message routing, OpenIM's
-after-send webhooks, Maxim's message subscription) POSTs each message an
+after-save webhooks, Maxim's message subscription) POSTs each message an
 app's users send to a URL of the app's server. A vendor client reads one such
 delivery with `read_feed` (classmethod: verify it as the vendor signs it, then
 parse it into `FeedMessage`s), relays a message with `relay` and takes one

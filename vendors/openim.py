@@ -58,7 +58,7 @@ class OpenIMConfig:
     platform_id: int = 5
     api_version: str = "v3"
     concurrency: int = 8
-    # The secret in the after-send webhook's URL (v3): OpenIM signs nothing,
+    # The secret in the webhooks' URL (v3): OpenIM signs nothing,
     # so this is what tells its deliveries from anyone else's.
     feed_secret: str = field(default="", repr=False)
 

@@ -152,7 +152,7 @@ async def test_a_client_recall_comes_through_as_a_recall(rig):
 
 
 async def test_a_wrong_secret_in_the_url_is_refused(rig):
-    url = f"{rig.hooks}/hooks/app1/{rig.box.feed_secret}x/callbackAfterSendSingleMsgCommand"
+    url = f"{rig.hooks}/hooks/app1/{rig.box.feed_secret}x/callbackAfterMsgSaveDBCommand"
     await rig.http.post(rig.base + "/_sandbox/feed", json={"url": url})
     await rig.send(**{"from": "ann", "to": "bob", "text": "hi"})
     stats = await rig.settled(1)
