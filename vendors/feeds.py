@@ -1,7 +1,7 @@
 """What the bridge reads from a vendor's message feed and sends on the other side.
 
 A vendor's feed (NetEase message copy, RongCloud message routing, OpenIM's
-after-send webhooks, Maxim's message subscription) POSTs each message an
+after-save webhooks, Maxim's message subscription) POSTs each message an
 app's users send to a URL of the app's server. A vendor client reads one such
 delivery with `read_feed` (classmethod: verify it as the vendor signs it, then
 parse it into `FeedMessage`s), relays a message with `relay` and takes one
@@ -10,6 +10,7 @@ back with `recall` (vendors/client.py). Nothing here knows a vendor's name.
 
 from __future__ import annotations
 
+import hmac
 import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
@@ -95,6 +96,13 @@ def carries_mark(field: Any) -> bool:
     except ValueError:
         return field == MARK
     return isinstance(value, dict) and MARK in value
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """Whether what a delivery carries (a configured secret or signature, or
+    one computed over it) is `expected`: compared in constant time, as bytes,
+    so any characters compare; never when nothing is expected."""
+    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
 
 
 def check_age(sent_ms_or_s: float, now: float, *, unit: float = 1.0) -> None:

@@ -34,7 +34,7 @@ from .client import Batch, CallFailed, Codes, Reply, VendorClient, chunks, inval
 from .feeds import mark_json
 from .maxim_feed import read as read_subscription, relay_fields
 from .maxim_groups import MaximGroups
-from .maxim_wire import acting_as, is_id as _is_id, items_by, not_an_id, vendor_id
+from .maxim_wire import acting_as, checked_id, is_id as _is_id, items_by, not_an_id, vendor_id
 from .paging import offset_pages
 
 if TYPE_CHECKING:
@@ -215,10 +215,10 @@ class MaximClient(MaximGroups, VendorClient):
             return Result(Outcome.EXISTS, "exists", reason)
         return Result(Outcome.REJECTED, "failed", reason)
 
-    async def call(self, key: str | Operation, method: str, path: str,
+    async def call(self, key: str | Operation, method: str, url: str,
                    **kwargs: Any) -> tuple[Result, dict[str, Any]]:
-        """The base's call, `path` under the app's api_endpoint."""
-        return await super().call(key, method, self.config.api_endpoint.rstrip("/") + path, **kwargs)
+        """The base's call, `url` a path under the app's api_endpoint."""
+        return await super().call(key, method, self.config.api_endpoint.rstrip("/") + url, **kwargs)
 
     # -- users ---------------------------------------------------------------------------
 
@@ -308,7 +308,7 @@ class MaximClient(MaximGroups, VendorClient):
             return "; ".join(filter(None, [not_an_id("user_id", profile.user_id), *errors]))
 
         batch = Batch(profiles, problem)
-        written = await self._write_profiles([(vendor_id(profiles[i].user_id), profiles[i])
+        written = await self._write_profiles([(checked_id(profiles[i].user_id), profiles[i])
                                               for i in batch.valid])
         batch.put(batch.valid, [replace(r, data={"user_id": profiles[i].user_id})
                                 for i, r in zip(batch.valid, written, strict=True)])
@@ -365,7 +365,8 @@ class MaximClient(MaximGroups, VendorClient):
                                      params={"page_num": number, "page_size": size})
         if not call.succeeded:
             raise CallFailed(call)
-        page = body.get("data") if isinstance(body.get("data"), list) else []
+        data = body.get("data")
+        page = data if isinstance(data, list) else []
         return [item for item in page if isinstance(item, dict) and _is_id(item.get("user_id"))], \
             len(page) < size
 
@@ -456,10 +457,11 @@ class MaximClient(MaximGroups, VendorClient):
         rest: a rejected call did nothing at the vendor."""
         batch = Batch(values, lambda value: not_an_id(field_name, value))
         for part in chunks(batch.valid, self.rules.batch_size[op]):
-            ids = [vendor_id(values[i]) for i in part]
+            ids = [checked_id(values[i]) for i in part]
             outcome = await call(ids)
             if isinstance(outcome, Result) and outcome.outcome is Outcome.REJECTED and len(ids) > 1:
-                outcome = [await call([uid]) for uid in ids]
+                alone = [await call([uid]) for uid in ids]  # a Result each (or a list of one)
+                outcome = [one if isinstance(one, Result) else one[0] for one in alone]
             batch.put(part, outcome)
         return batch.done()
 
@@ -481,7 +483,7 @@ class MaximClient(MaximGroups, VendorClient):
         problem = not_an_id("sender", message.sender) or not_an_id("to", message.to)
         if problem:
             return invalid(problem)
-        target_type, target = (2 if message.group else 1), vendor_id(message.to)
+        target_type, target = (2 if message.group else 1), checked_id(message.to)
         op = Operation.SEND_GROUP if message.group else Operation.SEND
         body = {"type": target_type, "targets": [target], "from_user_id": vendor_id(message.sender),
                 "ext": mark_json(), "transaction_id": transaction_id(dedup_key, target_type, [target]),

@@ -15,13 +15,12 @@ recalled id in `related_mid`, as the send API takes it).
 
 from __future__ import annotations
 
-import hmac
 import json
 import posixpath
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from .feeds import MAX_FEED_BYTES, Delivery, FeedMessage, FeedRefused, carries_mark, check_age
+from .feeds import MAX_FEED_BYTES, Delivery, FeedMessage, FeedRefused, carries_mark, check_age, same_secret
 
 TYPES = {"CHAT": False, "GROUPCHAT": True}  # type -> group?
 # /message/send content_type of each kind we relay (TEXT 0, IMAGE 1, FILE 4, COMMAND 6).
@@ -44,7 +43,7 @@ def as_id(value: Any) -> str | None:
 def read(config: Any, delivery: Delivery, now: float) -> list[FeedMessage]:
     expected = getattr(config, "feed_signature", "")
     given = delivery.headers.get("signature", "")
-    if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+    if not same_secret(given, expected):
         raise FeedRefused(401, "the signature header does not match the subscription's")
     if len(delivery.body) > MAX_FEED_BYTES:
         raise FeedRefused(413, f"delivery larger than {MAX_FEED_BYTES} bytes")
@@ -73,7 +72,8 @@ def read(config: Any, delivery: Delivery, now: float) -> list[FeedMessage]:
     ctype = body.get("ctype")
     if not isinstance(ctype, str) or not ctype:
         raise FeedRefused(400, "ctype: missing")
-    content = body.get("content") if isinstance(body.get("content"), str) else ""
+    raw = body.get("content")
+    content = raw if isinstance(raw, str) else ""
     fields: dict[str, Any] = {"kind": ctype}  # a type we cannot carry keeps its own name
     if ctype == "TEXT":
         fields = {"kind": "text", "text": content}

@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from .vocabulary import Group, Operation, Outcome, Result, VendorRules
 from .client import Batch, CallFailed, invalid, same_for_all
-from .maxim_wire import acting_as, is_id, items_by, not_an_id, vendor_id
+from .maxim_wire import acting_as, checked_id, is_id, items_by, not_an_id, vendor_id
 from .paging import NoSuchList, read_all
 
 READ_PAGE = 1000  # limit of member_list and roster/list (member_list's documented default)
@@ -43,9 +43,9 @@ class MaximGroups:
         if not group.name:
             return invalid("name: required")
         others = [m for m in dict.fromkeys(group.members) if m != group.owner]
-        members = [vendor_id(m) for m in others]
-        if None in members:
-            return invalid(not_an_id("user_list", others[members.index(None)]))
+        if problem := next(filter(None, (not_an_id("user_list", m) for m in others)), None):
+            return invalid(problem)
+        members = [checked_id(m) for m in others]
         first = self.rules.batch_size[Operation.ADD_MEMBERS]
         payload = {"name": group.name, "description": "", "type": 0, "user_list": members[:first]}
         call, body = await self.call(Operation.CREATE_GROUP, "POST", "/group/create",

@@ -25,6 +25,14 @@ def vendor_id(value: str) -> int | None:
     return None
 
 
+def checked_id(value: str) -> int:
+    """Maxim's numeric id of a value `not_an_id` has passed."""
+    uid = vendor_id(value)
+    if uid is None:
+        raise ValueError(f"{value[:80]!r} is not a Maxim id")
+    return uid
+
+
 def not_an_id(field_name: str, value: str) -> str | None:
     """The reason `value` cannot be a Maxim id for `field_name`, or None."""
     return None if vendor_id(value) else f"{field_name}: {value[:80]!r} is not a Maxim id (digits)"

@@ -413,7 +413,7 @@ class NeteaseClient(VendorClient):
         data = reply.get("data") or {}
         if result.outcome is not Outcome.OK:
             return result
-        found = {"msg_id": str(data["msgid"])}
+        found: dict[str, Any] = {"msg_id": str(data["msgid"])}
         if str(data.get("timetag", "")).isdigit():
             found["sent_at_ms"] = int(data["timetag"])
         return replace(result, data=found)

@@ -12,11 +12,10 @@ recall; every other event type carries no message.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 from typing import Any, Mapping
 
-from .feeds import MARK, Delivery, FeedMessage, FeedRefused, check_age
+from .feeds import MARK, Delivery, FeedMessage, FeedRefused, check_age, same_secret
 
 MESSAGE_EVENT = "1"
 RECALL_EVENTS = {"7": False, "8": True, "25": True}  # eventType -> a team's message
@@ -55,11 +54,11 @@ def verify(app_key: str, app_secret: str, delivery: Delivery, now: float) -> Non
     curtime = values["CurTime"]
     if not curtime.isdigit():
         raise FeedRefused(401, "CurTime is not a number")
-    if not hmac.compare_digest(values["MD5"].lower(), body_md5(delivery.body)):
+    if not same_secret(values["MD5"].lower(), body_md5(delivery.body)):
         raise FeedRefused(401, "MD5 header does not match the body")
     # Signed over the MD5 header as sent.
     expected = copy_checksum(app_secret, values["MD5"], curtime)
-    if not hmac.compare_digest(values["CheckSum"].lower(), expected):
+    if not same_secret(values["CheckSum"].lower(), expected):
         raise FeedRefused(401, "CheckSum does not match")
     stamp = int(curtime)
     check_age(stamp, now, unit=0.001 if stamp >= MS_THRESHOLD else 1.0)

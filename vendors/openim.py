@@ -58,7 +58,7 @@ class OpenIMConfig:
     platform_id: int = 5
     api_version: str = "v3"
     concurrency: int = 8
-    # The secret in the after-send webhook's URL (v3): OpenIM signs nothing,
+    # The secret in the webhooks' URL (v3): OpenIM signs nothing,
     # so this is what tells its deliveries from anyone else's.
     feed_secret: str = field(default="", repr=False)
 
@@ -91,7 +91,7 @@ class _DefaultRules:
 class OpenIMClient(AdminToken, VendorClient):
     vendor = "openim"
     capabilities = frozenset(Operation)
-    rules = _DefaultRules()  # type: ignore[assignment]
+    rules = _DefaultRules()
     # The app picks the group id: creating a group again answers `exists`.
     repeat_safe_ops = frozenset({Operation.CREATE_GROUP})
 
@@ -110,13 +110,15 @@ class OpenIMClient(AdminToken, VendorClient):
 
     # ... and these methods: _token_body() -> the token request's body;
     # _expiry(token reply data) -> epoch seconds; _invite(group_id, ids) and
-    # _import(owner, ids) -> Results; _users(ids) -> stored users by id and
+    # _import(owner, ids) -> Results; _members(group_id, ids) -> which of the
+    # ids are members; _users(ids) -> stored users by id and
     # _profile_of(user) -> its Profile; _user_ids() -> a PageFetch of user
     # ids; and the operations each version does whole, named here where the
     # registry looks, so that this class says it implements every operation.
     _token_body = _expiry = _invite = _import = _users = _profile_of = _user_ids = _by_version
-    register_users = update_profiles = get_profiles = _by_version  # type: ignore[assignment]
-    issue_tokens = create_group = get_members = get_friends = _by_version  # type: ignore[assignment]
+    _members = _by_version
+    register_users = update_profiles = get_profiles = _by_version
+    issue_tokens = create_group = get_members = get_friends = _by_version
     list_group_pages = _by_version  # v3 only: v2 takes it off its capabilities
 
     def __new__(cls, config: OpenIMConfig | None = None, *args: Any, **kwargs: Any) -> OpenIMClient:
@@ -216,10 +218,10 @@ class OpenIMClient(AdminToken, VendorClient):
                 return failed.result
         elif result.outcome is not Outcome.OK:
             return result
-        failed = worst(await self.add_members(group.group_id, group.owner, rest))
-        if failed:
-            return replace(failed, message=f"group {result.outcome}; some members not added: "
-                                           f"{failed.message}")
+        lacking = worst(await self.add_members(group.group_id, group.owner, rest))
+        if lacking:
+            return replace(lacking, message=f"group {result.outcome}; some members not added: "
+                                            f"{lacking.message}")
         return replace(result, data={"group_id": group.group_id})
 
     async def _not_members(self, group_id: str, user_ids: list[str]) -> list[str]:
@@ -356,9 +358,9 @@ class OpenIMClient(AdminToken, VendorClient):
     def _batch_outcome(self, body: dict[str, Any]) -> tuple[dict[str, str], set[str]]:
         data = data_of(body)
         # A result without a message id is not a sent message: its recipient is "missing".
-        sent = {r.get("recvID"): r.get("serverMsgID") or r.get("clientMsgID")
-                for r in listed(data, self.sent_key)
-                if isinstance(r, dict) and (r.get("serverMsgID") or r.get("clientMsgID"))}
+        sent = {recv: str(msg_id) for r in listed(data, self.sent_key)
+                if isinstance(r, dict) and isinstance(recv := r.get("recvID"), str)
+                and (msg_id := r.get("serverMsgID") or r.get("clientMsgID"))}
         return sent, set(listed(data, self.failed_key))
 
     async def _send_one(self, sender: str, recipient: str, message: Message) -> Result:

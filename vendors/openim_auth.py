@@ -11,7 +11,8 @@ where the token comes from, how long it lasts and which codes refuse it.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, ClassVar
+import asyncio
+from typing import TYPE_CHECKING, Any, AsyncGenerator, Callable, ClassVar
 
 import httpx
 
@@ -36,7 +37,7 @@ class OpenIMAuth(httpx.Auth):
         self.client = client
         self.admin = admin
 
-    async def async_auth_flow(self, request: httpx.Request) -> AsyncIterator[httpx.Request]:
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
         client = self.client
         if not self.admin:
             yield client.stamp(request, None)
@@ -67,6 +68,9 @@ class AdminToken:
     _token_body: Callable[[], dict[str, Any]]
     _expiry: Callable[[dict[str, Any]], float]
     # the client's (VendorClient, OpenIMClient)
+    _admin_token: str | None
+    _admin_expires: float
+    _token_lock: asyncio.Lock
     _admin_auth: httpx.Auth
     clock: Callable[[], float]
     config: Any

@@ -1,24 +1,26 @@
-"""OpenIM v3's message feed for the bridge: its after-send webhooks read
-into FeedMessages, and the `content` a relayed message is sent with.
+"""OpenIM v3's message feed for the bridge: its after-save and after-revoke
+webhooks read into FeedMessages, and the `content` a relayed message is sent with.
 
 Facts from the server's source (openimsdk/open-im-server v3 main,
 openimsdk/protocol; docs/vendors.md, "Message feeds" says where):
-- `afterSendSingleMsg` / `afterSendGroupMsg` POST `{url}/{callbackCommand}`
-  with the message (pkg/callbackstruct CommonCallbackReq + recvID/groupID),
-  for SDK and REST (admin, msgFrom 200) sends alike, one attempt (an
-  in-memory queue, `timeout` 5 s by default, no retry); notification
+- `afterMsgSaveDB` POSTs `{url}/callbackAfterMsgSaveDBCommand` with each
+  message msgtransfer has stored (CommonCallbackReq + recvID, groupID), its
+  `seq` given; SDK and REST (admin, msgFrom 200) sends alike, one attempt
+  (an in-memory queue, `timeout` 5 s by default, no retry); notification
   content types (1000-5000) and typing (113) are never sent.
-- The webhook fires before the message is stored, so its `seq` is 0.
 - `afterRevokeMsg` POSTs `{conversationID, seq, userID}` under the command
   "callbackBeforeAfterMsgCommand" (the server's own spelling): no
-  serverMsgID and no time.
+  serverMsgID and no time. So a message's id here is "<conversationID>#<seq>",
+  the pair a revoke names.
+- `afterSendSingleMsg` / `afterSendGroupMsg` fire before the message is
+  stored: their `seq` is 0, so no revoke could be matched to them. They
+  report the same messages again and are ignored.
 - Nothing is signed: the hook URL carries a secret of the user's
   (`feed_secret`), compared in constant time; sendTime bounds replays.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import posixpath
 import time
@@ -28,10 +30,12 @@ from urllib.parse import urlsplit
 import httpx
 
 from .client import invalid
-from .feeds import MAX_FEED_BYTES, Delivery, FeedMessage, FeedRefused, carries_mark, check_age, mark_json
+from .feeds import (MAX_FEED_BYTES, Delivery, FeedMessage, FeedRefused, carries_mark, check_age, mark_json,
+                    same_secret)
 from .vocabulary import Operation, Outcome, Result
 
-SINGLE_COMMAND = "callbackAfterSendSingleMsgCommand"
+SAVED_COMMAND = "callbackAfterMsgSaveDBCommand"  # CallbackAfterMsgSaveDBCommand
+SINGLE_COMMAND = "callbackAfterSendSingleMsgCommand"  # after-send: ignored (seq 0)
 GROUP_COMMAND = "callbackAfterSendGroupMsgCommand"
 REVOKE_COMMAND = "callbackBeforeAfterMsgCommand"  # CallbackAfterRevokeMsgCommand's value upstream
 SINGLE_CHAT, GROUP_CHAT = 1, 3  # sessionType (4: notification, never a user's message)
@@ -51,6 +55,15 @@ def conversation_id(sender: str, to: str, group: bool) -> str:
     return f"si_{a}_{b}"
 
 
+def message_key(conversation: str, seq: int) -> str:
+    """A stored message's id in the feed: what a revoke names it by."""
+    return f"{conversation}#{seq}"
+
+
+def revoke_id(conversation: str, seq: int) -> str:
+    """The feed's id of the revoke of that message (the webhook carries none of its own)."""
+    return "revoke:" + message_key(conversation, seq)
+
 
 
 
@@ -58,7 +71,7 @@ def conversation_id(sender: str, to: str, group: bool) -> str:
 # -- reading a delivery ----------------------------------------------------------------
 
 def read(secret: str, delivery: Delivery, now: float) -> list[FeedMessage]:
-    if not secret or not hmac.compare_digest(delivery.path_secret.encode(), secret.encode()):
+    if not same_secret(delivery.path_secret, secret):
         raise FeedRefused(401, "the hook URL's secret does not match the app's feed_secret")
     if len(delivery.body) > MAX_FEED_BYTES:
         raise FeedRefused(413, f"delivery larger than {MAX_FEED_BYTES} bytes")
@@ -71,8 +84,8 @@ def read(secret: str, delivery: Delivery, now: float) -> list[FeedMessage]:
     command = body.get("callbackCommand")
     if command == REVOKE_COMMAND:
         return [_revoke(body, now)]
-    if command not in (SINGLE_COMMAND, GROUP_COMMAND):
-        return []  # another webhook pointed at the same URL: no message in it
+    if command != SAVED_COMMAND:
+        return []  # another webhook at the same URL (after-send included): no message to take
     return _message(body, now)
 
 
@@ -95,11 +108,14 @@ def _message(body: dict[str, Any], now: float) -> list[FeedMessage]:
     if session not in (SINGLE_CHAT, GROUP_CHAT) or content_type in NOTIFICATIONS or content_type == TYPING:
         return []  # notifications and typing are not users' messages
     group = session == GROUP_CHAT
-    sender, msg_id = _text(body, "sendID"), _text(body, "serverMsgID")
-    to = _text(body, "groupID" if group else "recvID")
+    sender, to = _text(body, "sendID"), _text(body, "groupID" if group else "recvID")
+    seq = _int(body, "seq")
+    if seq < 1:
+        raise FeedRefused(400, "seq: a stored message has one (1 or more)")
     sent_at = _int(body, "sendTime")
     check_age(sent_at, now, unit=0.001)
     kind, text, custom = _content(content_type, body.get("content"))
+    msg_id = message_key(conversation_id(sender, to, group), seq)
     return [FeedMessage(msg_id=msg_id, sender=sender, to=to, group=group, sent_at_ms=sent_at,
                         kind=kind, text=text, custom=custom, marked=carries_mark(body.get("ex")))]
 
@@ -141,16 +157,14 @@ def _content(content_type: int, raw: Any) -> tuple[str, str | None, Mapping[str,
 
 
 def _revoke(body: dict[str, Any], now: float) -> FeedMessage:
-    """A revoke names the message by (conversationID, seq) only; the feed's
-    message carried seq 0, so `recalls` is "<conversationID>#<seq>", which
-    the bridge can match only if it learns that pair some other way."""
+    """A revoke names the message by (conversationID, seq) only: `recalls`
+    is the after-save message's id, message_key(conversationID, seq)."""
     conversation, user = _text(body, "conversationID"), _text(body, "userID")
     seq = _int(body, "seq")
     group = conversation.startswith("sg_")
     to = conversation[3:] if group else _peer(conversation, user)
-    key = f"{conversation}#{seq}"
-    return FeedMessage(msg_id=f"revoke:{key}", sender=user, to=to, group=group,
-                       sent_at_ms=int(now * 1000), kind="recall", recalls=key)
+    return FeedMessage(msg_id=revoke_id(conversation, seq), sender=user, to=to, group=group,
+                       sent_at_ms=int(now * 1000), kind="recall", recalls=message_key(conversation, seq))
 
 
 def _peer(conversation: str, user: str) -> str:
@@ -245,7 +259,8 @@ class OpenIMV3Feed:
         result, reply = await self._admin_call(key, "/msg/send_msg", body, repeat_safe=False)
         if result.outcome is not Outcome.OK:
             return result
-        sent = reply.get("data") if isinstance(reply.get("data"), dict) else {}
+        data = reply.get("data")
+        sent = data if isinstance(data, dict) else {}
         if not sent.get("serverMsgID"):
             return Result(Outcome.RETRYABLE, "incomplete", "the reply carried no serverMsgID",
                           maybe_delivered=True)
@@ -257,20 +272,23 @@ class OpenIMV3Feed:
         """/msg/revoke_msg takes (conversationID, seq, userID), and a send's
         reply carries no seq: find it with /msg/search_msg (the sender's
         messages to that user or group on the day sent), then revoke as the
-        sender. Already revoked is `exists`."""
+        sender. Already revoked is `exists`. data: `seq`, and `msg_id`, the id
+        the revoke webhook reports this revoke by, so a bridge that reads this
+        app's feed knows it as its own (an echo) when it comes back."""
         key = Operation.SEND_GROUP if message.group else Operation.SEND
         found = await self._find_seq(key, message, target_msg_id)
         if isinstance(found, Result):
             return found
         seq, revoked = found
         conversation = conversation_id(message.sender, message.to, message.group)
+        data = {"seq": seq, "msg_id": revoke_id(conversation, seq)}
         if revoked:
-            return Result(Outcome.EXISTS, ALREADY_REVOKED, "already revoked", data={"seq": seq})
+            return Result(Outcome.EXISTS, ALREADY_REVOKED, "already revoked", data=data)
         result, _ = await self._admin_call(key, "/msg/revoke_msg", {
             "conversationID": conversation, "seq": seq, "userID": message.sender}, repeat_safe=True)
         if result.code == ALREADY_REVOKED:
-            return Result(Outcome.EXISTS, result.code, result.message, data={"seq": seq})
-        return Result(result.outcome, result.code, result.message, data={"seq": seq},
+            return Result(Outcome.EXISTS, result.code, result.message, data=data)
+        return Result(result.outcome, result.code, result.message, data=data,
                       retry_after=result.retry_after) if result.succeeded else result
 
     async def _find_seq(self, key: Operation, message: FeedMessage,
@@ -286,8 +304,9 @@ class OpenIMV3Feed:
                     "pagination": {"pageNumber": number, "showNumber": SEARCH_PAGE}}, repeat_safe=True)
                 if not result.succeeded:
                     return result
-                data = body.get("data") if isinstance(body.get("data"), dict) else {}
-                logs = data.get("chatLogs") if isinstance(data.get("chatLogs"), list) else []
+                data = body.get("data")
+                found = data.get("chatLogs") if isinstance(data, dict) else None
+                logs = found if isinstance(found, list) else []
                 for item in logs:
                     log = item.get("chatLog") if isinstance(item, dict) else None
                     if isinstance(log, dict) and log.get("serverMsgID") == target_msg_id:

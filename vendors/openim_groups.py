@@ -62,7 +62,8 @@ class OpenIMV3Groups:
         return listing_page(result, body, "groups", number, size)
 
     async def _listed_group(self, entry: dict[str, Any]) -> Group | None:
-        info = entry.get("groupInfo") if isinstance(entry.get("groupInfo"), dict) else {}
+        found = entry.get("groupInfo")
+        info = found if isinstance(found, dict) else {}
         group_id = str(info.get("groupID") or "")
         if not group_id:
             return None

@@ -20,7 +20,7 @@ import httpx
 
 from .vocabulary import FieldRule, Group, Message, Operation, Outcome, Profile, Result
 from .client import Batch, CallFailed, Codes, invalid, same_for_all
-from .openim import TOKEN, data_of, exists, listed, ok, with_data
+from .openim import TOKEN, data_of, exists, listed, ok
 from .openim_v2 import RULES_V2, OpenIMV2Client
 from .paging import PageFetch, sliced
 
@@ -85,35 +85,16 @@ class OpenIMV1Client(OpenIMV2Client):
 
     # -- users ---------------------------------------------------------------------------
 
-    async def _register(self, profile: Profile) -> Result:
-        """One user with the secret; returns its token. An existing user is an
-        HTTP 500 (MySQL's duplicate key) in v1.0.7, 1102 in the reference."""
-        body = {"secret": self.config.secret, "platform": self.config.platform_id, **_user(profile)}
-        result, reply = await self._post(Operation.REGISTER, "/auth/user_register", body, admin=False)
-        if result.outcome is Outcome.OK:
-            data = data_of(reply)
-            return Result(Outcome.OK, "0", data={"user_id": profile.user_id, "token": data.get("token"),
-                                                 "expires_at": data.get("expiredTime")})
-        if result.outcome is Outcome.EXISTS:
-            return exists(profile.user_id, "user already registered", result.code)
-        if result.outcome is Outcome.RETRYABLE:
-            try:
-                if profile.user_id in await self._users([profile.user_id]):
-                    return exists(profile.user_id, "user already registered", result.code)
-            except CallFailed as failed:
-                return failed.result
-        return result
+    # register (with its fallback), update_profiles and get_profiles are v2's,
+    # over these two: a user's fields as v1 names them, and a stored user read back.
 
-    async def update_profiles(self, profiles: Sequence[Profile]) -> list[Result]:
-        """The admin updates `uid`; empty fields are left as stored (the server skips them)."""
-        batch, todo, repeats = self._profiles(profiles)
+    @staticmethod
+    def _user_fields(profile: Profile) -> dict[str, Any]:
+        return _user(profile)
 
-        async def one(profile: Profile) -> Result:
-            result, _ = await self._post(Operation.UPDATE_PROFILE, "/user/update_user_info", _user(profile))
-            return with_data(result, user_id=profile.user_id)
-
-        batch.put(todo, await self.each([profiles[i] for i in todo], one))
-        return self._mirrored(batch, repeats)
+    @staticmethod
+    def _profile_of(user: dict[str, Any]) -> Profile:
+        return _profile(user)
 
     async def _users(self, user_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Stored users by id (unknown ids are left out). Raises CallFailed."""
@@ -127,14 +108,6 @@ class OpenIMV1Client(OpenIMV2Client):
             found.update({u["uid"]: u for u in listed(body.get("data"), None)
                           if isinstance(u, dict) and "uid" in u})
         return found
-
-    async def get_profiles(self, user_ids: Sequence[str]) -> list[Profile | None]:
-        users = await self._users(list(dict.fromkeys(user_ids)))
-        return [_profile(users[u]) if u in users else None for u in user_ids]
-
-    @staticmethod
-    def _profile_of(user: dict[str, Any]) -> Profile:
-        return _profile(user)
 
     def _user_ids(self) -> PageFetch[str]:
         """Every id in one reply's top-level `uidList`: read once per listing, then paged here."""

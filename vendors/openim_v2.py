@@ -99,14 +99,23 @@ class OpenIMV2Client(OpenIMClient):
         batch.put(todo, await self.each([profiles[i] for i in todo], self._register))
         return self._mirrored(batch, repeats)
 
+    @staticmethod
+    def _user_fields(profile: Profile) -> dict[str, Any]:
+        """A user as register and update_user_info take it (v1 names the fields its own way)."""
+        return _user(profile)
+
     async def _register(self, profile: Profile) -> Result:
-        """Registers one user with the secret and returns its token; an existing user is an HTTP 500."""
-        body = {"secret": self.config.secret, "platform": self.config.platform_id, **_user(profile)}
+        """Registers one user with the secret and returns its token. An
+        existing user is an HTTP 500 (v2, and MySQL's duplicate key in v1.0.7):
+        then the user is looked up; 1102 in v1's reference is `exists` by its codes."""
+        body = {"secret": self.config.secret, "platform": self.config.platform_id, **self._user_fields(profile)}
         result, reply = await self._post(Operation.REGISTER, "/auth/user_register", body, admin=False)
         if result.outcome is Outcome.OK:
             data = data_of(reply)
             return Result(Outcome.OK, "0", data={"user_id": profile.user_id, "token": data.get("token"),
                                                  "expires_at": data.get("expiredTime")})
+        if result.outcome is Outcome.EXISTS:
+            return exists(profile.user_id, "user already registered", result.code)
         if result.outcome is Outcome.RETRYABLE:
             try:
                 if profile.user_id in await self._users([profile.user_id]):
@@ -116,11 +125,12 @@ class OpenIMV2Client(OpenIMClient):
         return result
 
     async def update_profiles(self, profiles: Sequence[Profile]) -> list[Result]:
-        """Sets the given fields; empty ones are left as stored."""
+        """The admin sets the given fields; empty ones are left as stored (the server skips them)."""
         batch, todo, repeats = self._profiles(profiles)
 
         async def one(profile: Profile) -> Result:
-            result, _ = await self._post(Operation.UPDATE_PROFILE, "/user/update_user_info", _user(profile))
+            result, _ = await self._post(Operation.UPDATE_PROFILE, "/user/update_user_info",
+                                         self._user_fields(profile))
             return with_data(result, user_id=profile.user_id)
 
         batch.put(todo, await self.each([profiles[i] for i in todo], one))
@@ -141,7 +151,7 @@ class OpenIMV2Client(OpenIMClient):
     async def get_profiles(self, user_ids: Sequence[str]) -> list[Profile | None]:
         """Raises CallFailed when the server cannot answer."""
         users = await self._users(list(dict.fromkeys(user_ids)))
-        return [_profile(users[u]) if u in users else None for u in user_ids]
+        return [self._profile_of(users[u]) if u in users else None for u in user_ids]
 
     async def issue_tokens(self, user_ids: Sequence[str]) -> list[Result]:
         batch = Batch(user_ids, self._token_target)
@@ -208,7 +218,8 @@ class OpenIMV2Client(OpenIMClient):
                                         {"groupID": group_id, "memberList": list(user_ids)})
         if not result.succeeded:
             raise CallFailed(result)
-        return {m.get("userID") for m in listed(body.get("data"), None) if isinstance(m, dict)}
+        return {uid for m in listed(body.get("data"), None)
+                if isinstance(m, dict) and isinstance(uid := m.get("userID"), str)}
 
     async def _invite(self, group_id: str, user_ids: list[str]) -> list[Result]:
         """The reply lists each user's result (0: invited, -1: not, being a
@@ -272,7 +283,8 @@ def _per_user(body: dict[str, Any]) -> dict[str, Any] | None:
     data = body.get("data")
     if not isinstance(data, list):
         return None
-    return {d.get("userID"): d.get("result") for d in data if isinstance(d, dict)}
+    return {uid: d.get("result") for d in data
+            if isinstance(d, dict) and isinstance(uid := d.get("userID"), str)}
 
 
 def _profile(user: dict[str, Any]) -> Profile:

@@ -249,7 +249,8 @@ class OpenIMV3Client(OpenIMV3Feed, OpenIMV3Groups, OpenIMClient):
                                         {"groupID": group_id, "userIDs": list(user_ids)})
         if not result.succeeded:
             raise CallFailed(result)
-        return {m.get("userID") for m in listed(body.get("data"), "members") if isinstance(m, dict)}
+        return {uid for m in listed(body.get("data"), "members")
+                if isinstance(m, dict) and isinstance(uid := m.get("userID"), str)}
 
     async def _invite(self, group_id: str, user_ids: list[str], rounds: int = 2) -> list[Result]:
         """Inviting a member again fails the whole call (a duplicate-key 500),

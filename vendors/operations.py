@@ -77,7 +77,7 @@ def decode_profile(item: WorkItem) -> Profile:
 
 def encode_message(message: Message) -> dict[str, Any]:
     """A message as job params carry it."""
-    return {"text": message.text} if message.text is not None else {"custom": dict(message.custom)}
+    return {"text": message.text} if message.custom is None else {"custom": dict(message.custom)}
 
 
 def encode_group(group: Group, **extra: str) -> dict[str, Any]:
@@ -165,7 +165,8 @@ async def _issue(client, items, params, key):
     return await client.issue_tokens([i.payload.get("user_id", i.key) for i in items])
 
 
-async def _verify(client, items, params, key):
+async def _verify(client: VendorClient, items: Sequence[WorkItem], params: Mapping[str, Any],
+                  key: str) -> list[Result]:
     """An item is `ok` when the target holds what it was given: an account
     with its profile, a group with its members, a user's friends. Anything
     else is `rejected` with what was expected and what was found."""
@@ -173,6 +174,7 @@ async def _verify(client, items, params, key):
 
     users = [i for i in items if i.payload.get("check", "profile") == "profile"]
     results: dict[int, Result] = {}
+    found: Sequence[Profile | CallFailed | None]
     try:
         found = await client.get_profiles([i.payload.get("user_id", i.key) for i in users])
     except CallFailed as failed:

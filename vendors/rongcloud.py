@@ -17,7 +17,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlencode
 
 import httpx
@@ -308,6 +308,7 @@ class RongCloudClient(RongCloudGroups, VendorClient):
 
     def _encode(self, message: Message) -> tuple[str, str, str | None]:
         """objectName, content, and the reason it cannot be sent (or None)."""
+        payload: Mapping[str, Any] | None
         if message.text is not None:
             object_name, payload = TEXT_OBJECT_NAME, {"content": message.text}
         else:

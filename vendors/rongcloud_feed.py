@@ -13,12 +13,11 @@ where they do, the `extra` field of a built-in message carries feeds.MARK.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 from typing import Any
 from urllib.parse import parse_qsl
 
-from .feeds import MARK, Delivery, FeedMessage, FeedRefused, check_age
+from .feeds import MARK, Delivery, FeedMessage, FeedRefused, check_age, same_secret
 
 CHANNELS = {"PERSON": False, "GROUP": True}  # channelType -> a group's message
 RECALL = "RC:RcCmd"  # the recall command a client sends; its content names the message
@@ -43,7 +42,7 @@ def verify(app_key: str, app_secret: str, delivery: Delivery, now: float) -> Non
     if not values["signTimestamp"].isdigit():
         raise FeedRefused(401, "signTimestamp is not a number")
     expected = routing_signature(app_secret, values["nonce"], values["signTimestamp"])
-    if not hmac.compare_digest(values["signature"].lower(), expected):
+    if not same_secret(values["signature"].lower(), expected):
         raise FeedRefused(401, "signature does not match")
     check_age(int(values["signTimestamp"]), now, unit=0.001)
 

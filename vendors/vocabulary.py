@@ -145,9 +145,12 @@ class FieldRule:
     pattern_hint: str = ""  # says the pattern in words, for error messages
     required: bool = False
     choices: tuple[str, ...] | None = None
+    # `pattern` compiled once (a planner checks every row of a million-row file): set
+    # by __post_init__, not an argument, and left out of repr, == and hash.
+    _fullmatch: Callable[[str], re.Match[str] | None] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # Compiled once: a planner checks every row of a million-row file.
         object.__setattr__(self, "_fullmatch",
                            re.compile(self.pattern).fullmatch if self.pattern is not None else None)
 

@@ -276,9 +276,12 @@ def test_a_message_to_an_account_not_migrated_yet_is_held_then_fails_naming_it(t
         assert [m["text"] for m in b.new.inbox(b.new.users[0])] == ["old:ok#0"]
 
 
-def test_a_recall_of_a_relayed_message_takes_it_back_at_the_target(tmp_path):
+# OpenIM as the source: its revoke webhook names the message by (conversationID,
+# seq), which only its after-save webhook reported (vendors/openim_feed.py).
+@pytest.mark.parametrize("old_vendor,new_vendor", [("netease", "rongcloud"), ("openim", "maxim")])
+def test_a_recall_of_a_relayed_message_takes_it_back_at_the_target(tmp_path, old_vendor, new_vendor):
     db = f"sqlite:///{tmp_path}/imshift.db"
-    with bridged(tmp_path, db, "netease", "rongcloud", users=4) as b:
+    with bridged(tmp_path, db, old_vendor, new_vendor, users=4) as b:
         with serving(b, tmp_path / "serve.log"):
             b.old.feed_to(b.old.hook(b.server_url))
             plan = [Sent("old", b.old.users[0], b.old.users[1], False, "old:r#0"),
@@ -293,6 +296,37 @@ def test_a_recall_of_a_relayed_message_takes_it_back_at_the_target(tmp_path):
                              "the recall relayed")
         assert [m["text"] for m in inbox] == ["old:r#0", "old:r#1"]
         assert inbox[0]["recalled"] and not inbox[1].get("recalled")
+
+
+def test_a_recall_relayed_into_openim_is_not_relayed_back(tmp_path):
+    """Both ways, RongCloud and OpenIM: the recall relayed into OpenIM comes
+    back through its revoke webhook, which names only (conversationID, seq);
+    the bridge knows it by the id OpenIM's recall answered and drops it as an
+    echo, as it drops the relayed message's own after-save webhook."""
+    db = f"sqlite:///{tmp_path}/imshift.db"
+    with bridged(tmp_path, db, "rongcloud", "openim", users=4, both_ways=True) as b:
+        with serving(b, tmp_path / "serve.log"):
+            b.old.feed_to(b.old.hook(b.server_url))
+            b.new.feed_to(b.new.hook(b.server_url))
+            plan = [Sent("old", b.old.users[0], b.old.users[1], False, "old:r#0")]
+            asyncio.run(send_all(b.old, plan, rate=20))
+            target = b.new.users[1]
+            wait_for(lambda: len(b.new.inbox(target)) == 1, 15, "the message relayed")
+            reply = httpx.post(f"{b.old.url}/_sandbox/client/recall",
+                               json={"from": b.old.users[0], "msg_id": plan[0].msg_id}, timeout=10)
+            assert reply.status_code == 200, reply.text
+            wait_for(lambda: b.new.inbox(target)[0].get("recalled"), 15, "the recall relayed")
+
+            def back() -> dict | None:
+                s = httpx.get(f"{b.server_url}/api/bridges/1", timeout=10).json()
+                way = s["directions"][1]
+                return s if way["echoes"] >= 2 or way["failed"] or way["pending"] else None
+
+            status = wait_for(back, 15, "OpenIM's webhooks for the relayed message and its recall")
+        forward, backward = status["directions"]
+        assert forward["relayed"] == 2 and forward["failed"] == 0, status  # the message and its recall
+        assert backward["echoes"] == 2 and backward["relayed"] == backward["failed"] == 0, status
+        assert [m["text"] for m in b.old.inbox(b.old.users[1])] == ["old:r#0"]
 
 
 def test_a_paused_bridge_stores_deliveries_and_relays_them_when_resumed_from_the_cli(tmp_path):

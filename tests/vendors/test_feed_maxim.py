@@ -155,7 +155,8 @@ def event(**changes):
 
 
 def test_refusals_say_why_without_the_signature():
-    for signature, config in (("wrong", CONFIG), (False, CONFIG), (None, replace(CONFIG, feed_signature=""))):
+    for signature, config in (("wrong", CONFIG), ("\xe9" + CONFIG.feed_signature, CONFIG), (False, CONFIG),
+                              (None, replace(CONFIG, feed_signature=""))):
         with pytest.raises(FeedRefused) as refused:
             read(event(), signature, config)
         assert refused.value.status == 401 and CONFIG.feed_signature not in refused.value.reason

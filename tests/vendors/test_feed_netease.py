@@ -178,7 +178,10 @@ def test_the_signature_the_age_and_the_app_key_are_checked():
     assert read(signed(body, key=None))[0].text == "hi"  # the documented examples send no AppKey
     cases = [signed(body, secret="forged"), signed(body, curtime=str(int(time.time() * 1000) - 400_000)),
              signed(body, key="other-app"), replace(signed(body), body=body + b" "),
-             Delivery({}, {}, body)]
+             Delivery({}, {}, body),
+             # header bytes over 0x7f read as latin-1 text: refused, not a TypeError
+             replace(signed(body), headers={**signed(body).headers, "checksum": "\xe9" * 40}),
+             replace(signed(body), headers={**signed(body).headers, "md5": "\xe9" * 32})]
     for delivery in cases:
         with pytest.raises(FeedRefused) as refused:
             read(delivery)

@@ -1,7 +1,8 @@
 """OpenIM v3's feed for the bridge, over real HTTP on loopback: the sandbox
-posts its after-send and after-revoke webhooks to a small receiver that
-runs read_feed on each POST; relay() sends as the original sender with the
-mark in `ex`, and recall() takes a relayed message back."""
+posts its after-save and after-revoke webhooks (and after-send ones when
+enabled) to a small receiver that runs read_feed on each POST; relay()
+sends as the original sender with the mark in `ex`, and recall() takes a
+relayed message back."""
 
 import asyncio
 import json
@@ -16,6 +17,7 @@ from imshift.vendors.openim import OpenIMClient
 from imshift.vendors.openim_v2 import OpenIMV2Client
 from imshift.vendors.sandbox.common import Faults
 from imshift.vendors.sandbox.openim import OpenIMSandbox
+from imshift.vendors.sandbox.openim_feed import WEBHOOKS
 from imshift.vendors.sandbox.serve import served
 
 from feed_receiver import Receiver
@@ -55,13 +57,13 @@ class Rig:
 
 
 @pytest.fixture
-async def rig():
-    box = OpenIMSandbox()
+async def rig(request):
+    box = OpenIMSandbox(**getattr(request, "param", {}))
     people(box)
     receiver = Receiver(OpenIMClient, box.config(), ok_body=OK_REPLY)
     with served(box) as base, served(receiver) as hooks:
         async with http_client() as http:
-            url = f"{hooks}/hooks/app1/{box.feed_secret}/callbackAfterSendSingleMsgCommand"
+            url = f"{hooks}/hooks/app1/{box.feed_secret}/callbackAfterMsgSaveDBCommand"
             assert (await http.post(base + "/_sandbox/feed", json={"url": url})).status_code == 200
             yield Rig(box, base, receiver, http, hooks)
 
@@ -76,7 +78,8 @@ async def test_client_sends_come_through_the_feed_in_order(rig):
                               "file": {"url": "https://x.example/r.pdf", "name": "r.pdf", "size": 1234}})]
     await rig.settled(5)
     got = sorted(rig.receiver.got, key=lambda m: m.sent_at_ms)
-    assert [m.msg_id for m in got] == [s["msg_id"] for s in sent]
+    # Each message by the (conversationID, seq) a revoke names it with.
+    assert [m.msg_id for m in got] == ["si_ann_bob#1", "sg_g1#1", "si_ann_bob#2", "sg_g1#2", "si_ann_bob#3"]
     assert [m.sent_at_ms for m in got] == [s["sent_at_ms"] for s in sent]
     assert [m.kind for m in got] == ["text", "text", "custom", "image", "file"]
     assert got[0].text == "héllo  " and got[0].sender == "ann" and got[0].to == "bob" and not got[0].group
@@ -85,10 +88,23 @@ async def test_client_sends_come_through_the_feed_in_order(rig):
     assert got[3].custom == {"url": "https://x.example/a.png", "width": 8, "height": 6, "size": 99, "type": "jpg"}
     assert got[4].custom == {"url": "https://x.example/r.pdf", "name": "r.pdf", "size": 1234}
     assert not any(m.marked for m in got)
-    # As the server does: the key query names the pair, the body the command.
+    # As the server does: the key query names the pair, the body the command and the stored seq.
     first = json.loads(rig.receiver.deliveries[0].body)
-    assert first["callbackCommand"] == "callbackAfterSendSingleMsgCommand" and first["msgFrom"] == 100
-    assert first["seq"] == 0 and "key" in rig.receiver.deliveries[0].query
+    assert first["callbackCommand"] == "callbackAfterMsgSaveDBCommand" and first["msgFrom"] == 100
+    assert first["seq"] == 1 and first["serverMsgID"] == sent[0]["msg_id"]
+    assert (first["recvID"], first["groupID"]) == ("bob", "") and "key" in rig.receiver.deliveries[0].query
+
+
+@pytest.mark.parametrize("rig", [{"webhooks": WEBHOOKS}], indirect=True)
+async def test_with_the_after_send_webhooks_enabled_too_each_message_is_taken_once(rig):
+    await rig.send(**{"from": "ann", "to": "bob", "text": "one"})
+    await rig.send(**{"from": "bob", "to": "g1", "group": True, "text": "two"})
+    await rig.settled(2)
+    bodies = [json.loads(d.body) for d in rig.receiver.deliveries]
+    assert sorted((b["callbackCommand"], b["seq"]) for b in bodies) == [
+        ("callbackAfterMsgSaveDBCommand", 1), ("callbackAfterMsgSaveDBCommand", 1),
+        ("callbackAfterSendGroupMsgCommand", 0), ("callbackAfterSendSingleMsgCommand", 0)]
+    assert sorted(m.msg_id for m in rig.receiver.got) == ["sg_g1#1", "si_ann_bob#1"]
 
 
 async def test_relay_lands_as_the_sender_and_comes_back_marked(rig):
@@ -105,9 +121,10 @@ async def test_relay_lands_as_the_sender_and_comes_back_marked(rig):
     assert in_group["from"] == "bob" and in_group["custom"] == {"a": "ü"}
     assert (await rig.inbox("ann"))[-1]["custom"]["url"] == "https://x.example/p.jpg"
     await rig.settled(3)
-    assert sorted(m.msg_id for m in rig.receiver.got) == sorted(r.data["msg_id"] for r in results)
+    bodies = [json.loads(d.body) for d in rig.receiver.deliveries]
+    assert sorted(b["serverMsgID"] for b in bodies) == sorted(r.data["msg_id"] for r in results)
     assert all(m.marked for m in rig.receiver.got)  # the bridge's own sends, never relayed again
-    assert json.loads(json.loads(rig.receiver.deliveries[0].body)["ex"]) == {MARK: True}
+    assert json.loads(bodies[0]["ex"]) == {MARK: True}
 
 
 async def test_recall_takes_back_the_relayed_message(rig):
@@ -121,6 +138,7 @@ async def test_recall_takes_back_the_relayed_message(rig):
     await rig.settled(2)
     [revoke] = [m for m in rig.receiver.got if m.kind == "recall"]
     assert revoke.recalls == f"sg_g1#{recalled.data['seq']}" and revoke.sender == "ann" and revoke.group
+    assert revoke.msg_id == recalled.data["msg_id"]  # a bridge reading this feed knows it as its own
 
 
 async def test_a_client_recall_comes_through_as_a_recall(rig):
@@ -128,13 +146,13 @@ async def test_a_client_recall_comes_through_as_a_recall(rig):
     reply = await rig.http.post(rig.base + "/_sandbox/client/recall", json={"from": "bob", "msg_id": sent["msg_id"]})
     assert reply.status_code == 200
     await rig.settled(2)
-    recall = rig.receiver.got[-1]
+    message, recall = rig.receiver.got
     assert (recall.kind, recall.sender, recall.to, recall.group) == ("recall", "bob", "ann", False)
-    assert recall.recalls == "si_ann_bob#1"
+    assert recall.recalls == message.msg_id == "si_ann_bob#1"  # exactly the message it takes back
 
 
 async def test_a_wrong_secret_in_the_url_is_refused(rig):
-    url = f"{rig.hooks}/hooks/app1/{rig.box.feed_secret}x/callbackAfterSendSingleMsgCommand"
+    url = f"{rig.hooks}/hooks/app1/{rig.box.feed_secret}x/callbackAfterMsgSaveDBCommand"
     await rig.http.post(rig.base + "/_sandbox/feed", json={"url": url})
     await rig.send(**{"from": "ann", "to": "bob", "text": "hi"})
     stats = await rig.settled(1)
@@ -148,9 +166,10 @@ def delivery(body, secret="s3cret"):
 
 
 def message_body(**changes):
-    body = {"callbackCommand": "callbackAfterSendSingleMsgCommand", "sendID": "ann", "recvID": "bob",
-            "serverMsgID": "m1", "clientMsgID": "c1", "sessionType": 1, "msgFrom": 100, "contentType": 101,
-            "sendTime": int(time.time() * 1000), "content": json.dumps({"content": "hi"}), "seq": 0, "ex": ""}
+    body = {"callbackCommand": "callbackAfterMsgSaveDBCommand", "sendID": "ann", "recvID": "bob",
+            "groupID": "", "serverMsgID": "m1", "clientMsgID": "c1", "sessionType": 1, "msgFrom": 100,
+            "contentType": 101, "sendTime": int(time.time() * 1000), "content": json.dumps({"content": "hi"}),
+            "seq": 4, "ex": ""}
     return {**body, **changes}
 
 
@@ -163,7 +182,8 @@ def read(body, secret="s3cret", feed_secret="s3cret", now=None):
 
 
 def test_refusals_say_why_without_the_secret():
-    for secret, feed_secret in (("wrong", "s3cret"), ("", "s3cret"), ("", ""), ("s3cret", "")):
+    for secret, feed_secret in (("wrong", "s3cret"), ("s3cr\xe9t", "s3cret"), ("", "s3cret"), ("", ""),
+                                ("s3cret", "")):
         with pytest.raises(FeedRefused) as refused:
             read(message_body(), secret, feed_secret)
         assert refused.value.status == 401 and "s3cret" not in refused.value.reason
@@ -171,21 +191,24 @@ def test_refusals_say_why_without_the_secret():
         read(message_body(sendTime=int((time.time() - 3600) * 1000)))
     assert stale.value.status == 401
     for bad in (b"{not json", b"[1]", message_body(sendID=""), message_body(sendTime="soon"),
-                message_body(content="not json"), message_body(serverMsgID=None)):
+                message_body(content="not json"), message_body(seq=0), message_body(seq="4")):
         with pytest.raises(FeedRefused) as malformed:
             read(bad)
         assert malformed.value.status == 400
 
 
 def test_what_is_not_a_users_message_is_ignored_and_other_types_keep_their_name():
+    [text] = read(message_body())
+    assert (text.msg_id, text.kind, text.text, text.sender, text.to) == ("si_ann_bob#4", "text", "hi", "ann", "bob")
     assert read(message_body(callbackCommand="callbackAfterUserOnlineCommand")) == []
+    # After-send reports the message again before it is stored (seq 0): its after-save is the one taken.
+    assert read(message_body(callbackCommand="callbackAfterSendSingleMsgCommand", seq=0)) == []
     assert read(message_body(sessionType=4)) == []  # notification session
     assert read(message_body(contentType=1501)) == []  # a group notification
     [voice] = read(message_body(contentType=103, content=json.dumps({"sourceUrl": "u"})))
     assert voice.kind == "voice" and voice.text is None
-    [group] = read(message_body(callbackCommand="callbackAfterSendGroupMsgCommand", sessionType=3,
-                                groupID="g_1", recvID=""))
-    assert group.group and group.to == "g_1"
+    [group] = read(message_body(sessionType=3, groupID="g_1", recvID=""))
+    assert group.group and group.to == "g_1" and group.msg_id == "sg_g_1#4"
     [marked] = read(message_body(ex=json.dumps({MARK: True, "other": 1})))
     assert marked.marked
 

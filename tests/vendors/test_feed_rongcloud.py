@@ -172,8 +172,9 @@ def test_the_signature_the_age_and_the_app_key_are_checked():
     assert read(signed(routed()))[0].text == "hi"
     stale = str(int(time.time() * 1000) - 400_000)
     forged_key = replace(signed(routed()), query={**signed(routed()).query, "appKey": "other"})
+    not_ascii = replace(signed(routed()), query={**signed(routed()).query, "signature": "\xe9" * 40})
     for delivery in (signed(routed(), secret="forged"), signed(routed(), stamp=stale), forged_key,
-                     Delivery({}, {}, routed())):
+                     Delivery({}, {}, routed()), not_ascii):
         with pytest.raises(FeedRefused) as refused:
             read(delivery)
         assert refused.value.status == 401 and "demo-secret" not in refused.value.reason

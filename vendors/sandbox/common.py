@@ -24,7 +24,7 @@ import random
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Hashable, Mapping
+from typing import Any, Callable, ClassVar, Hashable, Iterable, Mapping
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
@@ -34,7 +34,7 @@ from starlette.routing import Route
 
 from ..vocabulary import WINDOWS, Profile
 from ..client import VendorClient
-from .store import Store
+from .store import Key, Store
 
 STATS_PATH = "/_sandbox/stats"  # GET: the counters, for benchmarks and rehearsals over HTTP
 
@@ -70,7 +70,7 @@ class Form(dict):
     """Form or query fields: the first value of each name, and `getlist` for
     names sent more than once (RongCloud's repeated `toUserId`)."""
 
-    def __init__(self, items: list[tuple[str, str]] = ()):
+    def __init__(self, items: Iterable[tuple[str, str]] = ()):
         self.lists: dict[str, list[str]] = {}
         for key, value in items:
             self.lists.setdefault(key, []).append(value)
@@ -80,6 +80,9 @@ class Form(dict):
         return list(self.lists.get(name, []))
 
 
+Op = str | Callable[[Any], str]  # an endpoint's counted operation, or a function of its params
+
+
 @dataclass
 class Endpoint:
     """One route: `op` is the counted operation (or a function of the params),
@@ -87,7 +90,7 @@ class Endpoint:
     against the limit (a function of the params)."""
 
     path: str
-    op: str | Callable[[Any], str]
+    op: Op
     handler: Callable[[Any, "Call"], Any]
     body: str = "form"
     methods: tuple[str, ...] = ("POST",)
@@ -343,15 +346,15 @@ class Sandbox:
     # -- read-back for tests -----------------------------------------------------------
 
     @property
-    def users(self) -> dict[Hashable, Any]:
+    def users(self) -> dict[Key, Any]:
         return self.store.users
 
     @property
-    def groups(self) -> dict[Hashable, Any]:
+    def groups(self) -> dict[Key, Any]:
         return self.store.groups
 
     @property
-    def inboxes(self) -> dict[Hashable, list[dict[str, Any]]]:
+    def inboxes(self) -> dict[Key, list[dict[str, Any]]]:
         return self.store.inboxes
 
     def stored_profile(self, user_id: str) -> Profile | None:

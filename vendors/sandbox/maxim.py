@@ -223,7 +223,7 @@ class MaximSandbox(MaximFeed, MaximGroups, Sandbox):
 
     def _batch_update(self, body: dict[str, Any], update) -> Any:
         """Shared by /user/profile/batch and /user/avatar/batch: per-item results."""
-        out = []
+        out: list[dict[str, Any]] = []
         for item in self._items(body):
             uid = as_id(item.get("user_id"))
             try:

@@ -13,12 +13,16 @@ through the server API is not posted.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from ..maxim_feed import CONTENT_TYPES
-from .common import Call, Endpoint
+from .common import Call, Endpoint, Sandbox
 from .feed import FeedSandbox, Outgoing, json_body
 from .maxim_params import Refused, as_id
+
+if TYPE_CHECKING:
+    from .maxim import User
+    from .maxim_groups import ChatGroup
 
 CTYPES = {0: "TEXT", 1: "IMAGE", 2: "AUDIO", 3: "VIDEO", 4: "FILE", 5: "LOCATION", 6: "COMMAND",
           7: "FORWARD", 9: "READ_ACK", 10: "RECALL", 11: "APPEND", 12: "REPLACE"}
@@ -41,7 +45,18 @@ def media_of(attachment: Any) -> dict[str, Any] | None:
 DEMO_FEED_SIGNATURE = "demo-feed-signature"
 
 
-class MaximFeed(FeedSandbox):
+class MaximFeed(FeedSandbox, Sandbox):
+    """Besides the base's, MaximSandbox provides these (maxim_groups.py the groups'):"""
+
+    app_id: str
+    _msg_ids: Iterator[int]
+    if TYPE_CHECKING:
+        def _acting_user(self, call: Call) -> User: ...
+        def _user(self, uid: int, name: str) -> User: ...
+        def _group(self, raw: Any) -> ChatGroup: ...
+        def _deliver(self, to: int, sender: int | None, content_type: int, content: str,
+                     group: int | None = None, msg_id: int | None = None) -> int: ...
+
     def init_maxim_feed(self) -> None:
         self.init_feed()
         # A fixed demo value like the sandbox's other credentials, so a sandbox

@@ -6,10 +6,13 @@ added directly, and both read back.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator
 
-from .common import Call, Form
+from .common import Call, Form, Sandbox
 from .maxim_params import Refused, as_id, id_list, text, window
+
+if TYPE_CHECKING:
+    from .maxim import User
 
 PAGE = 1000  # member_list's documented default limit, ours for roster/list too
 
@@ -27,9 +30,13 @@ class ChatGroup:
         return getattr(self, name)
 
 
-class MaximGroups:
-    """MaximSandbox provides `users`, `groups`, `store`, `duplicates`,
-    `clock`, `_group_ids`, `_acting_user(call)` and `_user(uid, name)`."""
+class MaximGroups(Sandbox):
+    """Besides the base's, MaximSandbox provides these:"""
+
+    _group_ids: Iterator[int]
+    if TYPE_CHECKING:
+        def _acting_user(self, call: Call) -> User: ...
+        def _user(self, uid: int, name: str) -> User: ...
 
     def create_group(self, body: dict[str, Any], call: Call) -> Any:
         owner = self._acting_user(call)

@@ -5,7 +5,7 @@ ids, numbers in the query. A value it cannot read is refused with 10002.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, overload
 
 from .common import Form, Refusal
 
@@ -23,6 +23,10 @@ def as_id(value: Any) -> int | None:
     return None
 
 
+@overload
+def text(body: dict[str, Any], name: str, *, required: Literal[True]) -> str: ...
+@overload
+def text(body: dict[str, Any], name: str, *, required: bool = False) -> str | None: ...
 def text(body: dict[str, Any], name: str, *, required: bool = False) -> str | None:
     value = body.get(name)
     if value is None or value == "":

@@ -89,10 +89,12 @@ class NeteaseSandbox(NeteaseFeed, Sandbox):
 
     def authenticate(self, request: Request) -> None:
         headers = request.headers  # case-insensitive, as HTTP header names are
-        values = {name: headers.get(name) for name in ("AppKey", "Nonce", "CurTime", "CheckSum")}
-        for name, value in values.items():
+        values: dict[str, str] = {}
+        for name in ("AppKey", "Nonce", "CurTime", "CheckSum"):
+            value = headers.get(name)
             if not value:
                 raise Refusal(414, f"{name} header is missing")
+            values[name] = value
         if values["AppKey"] != self.app_key:
             raise Refusal(414, "appkey")
         if len(values["Nonce"]) > 128:
@@ -156,8 +158,8 @@ class NeteaseSandbox(NeteaseFeed, Sandbox):
         unregistered, msgids = [], {}
         for target in dict.fromkeys(t.lower() for t in targets):
             if target in self.users:
-                msgids[target], _ = self.store_message(sender, target, False, content,
-                                                       route=route, ext=ext)
+                msgids[target] = self.store_message(sender, target, False, content,
+                                                    route=route, ext=ext)[0]
                 for copy in self.copies(msgids[target]):
                     self.feed.push(copy)
             else:

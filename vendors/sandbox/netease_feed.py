@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from ..netease_feed import body_md5, copy_checksum
-from .common import Call, Form, Refusal
+from .common import Call, Form, Refusal, Sandbox
 from .feed import FeedSandbox, Outgoing, json_body
 
 # What a client can send, as sendMsg `type` and the copy's msgType.
@@ -24,11 +24,18 @@ CLIENT_TYPES = {"text": (0, "TEXT"), "custom": (100, "CUSTOM"), "image": (1, "PI
                 "file": (6, "FILE")}
 COPY_TYPES = {0: "TEXT", 1: "PICTURE", 2: "AUDIO", 3: "VIDEO", 4: "LOCATION", 6: "FILE",
               10: "TIPS", 100: "CUSTOM"}
-KIND_OF_TYPE = {0: "text", 1: "image", 6: "file", 100: "custom"}
+KIND_OF_TYPE: dict[Any, str] = {0: "text", 1: "image", 6: "file", 100: "custom"}  # read with any entry's type
 
 
-class NeteaseFeed(FeedSandbox):
-    """Needs from its sandbox: users, teams, store, _ids, app_key, app_secret."""
+class NeteaseFeed(FeedSandbox, Sandbox):
+    """Besides the base's, NeteaseSandbox provides these:"""
+
+    app_key: str
+    app_secret: str
+    _ids: Iterator[int]
+    if TYPE_CHECKING:
+        def _team(self, tid: str) -> dict[str, Any]: ...
+        def _known(self, form: Form, name: str) -> str: ...
 
     def init_netease_feed(self) -> None:
         self.init_feed()

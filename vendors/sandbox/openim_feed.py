@@ -1,13 +1,17 @@
-"""OpenIM v3 sandbox: its after-send and after-revoke webhooks (the feed),
-simulated client sends and recalls, and the server's /msg/revoke_msg and
-/msg/search_msg. Mixed into OpenIMv3Sandbox.
+"""OpenIM v3 sandbox: its message webhooks (the feed), simulated client
+sends and recalls, and the server's /msg/revoke_msg and /msg/search_msg.
+Mixed into OpenIMv3Sandbox.
 
-As the server does (docs/vendors.md, "Message feeds"): every stored user message
-(SDK, msgFrom 100, or REST, msgFrom 200, batch sends included) is posted
-with its `ex`, `seq` 0 (the seq is given when stored, after the webhook)
-and a `key` query of base64 JSON {sendID, recvID, groupID}; a revoke is
-posted as {callbackCommand, conversationID, seq, userID}. Nothing is signed:
-the test puts the app's feed_secret in the URL it configures.
+As the server does (docs/vendors.md, "Message feeds"), for the webhooks
+enabled (`webhooks`, named as in the server's config/webhooks.yml; by
+default the two imshift's setup enables, afterMsgSaveDB and afterRevokeMsg):
+every user message (SDK, msgFrom 100, or REST, msgFrom 200, batch sends
+included) is posted with its `ex` and a `key` query of base64 JSON
+{sendID, recvID, groupID}, by afterSendSingleMsg / afterSendGroupMsg with
+`seq` 0 (they fire before the message is stored) and by afterMsgSaveDB
+with its seq; a revoke is posted as {callbackCommand, conversationID, seq,
+userID}. Nothing is signed: the test puts the app's feed_secret in the URL
+it configures.
 """
 
 from __future__ import annotations
@@ -17,13 +21,13 @@ import json
 import secrets
 import time
 from collections import Counter
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from ..openim_feed import (CUSTOM, FILE, GROUP_COMMAND, PICTURE, REVOKE_COMMAND, SINGLE_COMMAND, TEXT,
-                           conversation_id)
+from ..openim_feed import (CUSTOM, FILE, GROUP_COMMAND, PICTURE, REVOKE_COMMAND, SAVED_COMMAND,
+                           SINGLE_COMMAND, TEXT, conversation_id)
 from .common import Endpoint
 from .feed import FeedSandbox, Outgoing, json_body
-from .openim import Fail
+from .openim import Fail, OpenIMSandbox
 
 USER_MSG, ADMIN_MSG = 100, 200  # msgFrom
 SEND_SUCCESS = 2  # MsgStatusSendSuccess
@@ -43,10 +47,22 @@ def file_elem(media: Mapping[str, Any]) -> dict[str, Any]:
 
 
 DEMO_FEED_SECRET = "demo-feed-secret"
+# The server's message webhooks (config/webhooks.yml names), and those imshift's setup enables.
+WEBHOOKS = ("afterSendSingleMsg", "afterSendGroupMsg", "afterMsgSaveDB", "afterRevokeMsg")
+SETUP_WEBHOOKS = ("afterMsgSaveDB", "afterRevokeMsg")
 
 
-class OpenIMv3Feed(FeedSandbox):
-    def init_openim_feed(self) -> None:
+class OpenIMv3Feed(FeedSandbox, OpenIMSandbox):
+    """Besides OpenIMSandbox's, OpenIMv3Sandbox provides these:"""
+
+    if TYPE_CHECKING:
+        async def _v3_send_msg(self, body: dict[str, Any], who: str | None) -> Any: ...
+        async def _v3_batch_send(self, body: dict[str, Any], who: str | None) -> Any: ...
+
+    def init_openim_feed(self, webhooks: Iterable[str] = SETUP_WEBHOOKS) -> None:
+        self.webhooks = frozenset(webhooks)
+        if not self.webhooks <= set(WEBHOOKS):
+            raise ValueError(f"webhooks: some of {', '.join(WEBHOOKS)}")
         self.init_feed()
         # A fixed demo value like the sandbox's other credentials, so a sandbox
         # served on its own (`imshift sandbox`, compose) can be configured.
@@ -77,7 +93,7 @@ class OpenIMv3Feed(FeedSandbox):
         if not all(isinstance(p, dict) and all(p.get(k) for k in ("type", "width", "height", "url"))
                    for p in pictures):
             return {}
-        source = pictures[0]
+        source = content["sourcePicture"]
         return {"kind": "image", "custom": {k: source[k] for k in ("url", "size", "width", "height", "type")
                                             if source.get(k)}}
 
@@ -86,7 +102,7 @@ class OpenIMv3Feed(FeedSandbox):
     def _stored(self, sender: str, session: str, target: str, content_type: int, elem: Any,
                 decoded: dict[str, Any], sent: dict[str, Any], msg_from: int, ex: str) -> dict[str, Any]:
         """Record a message _deliver delivered, give it the feed's time and a
-        seq, and post its after-send webhook. Returns the send's reply."""
+        seq, and post its webhooks: after-send, then after-save. Returns the send's reply."""
         group = session == "group"
         conversation = conversation_id(sender, target, group)
         self._seqs[conversation] += 1
@@ -100,12 +116,18 @@ class OpenIMv3Feed(FeedSandbox):
                   "ex": ex, "sendTime": sent["sendTime"], "seq": self._seqs[conversation],
                   "conversationID": conversation, "receivers": receivers, "revoked": False}
         self.messages.append(record)
-        self.feed.push(Outgoing(json_body(self._after_send(record))))
+        if ("afterSendGroupMsg" if group else "afterSendSingleMsg") in self.webhooks:
+            self.feed.push(Outgoing(json_body(self._message_webhook(record, saved=False))))
+        if "afterMsgSaveDB" in self.webhooks:
+            self.feed.push(Outgoing(json_body(self._message_webhook(record, saved=True))))
         return sent
 
-    def _after_send(self, record: dict[str, Any]) -> dict[str, Any]:
-        """The webhook's body (callbackstruct.CallbackAfterSend{Single,Group}MsgReq)."""
-        body = {"callbackCommand": GROUP_COMMAND if record["group"] else SINGLE_COMMAND,
+    def _message_webhook(self, record: dict[str, Any], *, saved: bool) -> dict[str, Any]:
+        """A message webhook's body: CallbackAfterSend{Single,Group}MsgReq
+        (before storing: seq 0, recvID or groupID) or CallbackAfterMsgSaveDBReq
+        (the seq, recvID and groupID both, one of them empty)."""
+        command = SAVED_COMMAND if saved else GROUP_COMMAND if record["group"] else SINGLE_COMMAND
+        body = {"callbackCommand": command,
                 "sendID": record["sendID"], "serverMsgID": record["serverMsgID"],
                 "clientMsgID": record["clientMsgID"], "operationID": secrets.token_hex(8),
                 "senderPlatformID": 0 if record["msgFrom"] == ADMIN_MSG else 5, "senderNickname":
@@ -113,8 +135,10 @@ class OpenIMv3Feed(FeedSandbox):
                 "sessionType": 3 if record["group"] else 1, "msgFrom": record["msgFrom"],
                 "contentType": record["contentType"], "status": SEND_SUCCESS,
                 "sendTime": record["sendTime"], "createTime": record["sendTime"],
-                "content": record["content"], "seq": 0, "atUserList": None, "faceURL": "",
-                "ex": record["ex"]}
+                "content": record["content"], "seq": record["seq"] if saved else 0, "atUserList": None,
+                "faceURL": "", "ex": record["ex"]}
+        if saved:
+            body.update(recvID="", groupID="")
         body["groupID" if record["group"] else "recvID"] = record["to"]
         return body
 
@@ -193,9 +217,10 @@ class OpenIMv3Feed(FeedSandbox):
         if record["revoked"]:
             raise Fail(1404, "MsgAlreadyRevoke: msg already revoke")
         record["revoked"] = True
-        self.feed.push(Outgoing(json_body({"callbackCommand": REVOKE_COMMAND,
-                                           "conversationID": record["conversationID"],
-                                           "seq": record["seq"], "userID": user})))
+        if "afterRevokeMsg" in self.webhooks:
+            self.feed.push(Outgoing(json_body({"callbackCommand": REVOKE_COMMAND,
+                                               "conversationID": record["conversationID"],
+                                               "seq": record["seq"], "userID": user})))
 
     # -- the server's revoke and search --------------------------------------------------
 

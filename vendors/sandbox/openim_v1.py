@@ -12,13 +12,13 @@ the read-backs of openim.py serve all versions.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from ..vocabulary import Operation, Profile
-from .common import Endpoint
+from .common import Endpoint, Op
 from .openim import Fail
 from .openim_v2 import OpenIMv2Sandbox
 from .openim_v3 import GET_FRIENDS, GET_MEMBERS, as_handler
@@ -41,7 +41,7 @@ class OpenIMv1Sandbox(OpenIMv2Sandbox):
         self._group_seq = 0
 
     def endpoints(self) -> list[Endpoint]:
-        table = {
+        table: dict[str, tuple[Op, Callable[..., Any]]] = {
             "/auth/user_register": (Operation.REGISTER.value, self._register),
             "/auth/user_token": (self._token_op, self._user_token),
             "/user/update_user_info": (Operation.UPDATE_PROFILE.value, self._update),

@@ -6,13 +6,13 @@ with v2's own codes, as the v2 server answers.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 from starlette.requests import Request
 
 from ..vocabulary import Operation
 from ..openim import CUSTOM, TEXT
-from .common import Endpoint, Refusal
+from .common import Endpoint, Op, Refusal
 from .openim import Fail, OpenIMSandbox
 from .openim_v3 import GET_FRIENDS, GET_MEMBERS, as_handler, batch_op
 from .store import Record
@@ -34,7 +34,7 @@ class OpenIMv2Sandbox(OpenIMSandbox):
         return Fail(400, "BindJSON failed", 400)
 
     def endpoints(self) -> list[Endpoint]:
-        table = {
+        table: dict[str, tuple[Op, Callable[..., Any]]] = {
             "/auth/user_register": (Operation.REGISTER.value, self._v2_register),
             "/auth/user_token": (self._v2_token_op, self._v2_user_token),  # the admin's token or a user's
             "/user/update_user_info": (Operation.UPDATE_PROFILE.value, self._v2_update),

@@ -8,15 +8,15 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable, Iterable, Sequence
 
 from starlette.requests import Request
 
 from ..vocabulary import Operation
 from ..openim import ADMIN_PLATFORM_ID, MAX_IDS_PER_CALL
-from .common import Endpoint, Refusal
+from .common import Endpoint, Op, Refusal
 from .openim import Fail, OpenIMSandbox, legal_user_id, page, repeated
-from .openim_feed import OpenIMv3Feed
+from .openim_feed import SETUP_WEBHOOKS, OpenIMv3Feed
 from .store import Record
 
 OWNER, ADMIN, MEMBER = 100, 60, 20  # v3 roleLevel
@@ -40,8 +40,8 @@ class OpenIMv3Sandbox(OpenIMv3Feed, OpenIMSandbox):
     OVER_LIMIT = Refusal(429, "too many requests, please try again later", 429,
                          headers={"Retry-After": "1"})  # the optional BBR limiter
 
-    def __init__(self, **kwargs: Any):
-        self.init_openim_feed()
+    def __init__(self, *, webhooks: Iterable[str] = SETUP_WEBHOOKS, **kwargs: Any):
+        self.init_openim_feed(webhooks)  # which webhooks the server's config enables
         super().__init__(**kwargs)
 
     def routes(self) -> list[Any]:
@@ -60,7 +60,7 @@ class OpenIMv3Sandbox(OpenIMv3Feed, OpenIMSandbox):
         return Fail(1001, "ArgsError: the body is not a JSON object")
 
     def endpoints(self) -> list[Endpoint]:
-        table = {
+        table: dict[str, tuple[Op, Callable[..., Any]]] = {
             "/auth/get_admin_token": ("auth", self._v3_admin_token),
             "/auth/get_user_token": (Operation.ISSUE_TOKEN.value, self._v3_user_token),
             "/user/user_register": (Operation.REGISTER.value, self._v3_register),
@@ -231,8 +231,8 @@ class OpenIMv3Sandbox(OpenIMv3Feed, OpenIMSandbox):
                               "ownerUserID": owner, "memberCount": len(self.groups[group_id]["members"]),
                               "groupType": 2}}
 
-    def add_group(self, group_id: str, name: str, owner: str, members: list[str] = (),
-                  admins: list[str] = (), **info: str) -> None:
+    def add_group(self, group_id: str, name: str, owner: str, members: Sequence[str] = (),
+                  admins: Sequence[str] = (), **info: str) -> None:
         """Store a group as create_group does (tests fill a source with it);
         `info`: faceURL, introduction. Each keeps its creation order, the
         listing's sort key."""

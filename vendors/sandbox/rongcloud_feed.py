@@ -13,19 +13,22 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 from urllib.parse import urlencode
 
 from ..rongcloud_feed import FILE, IMAGE, RECALL, TEXT, routing_signature
-from .common import Call, Form, Refusal
+from .common import Call, Form, Refusal, Sandbox
 from .feed import FeedSandbox, Outgoing
 
 FORM_TYPE = "application/x-www-form-urlencoded"
 CLIENT_CUSTOM = "App:Custom"  # objectName a simulated client's custom message has by default
 
 
-class RongCloudFeed(FeedSandbox):
-    """Needs from its sandbox: users, store, groups, app_secret, _uids."""
+class RongCloudFeed(FeedSandbox, Sandbox):
+    """Besides the base's, RongCloudSandbox provides these:"""
+
+    app_secret: str
+    _uids: Iterator[int]
 
     route_api_sends = False
 

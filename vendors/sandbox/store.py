@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Hashable
 
+# The key of a user or group: each vendor's own id type (str, or int at Maxim),
+# so the store cannot name one type for all.
+Key = Any
+
 
 class Record(dict):
     """A dict whose keys read and write as attributes too."""
@@ -26,10 +30,10 @@ class Record(dict):
 
 class Store:
     def __init__(self) -> None:
-        self.users: dict[Hashable, Any] = {}
-        self.groups: dict[Hashable, Record] = {}  # each with a "members" set or role dict
-        self.friends: dict[Hashable, set] = {}
-        self.inboxes: dict[Hashable, list[dict[str, Any]]] = {}
+        self.users: dict[Key, Any] = {}
+        self.groups: dict[Key, Any] = {}  # Records, each with a "members" set or role dict (Maxim: ChatGroups)
+        self.friends: dict[Key, set] = {}
+        self.inboxes: dict[Key, list[dict[str, Any]]] = {}
 
     def befriend(self, a: Hashable, b: Hashable) -> bool:
         """Make a and b friends both ways; False when they already were."""
