@@ -87,7 +87,7 @@ def check_apps(ctx: Context, apps: list[str]) -> list[Checked]:
 
 def refuse_unless_reached(ctx: Context, apps: list[str]) -> None:
     """A dry run's check: the first app that fails ends the command in one line."""
-    from .jobcli import EXIT_STOPPED, EXIT_USAGE, fail
+    from .clibase import EXIT_STOPPED, EXIT_USAGE, fail
 
     for c in check_apps(ctx, list(dict.fromkeys(apps))):
         if not c.ok:
@@ -102,9 +102,9 @@ def check(
     """Check each app with one read-only call, within its rates: the vendor is
     reached, takes the app's credentials, and answers the API version the app
     is set to. Exit 0 when every app passes, 1 otherwise."""
-    from .jobcli import _context, console, fail
+    from .clibase import console, fail, load_context
 
-    ctx = _context()
+    ctx = load_context()
     names = apps or list(ctx.settings.apps)
     if not names:
         fail("no apps configured: name them in imshift.toml (or IMSHIFT_CONFIG), see the README")

@@ -39,7 +39,7 @@ from imshift.workers.embedded import in_process_workers
 from . import logs
 from .demo_bridge import run_bridge
 from .demo_schedules import run_schedules
-from .jobcli import fail
+from .clibase import fail
 from .watch import summary, watch
 
 NAMES = ["李雷", "Zoë", "Ólafur", "Мария", "محمد", "さくら", "🚀 Rocket", "Jean-Luc", "김민준", "Αθηνά"]

@@ -19,9 +19,9 @@ from imshift.jobs.exports import RESULT_FIELDS, export_record, token_key_problem
 from imshift.jobs.progress import Progress, progress, recent_jobs, results as item_results
 from imshift.models.tables import ItemState, JobStatus
 
+from .clibase import (JobRef, console, err, exit_code, fail, follow_job, load_context, need_key,
+                      ref_of, target_of)
 from .context import Context
-from .jobcli import (JobRef, _follow, _need_key, _ref, _target, _context, console, err, exit_code,
-                     fail)
 from .watch import _fmt_seconds, counts_text, summary, watch
 
 
@@ -42,8 +42,8 @@ def status(
     """How far a job is: done/total, per-outcome counts, rate and ETA."""
     if as_json and watch_:
         fail("--json prints once; it does not go with --watch")
-    kind, job = _ref(ref) if ref is not None else ("job", None)
-    ctx = _context()
+    kind, job = ref_of(ref) if ref is not None else ("job", None)
+    ctx = load_context()
     if kind == "run":
         from . import runcli
         return runcli.status(ctx, job, watch_, as_json)
@@ -81,9 +81,9 @@ def status(
         return
     if watch_ and p.status == JobStatus.RUNNING.value:
         if ctx.embedded:
-            _target(ctx, p.app)  # this process runs it: check its app first
-            _need_key(ctx, p.app, p.operation, note=False)
-            _follow(ctx, job, detach=False)
+            target_of(ctx, p.app)  # this process runs it: check its app first
+            need_key(ctx, p.app, p.operation, note=False)
+            follow_job(ctx, job, detach=False)
             return
         p = watch(ctx, job, console)
         summary(ctx, p, console)
@@ -123,8 +123,8 @@ def results(
     states = [s.value for s in ItemState]
     if outcome is not None and outcome not in states:
         fail(f"--outcome {outcome!r} is not an item state: choose one of {', '.join(states)}")
-    kind, job = _ref(ref)
-    ctx = _context()
+    kind, job = ref_of(ref)
+    ctx = load_context()
     if kind == "run":
         from . import runcli
         return runcli.results(ctx, job, stage, outcome, format.value, output)

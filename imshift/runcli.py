@@ -21,9 +21,10 @@ from imshift.jobs.run_control import RunProgress, name
 from imshift.models.tables import JobStatus
 from imshift.vendors.vocabulary import Operation, Unsupported
 
-from . import jobcli, reportcli
+from . import reportcli
+from .clibase import (EXIT_STOPPED, Detach, DryRun, check_broker, console, continued_by, exit_code,
+                      fail, load_context, need_key, target_of)
 from .context import Context
-from .jobcli import EXIT_STOPPED, console, exit_code, fail
 from .watch import _fmt_seconds, counts_text, exit_code_of, stop_signals_interrupt, watch
 
 FilePath = Optional[Path]
@@ -46,22 +47,22 @@ def migrate_run(
                                          "target's API and report each difference.")] = False,
     since: Annotated[Optional[str], typer.Option(help="A delta re-run (cut-over day): send only "
                                                  "what this earlier run (R<n>) did not finish.")] = None,
-    dry_run: jobcli.DryRun = False,
-    detach: jobcli.Detach = False,
+    dry_run: DryRun = False,
+    detach: Detach = False,
 ) -> None:
     """Migrate accounts, then friends, groups and members, then tokens, then
     verify, as one resumable run (`R<n>`). Each stage starts when the one
     before it has finished; what names an account or group that did not make
     it ends `skipped` with the reason."""
-    ctx = jobcli._context()
+    ctx = load_context()
     if source != target:
-        jobcli._target(ctx, source)
-    tgt = jobcli._target(ctx, target)
-    jobcli._need_key(ctx, target, Operation.REGISTER.value)
+        target_of(ctx, source)
+    tgt = target_of(ctx, target)
+    need_key(ctx, target, Operation.REGISTER.value)
     if tokens:
-        jobcli._need_key(ctx, target, Operation.ISSUE_TOKEN.value)
+        need_key(ctx, target, Operation.ISSUE_TOKEN.value)
     if not dry_run:
-        jobcli._check_broker(ctx)
+        check_broker(ctx)
     else:  # a dry run promises the run would start: the apps it calls must take their credentials
         from .checkcli import refuse_unless_reached
         lists = users is None or (groups is None and Operation.LIST_GROUPS in ctx.target(source).capabilities)
@@ -131,7 +132,7 @@ def carry_on_planning(ctx: Context, run_id: int, detach: bool) -> None:
     was a dry run)."""
     p = _run(ctx, run_id)
     params = runs.planning_request(ctx.engine, run_id) or {}
-    tgt = jobcli._target(ctx, p.app)
+    tgt = target_of(ctx, p.app)
     pages = None
     if params.get("users") is None:
         if not ctx.target(p.source_app).capabilities & {Operation.LIST_USERS}:
@@ -143,7 +144,7 @@ def carry_on_planning(ctx: Context, run_id: int, detach: bool) -> None:
             fail(f"run {name(run_id)} lists its groups from {p.source_app!r}, which cannot list them")
         group_pages = source_pages(ctx, p.source_app, "list_group_pages")
     if not params.get("dry_run"):
-        jobcli._check_broker(ctx)
+        check_broker(ctx)
     plan = _planned(lambda progress: runs.resume_planning(ctx.engine, run_id, tgt, pages,
                                                           chunk_size=ctx.settings.chunk_size,
                                                           progress=progress, group_pages=group_pages),
@@ -234,7 +235,7 @@ def follow(ctx: Context, run_id: int, detach: bool) -> None:
     if not ctx.embedded and detach:
         console.print(f"Queued. Follow it with `imshift status {name(run_id)} --watch`.")
         return
-    with jobcli.continued_by(ctx, name(run_id)):
+    with continued_by(ctx, name(run_id)):
         _follow(ctx, run_id)
 
 
@@ -320,7 +321,7 @@ def status(ctx: Context, run_id: int, watch_: bool, as_json: bool) -> None:
         return
     if watch_ and p.status == JobStatus.RUNNING.value:
         if ctx.embedded:
-            jobcli._target(ctx, p.app)
+            target_of(ctx, p.app)
         follow(ctx, run_id, detach=False)
     report(p)
 
@@ -384,7 +385,7 @@ def idmap(
         fail(str(exc))
     if kind != "run":
         fail(f"{run!r} is a job id; idmap takes a run (R<n>)")
-    ctx = jobcli._context()
+    ctx = load_context()
     _run(ctx, run_id)
     out = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
     try:
@@ -422,8 +423,8 @@ def steer(ctx: Context, action: str, run_id: int, detach: bool = False) -> None:
     if action == "resume" and p.status == JobStatus.PLANNING.value:
         carry_on_planning(ctx, run_id, detach)
         return
-    jobcli._target(ctx, p.app)
-    jobcli._check_broker(ctx)
+    target_of(ctx, p.app)
+    check_broker(ctx)
     if action == "start":
         _queue(ctx, run_id, lambda: run_control.start(ctx.engine, ctx.broker, run_id))
     else:

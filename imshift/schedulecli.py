@@ -16,9 +16,9 @@ from rich.table import Table
 from imshift.jobs import control, schedules
 from imshift.jobs.schedule_pages import fires_page
 
+from .clibase import check_broker, console, err, fail, load_context, message_of, target_of, via_run
 from .context import Context
-from .jobcli import (_check_broker, _context, _message, _target, _via, broadcast, console, err, fail,
-                     send)
+from .jobcli import broadcast, send
 from .watch import counts_text
 
 schedule_app = typer.Typer(help="Sends and broadcasts at a set time or on a cron schedule; "
@@ -58,10 +58,10 @@ def _scheduled(args: list[str]) -> tuple[str, str, dict]:
         fail(f"{args[0]}: {exc.format_message()}")
     if parsed.get("dry_run") or parsed.get("detach"):
         fail("--dry-run and --detach do not go with a schedule")
-    message = encode_message(_message(parsed["text"], parsed["content"]))
+    message = encode_message(message_of(parsed["text"], parsed["content"]))
     # --via is kept, not mapped: the ids are mapped when the schedule fires.
     params = {"sender": parsed["sender"], "message": message,
-              **({"via": _via(parsed["via"])} if parsed["via"] else {})}
+              **({"via": via_run(parsed["via"])} if parsed["via"] else {})}
     if args[0] == "broadcast":
         return "broadcast", parsed["app"], params
     if (parsed["to"] is None) == (parsed["to_groups"] is None):
@@ -102,8 +102,8 @@ def schedule_add(
     The recipient file is checked now and read when the schedule fires."""
     command, app, params = _scheduled(list(context.args))
     window = _seconds(catch_up)
-    ctx = _context()
-    tgt = _target(ctx, app)
+    ctx = load_context()
+    tgt = target_of(ctx, app)
     try:
         if local_time:
             if at is None and cron is None:
@@ -137,7 +137,7 @@ def schedule_list(
                                           "/api/schedules.")] = False,
 ) -> None:
     """The schedules, with their next fire."""
-    ctx = _context()
+    ctx = load_context()
     if as_json:
         print(json.dumps({"schedules": [schedule_json(ctx, row) for row in
                                         schedules.listed(ctx.engine, include_removed=all_)]}))
@@ -158,7 +158,7 @@ def schedule_show(
                                           "/api/schedules/ID does.")] = False,
 ) -> None:
     """One schedule: what it sends, when, and its last fires."""
-    ctx = _context()
+    ctx = load_context()
     row = _schedule(ctx, schedule_id)
     if as_json:
         print(json.dumps(schedule_json(ctx, row)))
@@ -183,7 +183,7 @@ def schedule_history(
                                           "as GET /api/schedules/ID/fires.")] = False,
 ) -> None:
     """The latest fires of a schedule: when each was due, what happened, its job's counts."""
-    ctx = _context()
+    ctx = load_context()
     row = _schedule(ctx, schedule_id)
     if as_json:
         print(json.dumps({"fires": [fire_json(f, row.tz) for f in
@@ -231,7 +231,7 @@ def history_table(ctx: Context, row, limit: int = 20) -> Table:
 
 
 def _schedule_change(schedule_id: int, change, done: str) -> None:
-    ctx = _context()
+    ctx = load_context()
     try:
         change(ctx.engine, schedule_id)
     except schedules.ScheduleError as exc:
@@ -277,8 +277,8 @@ def scheduler(
     from imshift.workers.embedded import in_process_workers
     from imshift.workers.sweeper import sweep
 
-    ctx = _context()
-    _check_broker(ctx)
+    ctx = load_context()
+    check_broker(ctx)
     firing = schedules.Firing(ctx.engine, ctx.target,
                               lambda job_id: control.start(ctx.engine, ctx.broker, job_id),
                               ctx.settings.chunk_size)
