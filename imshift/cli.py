@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from imshift import __version__, bridgecli, checkcli, clibase, jobcli
+from imshift import __version__, bridgecli, checkcli, clibase, jobcli, reportcli, runcli, schedulecli
 from imshift.vendors.vocabulary import Operation
 
 EXIT_CODES = ("Exit codes, for a job or a run: 0 it finished and every input row ended ok or "
@@ -43,7 +43,15 @@ app = App(help="Bulk work on cloud IM vendors' server APIs: migrations, token re
                   pretty_exceptions_show_locals=False,
                   context_settings={"help_option_names": ["-h", "--help"]})  # every command inherits it
 console = Console()
-jobcli.register(app)
+app.add_typer(jobcli.migrate_app, name="migrate")
+app.add_typer(jobcli.tokens_app, name="tokens")
+app.add_typer(schedulecli.schedule_app, name="schedule")
+jobcli.migrate_app.command("run")(runcli.migrate_run)
+for command in (runcli.idmap, jobcli.send, jobcli.broadcast, runcli.start, reportcli.status,
+                reportcli.results, runcli.retry, runcli.cancel, runcli.pause, runcli.resume,
+                schedulecli.scheduler):
+    app.command()(command)
+schedulecli.SCHEDULABLE.update(send=jobcli.send, broadcast=jobcli.broadcast)
 app.add_typer(bridgecli.bridge_app, name="bridge")
 app.command()(checkcli.check)
 

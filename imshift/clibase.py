@@ -6,23 +6,29 @@ module (imshift/*cli.py) imports this, never another command module
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, NoReturn, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from imshift import logs
 from imshift.jobs import control, run_control
 from imshift.jobs.progress import Progress
+from imshift.jobs.run_control import RunProgress, name
 from imshift.jobs.target import Target
 from imshift.models.tables import ItemState, JobStatus
 from imshift.vendors.vocabulary import Message, Operation
+from imshift.workers.embedded import in_process_workers
 
 from .context import Context, SetupError
-from .watch import exit_code_of, run_in_process, summary, watch
+from .watch import (_fmt_seconds, counts_text, exit_code_of, run_in_process, stop_signals_interrupt,
+                    summary, watch)
 
 # Exit codes (the README and docs/failure-modes.md list them).
 EXIT_OK = 0  # the job or run finished and every input row ended ok or exists
@@ -215,3 +221,98 @@ def _follow_job(ctx: Context, job_id: int, detach: bool) -> None:
     code = exit_code(p.status, p.counts)
     if code:
         raise typer.Exit(code)
+
+
+def queue_run(ctx: Context, run_id: int, change: Callable[[], T]) -> T:
+    """As queue_job, for a run: a failed queuing leaves its stage paused."""
+    import dramatiq
+    import redis
+
+    try:
+        return change()
+    except control.JobError as exc:
+        fail(str(exc))
+    except (redis.RedisError, dramatiq.errors.DramatiqError, OSError) as exc:
+        if ctx.embedded:
+            raise
+        current = run_control.run_progress(ctx.engine, run_id).current
+        held = control.hold_after_failed_queue(ctx.engine, current[1].job_id, exc) if current else str(exc)
+        fail(f"{held}. `imshift resume {name(run_id)}` continues it once Redis works", EXIT_STOPPED)
+
+
+def follow_run(ctx: Context, run_id: int, detach: bool) -> None:
+    """Follow the run stage by stage until it is no longer running (in the
+    embedded mode this process runs it), then print its report."""
+    if not ctx.embedded and detach:
+        console.print(f"Queued. Follow it with `imshift status {name(run_id)} --watch`.")
+        return
+    with continued_by(ctx, name(run_id)):
+        _follow_run(ctx, run_id)
+
+
+def _follow_run(ctx: Context, run_id: int) -> None:
+    if ctx.embedded:
+        ctx.runtime  # noqa: B018  (configures the workers before they start)
+    with (stop_signals_interrupt() if ctx.embedded else contextlib.nullcontext(),
+          in_process_workers(ctx.broker) if ctx.embedded else contextlib.nullcontext()):
+        try:
+            while True:
+                p = run_control.run_progress(ctx.engine, run_id)
+                current = p.current
+                if p.status != JobStatus.RUNNING.value or current is None:
+                    break
+                stage, stage_progress = current
+                if stage_progress.status == JobStatus.RUNNING.value:
+                    console.print(f"[bold]{stage}[/bold] (job {stage_progress.job_id})")
+                    watch(ctx, stage_progress.job_id, console, sweeping=ctx.embedded)
+                else:
+                    time.sleep(0.25)  # the hand-over to the next stage is under way
+        except KeyboardInterrupt as exc:
+            if ctx.embedded:
+                try:
+                    run_control.pause(ctx.engine, run_id)
+                except control.JobError:
+                    pass
+                console.print(f"\n[yellow]Paused run {name(run_id)}[/yellow]; "
+                              f"`imshift resume {name(run_id)}` continues it.")
+            raise typer.Exit(exit_code_of(exc)) from exc
+    p = run_control.run_progress(ctx.engine, run_id)
+    run_report(p)
+    raise typer.Exit(run_exit_code(p))
+
+
+def run_exit_code(p: RunProgress) -> int:
+    counts: collections.Counter[str] = collections.Counter()
+    for _, sp in p.stages:
+        counts.update(sp.counts)
+    return exit_code(p.status, counts)
+
+
+def run_report(p: RunProgress) -> None:
+    table = Table(title=f"run {name(p.run_id)}: {p.source_app} -> {p.app}, {p.status}")
+    for column in ("stage", "job", "status", "done", "rate", "ETA", "outcomes"):
+        table.add_column(column)
+    for stage, sp in p.stages:
+        running = sp.status == JobStatus.RUNNING.value
+        table.add_row(stage, str(sp.job_id), sp.status, f"{sp.completed:,}/{sp.total:,}",
+                      f"{sp.rate or 0:,.1f}/s" if sp.started_at else "",
+                      _fmt_seconds(sp.eta()) if running else "", counts_text(sp))
+    console.print(table)
+    problems = [(stage, state) for stage, sp in p.stages
+                for state in ("rejected", "failed", "unknown", "skipped") if sp.counts.get(state)]
+    if problems:
+        stage, state = problems[0]
+        console.print(f"  what did not make it: `imshift results {name(p.run_id)} --stage {stage} "
+                      f"--outcome {state}`", highlight=False)
+    if p.status in (JobStatus.PAUSED.value, JobStatus.STOPPED.value):
+        stop = next((sp.stop_reason for _, sp in p.stages if sp.stop_reason), None)
+        if stop:
+            console.print(f"  [red]{stop}[/red]")
+        console.print(f"  `imshift resume {name(p.run_id)}` carries it on")
+
+
+def find_run(ctx: Context, run_id: int) -> RunProgress:
+    p = run_control.run_progress(ctx.engine, run_id)
+    if p is None:
+        fail(f"no run {name(run_id)}")
+    return p

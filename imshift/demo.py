@@ -141,7 +141,8 @@ def run_demo(count: int, console: Console) -> None:
 
 
 def migrate(ctx: Context, users: Path, friends: Path, groups: Path, console: Console) -> int:
-    from .runcli import _report, report
+    from .clibase import run_report
+    from .runcli import print_plan
 
     started = time.monotonic()
     plan = runs.plan_run(ctx.engine, SOURCE, ctx.target(TARGET),
@@ -150,7 +151,7 @@ def migrate(ctx: Context, users: Path, friends: Path, groups: Path, console: Con
     accounts = plan.stages[0].report
     console.print(f"planned run {run_control.name(plan.run_id)}: accounts {accounts.pending:,} to "
                   f"migrate, {accounts.invalid} invalid, {accounts.duplicates} duplicate rows")
-    _report(plan, TARGET)
+    print_plan(plan, TARGET)
     run_control.start(ctx.engine, ctx.broker, plan.run_id)
     while True:  # each stage starts by itself when the one before it finishes
         p = run_control.run_progress(ctx.engine, plan.run_id)
@@ -163,7 +164,7 @@ def migrate(ctx: Context, users: Path, friends: Path, groups: Path, console: Con
         else:
             time.sleep(0.1)  # the hand-over to the next stage is under way
     console.print()
-    report(p)
+    run_report(p)
     # The rows Maxim refused never reached it; what named them was skipped.
     accounts = progress(ctx.engine, p.stages[0][1].job_id)
     skipped = {stage: sp.counts["skipped"] for stage, sp in p.stages if sp.counts.get("skipped")}

@@ -1,5 +1,5 @@
-"""The job commands: create (migrate users, tokens refresh, send,
-broadcast) and steer (start, pause, resume, cancel, retry) jobs."""
+"""The commands that create a job: migrate users, tokens refresh, send,
+broadcast (imshift/runcli.py steers jobs and runs)."""
 
 from __future__ import annotations
 
@@ -12,31 +12,17 @@ from rich.table import Table
 from imshift.jobs import control, kinds
 from imshift.jobs.inputs import InputError
 from imshift.jobs.plan import PlanReport
-from imshift.jobs.progress import Progress, progress
-from imshift.models.tables import ItemState, JobStatus
 from imshift.jobs.target import missing_text
 from imshift.vendors.vocabulary import Missing, Operation, Unsupported
 
-from .clibase import (Detach, DryRun, InputPath, JobRef, Via, check_broker, console, fail,
-                      follow_job, load_context, message_of, need_key, queue_job, ref_of, start_job,
-                      target_of, via_run)
+from .appcheck import refuse_unless_reached
+from .clibase import (Detach, DryRun, InputPath, Via, check_broker, console, fail, load_context,
+                      message_of, need_key, start_job, target_of, via_run)
 from .context import Context
 from .watch import _fmt_seconds
 
 migrate_app = typer.Typer(help="Move data from one vendor app to another.", no_args_is_help=True)
 tokens_app = typer.Typer(help="Bulk token work.", no_args_is_help=True)
-
-
-def _runnable(ctx: Context, job_id: int) -> Progress:
-    """What must hold before a job is started, resumed or retried: its app's
-    settings are valid, a key is set where results need one, Redis answers."""
-    p = progress(ctx.engine, job_id)
-    if p is None:
-        fail(f"no job {job_id}")
-    target_of(ctx, p.app)
-    need_key(ctx, p.app, p.operation, note=False)
-    check_broker(ctx)
-    return p
 
 
 def _plan(ctx: Context, make) -> kinds.Planned:
@@ -106,7 +92,6 @@ def migrate_users(
     if not dry_run:
         check_broker(ctx)
     else:  # a dry run promises the run would start: the target must take its credentials
-        from .checkcli import refuse_unless_reached
         refuse_unless_reached(ctx, [target])
     planned = _plan(ctx, lambda progress: kinds.plan_user_migration(
         ctx.engine, tgt, input, source_app=source, chunk_size=ctx.settings.chunk_size,
@@ -203,89 +188,3 @@ def broadcast(
         via=run))
     _launch(ctx, planned, Operation.BROADCAST, app, dry_run, detach)
 
-
-def start(ref: JobRef, detach: Detach = False) -> None:
-    """Run a job or a run planned with --dry-run."""
-    kind, job = ref_of(ref)
-    ctx = load_context()
-    if kind == "run":
-        from . import runcli
-        return runcli.steer(ctx, "start", job, detach)
-    _runnable(ctx, job)
-    start_job(ctx, job, detach)
-
-
-def retry(
-    ref: JobRef,
-    unknown: Annotated[bool, typer.Option("--unknown", help="Also re-send items whose send may "
-                                          "have been delivered already.")] = False,
-    detach: Detach = False,
-) -> None:
-    """Run the failed items of a job again (rejected by the vendor, out of attempts)."""
-    kind, job = ref_of(ref)
-    if kind == "run":
-        fail("retry takes a job: `imshift results R<n>` names each stage's job; retry the "
-             "stage's job (the stages after it are not re-run)")
-    ctx = load_context()
-    _runnable(ctx, job)
-    moved = queue_job(ctx, job, lambda: control.retry(ctx.engine, ctx.broker, job,
-                                                   include_unknown=unknown))
-    console.print(f"{moved} items of job {job} put back to work")
-    if moved:
-        follow_job(ctx, job, detach)
-
-
-def _steer(action, ref: str, done: str) -> None:
-    kind, job = ref_of(ref)
-    ctx = load_context()
-    if kind == "run":
-        from . import runcli
-        return runcli.steer(ctx, {"cancelled": "cancel", "paused": "pause"}[done], job)
-    try:
-        counts = action(ctx, job)
-    except control.JobError as exc:
-        fail(str(exc))
-    console.print(f"job {job} {done}" + (f": {control.cancelled_text(counts)}" if counts else ""),
-                  highlight=False)
-
-
-def cancel(ref: JobRef) -> None:
-    """Stop a job (or every stage of a run) for good; its pending items end cancelled."""
-    _steer(lambda ctx, j: control.cancel_counts(ctx.engine, j), ref, "cancelled")
-
-
-def pause(ref: JobRef) -> None:
-    """Pause a running job (or a run's running stage); workers finish the chunks they hold."""
-    _steer(lambda ctx, j: control.pause(ctx.engine, j), ref, "paused")
-
-
-def resume(ref: JobRef, detach: Detach = False) -> None:
-    """Resume a paused job or run, one stopped by an auth failure once fixed,
-    or one whose command was killed."""
-    kind, job = ref_of(ref)
-    ctx = load_context()
-    if kind == "run":
-        from . import runcli
-        return runcli.steer(ctx, "resume", job, detach)
-    p = _runnable(ctx, job)
-    if p.status == JobStatus.FINISHED.value:
-        left = sum(p.counts.get(s.value, 0) for s in (ItemState.REJECTED, ItemState.FAILED,
-                                                     ItemState.UNKNOWN))
-        hint = (f"`imshift retry {job}` runs its rejected and failed items again "
-                f"(--unknown: also the unknown sends)" if left else "nothing is left to do")
-        fail(f"job {job} is finished: {hint}")
-    queue_job(ctx, job, lambda: control.resume(ctx.engine, ctx.broker, job))
-    follow_job(ctx, job, detach)
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(migrate_app, name="migrate")
-    app.add_typer(tokens_app, name="tokens")
-    from . import reportcli, runcli, schedulecli
-
-    app.add_typer(schedulecli.schedule_app, name="schedule")
-
-    migrate_app.command("run")(runcli.migrate_run)
-    for command in (runcli.idmap, send, broadcast, start, reportcli.status, reportcli.results, retry,
-                    cancel, pause, resume, schedulecli.scheduler):
-        app.command()(command)

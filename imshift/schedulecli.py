@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -16,10 +16,14 @@ from rich.table import Table
 from imshift.jobs import control, schedules
 from imshift.jobs.schedule_pages import fires_page
 
-from .clibase import check_broker, console, err, fail, load_context, message_of, target_of, via_run
+from .clibase import (check_broker, console, err, fail, job_json, load_context, message_of, target_of,
+                      via_run)
 from .context import Context
-from .jobcli import broadcast, send
 from .watch import counts_text
+
+# The commands a schedule runs, by name ("send", "broadcast"): imshift/cli.py
+# puts them here when it registers the commands (they are imshift/jobcli.py's).
+SCHEDULABLE: dict[str, Callable[..., None]] = {}
 
 schedule_app = typer.Typer(help="Sends and broadcasts at a set time or on a cron schedule; "
                                 "`imshift scheduler` fires them.", no_args_is_help=True)
@@ -45,7 +49,7 @@ def _scheduled(args: list[str]) -> tuple[str, str, dict]:
 
     from imshift.vendors.operations import encode_message
 
-    commands = {"send": send, "broadcast": broadcast}
+    commands = SCHEDULABLE
     if not args or args[0] not in commands:
         fail("after `--` give the command to schedule: `send ...` or `broadcast ...`")
     one = typer.Typer(context_settings={"help_option_names": ["-h", "--help"]})
@@ -193,11 +197,9 @@ def schedule_history(
 
 
 def fire_json(fire, tz: str) -> dict:
-    from .reportcli import _json
-
     return {"fire_at": fire.fire_at, "fire_time": schedules.local(fire.fire_at, tz),
             "state": fire.state, "job_id": fire.job_id, "note": fire.note,
-            "job": _json(fire.job) if fire.job else None}
+            "job": job_json(fire.job) if fire.job else None}
 
 
 def schedule_json(ctx: Context, row) -> dict:
