@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 from rich.markup import escape
 
-from imshift.vendors.registry import vendor
 from imshift.vendors.vocabulary import Outcome, Result
 
 from .clibase import EXIT_STOPPED, EXIT_USAGE, fail
@@ -22,13 +21,6 @@ class Checked:
     ok: bool
     line: str  # "app (Vendor): ..." with no secret in it
     settings: bool = False  # the cause is in the settings (credentials, URL), not a service
-
-
-def _api(ctx: Context, app: str) -> str:
-    """"OpenIM v3": the vendor, with the API version the app speaks where it has one."""
-    v = vendor(ctx.settings.app(app).vendor)
-    version = getattr(v.client.for_config(ctx.config(app)), "version", "")
-    return f"{v.title} {version}".strip()
 
 
 def _describe(result: Result) -> tuple[bool, str, bool]:
@@ -50,7 +42,7 @@ def _describe(result: Result) -> tuple[bool, str, bool]:
 
 async def _check_one(ctx: Context, app: str, limiter) -> Checked:
     try:
-        api = _api(ctx, app)
+        api = ctx.app(app).api
         client = ctx.client(app, ctx.throttle(app, limiter))
     except ValueError as exc:  # an unknown app or settings that do not fit its vendor
         return Checked(app, False, f"{app}: {exc}", settings=True)

@@ -14,7 +14,6 @@ from rich.table import Table
 from imshift.jobs import bridges
 from imshift.jobs.run_control import parse_ref
 from imshift.jobs.control import JobError
-from imshift.vendors.registry import vendor
 
 from .clibase import console, fail, load_context
 
@@ -70,14 +69,14 @@ def add(
     ctx = load_context()
     for app in ([source, target] if both_ways else [source]):
         try:
-            cls = vendor(ctx.settings.app(app).vendor).client.for_config(ctx.config(app))
+            cls = ctx.app(app).client_class
         except ValueError as exc:
             fail(str(exc))
             raise
         if not cls.feeds:
             fail(f"{app} ({cls.vendor}) has no message feed imshift can read: it cannot be bridged from")
     for app in ([source, target] if both_ways else [target]):
-        cls = vendor(ctx.settings.app(app).vendor).client.for_config(ctx.config(app))
+        cls = ctx.app(app).client_class
         if not cls.feeds:
             fail(f"{app} ({cls.vendor}) cannot take relayed messages yet")
     try:

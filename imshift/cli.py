@@ -87,7 +87,7 @@ def worker(
                     "command that starts it.")
     for name in ctx.settings.apps:  # a typo in any app fails now, not in every chunk
         try:
-            ctx.config(name)
+            ctx.app(name)
         except ValueError as exc:
             clibase.fail(str(exc))
     if metrics_port is not None:

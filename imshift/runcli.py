@@ -88,7 +88,7 @@ def migrate_run(
         if Operation.LIST_GROUPS in ctx.target(source).capabilities:
             request.group_pages = source_pages(ctx, source, "list_group_pages")
         else:
-            no_groups = source_groups.cannot_list(_vendor_of(ctx, source))
+            no_groups = source_groups.cannot_list(ctx.app(source).api)
     for path in (users, friends, groups):
         try:
             runs.check_input(path)
@@ -104,15 +104,6 @@ def migrate_run(
         console.print(f"Dry run: nothing sent. Start it with `imshift start {name(plan.run_id)}`.")
         return
     _start(ctx, plan.run_id, detach)
-
-
-def _vendor_of(ctx: Context, app: str) -> str:
-    """"OpenIM v2": the app's vendor, with its API version where it has one."""
-    from imshift.vendors.registry import vendor
-
-    v = vendor(ctx.settings.app(app).vendor)
-    version = getattr(v.client.for_config(ctx.config(app)), "version", "")
-    return f"{v.title} {version}".strip()
 
 
 def _planned(planning, nothing: str) -> runs.RunPlan:
