@@ -107,7 +107,7 @@ def target_of(ctx: Context, app: str) -> Target:
         fail(str(exc))
 
 
-def need_key(ctx: Context, app: str, operation: str, note: bool = True) -> None:
+def need_key(ctx: Context, app: str, operation: Optional[str], note: bool = True) -> None:
     """Results kept only encrypted need the token key before a job runs:
     without it a password would be lost for good."""
     if ctx.cipher is not None:
@@ -235,7 +235,7 @@ def queue_run(ctx: Context, run_id: int, change: Callable[[], T]) -> T:
     except (redis.RedisError, dramatiq.errors.DramatiqError, OSError) as exc:
         if ctx.embedded:
             raise
-        current = run_control.run_progress(ctx.engine, run_id).current
+        current = find_run(ctx, run_id).current
         held = control.hold_after_failed_queue(ctx.engine, current[1].job_id, exc) if current else str(exc)
         fail(f"{held}. `imshift resume {name(run_id)}` continues it once Redis works", EXIT_STOPPED)
 
@@ -257,7 +257,7 @@ def _follow_run(ctx: Context, run_id: int) -> None:
           in_process_workers(ctx.broker) if ctx.embedded else contextlib.nullcontext()):
         try:
             while True:
-                p = run_control.run_progress(ctx.engine, run_id)
+                p = find_run(ctx, run_id)
                 current = p.current
                 if p.status != JobStatus.RUNNING.value or current is None:
                     break
@@ -276,7 +276,7 @@ def _follow_run(ctx: Context, run_id: int) -> None:
                 console.print(f"\n[yellow]Paused run {name(run_id)}[/yellow]; "
                               f"`imshift resume {name(run_id)}` continues it.")
             raise typer.Exit(exit_code_of(exc)) from exc
-    p = run_control.run_progress(ctx.engine, run_id)
+    p = find_run(ctx, run_id)
     run_report(p)
     raise typer.Exit(run_exit_code(p))
 

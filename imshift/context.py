@@ -154,14 +154,15 @@ class Context:
 
     def check_broker(self) -> None:
         """With Redis: that it answers, before any job is queued. Raises SetupError."""
-        if self.embedded:
+        redis_url = self.settings.redis_url
+        if not redis_url:  # embedded
             return
         import redis
 
-        url = urlsplit(self.settings.redis_url)
+        url = urlsplit(redis_url)
         where = f"{url.hostname or 'localhost'}:{url.port or 6379}"  # never the password
         try:
-            client = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=3,
+            client = redis.Redis.from_url(redis_url, socket_connect_timeout=3,
                                           socket_timeout=3)
             try:
                 client.ping()
@@ -210,7 +211,8 @@ class Context:
         rates.update(settings.rates)
         caps = {op.value: {c.per: c.calls for c in cs} for op, cs in rules.caps.items()}
         for key, windows in settings.caps.items():
-            caps.setdefault(key, {}).update(windows)
+            for per, n in windows.items():
+                caps.setdefault(key, {})[per] = n
         caps = {key: {per: n for per, n in windows.items() if n > 0} for key, windows in caps.items()}
         app = App(name, settings, v, config, rules, rates,
                   {key: windows for key, windows in caps.items() if windows})

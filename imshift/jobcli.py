@@ -144,16 +144,16 @@ def send(
     tgt = target_of(ctx, app)
     if not dry_run:
         check_broker(ctx)
-    if to_groups is not None:
+    if to is not None:
+        planned = _plan(ctx, lambda progress: kinds.plan_send(
+            ctx.engine, tgt, to, sender=sender, message=message,
+            chunk_size=ctx.settings.chunk_size, progress=progress, via=run))
+        _launch(ctx, planned, Operation.SEND, app, dry_run, detach)
+    elif to_groups is not None:  # exactly one of the two, checked above
         planned = _plan(ctx, lambda progress: kinds.plan_group_send(
             ctx.engine, tgt, to_groups, sender=sender, message=message,
             chunk_size=ctx.settings.chunk_size, progress=progress, via=run))
         _launch(ctx, planned, Operation.SEND_GROUP, app, dry_run, detach)
-        return
-    planned = _plan(ctx, lambda progress: kinds.plan_send(
-        ctx.engine, tgt, to, sender=sender, message=message, chunk_size=ctx.settings.chunk_size,
-        progress=progress, via=run))
-    _launch(ctx, planned, Operation.SEND, app, dry_run, detach)
 
 
 def _needed_by(operation: Operation, parameter: str) -> str:

@@ -39,32 +39,10 @@ def status(
         fail("--json prints once; it does not go with --watch")
     kind, job = ref_of(ref) if ref is not None else ("job", None)
     ctx = load_context()
+    if job is None:
+        return _recent(ctx, as_json)
     if kind == "run":
         return _run_status(ctx, job, watch_, as_json)
-    if job is None:
-        from imshift.jobs.run_control import recent_runs
-
-        jobs, listed = recent_jobs(ctx.engine), recent_runs(ctx.engine)
-        if as_json:
-            print(json.dumps({"jobs": [job_json(p) for p in jobs], "runs": [run_json(r) for r in listed]}))
-            return
-        table = Table(title="recent jobs")
-        for column in ("job", "kind", "app", "status", "done", "counts"):
-            table.add_column(column)
-        for p in jobs:
-            table.add_row(str(p.job_id), p.kind, p.app, p.status, f"{p.completed}/{p.total}",
-                          counts_text(p))
-        console.print(table)
-        if listed:
-            table = Table(title="recent runs (`imshift status R<n>` shows one)")
-            for column in ("run", "from", "to", "status", "stage now"):
-                table.add_column(column)
-            for r in listed:
-                current = r.current
-                table.add_row(f"R{r.run_id}", r.source_app, r.app, r.status,
-                              f"{current[0]} {current[1].completed}/{current[1].total}" if current else "")
-            console.print(table)
-        return
     p = progress(ctx.engine, job)
     if p is None:
         fail(f"no job {job}")
@@ -93,6 +71,32 @@ def status(
             console.print(f"  [yellow]no progress for {_fmt_seconds(idle)}[/yellow]: {runner}")
         else:
             console.print(f"  rate {p.rate or 0:,.1f} items/s, ETA {_fmt_seconds(p.eta())}")
+
+
+def _recent(ctx: Context, as_json: bool) -> None:
+    """`imshift status` alone: the recent jobs and runs."""
+    from imshift.jobs.run_control import recent_runs
+
+    jobs, listed = recent_jobs(ctx.engine), recent_runs(ctx.engine)
+    if as_json:
+        print(json.dumps({"jobs": [job_json(p) for p in jobs], "runs": [run_json(r) for r in listed]}))
+        return
+    table = Table(title="recent jobs")
+    for column in ("job", "kind", "app", "status", "done", "counts"):
+        table.add_column(column)
+    for p in jobs:
+        table.add_row(str(p.job_id), p.kind, p.app, p.status, f"{p.completed}/{p.total}",
+                      counts_text(p))
+    console.print(table)
+    if listed:
+        table = Table(title="recent runs (`imshift status R<n>` shows one)")
+        for column in ("run", "from", "to", "status", "stage now"):
+            table.add_column(column)
+        for r in listed:
+            current = r.current
+            table.add_row(f"R{r.run_id}", r.source_app, r.app, r.status,
+                          f"{current[0]} {current[1].completed}/{current[1].total}" if current else "")
+        console.print(table)
 
 
 class Format(str, Enum):
