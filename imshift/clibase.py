@@ -10,7 +10,6 @@ import collections
 import contextlib
 import json
 import time
-from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, NoReturn, Optional, TypeVar
 
 import typer
@@ -27,7 +26,7 @@ from imshift.vendors.vocabulary import Message, Operation
 from imshift.workers.embedded import in_process_workers
 
 from .context import Context, SetupError
-from .watch import (_fmt_seconds, counts_text, exit_code_of, run_in_process, stop_signals_interrupt,
+from .watch import (counts_text, exit_code_of, fmt_seconds, run_in_process, stop_signals_interrupt,
                     summary, watch)
 
 # Exit codes (the README and docs/failure-modes.md list them).
@@ -39,8 +38,6 @@ EXIT_FAILURES = 3  # it finished, but some rows ended otherwise (refused at plan
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # an error stays one line, however narrow the terminal
 
-InputPath = Annotated[Path, typer.Option("--input", "-i", help="A .csv, .jsonl or .txt file.",
-                                         exists=False)]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Check every row and estimate the run "
                                       "time; send nothing. `imshift start JOB` runs it later.")]
 Detach = Annotated[bool, typer.Option("--detach", help="With Redis: enqueue and return instead "
@@ -296,7 +293,7 @@ def run_report(p: RunProgress) -> None:
         running = sp.status == JobStatus.RUNNING.value
         table.add_row(stage, str(sp.job_id), sp.status, f"{sp.completed:,}/{sp.total:,}",
                       f"{sp.rate or 0:,.1f}/s" if sp.started_at else "",
-                      _fmt_seconds(sp.eta()) if running else "", counts_text(sp))
+                      fmt_seconds(sp.eta()) if running else "", counts_text(sp))
     console.print(table)
     problems = [(stage, state) for stage, sp in p.stages
                 for state in ("rejected", "failed", "unknown", "skipped") if sp.counts.get(state)]

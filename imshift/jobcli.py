@@ -16,10 +16,13 @@ from imshift.jobs.target import missing_text
 from imshift.vendors.vocabulary import Missing, Operation, Unsupported
 
 from .appcheck import refuse_unless_reached
-from .clibase import (Detach, DryRun, InputPath, Via, check_broker, console, fail, load_context,
+from .clibase import (Detach, DryRun, Via, check_broker, console, fail, load_context,
                       message_of, need_key, start_job, target_of, via_run)
 from .context import Context
-from .watch import _fmt_seconds
+from .watch import fmt_seconds
+
+InputPath = Annotated[Path, typer.Option("--input", "-i", help="A .csv, .jsonl or .txt file.",
+                                         exists=False)]
 
 migrate_app = typer.Typer(help="Move data from one vendor app to another.", no_args_is_help=True)
 tokens_app = typer.Typer(help="Bulk token work.", no_args_is_help=True)
@@ -57,7 +60,7 @@ def _report(ctx: Context, planned: kinds.Planned, operation: Operation, app: str
     estimate = ctx.target(app).estimate_seconds(operation, r.pending)
     rate = ctx.rates(app).get(operation.value)
     if estimate is not None:
-        console.print(f"  estimated run time at {rate:g} calls/s: {_fmt_seconds(estimate)}")
+        console.print(f"  estimated run time at {rate:g} calls/s: {fmt_seconds(estimate)}")
 
 
 def _launch(ctx: Context, planned: kinds.Planned, operation: Operation, app: str,

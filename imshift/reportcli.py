@@ -23,7 +23,7 @@ from imshift.models.tables import ItemState, JobStatus
 from .clibase import (JobRef, console, err, exit_code, fail, find_run, follow_job, follow_run, job_json,
                       load_context, need_key, ref_of, run_report, target_of)
 from .context import Context
-from .watch import _fmt_seconds, counts_text, summary, watch
+from .watch import counts_text, fmt_seconds, summary, watch
 
 
 def status(
@@ -68,9 +68,9 @@ def status(
         if idle is not None and idle > ctx.settings.stale_after:
             runner = (f"nothing runs it now: `imshift resume {job}` carries it on" if ctx.embedded
                       else "are workers running? (`imshift worker`)")
-            console.print(f"  [yellow]no progress for {_fmt_seconds(idle)}[/yellow]: {runner}")
+            console.print(f"  [yellow]no progress for {fmt_seconds(idle)}[/yellow]: {runner}")
         else:
-            console.print(f"  rate {p.rate or 0:,.1f} items/s, ETA {_fmt_seconds(p.eta())}")
+            console.print(f"  rate {p.rate or 0:,.1f} items/s, ETA {fmt_seconds(p.eta())}")
 
 
 def _recent(ctx: Context, as_json: bool) -> None:

@@ -27,7 +27,7 @@ from .clibase import (Detach, DryRun, JobRef, check_broker, console, fail, find_
                       follow_run, load_context, need_key, queue_job, queue_run, ref_of, start_job,
                       target_of)
 from .context import Context
-from .watch import _fmt_seconds
+from .watch import fmt_seconds
 
 FilePath = Optional[Path]
 
@@ -185,9 +185,9 @@ def print_plan(plan: runs.RunPlan, app: str) -> None:
         r = s.report
         table.add_row(s.stage, str(s.job_id), f"{r.total:,}", f"{r.pending:,}",
                       f"{r.invalid + r.duplicates:,}", f"{r.done:,}", f"{s.calls:,}",
-                      _fmt_seconds(s.seconds) if s.seconds is not None else "?")
+                      fmt_seconds(s.seconds) if s.seconds is not None else "?")
     table.add_row("total", "", "", "", "", "", f"{sum(s.calls for s in plan.stages):,}",
-                  _fmt_seconds(plan.seconds) if plan.seconds is not None else "?")
+                  fmt_seconds(plan.seconds) if plan.seconds is not None else "?")
     console.print(table)
     for s in plan.stages:
         if s.ignored_columns:

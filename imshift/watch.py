@@ -21,7 +21,7 @@ from imshift.workers.sweeper import sweep
 from .context import Context
 
 
-def _fmt_seconds(seconds: float | None) -> str:
+def fmt_seconds(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     seconds = int(seconds)
@@ -69,10 +69,10 @@ def watch(ctx: Context, job_id: int, console: Console, *, sweeping: bool = False
             running = p.status == JobStatus.RUNNING.value
             if bar is not None and task is not None:
                 bar.update(task, completed=p.done, rate=f"{rate or 0:,.0f}",
-                           eta=_fmt_seconds(p.eta(rate)), counts=counts_text(p))
+                           eta=fmt_seconds(p.eta(rate)), counts=counts_text(p))
             elif now - last_line >= PLAIN_EVERY or not running:
                 console.print(f"job {job_id}: {p.done:,}/{p.total:,} {rate or 0:,.0f}/s ETA "
-                              f"{_fmt_seconds(p.eta(rate))} {counts_text(p)}", highlight=False)
+                              f"{fmt_seconds(p.eta(rate))} {counts_text(p)}", highlight=False)
                 last_line = now
             if not running:
                 return p
@@ -134,7 +134,7 @@ def summary(ctx: Context, p: JobProgress, console: Console, examples: int = 10) 
     console.print(f"\n[bold]job {p.job_id}[/bold] ({p.kind} on {p.app}): {p.status}, "
                   f"{p.completed}/{p.total} items done"
                   + (f", {cancelled} cancelled" if cancelled else "")
-                  + f" in {_fmt_seconds(elapsed)}")
+                  + f" in {fmt_seconds(elapsed)}")
     console.print("  " + counts_text(p))
     if p.stop_reason:
         console.print(f"  [red]{p.stop_reason}[/red]")
