@@ -120,7 +120,7 @@ def child(args_list: list[str], profile_to: Path | None,
         cwd = code
     process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, text=True, env=env)
     try:
-        out = process.stdout.read()
+        out = process.stdout.read() if process.stdout else ""  # stdout=PIPE: always there
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
     except BaseException:

@@ -277,6 +277,8 @@ def follow(ctx, run_id: int, timeout: float):
     deadline = time.monotonic() + timeout
     while True:
         p = run_control.run_progress(ctx.engine, run_id)
+        if p is None:
+            raise SystemExit(f"run {run_id} is gone")
         if p.status not in ("running", "planned"):
             return p
         if time.monotonic() > deadline:

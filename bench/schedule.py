@@ -93,7 +93,12 @@ def serve_recording(port: int, rate: float, latency: float, names: list[str], id
     from imshift.vendors.sandbox.serve import serve
 
     box = MaximSandbox(rate_limits={"send": rate}, faults=Faults(latency=latency))
-    ids = {name: str(box._register(name, "bench-password").user_id) for name in names}
+    ids = {}
+    for name in names:
+        user = box._register(name, "bench-password")
+        if isinstance(user, tuple):  # (code, reason)
+            raise SystemExit(f"the Maxim sandbox refused user {name!r}: {user[1]}")
+        ids[name] = str(user.user_id)
     Path(ids_file).write_text(json.dumps(ids))
     arrivals: list[tuple[float, int | None]] = []
     inner = box.app
@@ -121,7 +126,7 @@ def serve_recording(port: int, rate: float, latency: float, names: list[str], id
             return
         await inner(scope, receive, send)
 
-    box.app = app
+    box.app = app  # type: ignore[assignment]  # any ASGI app serves; vendors/sandbox types it Starlette
     asyncio.run(serve([(box, port)]))
 
 
@@ -305,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
     fired = Counter(by_sid[r.schedule_id] for r in rows if r.state == "fired")
     committed = {by_sid[r.schedule_id]: r.created_at for r in rows if r.state == "fired"}
     first_call: dict[int, float] = {}
-    calls = Counter()
+    calls: Counter[int] = Counter()
     for t, k in arrivals:
         if k is not None:
             calls[k] += 1

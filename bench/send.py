@@ -120,6 +120,8 @@ def main(argv: list[str]) -> int:
                 samples = watch(ctx, base_url, job_id, OP, timeout=60 + 3 * calls_needed / args.rate)
             stats = sandbox_stats(base_url)
             p = progress(ctx.engine, job_id)
+            if p is None or p.started_at is None:
+                raise SystemExit(f"job {job_id} never started")
             spans = claim_to_record_seconds(ctx.engine, job_id)
             ctx.engine.dispose()
     calls = stats["calls"].get(OP, 0)

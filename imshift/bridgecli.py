@@ -14,9 +14,8 @@ from rich.table import Table
 from imshift.jobs import bridges
 from imshift.jobs.run_control import parse_ref
 from imshift.jobs.control import JobError
-from imshift.vendors.registry import vendor
 
-from .jobcli import _context, console, fail
+from .clibase import console, fail, load_context
 
 bridge_app = typer.Typer(help="Keep users of the old and the new vendor talking during a cut-over: "
                               "messages on one side's feed are relayed to the other, ids through a "
@@ -67,17 +66,17 @@ def add(
         raise
     if kind != "run":
         fail(f"--run takes a migration run (R<n>), not job {run}")
-    ctx = _context()
+    ctx = load_context()
     for app in ([source, target] if both_ways else [source]):
         try:
-            cls = vendor(ctx.settings.app(app).vendor).client.for_config(ctx.config(app))
+            cls = ctx.app(app).client_class
         except ValueError as exc:
             fail(str(exc))
             raise
         if not cls.feeds:
             fail(f"{app} ({cls.vendor}) has no message feed imshift can read: it cannot be bridged from")
     for app in ([source, target] if both_ways else [target]):
-        cls = vendor(ctx.settings.app(app).vendor).client.for_config(ctx.config(app))
+        cls = ctx.app(app).client_class
         if not cls.feeds:
             fail(f"{app} ({cls.vendor}) cannot take relayed messages yet")
     try:
@@ -102,7 +101,7 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
 ) -> None:
     """The bridges, newest first."""
-    ctx = _context()
+    ctx = load_context()
     rows = bridges.listed(ctx.engine, removed=all_)
     if as_json:
         print(json.dumps([_brief(r) for r in rows]))
@@ -135,7 +134,7 @@ def status(
     if as_json and watch_:
         fail("--json prints once; it does not go with --watch")
     bid = _bid(ref)
-    ctx = _context()
+    ctx = load_context()
     while True:
         try:
             report = bridges.report(ctx.engine, bid)
@@ -178,7 +177,7 @@ def _lag(seconds: float | None) -> str:
 
 def _control(command: str, ref: str) -> None:
     bid = _bid(ref)
-    ctx = _context()
+    ctx = load_context()
     try:
         state = bridges.control(ctx.engine, bid, command)
     except bridges.BridgeError as exc:
@@ -204,7 +203,7 @@ def retry(
     """Relay the failed messages again (after the delta run mapped a held id,
     or the target came back); they go after what their conversation has had."""
     bid = _bid(ref)
-    ctx = _context()
+    ctx = load_context()
     try:
         count = bridges.retry(ctx.engine, bid, unknown=unknown)
     except bridges.BridgeError as exc:

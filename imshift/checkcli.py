@@ -1,98 +1,16 @@
 """`imshift check [APP...]`: one read-only call per app, within its rates,
 to learn before a run whether the vendor is reached and takes the app's
-credentials. Dry runs make the same check for the apps they use."""
+credentials (imshift/appcheck.py makes the calls; dry runs make them too)."""
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
 from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
 
-from imshift.vendors.registry import vendor
-from imshift.vendors.vocabulary import Outcome, Result
-
-from .context import Context
-
-
-@dataclass(frozen=True)
-class Checked:
-    app: str
-    ok: bool
-    line: str  # "app (Vendor): ..." with no secret in it
-    settings: bool = False  # the cause is in the settings (credentials, URL), not a service
-
-
-def _api(ctx: Context, app: str) -> str:
-    """"OpenIM v3": the vendor, with the API version the app speaks where it has one."""
-    v = vendor(ctx.settings.app(app).vendor)
-    version = getattr(v.client.for_config(ctx.config(app)), "version", "")
-    return f"{v.title} {version}".strip()
-
-
-def _describe(result: Result) -> tuple[bool, str, bool]:
-    said = f"{result.code}: {result.message}" if result.message else str(result.code)
-    if result.outcome is Outcome.OK:
-        return True, "reachable, credentials accepted", False
-    if result.outcome is Outcome.AUTH:
-        if str(result.code).startswith("http 40"):  # an endpoint that is not there
-            return False, f"reachable, but {result.message}", True
-        return False, f"reachable, credentials refused ({said})", True
-    if result.code == "network":
-        return False, f"not reachable ({result.message})", False
-    if result.code in ("timeout", "reset"):
-        return False, f"no reply ({result.message})", False
-    if result.outcome is Outcome.RATE_LIMITED:
-        return False, f"reachable, but over its rate limit ({said}); check again later", False
-    return False, f"reachable, but the check call was answered {said}", False
-
-
-async def _check_one(ctx: Context, app: str, limiter) -> Checked:
-    try:
-        api = _api(ctx, app)
-        client = ctx.client(app, ctx.throttle(app, limiter))
-    except ValueError as exc:  # an unknown app or settings that do not fit its vendor
-        return Checked(app, False, f"{app}: {exc}", settings=True)
-    try:
-        result = await client.check()
-    finally:
-        await client.http.aclose()
-    ok, said, settings = _describe(result)
-    if ok:
-        said += f", {api} API answered"
-    return Checked(app, ok, f"{app} ({api}): {said}", settings)
-
-
-def check_apps(ctx: Context, apps: list[str]) -> list[Checked]:
-    """Each app checked once, in order; secrets the vendor echoed are masked."""
-    async def all_of() -> list[Checked]:
-        limiter = ctx.limiter()
-        try:
-            return [await _check_one(ctx, app, limiter) for app in apps]
-        finally:
-            if limiter.redis is not None:
-                await limiter.redis.aclose()
-
-    checked = asyncio.run(all_of())
-    secrets = [s for s in ctx.secrets() if s]
-    for i, c in enumerate(checked):
-        line = c.line
-        for secret in secrets:
-            line = line.replace(secret, "***")
-        checked[i] = Checked(c.app, c.ok, line, c.settings)
-    return checked
-
-
-def refuse_unless_reached(ctx: Context, apps: list[str]) -> None:
-    """A dry run's check: the first app that fails ends the command in one line."""
-    from .jobcli import EXIT_STOPPED, EXIT_USAGE, fail
-
-    for c in check_apps(ctx, list(dict.fromkeys(apps))):
-        if not c.ok:
-            fail(f"{escape(c.line)}. Nothing was created; `imshift check {c.app}` checks it again.",
-                 EXIT_USAGE if c.settings else EXIT_STOPPED)
+from .appcheck import check_apps
+from .clibase import console, fail, load_context
 
 
 def check(
@@ -102,9 +20,7 @@ def check(
     """Check each app with one read-only call, within its rates: the vendor is
     reached, takes the app's credentials, and answers the API version the app
     is set to. Exit 0 when every app passes, 1 otherwise."""
-    from .jobcli import _context, console, fail
-
-    ctx = _context()
+    ctx = load_context()
     names = apps or list(ctx.settings.apps)
     if not names:
         fail("no apps configured: name them in imshift.toml (or IMSHIFT_CONFIG), see the README")

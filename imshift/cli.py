@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from imshift import __version__, bridgecli, checkcli, jobcli
+from imshift import __version__, bridgecli, checkcli, clibase, jobcli, reportcli, runcli, schedulecli
 from imshift.vendors.vocabulary import Operation
 
 EXIT_CODES = ("Exit codes, for a job or a run: 0 it finished and every input row ended ok or "
@@ -27,13 +27,13 @@ class App(typer.Typer):
             return super().__call__(*args, **kwargs)
         except DBAPIError as exc:  # the database is down, full, or refuses us: one line
             try:
-                jobcli.database_failed(exc, "Fix it (DATABASE_URL), then run the command again; "
+                clibase.database_failed(exc, "Fix it (DATABASE_URL), then run the command again; "
                                             "`imshift status` shows where each job stands")
             except typer.Exit as done:
                 sys.exit(done.exit_code)
         except OSError as exc:  # a full disk, a folder that cannot be written
             where = f" ({exc.filename})" if exc.filename else ""
-            jobcli.err.print(f"[red]error:[/red] {exc.strerror or exc}{where}; nothing in the "
+            clibase.err.print(f"[red]error:[/red] {exc.strerror or exc}{where}; nothing in the "
                              "jobs changed: fix it and run the command again", highlight=False)
             sys.exit(1)
 
@@ -43,7 +43,15 @@ app = App(help="Bulk work on cloud IM vendors' server APIs: migrations, token re
                   pretty_exceptions_show_locals=False,
                   context_settings={"help_option_names": ["-h", "--help"]})  # every command inherits it
 console = Console()
-jobcli.register(app)
+app.add_typer(jobcli.migrate_app, name="migrate")
+app.add_typer(jobcli.tokens_app, name="tokens")
+app.add_typer(schedulecli.schedule_app, name="schedule")
+jobcli.migrate_app.command("run")(runcli.migrate_run)
+for command in (runcli.idmap, jobcli.send, jobcli.broadcast, runcli.start, reportcli.status,
+                reportcli.results, runcli.retry, runcli.cancel, runcli.pause, runcli.resume,
+                schedulecli.scheduler):
+    app.command()(command)
+schedulecli.SCHEDULABLE.update(send=jobcli.send, broadcast=jobcli.broadcast)
 app.add_typer(bridgecli.bridge_app, name="bridge")
 app.command()(checkcli.check)
 
@@ -73,15 +81,15 @@ def worker(
     worker process that dies is started again; SIGTERM or Ctrl-C stops them all."""
     from imshift.pool import supervise
 
-    ctx = jobcli._context()
+    ctx = clibase.load_context()
     if ctx.embedded:
-        jobcli.fail("workers need REDIS_URL; without it, imshift runs each job inside the "
+        clibase.fail("workers need REDIS_URL; without it, imshift runs each job inside the "
                     "command that starts it.")
     for name in ctx.settings.apps:  # a typo in any app fails now, not in every chunk
         try:
-            ctx.config(name)
+            ctx.app(name)
         except ValueError as exc:
-            jobcli.fail(str(exc))
+            clibase.fail(str(exc))
     if metrics_port is not None:
         from imshift.metrics import serve_workers
 
@@ -100,7 +108,7 @@ def serve(
     resumes or retries."""
     from imshift.api_serve import serve as run
 
-    raise typer.Exit(run(jobcli._context(), host, port, console.print))
+    raise typer.Exit(run(clibase.load_context(), host, port, console.print))
 
 
 @app.command()

@@ -25,11 +25,11 @@ from pydantic import TypeAdapter, ValidationError
 from imshift.jobs.target import Target
 from imshift.logs import secret_fields
 from imshift.models import make_engine
-from imshift.settings import Settings, config_path
+from imshift.settings import AppSettings, Settings, config_path
 from imshift.vendors.vocabulary import VendorRules
 from imshift.vendors.client import Throttle, VendorClient
 from imshift.vendors.http import http_client
-from imshift.vendors.registry import vendor
+from imshift.vendors.registry import Vendor, vendor
 from imshift.workers.actors import declare
 from imshift.workers.broker import make_broker
 from imshift.workers.ratelimit import RateLimiter
@@ -51,6 +51,43 @@ def vendor_config(app: str, config_class: type, fields: dict[str, Any]) -> Any:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '?'}: {e['msg']}" for e in exc.errors())
         raise ValueError(f"app {app!r} settings do not fit {config_class.__name__}: {problems}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class App:
+    """A configured app resolved from the settings: its vendor, its config
+    (credentials included: it stays in this process), and the rules, rates
+    and caps that planning, estimates and workers all use."""
+
+    name: str
+    settings: AppSettings
+    vendor: Vendor
+    config: Any
+    rules: VendorRules
+    rates: dict[str, float]  # the vendor's default rates, with the app's own overrides
+    caps: dict[str, dict[str, int]]  # {"broadcast": {"hour": 2, "day": 3}}; the app's 0 lifts one
+
+    @property
+    def who(self) -> str:
+        """The app as a cap's refusal names it: "RongCloud (app rc)"."""
+        return f"{self.vendor.title} (app {self.name})"
+
+    @property
+    def client_class(self) -> type[VendorClient]:
+        """The vendor's client class that serves this config (an API version may pick it)."""
+        return self.vendor.client.for_config(self.config)
+
+    @property
+    def api(self) -> str:
+        """"OpenIM v3": the vendor, with the API version the app speaks where it has one."""
+        return f"{self.vendor.title} {getattr(self.client_class, 'version', '')}".strip()
+
+
+def _enforce(box: Any, app: App) -> Any:
+    """A sandbox holds the app's rates and caps, as the vendor holds its limits."""
+    box.rate_limits.update(app.rates)
+    box.caps = app.caps
+    return box
 
 
 class SetupError(Exception):
@@ -83,7 +120,7 @@ class Context:
         self._stamp = _stamp(self._file) if self._file else None
         self.settings = settings or Settings()
         self.sandboxes: dict[str, Any] = {}  # built-in sandboxes, by app name
-        self._configs: dict[str, Any] = {}
+        self._apps: dict[str, App] = {}  # resolved as first used
 
     def refresh(self) -> None:
         """Read the apps again if the config file changed since they were
@@ -93,7 +130,7 @@ class Context:
             return
         stamp = _stamp(self._file)
         self.settings.apps = Settings().apps  # the apps only: the database and broker stay
-        self._configs.clear()
+        self._apps.clear()
         self._stamp = stamp
 
     @property
@@ -117,14 +154,15 @@ class Context:
 
     def check_broker(self) -> None:
         """With Redis: that it answers, before any job is queued. Raises SetupError."""
-        if self.embedded:
+        redis_url = self.settings.redis_url
+        if not redis_url:  # embedded
             return
         import redis
 
-        url = urlsplit(self.settings.redis_url)
+        url = urlsplit(redis_url)
         where = f"{url.hostname or 'localhost'}:{url.port or 6379}"  # never the password
         try:
-            client = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=3,
+            client = redis.Redis.from_url(redis_url, socket_connect_timeout=3,
                                           socket_timeout=3)
             try:
                 client.ping()
@@ -146,72 +184,80 @@ class Context:
         declare(broker, time_limit_ms=int(self.settings.lease_seconds * 4 * 1000))
         return broker
 
+    def app(self, name: str) -> App:
+        """The configured app `name`, resolved once (again after a refresh).
+        Raises ValueError for an unknown app or settings that do not fit its vendor."""
+        if name not in self._apps:
+            self._apps[name] = self._resolve(name)
+        return self._apps[name]
+
+    def _resolve(self, name: str) -> App:
+        settings = self.settings.app(name)
+        v = vendor(settings.vendor)
+        fields = settings.vendor_config()
+        box = None
+        if settings.sandbox:
+            # A built-in sandbox app gets the sandbox's demo credentials, with
+            # the app's other settings (an API version, batch sizes) applied.
+            if name not in self.sandboxes:
+                box = self.sandboxes[name] = v.sandbox()
+            demo = self.sandboxes[name].config(f"http://{name}.internal")
+            fields = {**{f.name: getattr(demo, f.name) for f in dataclasses.fields(demo)}, **fields}
+        config = vendor_config(name, v.config, fields)
+        rules = v.rules(config)
+        if settings.group_size is not None:
+            rules = dataclasses.replace(rules, group_size=settings.group_size)
+        rates = {op.value: rate for op, rate in rules.rates.items()}
+        rates.update(settings.rates)
+        caps = {op.value: {c.per: c.calls for c in cs} for op, cs in rules.caps.items()}
+        for key, windows in settings.caps.items():
+            for per, n in windows.items():
+                caps.setdefault(key, {})[per] = n
+        caps = {key: {per: n for per, n in windows.items() if n > 0} for key, windows in caps.items()}
+        app = App(name, settings, v, config, rules, rates,
+                  {key: windows for key, windows in caps.items() if windows})
+        if box is not None:
+            _enforce(box, app)
+        return app
+
     def config(self, app: str) -> Any:
         """The vendor config of a configured app (credentials included: it
-        stays in this process). A built-in sandbox app gets the sandbox's demo
-        credentials, with the app's other settings (an API version, batch
-        sizes) applied."""
-        if app not in self._configs:
-            app_settings = self.settings.app(app)
-            v = vendor(app_settings.vendor)
-            fields = app_settings.vendor_config()
-            if app_settings.sandbox:
-                demo = self.sandbox(app).config(f"http://{app}.internal")
-                fields = {**{f.name: getattr(demo, f.name) for f in dataclasses.fields(demo)}, **fields}
-            self._configs[app] = vendor_config(app, v.config, fields)
-        return self._configs[app]
+        stays in this process)."""
+        return self.app(app).config
 
     def rules(self, app: str) -> VendorRules:
-        """The configured app's rules: what planning, estimates and workers all use."""
-        rules = vendor(self.settings.app(app).vendor).rules(self.config(app))
-        size = self.settings.app(app).group_size
-        return rules if size is None else dataclasses.replace(rules, group_size=size)
+        return self.app(app).rules
 
     def rates(self, app: str) -> dict[str, float]:
-        """Default rates of the app's vendor, with the app's own overrides."""
-        rates = {op.value: rate for op, rate in self.rules(app).rates.items()}
-        rates.update(self.settings.app(app).rates)
-        return rates
+        return self.app(app).rates
 
     def caps(self, app: str) -> dict[str, dict[str, int]]:
-        """The vendor's caps over hours and days, with the app's own
-        overrides ({"broadcast": {"hour": 2, "day": 3}}; 0 lifts a cap)."""
-        caps = {op.value: {c.per: c.calls for c in cs} for op, cs in self.rules(app).caps.items()}
-        for key, windows in self.settings.app(app).caps.items():
-            caps.setdefault(key, {}).update(windows)
-        caps = {key: {per: n for per, n in windows.items() if n > 0} for key, windows in caps.items()}
-        return {key: windows for key, windows in caps.items() if windows}
-
-    def who(self, app: str) -> str:
-        """The app as a cap's refusal names it: "RongCloud (app rc)"."""
-        return f"{vendor(self.settings.app(app).vendor).title} (app {app})"
+        return self.app(app).caps
 
     def target(self, app: str) -> Target:
         self.refresh()
-        v = vendor(self.settings.app(app).vendor)
-        return Target(app, v.name, v.client.for_config(self.config(app)).capabilities,
-                      self.rules(app), self.rates(app), self.caps(app), self.who(app))
+        a = self.app(app)
+        return Target(app, a.vendor.name, a.client_class.capabilities, a.rules, a.rates, a.caps,
+                      a.who)
 
     def sandbox(self, app: str) -> Any:
         """The built-in sandbox behind `sandbox-<vendor>`: it enforces the
         vendor's default rates, as the real vendor enforces its limits."""
         if app not in self.sandboxes:
-            box = self.sandboxes[app] = vendor(self.settings.app(app).vendor).sandbox()
-            # Its limits are the app's rates, which depend on the app's config,
-            # which holds the sandbox's demo credentials: set them once both exist.
-            box.rate_limits.update(self.rates(app))
-            box.caps = self.caps(app)
+            a = self.app(app)  # a sandbox app makes its sandbox as it is resolved
+            if app not in self.sandboxes:
+                self.sandboxes[app] = _enforce(a.vendor.sandbox(), a)
         return self.sandboxes[app]
 
     def client(self, app: str, throttle: Throttle | None = None) -> VendorClient:
         self.refresh()
-        v = vendor(self.settings.app(app).vendor)
-        if self.settings.app(app).sandbox:
+        a = self.app(app)
+        if a.settings.sandbox:
             http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.sandbox(app).app))
         else:
             http = http_client(max_connections=self.settings.concurrency)
-        return v.make_client(self.config(app), http, throttle=throttle,
-                             timeout=self.settings.request_timeout)
+        return a.vendor.make_client(a.config, http, throttle=throttle,
+                                    timeout=self.settings.request_timeout)
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for the log redaction filter."""
@@ -239,8 +285,7 @@ class Context:
     def register_secrets(self, app: str) -> frozenset[str]:
         """What registering at the app's vendor returns that is kept only
         encrypted ("token", "password"), and so is dropped without a key."""
-        v = vendor(self.settings.app(app).vendor)
-        return v.client.for_config(self.config(app)).register_secrets
+        return self.app(app).client_class.register_secrets
 
     def limits_folder(self) -> Path:
         """Without Redis, where the commands that share this database share
@@ -264,7 +309,8 @@ class Context:
 
     def throttle(self, app: str, limiter: RateLimiter) -> Throttle:
         """The app's throttle: its rates and caps, held with everyone's calls."""
-        return limiter.throttle_for(app, self.rates(app), caps=self.caps(app), who=self.who(app))
+        a = self.app(app)
+        return limiter.throttle_for(app, a.rates, caps=a.caps, who=a.who)
 
     @functools.cached_property
     def runtime(self) -> Runtime:

@@ -29,7 +29,7 @@ from rich.console import Console
 
 from imshift.context import Context, SetupError
 from imshift.jobs import control, kinds, run_control, runs
-from imshift.jobs.progress import progress, results
+from imshift.jobs.progress import results
 from imshift.models.tables import JobStatus
 from imshift.settings import AppSettings, Settings
 from imshift.vendors.vocabulary import Message, Operation
@@ -39,7 +39,7 @@ from imshift.workers.embedded import in_process_workers
 from . import logs
 from .demo_bridge import run_bridge
 from .demo_schedules import run_schedules
-from .jobcli import fail
+from .clibase import fail, find_run, run_report
 from .watch import summary, watch
 
 NAMES = ["李雷", "Zoë", "Ólafur", "Мария", "محمد", "さくら", "🚀 Rocket", "Jean-Luc", "김민준", "Αθηνά"]
@@ -141,7 +141,7 @@ def run_demo(count: int, console: Console) -> None:
 
 
 def migrate(ctx: Context, users: Path, friends: Path, groups: Path, console: Console) -> int:
-    from .runcli import _report, report
+    from .runcli import print_plan
 
     started = time.monotonic()
     plan = runs.plan_run(ctx.engine, SOURCE, ctx.target(TARGET),
@@ -150,10 +150,10 @@ def migrate(ctx: Context, users: Path, friends: Path, groups: Path, console: Con
     accounts = plan.stages[0].report
     console.print(f"planned run {run_control.name(plan.run_id)}: accounts {accounts.pending:,} to "
                   f"migrate, {accounts.invalid} invalid, {accounts.duplicates} duplicate rows")
-    _report(plan, TARGET)
+    print_plan(plan, TARGET)
     run_control.start(ctx.engine, ctx.broker, plan.run_id)
     while True:  # each stage starts by itself when the one before it finishes
-        p = run_control.run_progress(ctx.engine, plan.run_id)
+        p = find_run(ctx, plan.run_id)
         if p.status != JobStatus.RUNNING.value or p.current is None:
             break
         stage, stage_progress = p.current
@@ -163,12 +163,12 @@ def migrate(ctx: Context, users: Path, friends: Path, groups: Path, console: Con
         else:
             time.sleep(0.1)  # the hand-over to the next stage is under way
     console.print()
-    report(p)
+    run_report(p)
     # The rows Maxim refused never reached it; what named them was skipped.
-    accounts = progress(ctx.engine, p.stages[0][1].job_id)
+    done = p.stages[0][1]
     skipped = {stage: sp.counts["skipped"] for stage, sp in p.stages if sp.counts.get("skipped")}
-    console.print(f"  accounts: {accounts.status}, {accounts.completed:,}/{accounts.total:,} items "
-                  f"done, {accounts.counts.get('rejected', 0)} rows refused at planning (above)"
+    console.print(f"  accounts: {done.status}, {done.completed:,}/{done.total:,} items "
+                  f"done, {done.counts.get('rejected', 0)} rows refused at planning (above)"
                   + (", so " + ", ".join(f"{n:,} {stage} items naming them were skipped"
                                          for stage, n in skipped.items()) if skipped else "")
                   + f"; the run took {time.monotonic() - started:.1f} s", highlight=False)
@@ -196,8 +196,7 @@ def send(ctx: Context, run_id: int, workdir: Path, console: Console) -> tuple[st
     addressed by their Maxim ids (Maxim's send takes nothing else): the
     sender's and the recipients' Maxim ids."""
     box = ctx.sandbox(TARGET)
-    p = run_control.run_progress(ctx.engine, run_id)
-    accounts_job = p.stages[0][1].job_id
+    accounts_job = find_run(ctx, run_id).stages[0][1].job_id
     migrated = [i.key for i in results(ctx.engine, accounts_job) if i.state in ("ok", "exists")]
     ids = dict((s, t) for kind, s, t in run_control.id_map_rows(ctx.engine, run_id) if kind == "user")
     sender, chosen = ids[migrated[0]], [ids[u] for u in migrated[1:1001]]

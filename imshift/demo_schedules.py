@@ -63,7 +63,8 @@ def run_schedules(ctx: Context, app: str, sender: str, recipients: list[str], wo
             if fired.schedule_id == recurring:
                 schedules.remove(ctx.engine, recurring)
                 console.print(f"  removed schedule {recurring} after its first fire")
-        if len(jobs) == 2 and all(progress(ctx.engine, j).status in SETTLED for j in jobs.values()):
+        if len(jobs) == 2 and all(getattr(progress(ctx.engine, j), "status", None) in SETTLED
+                                  for j in jobs.values()):
             break
         time.sleep(schedules.wait_seconds(ctx.engine, POLL))
     box = ctx.sandbox(app)

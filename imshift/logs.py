@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Iterable
+from typing import Any, Iterable
 
 MASK = "***"
 
@@ -30,8 +30,9 @@ class Redact(logging.Filter):
         return True
 
 
-def secret_fields(config: object) -> list[str]:
-    """The values of a vendor config's secret fields (those kept out of repr)."""
+def secret_fields(config: Any) -> list[str]:
+    """The values of a vendor config's secret fields (those kept out of repr; a
+    config is a dataclass)."""
     return [str(getattr(config, f.name)) for f in dataclasses.fields(config)
             if not f.repr and isinstance(getattr(config, f.name), str) and getattr(config, f.name)]
 

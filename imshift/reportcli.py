@@ -16,19 +16,14 @@ import typer
 from rich.table import Table
 
 from imshift.jobs.exports import RESULT_FIELDS, export_record, token_key_problem, write_record
-from imshift.jobs.progress import Progress, progress, recent_jobs, results as item_results
+from imshift.jobs.progress import progress, recent_jobs, results as item_results
+from imshift.jobs.run_control import RunProgress, name
 from imshift.models.tables import ItemState, JobStatus
 
+from .clibase import (JobRef, console, err, exit_code, fail, find_run, follow_job, follow_run, job_json,
+                      load_context, need_key, ref_of, run_report, target_of)
 from .context import Context
-from .jobcli import (JobRef, _follow, _need_key, _ref, _target, _context, console, err, exit_code,
-                     fail)
-from .watch import _fmt_seconds, counts_text, summary, watch
-
-
-def _json(p: Progress) -> dict:
-    return {"id": p.job_id, "kind": p.kind, "app": p.app, "status": p.status, "total": p.total,
-            "done": p.completed, "counts": p.counts, "stop_reason": p.stop_reason,
-            "started_at": p.started_at, "finished_at": p.finished_at}
+from .watch import counts_text, fmt_seconds, summary, watch
 
 
 def status(
@@ -42,48 +37,23 @@ def status(
     """How far a job is: done/total, per-outcome counts, rate and ETA."""
     if as_json and watch_:
         fail("--json prints once; it does not go with --watch")
-    kind, job = _ref(ref) if ref is not None else ("job", None)
-    ctx = _context()
-    if kind == "run":
-        from . import runcli
-        return runcli.status(ctx, job, watch_, as_json)
+    kind, job = ref_of(ref) if ref is not None else ("job", None)
+    ctx = load_context()
     if job is None:
-        from imshift.jobs.run_control import recent_runs
-
-        jobs, listed = recent_jobs(ctx.engine), recent_runs(ctx.engine)
-        if as_json:
-            from .runcli import run_json
-
-            print(json.dumps({"jobs": [_json(p) for p in jobs], "runs": [run_json(r) for r in listed]}))
-            return
-        table = Table(title="recent jobs")
-        for column in ("job", "kind", "app", "status", "done", "counts"):
-            table.add_column(column)
-        for p in jobs:
-            table.add_row(str(p.job_id), p.kind, p.app, p.status, f"{p.completed}/{p.total}",
-                          counts_text(p))
-        console.print(table)
-        if listed:
-            table = Table(title="recent runs (`imshift status R<n>` shows one)")
-            for column in ("run", "from", "to", "status", "stage now"):
-                table.add_column(column)
-            for r in listed:
-                current = r.current
-                table.add_row(f"R{r.run_id}", r.source_app, r.app, r.status,
-                              f"{current[0]} {current[1].completed}/{current[1].total}" if current else "")
-            console.print(table)
-        return
+        return _recent(ctx, as_json)
+    if kind == "run":
+        return _run_status(ctx, job, watch_, as_json)
     p = progress(ctx.engine, job)
     if p is None:
         fail(f"no job {job}")
     if as_json:
-        print(json.dumps({"jobs": [_json(p)]}))
+        print(json.dumps({"jobs": [job_json(p)]}))
         return
     if watch_ and p.status == JobStatus.RUNNING.value:
         if ctx.embedded:
-            _target(ctx, p.app)  # this process runs it: check its app first
-            _need_key(ctx, p.app, p.operation, note=False)
-            _follow(ctx, job, detach=False)
+            target_of(ctx, p.app)  # this process runs it: check its app first
+            need_key(ctx, p.app, p.operation, note=False)
+            follow_job(ctx, job, detach=False)
             return
         p = watch(ctx, job, console)
         summary(ctx, p, console)
@@ -98,9 +68,35 @@ def status(
         if idle is not None and idle > ctx.settings.stale_after:
             runner = (f"nothing runs it now: `imshift resume {job}` carries it on" if ctx.embedded
                       else "are workers running? (`imshift worker`)")
-            console.print(f"  [yellow]no progress for {_fmt_seconds(idle)}[/yellow]: {runner}")
+            console.print(f"  [yellow]no progress for {fmt_seconds(idle)}[/yellow]: {runner}")
         else:
-            console.print(f"  rate {p.rate or 0:,.1f} items/s, ETA {_fmt_seconds(p.eta())}")
+            console.print(f"  rate {p.rate or 0:,.1f} items/s, ETA {fmt_seconds(p.eta())}")
+
+
+def _recent(ctx: Context, as_json: bool) -> None:
+    """`imshift status` alone: the recent jobs and runs."""
+    from imshift.jobs.run_control import recent_runs
+
+    jobs, listed = recent_jobs(ctx.engine), recent_runs(ctx.engine)
+    if as_json:
+        print(json.dumps({"jobs": [job_json(p) for p in jobs], "runs": [run_json(r) for r in listed]}))
+        return
+    table = Table(title="recent jobs")
+    for column in ("job", "kind", "app", "status", "done", "counts"):
+        table.add_column(column)
+    for p in jobs:
+        table.add_row(str(p.job_id), p.kind, p.app, p.status, f"{p.completed}/{p.total}",
+                      counts_text(p))
+    console.print(table)
+    if listed:
+        table = Table(title="recent runs (`imshift status R<n>` shows one)")
+        for column in ("run", "from", "to", "status", "stage now"):
+            table.add_column(column)
+        for r in listed:
+            current = r.current
+            table.add_row(f"R{r.run_id}", r.source_app, r.app, r.status,
+                          f"{current[0]} {current[1].completed}/{current[1].total}" if current else "")
+        console.print(table)
 
 
 class Format(str, Enum):
@@ -123,11 +119,10 @@ def results(
     states = [s.value for s in ItemState]
     if outcome is not None and outcome not in states:
         fail(f"--outcome {outcome!r} is not an item state: choose one of {', '.join(states)}")
-    kind, job = _ref(ref)
-    ctx = _context()
+    kind, job = ref_of(ref)
+    ctx = load_context()
     if kind == "run":
-        from . import runcli
-        return runcli.results(ctx, job, stage, outcome, format.value, output)
+        return _run_results(ctx, job, stage, outcome, format.value, output)
     if stage is not None:
         fail("--stage goes with a run (R<n>), not a job")
     if progress(ctx.engine, job) is None:
@@ -178,3 +173,58 @@ def _check_token_key(ctx: Context, job: int) -> None:
     elif problem == "wrong":
         fail(f"IMSHIFT_TOKEN_KEY does not open the tokens of job {job}: they were stored with "
              "another key; set that one (nothing was written)")
+
+
+def _run_status(ctx: Context, run_id: int, watch_: bool, as_json: bool) -> None:
+    p = find_run(ctx, run_id)
+    if as_json:
+        print(json.dumps({"runs": [run_json(p)]}))
+        return
+    if watch_ and p.status == JobStatus.RUNNING.value:
+        if ctx.embedded:
+            target_of(ctx, p.app)
+        follow_run(ctx, run_id, detach=False)
+    run_report(p)
+
+
+def run_json(p: RunProgress) -> dict:
+    return {"id": name(p.run_id), "from": p.source_app, "to": p.app, "status": p.status,
+            "stages": [{"stage": s, **job_json(sp)} for s, sp in p.stages]}
+
+
+def _run_results(ctx: Context, run_id: int, stage: Optional[str], outcome: Optional[str],
+            format: str, output: Optional[Path]) -> None:
+    p = find_run(ctx, run_id)
+    stages = [(s, sp) for s, sp in p.stages if stage is None or s == stage]
+    if stage is not None and not stages:
+        fail(f"run {name(run_id)} has no {stage} stage (it has: {', '.join(s for s, _ in p.stages)})")
+    if format == "table":
+        table = Table(title=f"run {name(run_id)}" + (f", {outcome}" if outcome else ""))
+        for column in ("stage", "row", "id", "outcome", "code", "message"):
+            table.add_column(column)
+        shown = 0
+        for s, sp in stages:
+            for item in item_results(ctx.engine, sp.job_id, outcome):
+                if shown >= 1000:
+                    break
+                table.add_row(s, str(item.row), item.key, item.state, item.code or "", item.message or "")
+                shown += 1
+        console.print(table)
+        if shown >= 1000:
+            console.print("(first 1000 shown; use --format csv for all)")
+        return
+    for _, sp in stages:
+        _check_token_key(ctx, sp.job_id)
+    out = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
+    if output:
+        os.chmod(output, 0o600)  # it may hold tokens
+    try:
+        writer = csv.DictWriter(out, ["stage", *RESULT_FIELDS]) if format == "csv" else None
+        if writer:
+            writer.writeheader()
+        for s, sp in stages:
+            for record in records(ctx, sp.job_id, outcome):
+                write_record(out, writer, {"stage": s, **record})
+    finally:
+        if output:
+            out.close()

@@ -1,12 +1,13 @@
 """The run commands: `imshift migrate run` plans and runs a whole migration
-(accounts, friends, groups, members, tokens, verify); status, results,
-idmap and the steering commands take a run as `R<n>`."""
+(accounts, friends, groups, members, tokens, verify), `imshift idmap`; and
+the steering commands (start, retry, cancel, pause, resume), which take a
+job or a run as `R<n>` (resuming a run may carry its cut-off planning on).
+Status and results of a run: imshift/reportcli.py."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -15,16 +16,18 @@ import typer
 from rich.table import Table
 
 from imshift.jobs import control, run_control, runs, source_groups
-from imshift.jobs.exports import RESULT_FIELDS, write_record
 from imshift.jobs.inputs import InputError
-from imshift.jobs.run_control import RunProgress, name
-from imshift.models.tables import JobStatus
+from imshift.jobs.progress import Progress, progress
+from imshift.jobs.run_control import name
+from imshift.models.tables import ItemState, JobStatus
 from imshift.vendors.vocabulary import Operation, Unsupported
 
-from . import jobcli, reportcli
+from .appcheck import refuse_unless_reached
+from .clibase import (Detach, DryRun, JobRef, check_broker, console, fail, find_run, follow_job,
+                      follow_run, load_context, need_key, queue_job, queue_run, ref_of, start_job,
+                      target_of)
 from .context import Context
-from .jobcli import EXIT_STOPPED, console, exit_code, fail
-from .watch import _fmt_seconds, counts_text, exit_code_of, stop_signals_interrupt, watch
+from .watch import fmt_seconds
 
 FilePath = Optional[Path]
 
@@ -46,24 +49,23 @@ def migrate_run(
                                          "target's API and report each difference.")] = False,
     since: Annotated[Optional[str], typer.Option(help="A delta re-run (cut-over day): send only "
                                                  "what this earlier run (R<n>) did not finish.")] = None,
-    dry_run: jobcli.DryRun = False,
-    detach: jobcli.Detach = False,
+    dry_run: DryRun = False,
+    detach: Detach = False,
 ) -> None:
     """Migrate accounts, then friends, groups and members, then tokens, then
     verify, as one resumable run (`R<n>`). Each stage starts when the one
     before it has finished; what names an account or group that did not make
     it ends `skipped` with the reason."""
-    ctx = jobcli._context()
+    ctx = load_context()
     if source != target:
-        jobcli._target(ctx, source)
-    tgt = jobcli._target(ctx, target)
-    jobcli._need_key(ctx, target, Operation.REGISTER.value)
+        target_of(ctx, source)
+    tgt = target_of(ctx, target)
+    need_key(ctx, target, Operation.REGISTER.value)
     if tokens:
-        jobcli._need_key(ctx, target, Operation.ISSUE_TOKEN.value)
+        need_key(ctx, target, Operation.ISSUE_TOKEN.value)
     if not dry_run:
-        jobcli._check_broker(ctx)
+        check_broker(ctx)
     else:  # a dry run promises the run would start: the apps it calls must take their credentials
-        from .checkcli import refuse_unless_reached
         lists = users is None or (groups is None and Operation.LIST_GROUPS in ctx.target(source).capabilities)
         refuse_unless_reached(ctx, [target, source] if lists else [target])
     earlier = None
@@ -86,7 +88,7 @@ def migrate_run(
         if Operation.LIST_GROUPS in ctx.target(source).capabilities:
             request.group_pages = source_pages(ctx, source, "list_group_pages")
         else:
-            no_groups = source_groups.cannot_list(_vendor_of(ctx, source))
+            no_groups = source_groups.cannot_list(ctx.app(source).api)
     for path in (users, friends, groups):
         try:
             runs.check_input(path)
@@ -95,22 +97,13 @@ def migrate_run(
     plan = _planned(lambda progress: runs.plan_run(ctx.engine, source, tgt, request,
                                                    chunk_size=ctx.settings.chunk_size, progress=progress),
                     "Nothing was created.")
-    _report(plan, target)
+    print_plan(plan, target)
     if no_groups:
         console.print(f"  {no_groups}", highlight=False)
     if dry_run:
         console.print(f"Dry run: nothing sent. Start it with `imshift start {name(plan.run_id)}`.")
         return
     _start(ctx, plan.run_id, detach)
-
-
-def _vendor_of(ctx: Context, app: str) -> str:
-    """"OpenIM v2": the app's vendor, with its API version where it has one."""
-    from imshift.vendors.registry import vendor
-
-    v = vendor(ctx.settings.app(app).vendor)
-    version = getattr(v.client.for_config(ctx.config(app)), "version", "")
-    return f"{v.title} {version}".strip()
 
 
 def _planned(planning, nothing: str) -> runs.RunPlan:
@@ -129,9 +122,9 @@ def carry_on_planning(ctx: Context, run_id: int, detach: bool) -> None:
     """`resume` of a run whose planning was cut off (its command killed):
     the planning goes on where it stopped, then the run starts (unless it
     was a dry run)."""
-    p = _run(ctx, run_id)
+    p = find_run(ctx, run_id)
     params = runs.planning_request(ctx.engine, run_id) or {}
-    tgt = jobcli._target(ctx, p.app)
+    tgt = target_of(ctx, p.app)
     pages = None
     if params.get("users") is None:
         if not ctx.target(p.source_app).capabilities & {Operation.LIST_USERS}:
@@ -143,13 +136,13 @@ def carry_on_planning(ctx: Context, run_id: int, detach: bool) -> None:
             fail(f"run {name(run_id)} lists its groups from {p.source_app!r}, which cannot list them")
         group_pages = source_pages(ctx, p.source_app, "list_group_pages")
     if not params.get("dry_run"):
-        jobcli._check_broker(ctx)
+        check_broker(ctx)
     plan = _planned(lambda progress: runs.resume_planning(ctx.engine, run_id, tgt, pages,
                                                           chunk_size=ctx.settings.chunk_size,
                                                           progress=progress, group_pages=group_pages),
                     f"`imshift cancel {name(run_id)}` removes the run.")
     console.print(f"run {name(run_id)}: planning carried on")
-    _report(plan, p.app)
+    print_plan(plan, p.app)
     if params.get("dry_run"):
         console.print(f"Dry run: nothing sent. Start it with `imshift start {name(run_id)}`.")
         return
@@ -182,7 +175,8 @@ def source_pages(ctx: Context, app: str, listing: str = "list_user_pages"):
     return pages
 
 
-def _report(plan: runs.RunPlan, app: str) -> None:
+def print_plan(plan: runs.RunPlan, app: str) -> None:
+    """The plan's table: each stage's items, refusals, vendor calls and estimated time."""
     table = Table(title=f"run {name(plan.run_id)} into {app}: the plan")
     for column in ("stage", "job", "items", "to send", "rejected", "done before", "vendor calls",
                    "estimated"):
@@ -191,9 +185,9 @@ def _report(plan: runs.RunPlan, app: str) -> None:
         r = s.report
         table.add_row(s.stage, str(s.job_id), f"{r.total:,}", f"{r.pending:,}",
                       f"{r.invalid + r.duplicates:,}", f"{r.done:,}", f"{s.calls:,}",
-                      _fmt_seconds(s.seconds) if s.seconds is not None else "?")
+                      fmt_seconds(s.seconds) if s.seconds is not None else "?")
     table.add_row("total", "", "", "", "", "", f"{sum(s.calls for s in plan.stages):,}",
-                  _fmt_seconds(plan.seconds) if plan.seconds is not None else "?")
+                  fmt_seconds(plan.seconds) if plan.seconds is not None else "?")
     console.print(table)
     for s in plan.stages:
         if s.ignored_columns:
@@ -207,167 +201,8 @@ def _report(plan: runs.RunPlan, app: str) -> None:
 
 
 def _start(ctx: Context, run_id: int, detach: bool) -> None:
-    _queue(ctx, run_id, lambda: run_control.start(ctx.engine, ctx.broker, run_id))
-    follow(ctx, run_id, detach)
-
-
-def _queue(ctx: Context, run_id: int, change):
-    """As jobcli._queue, for a run: a failed queuing leaves its stage paused."""
-    import dramatiq
-    import redis
-
-    try:
-        return change()
-    except control.JobError as exc:
-        fail(str(exc))
-    except (redis.RedisError, dramatiq.errors.DramatiqError, OSError) as exc:
-        if ctx.embedded:
-            raise
-        current = run_control.run_progress(ctx.engine, run_id).current
-        held = control.hold_after_failed_queue(ctx.engine, current[1].job_id, exc) if current else str(exc)
-        fail(f"{held}. `imshift resume {name(run_id)}` continues it once Redis works", EXIT_STOPPED)
-
-
-def follow(ctx: Context, run_id: int, detach: bool) -> None:
-    """Follow the run stage by stage until it is no longer running (in the
-    embedded mode this process runs it), then print its report."""
-    if not ctx.embedded and detach:
-        console.print(f"Queued. Follow it with `imshift status {name(run_id)} --watch`.")
-        return
-    with jobcli.continued_by(ctx, name(run_id)):
-        _follow(ctx, run_id)
-
-
-def _follow(ctx: Context, run_id: int) -> None:
-    import contextlib
-
-    from imshift.workers.embedded import in_process_workers
-
-    if ctx.embedded:
-        ctx.runtime  # noqa: B018  (configures the workers before they start)
-    with (stop_signals_interrupt() if ctx.embedded else contextlib.nullcontext(),
-          in_process_workers(ctx.broker) if ctx.embedded else contextlib.nullcontext()):
-        try:
-            while True:
-                p = run_control.run_progress(ctx.engine, run_id)
-                current = p.current
-                if p.status != JobStatus.RUNNING.value or current is None:
-                    break
-                stage, stage_progress = current
-                if stage_progress.status == JobStatus.RUNNING.value:
-                    console.print(f"[bold]{stage}[/bold] (job {stage_progress.job_id})")
-                    watch(ctx, stage_progress.job_id, console, sweeping=ctx.embedded)
-                else:
-                    import time
-                    time.sleep(0.25)  # the hand-over to the next stage is under way
-        except KeyboardInterrupt as exc:
-            if ctx.embedded:
-                try:
-                    run_control.pause(ctx.engine, run_id)
-                except control.JobError:
-                    pass
-                console.print(f"\n[yellow]Paused run {name(run_id)}[/yellow]; "
-                              f"`imshift resume {name(run_id)}` continues it.")
-            raise typer.Exit(exit_code_of(exc)) from exc
-    p = run_control.run_progress(ctx.engine, run_id)
-    report(p)
-    raise typer.Exit(run_exit_code(p))
-
-
-def run_exit_code(p: RunProgress) -> int:
-    import collections
-
-    counts: collections.Counter[str] = collections.Counter()
-    for _, sp in p.stages:
-        counts.update(sp.counts)
-    return exit_code(p.status, counts)
-
-
-def report(p: RunProgress) -> None:
-    table = Table(title=f"run {name(p.run_id)}: {p.source_app} -> {p.app}, {p.status}")
-    for column in ("stage", "job", "status", "done", "rate", "ETA", "outcomes"):
-        table.add_column(column)
-    for stage, sp in p.stages:
-        running = sp.status == JobStatus.RUNNING.value
-        table.add_row(stage, str(sp.job_id), sp.status, f"{sp.completed:,}/{sp.total:,}",
-                      f"{sp.rate or 0:,.1f}/s" if sp.started_at else "",
-                      _fmt_seconds(sp.eta()) if running else "", counts_text(sp))
-    console.print(table)
-    problems = [(stage, state) for stage, sp in p.stages
-                for state in ("rejected", "failed", "unknown", "skipped") if sp.counts.get(state)]
-    if problems:
-        stage, state = problems[0]
-        console.print(f"  what did not make it: `imshift results {name(p.run_id)} --stage {stage} "
-                      f"--outcome {state}`", highlight=False)
-    if p.status in (JobStatus.PAUSED.value, JobStatus.STOPPED.value):
-        stop = next((sp.stop_reason for _, sp in p.stages if sp.stop_reason), None)
-        if stop:
-            console.print(f"  [red]{stop}[/red]")
-        console.print(f"  `imshift resume {name(p.run_id)}` carries it on")
-
-
-def _run(ctx: Context, run_id: int) -> RunProgress:
-    p = run_control.run_progress(ctx.engine, run_id)
-    if p is None:
-        fail(f"no run {name(run_id)}")
-    return p
-
-
-def status(ctx: Context, run_id: int, watch_: bool, as_json: bool) -> None:
-    p = _run(ctx, run_id)
-    if as_json:
-        print(json.dumps({"runs": [run_json(p)]}))
-        return
-    if watch_ and p.status == JobStatus.RUNNING.value:
-        if ctx.embedded:
-            jobcli._target(ctx, p.app)
-        follow(ctx, run_id, detach=False)
-    report(p)
-
-
-def run_json(p: RunProgress) -> dict:
-    return {"id": name(p.run_id), "from": p.source_app, "to": p.app, "status": p.status,
-            "stages": [{"stage": s, **reportcli._json(sp)} for s, sp in p.stages]}
-
-
-def results(ctx: Context, run_id: int, stage: Optional[str], outcome: Optional[str],
-            format: str, output: Optional[Path]) -> None:
-    p = _run(ctx, run_id)
-    stages = [(s, sp) for s, sp in p.stages if stage is None or s == stage]
-    if stage is not None and not stages:
-        fail(f"run {name(run_id)} has no {stage} stage (it has: {', '.join(s for s, _ in p.stages)})")
-    from imshift.jobs.progress import results as item_results
-
-    if format == "table":
-        table = Table(title=f"run {name(run_id)}" + (f", {outcome}" if outcome else ""))
-        for column in ("stage", "row", "id", "outcome", "code", "message"):
-            table.add_column(column)
-        shown = 0
-        for s, sp in stages:
-            for item in item_results(ctx.engine, sp.job_id, outcome):
-                if shown >= 1000:
-                    break
-                table.add_row(s, str(item.row), item.key, item.state, item.code or "", item.message or "")
-                shown += 1
-        console.print(table)
-        if shown >= 1000:
-            console.print("(first 1000 shown; use --format csv for all)")
-        return
-    for _, sp in stages:
-        reportcli._check_token_key(ctx, sp.job_id)
-    out = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
-    if output:
-        os.chmod(output, 0o600)  # it may hold tokens
-    try:
-        writer = csv.DictWriter(out, ["stage", *RESULT_FIELDS]) if format == "csv" else None
-        if writer:
-            writer.writeheader()
-        for s, sp in stages:
-            for record in reportcli.records(ctx, sp.job_id, outcome):
-                write_record(out, writer, {"stage": s, **record})
-    finally:
-        if output:
-            out.close()
+    queue_run(ctx, run_id, lambda: run_control.start(ctx.engine, ctx.broker, run_id))
+    follow_run(ctx, run_id, detach)
 
 
 def idmap(
@@ -384,8 +219,8 @@ def idmap(
         fail(str(exc))
     if kind != "run":
         fail(f"{run!r} is a job id; idmap takes a run (R<n>)")
-    ctx = jobcli._context()
-    _run(ctx, run_id)
+    ctx = load_context()
+    find_run(ctx, run_id)
     out = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
     try:
         writer = csv.writer(out) if format == "csv" else None
@@ -402,9 +237,9 @@ def idmap(
             out.close()
 
 
-def steer(ctx: Context, action: str, run_id: int, detach: bool = False) -> None:
+def _steer_run(ctx: Context, action: str, run_id: int, detach: bool = False) -> None:
     """start, pause, resume, cancel applied to a run."""
-    _run(ctx, run_id)
+    find_run(ctx, run_id)
     try:
         if action == "pause":
             stage = run_control.pause(ctx.engine, run_id)
@@ -418,15 +253,98 @@ def steer(ctx: Context, action: str, run_id: int, detach: bool = False) -> None:
             return
     except control.JobError as exc:
         fail(str(exc))
-    p = _run(ctx, run_id)
+    p = find_run(ctx, run_id)
     if action == "resume" and p.status == JobStatus.PLANNING.value:
         carry_on_planning(ctx, run_id, detach)
         return
-    jobcli._target(ctx, p.app)
-    jobcli._check_broker(ctx)
+    target_of(ctx, p.app)
+    check_broker(ctx)
     if action == "start":
-        _queue(ctx, run_id, lambda: run_control.start(ctx.engine, ctx.broker, run_id))
+        queue_run(ctx, run_id, lambda: run_control.start(ctx.engine, ctx.broker, run_id))
     else:
-        stage = _queue(ctx, run_id, lambda: run_control.resume(ctx.engine, ctx.broker, run_id))
+        stage = queue_run(ctx, run_id, lambda: run_control.resume(ctx.engine, ctx.broker, run_id))
         console.print(f"run {name(run_id)} resumed at its {stage} stage")
-    follow(ctx, run_id, detach)
+    follow_run(ctx, run_id, detach)
+
+
+def _runnable(ctx: Context, job_id: int) -> Progress:
+    """What must hold before a job is started, resumed or retried: its app's
+    settings are valid, a key is set where results need one, Redis answers."""
+    p = progress(ctx.engine, job_id)
+    if p is None:
+        fail(f"no job {job_id}")
+    target_of(ctx, p.app)
+    need_key(ctx, p.app, p.operation, note=False)
+    check_broker(ctx)
+    return p
+
+
+def start(ref: JobRef, detach: Detach = False) -> None:
+    """Run a job or a run planned with --dry-run."""
+    kind, job = ref_of(ref)
+    ctx = load_context()
+    if kind == "run":
+        return _steer_run(ctx, "start", job, detach)
+    _runnable(ctx, job)
+    start_job(ctx, job, detach)
+
+
+def retry(
+    ref: JobRef,
+    unknown: Annotated[bool, typer.Option("--unknown", help="Also re-send items whose send may "
+                                          "have been delivered already.")] = False,
+    detach: Detach = False,
+) -> None:
+    """Run the failed items of a job again (rejected by the vendor, out of attempts)."""
+    kind, job = ref_of(ref)
+    if kind == "run":
+        fail("retry takes a job: `imshift results R<n>` names each stage's job; retry the "
+             "stage's job (the stages after it are not re-run)")
+    ctx = load_context()
+    _runnable(ctx, job)
+    moved = queue_job(ctx, job, lambda: control.retry(ctx.engine, ctx.broker, job,
+                                                      include_unknown=unknown))
+    console.print(f"{moved} items of job {job} put back to work")
+    if moved:
+        follow_job(ctx, job, detach)
+
+
+def _steer(action, ref: str, done: str) -> None:
+    kind, job = ref_of(ref)
+    ctx = load_context()
+    if kind == "run":
+        return _steer_run(ctx, {"cancelled": "cancel", "paused": "pause"}[done], job)
+    try:
+        counts = action(ctx, job)
+    except control.JobError as exc:
+        fail(str(exc))
+    console.print(f"job {job} {done}" + (f": {control.cancelled_text(counts)}" if counts else ""),
+                  highlight=False)
+
+
+def cancel(ref: JobRef) -> None:
+    """Stop a job (or every stage of a run) for good; its pending items end cancelled."""
+    _steer(lambda ctx, j: control.cancel_counts(ctx.engine, j), ref, "cancelled")
+
+
+def pause(ref: JobRef) -> None:
+    """Pause a running job (or a run's running stage); workers finish the chunks they hold."""
+    _steer(lambda ctx, j: control.pause(ctx.engine, j), ref, "paused")
+
+
+def resume(ref: JobRef, detach: Detach = False) -> None:
+    """Resume a paused job or run, one stopped by an auth failure once fixed,
+    or one whose command was killed."""
+    kind, job = ref_of(ref)
+    ctx = load_context()
+    if kind == "run":
+        return _steer_run(ctx, "resume", job, detach)
+    p = _runnable(ctx, job)
+    if p.status == JobStatus.FINISHED.value:
+        left = sum(p.counts.get(s.value, 0) for s in (ItemState.REJECTED, ItemState.FAILED,
+                                                     ItemState.UNKNOWN))
+        hint = (f"`imshift retry {job}` runs its rejected and failed items again "
+                f"(--unknown: also the unknown sends)" if left else "nothing is left to do")
+        fail(f"job {job} is finished: {hint}")
+    queue_job(ctx, job, lambda: control.resume(ctx.engine, ctx.broker, job))
+    follow_job(ctx, job, detach)

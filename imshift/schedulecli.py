@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -16,10 +16,14 @@ from rich.table import Table
 from imshift.jobs import control, schedules
 from imshift.jobs.schedule_pages import fires_page
 
+from .clibase import (check_broker, console, err, fail, job_json, load_context, message_of, target_of,
+                      via_run)
 from .context import Context
-from .jobcli import (_check_broker, _context, _message, _target, _via, broadcast, console, err, fail,
-                     send)
 from .watch import counts_text
+
+# The commands a schedule runs, by name ("send", "broadcast"): imshift/cli.py
+# puts them here when it registers the commands (they are imshift/jobcli.py's).
+SCHEDULABLE: dict[str, Callable[..., None]] = {}
 
 schedule_app = typer.Typer(help="Sends and broadcasts at a set time or on a cron schedule; "
                                 "`imshift scheduler` fires them.", no_args_is_help=True)
@@ -45,7 +49,7 @@ def _scheduled(args: list[str]) -> tuple[str, str, dict]:
 
     from imshift.vendors.operations import encode_message
 
-    commands = {"send": send, "broadcast": broadcast}
+    commands = SCHEDULABLE
     if not args or args[0] not in commands:
         fail("after `--` give the command to schedule: `send ...` or `broadcast ...`")
     one = typer.Typer(context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,10 +62,10 @@ def _scheduled(args: list[str]) -> tuple[str, str, dict]:
         fail(f"{args[0]}: {exc.format_message()}")
     if parsed.get("dry_run") or parsed.get("detach"):
         fail("--dry-run and --detach do not go with a schedule")
-    message = encode_message(_message(parsed["text"], parsed["content"]))
+    message = encode_message(message_of(parsed["text"], parsed["content"]))
     # --via is kept, not mapped: the ids are mapped when the schedule fires.
     params = {"sender": parsed["sender"], "message": message,
-              **({"via": _via(parsed["via"])} if parsed["via"] else {})}
+              **({"via": via_run(parsed["via"])} if parsed["via"] else {})}
     if args[0] == "broadcast":
         return "broadcast", parsed["app"], params
     if (parsed["to"] is None) == (parsed["to_groups"] is None):
@@ -102,8 +106,8 @@ def schedule_add(
     The recipient file is checked now and read when the schedule fires."""
     command, app, params = _scheduled(list(context.args))
     window = _seconds(catch_up)
-    ctx = _context()
-    tgt = _target(ctx, app)
+    ctx = load_context()
+    tgt = target_of(ctx, app)
     try:
         if local_time:
             if at is None and cron is None:
@@ -137,7 +141,7 @@ def schedule_list(
                                           "/api/schedules.")] = False,
 ) -> None:
     """The schedules, with their next fire."""
-    ctx = _context()
+    ctx = load_context()
     if as_json:
         print(json.dumps({"schedules": [schedule_json(ctx, row) for row in
                                         schedules.listed(ctx.engine, include_removed=all_)]}))
@@ -158,7 +162,7 @@ def schedule_show(
                                           "/api/schedules/ID does.")] = False,
 ) -> None:
     """One schedule: what it sends, when, and its last fires."""
-    ctx = _context()
+    ctx = load_context()
     row = _schedule(ctx, schedule_id)
     if as_json:
         print(json.dumps(schedule_json(ctx, row)))
@@ -183,7 +187,7 @@ def schedule_history(
                                           "as GET /api/schedules/ID/fires.")] = False,
 ) -> None:
     """The latest fires of a schedule: when each was due, what happened, its job's counts."""
-    ctx = _context()
+    ctx = load_context()
     row = _schedule(ctx, schedule_id)
     if as_json:
         print(json.dumps({"fires": [fire_json(f, row.tz) for f in
@@ -193,11 +197,9 @@ def schedule_history(
 
 
 def fire_json(fire, tz: str) -> dict:
-    from .reportcli import _json
-
     return {"fire_at": fire.fire_at, "fire_time": schedules.local(fire.fire_at, tz),
             "state": fire.state, "job_id": fire.job_id, "note": fire.note,
-            "job": _json(fire.job) if fire.job else None}
+            "job": job_json(fire.job) if fire.job else None}
 
 
 def schedule_json(ctx: Context, row) -> dict:
@@ -231,7 +233,7 @@ def history_table(ctx: Context, row, limit: int = 20) -> Table:
 
 
 def _schedule_change(schedule_id: int, change, done: str) -> None:
-    ctx = _context()
+    ctx = load_context()
     try:
         change(ctx.engine, schedule_id)
     except schedules.ScheduleError as exc:
@@ -277,8 +279,8 @@ def scheduler(
     from imshift.workers.embedded import in_process_workers
     from imshift.workers.sweeper import sweep
 
-    ctx = _context()
-    _check_broker(ctx)
+    ctx = load_context()
+    check_broker(ctx)
     firing = schedules.Firing(ctx.engine, ctx.target,
                               lambda job_id: control.start(ctx.engine, ctx.broker, job_id),
                               ctx.settings.chunk_size)

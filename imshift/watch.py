@@ -21,7 +21,7 @@ from imshift.workers.sweeper import sweep
 from .context import Context
 
 
-def _fmt_seconds(seconds: float | None) -> str:
+def fmt_seconds(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     seconds = int(seconds)
@@ -31,6 +31,13 @@ def _fmt_seconds(seconds: float | None) -> str:
 
 def counts_text(p: JobProgress) -> str:
     return " ".join(f"{state}={n}" for state, n in sorted(p.counts.items()))
+
+
+def _progress(ctx: Context, job_id: int) -> JobProgress:
+    p = progress(ctx.engine, job_id)
+    if p is None:  # only a job never planned whole is ever removed, and such a job never runs
+        raise LookupError(f"no job {job_id}")
+    return p
 
 
 PLAIN_EVERY = 5.0  # seconds between progress lines when the output is not a terminal
@@ -44,28 +51,28 @@ def watch(ctx: Context, job_id: int, console: Console, *, sweeping: bool = False
     # Workers record whole chunks at once: average over ~15 s for a steady rate.
     samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=60)
     last_sweep = time.monotonic()
-    plain = not console.is_terminal
     last_line = -PLAIN_EVERY
-    with contextlib.nullcontext() if plain else Progress(
-            TextColumn("job {task.fields[job]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}/s  ETA {task.fields[eta]}  {task.fields[counts]}"),
-            console=console, transient=False) as bar:
-        p = progress(ctx.engine, job_id)
-        task = None if plain else bar.add_task("", total=p.total, job=job_id, rate="?", eta="?",
-                                                counts="")
+    bar = None if not console.is_terminal else Progress(
+        TextColumn("job {task.fields[job]}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}/s  ETA {task.fields[eta]}  {task.fields[counts]}"),
+        console=console, transient=False)
+    with bar if bar is not None else contextlib.nullcontext():
+        p = _progress(ctx, job_id)
+        task = None if bar is None else bar.add_task("", total=p.total, job=job_id, rate="?",
+                                                     eta="?", counts="")
         while True:
-            p = progress(ctx.engine, job_id)
+            p = _progress(ctx, job_id)
             now = time.monotonic()
             samples.append((now, p.done))
             first_t, first_done = samples[0]
             rate = (p.done - first_done) / (now - first_t) if now - first_t > 5 else p.rate
             running = p.status == JobStatus.RUNNING.value
-            if not plain:
+            if bar is not None and task is not None:
                 bar.update(task, completed=p.done, rate=f"{rate or 0:,.0f}",
-                           eta=_fmt_seconds(p.eta(rate)), counts=counts_text(p))
+                           eta=fmt_seconds(p.eta(rate)), counts=counts_text(p))
             elif now - last_line >= PLAIN_EVERY or not running:
                 console.print(f"job {job_id}: {p.done:,}/{p.total:,} {rate or 0:,.0f}/s ETA "
-                              f"{_fmt_seconds(p.eta(rate))} {counts_text(p)}", highlight=False)
+                              f"{fmt_seconds(p.eta(rate))} {counts_text(p)}", highlight=False)
                 last_line = now
             if not running:
                 return p
@@ -127,7 +134,7 @@ def summary(ctx: Context, p: JobProgress, console: Console, examples: int = 10) 
     console.print(f"\n[bold]job {p.job_id}[/bold] ({p.kind} on {p.app}): {p.status}, "
                   f"{p.completed}/{p.total} items done"
                   + (f", {cancelled} cancelled" if cancelled else "")
-                  + f" in {_fmt_seconds(elapsed)}")
+                  + f" in {fmt_seconds(elapsed)}")
     console.print("  " + counts_text(p))
     if p.stop_reason:
         console.print(f"  [red]{p.stop_reason}[/red]")

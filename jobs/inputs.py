@@ -293,11 +293,11 @@ def _part(batch: RowBatch, start: int, end: int) -> RowBatch:
 
 
 def _sorted_out(records: list[list[str]], lines: Sequence[int], names: list[str],
-                suspects: set[int]) -> tuple[list[Sequence[str]], list[int], dict[int, str]]:
+                suspects: set[int]) -> tuple[list[list[str]], list[int], dict[int, str]]:
     """A batch's rows as `_csv_rows` gives them, going through the
     `suspects` row by row: blank rows left out, rows of the wrong width and
     rows with a NUL byte kept with their reason."""
-    kept: list[Sequence[str]] = []
+    kept: list[list[str]] = []
     kept_lines: list[int] = []
     problems: dict[int, str] = {}
     blank = [""] * len(names)
@@ -329,8 +329,11 @@ def _jsonl_rows(lines: Iterator[tuple[int, str]], key_columns: Sequence[str]) ->
             continue
         try:
             obj = json.loads(text)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             yield Row(number, problem=f"not valid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        except ValueError as exc:  # a number of more than 4,300 digits (sys.get_int_max_str_digits)
+            yield Row(number, problem=f"not read: {str(exc).split(':')[0]}")
             continue
         if not isinstance(obj, dict):
             yield Row(number, problem="not a JSON object")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import orjson
 
@@ -20,9 +20,11 @@ from imshift.models.runs import runs, target_ids
 from imshift.vendors.vocabulary import Message, Operation, Profile, VendorRules
 from imshift.vendors.operations import encode_message, encode_profile
 
-from .inputs import AVATAR_COLUMNS, NAME_COLUMNS, Row, RowBatch, read_rows
+from .inputs import AVATAR_COLUMNS, NAME_COLUMNS, Row, RowBatch, Rows, read_rows
 from .plan import BATCH, PlanReport, Spec, SpecBatch, SpecBatches, create_job, plan
 from .target import Target
+
+V = TypeVar("V")
 
 
 @dataclass
@@ -31,19 +33,20 @@ class Planned:
     ignored_columns: list[str] = field(default_factory=list)
 
 
-def _first(fields: dict[str, str], names: tuple[str, ...]) -> tuple[str, str | None]:
+def _first(fields: Mapping[str, V], names: tuple[str, ...], absent: V) -> tuple[V, str | None]:
+    """The first of `names` in `fields` (a row's values, or a batch's columns), and its name."""
     for name in names:
         if name in fields:
             return fields[name], name
-    return "", None
+    return absent, None
 
 
-def user_specs(rows: Iterator[Row], target: Target, ignored: set[str]) -> Iterator[Spec]:
+def user_specs(rows: Iterator[Row], target: Target, ignored: set[str]) -> Iterable[Spec]:
     """Profiles checked against the target's rules. Columns the target has no
     field for are left out (and reported once), not held against each row.
     An unread CSV file (`Rows.columnar`) is read and checked a batch at a
     time, column by column (`_user_batches`): the same specs, for far less."""
-    if getattr(rows, "columnar", False):
+    if isinstance(rows, Rows) and rows.columnar:
         return SpecBatches(_user_batches(rows.batches(BATCH), target.rules, ignored))
     return _user_specs(rows, target.rules, ignored)
 
@@ -55,8 +58,8 @@ def _user_specs(rows: Iterator[Row], rules: VendorRules, ignored: set[str]) -> I
             continue
         fields = dict(row.fields)
         key = fields.pop("key")
-        name, name_col = _first(fields, NAME_COLUMNS)
-        avatar, avatar_col = _first(fields, AVATAR_COLUMNS)
+        name, name_col = _first(fields, NAME_COLUMNS, "")
+        avatar, avatar_col = _first(fields, AVATAR_COLUMNS, "")
         extra = {}
         for column, value in fields.items():
             if column in (name_col, avatar_col) or not value:
@@ -84,8 +87,8 @@ def _user_batches(batches: Iterator[RowBatch], rules: VendorRules,
         column = dict(zip(batch.names, batch.columns, strict=False))
         keys = list(column.pop("key"))
         blank = [""] * n
-        name, name_col = _first(column, NAME_COLUMNS)  # type: ignore[arg-type]
-        avatar, avatar_col = _first(column, AVATAR_COLUMNS)  # type: ignore[arg-type]
+        name, name_col = _first(column, NAME_COLUMNS, blank)
+        avatar, avatar_col = _first(column, AVATAR_COLUMNS, blank)
         name, avatar = name or blank, avatar or blank
         extra = {}
         for col, values in column.items():
@@ -224,7 +227,7 @@ def _via_keys(engine: Engine, via: Via | None, kind: str, specs: Iterable[Spec])
 
 
 def _start_plan(engine: Engine, kind: str, operation: Operation, target: Target,
-                params: dict[str, Any], specs: Iterator[Spec], source_app: str | None = None,
+                params: dict[str, Any], specs: Iterable[Spec], source_app: str | None = None,
                 progress=None, user_ids: bool = True) -> PlanReport:
     target.require(operation, params)
     # A chunk carries at least one full vendor batch, or batching is wasted.

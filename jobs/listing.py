@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncGenerator, Callable, Generator, Iterator
 
 from imshift.vendors.vocabulary import Profile
 
 from .inputs import Row
 
-Pages = Callable[[str | None], AsyncIterator[tuple[list[Profile], str | None]]]
+Pages = Callable[[str | None], AsyncGenerator[tuple[list[Profile], str | None], None]]
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,8 @@ def listed_rows(pages: Pages, cursor: str | None = None, first_line: int = 1) ->
                 yield Row(n, _fields(profile), mark=Page(after) if i == len(profiles) else None)
 
 
-def each_page(pages: Callable[[str | None], AsyncIterator[tuple[list[Any], str | None]]],
-              cursor: str | None) -> Iterator[tuple[list[Any], str | None]]:
+def each_page(pages: Callable[[str | None], AsyncGenerator[tuple[list[Any], str | None], None]],
+              cursor: str | None) -> Generator[tuple[list[Any], str | None], None, None]:
     """A listing's async pages (each with the cursor after it), driven from
     this synchronous generator on an event loop of its own."""
     loop = asyncio.new_event_loop()

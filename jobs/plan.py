@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Generator, Iterable, Iterator, Sequence
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
@@ -181,7 +181,7 @@ def plan(engine: Engine, job_id: int, specs: Iterable[Spec],
     return report
 
 
-def _ahead(batches: Iterator[SpecBatch]) -> Iterator[SpecBatch]:
+def _ahead(batches: Iterator[SpecBatch]) -> Generator[SpecBatch, None, None]:
     """The batches, each next one read and checked in a thread while the
     one before is stored: the database works (PostgreSQL's server, SQLite's
     steps in C) without the GIL meanwhile. Only for SpecBatches, whose
@@ -275,7 +275,7 @@ def stored_report(conn: Connection, job_id: int) -> PlanReport:
     """The report of what a job's planning has stored so far."""
     counts = dict(conn.execute(select(JobCount.__table__.c.state, JobCount.__table__.c.n)
                                .where(JobCount.__table__.c.job_id == job_id)).all())
-    codes = dict(conn.execute(select(items.c.code, func.count()).where(
+    codes: dict[str, int] = dict(conn.execute(select(items.c.code, func.count()).where(
         items.c.job_id == job_id, items.c.state == REJECTED).group_by(items.c.code)).all())
     report = PlanReport(job_id, total=sum(counts.values()), pending=counts.get(PENDING, 0),
                         invalid=codes.get("invalid", 0), duplicates=codes.get("duplicate", 0),
@@ -363,7 +363,7 @@ class _Claims:
         SQLite's 32,766 parameters), through the driver."""
         found: list[tuple] = []
         marker = "%s" if self.postgresql else "?"
-        cursor = conn.connection.driver_connection.cursor()
+        cursor = _cursor(conn)
         try:
             for lo in range(0, len(values), 10_000):
                 part = values[lo:lo + 10_000]
@@ -377,7 +377,7 @@ class _Claims:
         if not claims:
             return
         marker = "%s" if self.postgresql else "?"
-        cursor = conn.connection.driver_connection.cursor()
+        cursor = _cursor(conn)
         try:
             cursor.executemany(f"INSERT INTO plan_claims VALUES ({marker}, {marker}, {marker}) "
                                "ON CONFLICT (form) DO NOTHING", claims)
@@ -508,13 +508,21 @@ ON CONFLICT (job_id, key) DO NOTHING"""
 _SQLITE_SEQS = "SELECT seq FROM items WHERE job_id = ? AND seq BETWEEN ? AND ?"
 
 
+def _cursor(conn: Connection) -> Any:
+    """A cursor of the driver's own connection under `conn` (sqlite3's, psycopg's)."""
+    driver = conn.connection.driver_connection
+    if driver is None:  # only once the connection was invalidated
+        raise RuntimeError("the database connection is closed")
+    return driver.cursor()
+
+
 def _insert_new_sqlite(conn: Connection, job_id: int, rows: list[tuple]) -> set[int]:
     # The driver's executemany steps through the rows in C. With RETURNING,
     # SQLAlchemy builds multi-row VALUES statements in Python instead: 3.3 of
     # 8.3 s per 100k rows (pyinstrument, bench plan). The batch's seqs are
     # new to the table, so the seqs stored in its range are the rows
     # inserted; the rowcount says whether any was not.
-    cursor = conn.connection.driver_connection.cursor()
+    cursor = _cursor(conn)
     try:
         cursor.executemany(_SQLITE_INSERT.format(job_id=job_id), rows)
         if cursor.rowcount == len(rows):
@@ -546,7 +554,7 @@ def _insert_new_postgresql(conn: Connection, job_id: int, rows: list[tuple]) -> 
     # keys the job has already. psycopg adapts a list parameter element by
     # element in Python (an array per column: 26 us of CPU a row); COPY
     # writes rows in C (2.6 us a row, 5,000-row batches).
-    with conn.connection.driver_connection.cursor() as cursor:
+    with _cursor(conn) as cursor:
         cursor.execute(_PG_STAGE)
         with cursor.copy("COPY plan_rows FROM STDIN") as copy:
             for r in rows:

@@ -49,6 +49,15 @@ class StagePlan:
     ignored_columns: list[str] = field(default_factory=list)
 
 
+@dataclass
+class _OwnerRuns:
+    """The friends stage's calls: one per run of pairs of one owner (at most a batch)."""
+    runs: int = 0
+    last: str | None = None
+    in_run: int = 0
+    pairs: int = 0
+
+
 class StagePlanner:
     def __init__(self, engine: Engine, run_id: int, source_app: str, target: Target,
                  chunk_size: int, progress: Callable[[str, int], None] | None, since: int | None):
@@ -69,7 +78,8 @@ class StagePlanner:
         job_id = self.earlier.get(stage)
         if job_id is None or not keys:
             return {}
-        wanted, found = sorted(keys), {}
+        wanted = sorted(keys)
+        found: dict[str, Any] = {}
         with self.engine.connect() as conn:
             for lo in range(0, len(wanted), BATCH):
                 found.update(conn.execute(select(items.c.key, items.c.payload).where(
@@ -77,7 +87,7 @@ class StagePlanner:
                     items.c.state.in_(["ok", "exists"]))).all())
         return found
 
-    def _mark_done(self, stage: str, specs: Iterator[Spec]) -> Iterator[Spec]:
+    def _mark_done(self, stage: str, specs: Iterable[Spec]) -> Iterator[Spec]:
         """A delta re-run's specs: what the earlier run finished is `done`."""
         if self.since is None:
             yield from specs
@@ -89,7 +99,7 @@ class StagePlanner:
                     spec.done = f"done by run R{self.since}"
                 yield spec
 
-    def _stage(self, stage: str, specs: Iterator[Spec], *, makes: str | None = None,
+    def _stage(self, stage: str, specs: Iterable[Spec], *, makes: str | None = None,
                user_ids: bool = False, calls: int | None = None, ignored: set[str] | None = None,
                job_id: int | None = None, checkpoint=None, marked: bool = False,
                **params: Any) -> StagePlan:
@@ -106,8 +116,9 @@ class StagePlanner:
         rules = self.target.rules
         if stage != "verify" and not marked:
             specs = self._mark_done(stage, specs)
+        progress = self.progress
         report = plan(self.engine, job_id, specs,
-                      (lambda n: self.progress(stage, n)) if self.progress else None,
+                      (lambda n: progress(stage, n)) if progress else None,
                       id_key=rules.id_key if rules.id_form and user_ids else None,
                       checkpoint=checkpoint, carry_on=carry_on)
         with self.engine.begin() as conn:  # planned, waiting for its turn
@@ -133,10 +144,12 @@ class StagePlanner:
                         user_ids=True, ignored=ignored, input=str(path))
             return
         # Listed: from the cursor stored with the last page's rows (none: the start).
+        if pages is None:
+            raise ValueError("the accounts need a --users file or the source's listing")
         stored = 0
         with self.engine.connect() as conn:
             listing = conn.execute(select(runs.c.list_cursor, runs.c.list_state)
-                                   .where(runs.c.id == self.run_id)).first()
+                                   .where(runs.c.id == self.run_id)).one()
             if self.kept:
                 stored = stored_report(conn, self.kept[0]).total
         rows = iter(()) if listing.list_state == "listed" else \
@@ -189,13 +202,13 @@ class StagePlanner:
     def friends(self, path: Path) -> None:
         form = self.target.rules.id_key
         batch = self.target.batch_size(Operation.IMPORT_FRIENDS)
-        owners = {"runs": 0, "last": None, "in_run": 0, "pairs": 0}  # a call takes one owner's run of pairs
+        owners = _OwnerRuns()  # a call takes one owner's run of pairs
 
         def counted(user: str) -> None:
-            if user != owners["last"] or owners["in_run"] >= batch:
-                owners["runs"], owners["last"], owners["in_run"] = owners["runs"] + 1, user, 0
-            owners["in_run"] += 1
-            owners["pairs"] += 1
+            if user != owners.last or owners.in_run >= batch:
+                owners.runs, owners.last, owners.in_run = owners.runs + 1, user, 0
+            owners.in_run += 1
+            owners.pairs += 1
 
         def specs() -> Iterator[tuple[Spec, list[tuple[str, str]]]]:
             for row in read_rows(path):
@@ -220,8 +233,8 @@ class StagePlanner:
 
         planned = self._stage("friends", to_send(self._mark_done("friends", self._checked_refs(specs()))),
                               marked=True, user_ids=True, input=str(path))
-        other_sides = owners["pairs"] if self.target.rules.friends_one_way else 0  # a call each
-        self._recount(planned, owners["runs"] + other_sides)
+        other_sides = owners.pairs if self.target.rules.friends_one_way else 0  # a call each
+        self._recount(planned, owners.runs + other_sides)
 
     def _recount(self, planned: StagePlan, calls: int) -> None:
         """A stage whose calls are not items ÷ batch size (one per owner's run of pairs)."""
@@ -235,8 +248,12 @@ class StagePlanner:
         member the accounts do not hold becomes a rejected member item, not
         a reason to refuse its group; a group whose owner they do not hold
         is refused whole."""
-        rows = listed if listed is not None else read_rows(path, key_columns=GROUP_ID_COLUMNS)
-        source = str(path) if listed is None else f"listed from {self.source_app}"
+        if listed is not None:
+            rows, source = listed, f"listed from {self.source_app}"
+        elif path is not None:
+            rows, source = read_rows(path, key_columns=GROUP_ID_COLUMNS), str(path)
+        else:
+            raise ValueError("the groups need a groups file or the source's listing")
         first = self.target.batch_size(Operation.ADD_MEMBERS)
         limit = self.target.rules.group_size
         # row, group, owner, the members for the members stage, those unknown, those in already
@@ -318,7 +335,7 @@ class StagePlanner:
         add_rate = rates.get(Operation.ADD_MEMBERS.value)
         planned.calls = creates + adds
         planned.seconds = (None if not create_rate or (adds and not add_rate)
-                           else max(creates / create_rate, adds / add_rate if adds else 0.0))
+                           else max(creates / create_rate, adds / add_rate if adds and add_rate else 0.0))
 
     def _refused(self, job_id: int) -> set[str]:
         with self.engine.connect() as conn:
@@ -355,7 +372,8 @@ class StagePlanner:
                 yield spec
 
         planned = self._stage("verify", counted())
-        sections, first, calls, seconds = [], 0, 0, 0.0
+        sections, first, calls = [], 0, 0
+        seconds: float | None = 0.0
         for check, operation in VERIFY_READS.items():
             n = kinds.get(check, 0)
             if n:

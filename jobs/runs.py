@@ -58,7 +58,8 @@ class RunPlan:
     @property
     def seconds(self) -> float | None:
         times = [s.seconds for s in self.stages if s.report.pending]
-        return None if any(t is None for t in times) else sum(times)
+        known = [t for t in times if t is not None]
+        return sum(known) if len(known) == len(times) else None
 
 
 class RunError(ValueError):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime, timezone
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -37,13 +37,15 @@ def _times(at: float | None, cron: str | None, tz: str, start: float, end: float
         if start <= at < end:
             yield at
         return
+    if cron is None:  # a schedule has one of the two (schedules.add)
+        return
     t = next_fire(cron, tz, start - 1e-6)
     while t < end:
         yield t
         t = next_fire(cron, tz, t)
 
 
-def _first_over(times: Iterator[float], caps: dict[str, int]) -> tuple[str, float] | None:
+def _first_over(times: Iterator[float], caps: Mapping[str, int]) -> tuple[str, float] | None:
     """The first (window name, window start) where the fires exceed a cap."""
     counts: Counter = Counter()
     for t in times:  # in time order

@@ -192,7 +192,8 @@ def local_instants(params: dict[str, Any], fallback: str) -> dict[float, list[st
     wall clock, with the zones that share each instant."""
     from datetime import time as clock
 
-    text, out = params["local_at"], {}
+    text: str = params["local_at"]
+    out: dict[float, list[str]] = {}
     for name in params.get("zones", [fallback]):
         z = zone(name)
         if "-" in text:  # a date and a time

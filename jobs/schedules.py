@@ -168,7 +168,7 @@ class Firing:
 
     engine: Engine
     target: Callable[[str], Target]
-    start: Callable[[int], None]
+    start: Callable[[int], object]  # starts the fired job (its result is not used)
     chunk_size: int = 1000
 
 

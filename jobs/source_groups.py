@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import closing
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncGenerator, Callable, Iterator
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
@@ -29,7 +29,7 @@ from .inputs import Row, _checked
 from .listing import each_page
 from .plan import NotOurs
 
-GroupPages = Callable[[str | None], AsyncIterator[tuple[list[Group], str | None]]]
+GroupPages = Callable[[str | None], AsyncGenerator[tuple[list[Group], str | None], None]]
 
 runs = Run.__table__
 listed = ListedGroup.__table__
@@ -42,7 +42,7 @@ def list_groups(engine: Engine, run_id: int, me: str, pages: GroupPages,
     cut-off listing stopped (nothing when the last page is in)."""
     with engine.connect() as conn:
         state = conn.execute(select(runs.c.group_cursor, runs.c.group_state)
-                             .where(runs.c.id == run_id)).first()
+                             .where(runs.c.id == run_id)).one()
         stored = conn.execute(select(func.count()).select_from(listed)
                               .where(listed.c.run_id == run_id)).scalar_one()
     if state.group_state == "listed":
@@ -69,7 +69,7 @@ def _store_page(conn: Connection, run_id: int, me: str, groups: list[Group], aft
     ids = list(dict.fromkeys(g.group_id for g in groups))
     seen = set(conn.execute(select(listed.c.group_id).where(
         listed.c.run_id == run_id, listed.c.group_id.in_(ids))).scalars()) if ids else set()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for group in groups:
         if group.group_id in seen:
             continue

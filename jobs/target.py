@@ -33,7 +33,9 @@ class Target:
         (given the job's `params`) when one its vendor needs is empty."""
         if operation not in self.capabilities:
             raise Unsupported(self.vendor, operation)
-        for name in self.rules.needs.get(operation, ()) if params is not None else ():
+        if params is None:
+            return
+        for name in self.rules.needs.get(operation, ()):
             if not params.get(name):
                 raise Missing(self.who or self.vendor, operation, name)
 

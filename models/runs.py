@@ -69,7 +69,7 @@ def hand_over(conn: Connection, job_id: int, runner: str | None,
             return None  # another recorder handed over first
         if finish_if_done(conn, next_id):
             continue  # nothing to do in it (every row refused, or none): on to the next
-        row = conn.execute(select(jobs.c.total, jobs.c.params).where(jobs.c.id == next_id)).first()
+        row = conn.execute(select(jobs.c.total, jobs.c.params).where(jobs.c.id == next_id)).one()
         return next_id, row.total, row.params["chunk_size"]
     conn.execute(update(runs).where(runs.c.id == run_id, runs.c.finished_at.is_(None))
                  .values(finished_at=now))

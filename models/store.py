@@ -88,7 +88,7 @@ def counts(conn: Connection, job_id: int) -> dict[str, int]:
 
 def recount(conn: Connection, job_id: int) -> dict[str, int]:
     """Rebuild a job's counts from its items (after a lost claim, or to verify)."""
-    actual = dict(conn.execute(select(items.c.state, func.count())
+    actual: dict[str, int] = dict(conn.execute(select(items.c.state, func.count())
                                .where(items.c.job_id == job_id).group_by(items.c.state)).all())
     stored = counts(conn, job_id)
     add_counts(conn, job_id, {s: actual.get(s, 0) - stored.get(s, 0) for s in {*actual, *stored}})
@@ -127,7 +127,7 @@ def claim(conn: Connection, job_id: int, start: int, end: int, *, lease: float,
     else:
         conn.execute(_TAKE_EXPIRED, take)
     if returning:
-        fresh_rows = conn.execute(_TAKE_DUE_RETURNING, take).all()
+        fresh_rows: list[Any] = list(conn.execute(_TAKE_DUE_RETURNING, take).all())
         fresh = len(fresh_rows)
     else:
         fresh, fresh_rows = conn.execute(_TAKE_DUE, take).rowcount, []
@@ -162,7 +162,7 @@ def _claimed_sqlite(conn: Connection, job_id: int, start: int, end: int,
     packed = conn.exec_driver_sql(
         "SELECT json_group_array(json_array(seq, key, row, json(payload), attempts)) "
         "FROM items WHERE job_id = ? AND seq >= ? AND seq < ? AND claim = ?",
-        (job_id, start, end, token)).scalar()
+        (job_id, start, end, token)).scalar_one()  # an aggregate: one row, "[]" for none
     return [Claimed(*r) for r in json_value(packed)]
 
 

@@ -4,6 +4,7 @@ runs later. Real SQLite, a private Redis, the sandboxes in-process."""
 
 import csv
 import json
+import re
 import time
 
 import pytest
@@ -192,7 +193,9 @@ def test_a_stalled_job_shows_no_invented_rate(env, monkeypatch):
     time.sleep(0.5)
     result, output = run("status", "1")
     assert result.exit_code == 0, output
-    assert "no progress for 0m00s: nothing runs it now: `imshift resume 1` carries it on" in output
+    # 0.5 s and the command's own time: whole seconds, 0 or (on a loaded machine) more.
+    assert re.search(r"no progress for 0m0\ds: nothing runs it now: `imshift resume 1` carries it on",
+                     output), output
     assert "ETA" not in output and "items/s" not in output
 
 

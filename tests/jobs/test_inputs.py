@@ -43,6 +43,15 @@ def test_jsonl_and_txt_rows_are_numbered_by_line(tmp_path):
                                                           (3, {"key": " a2 "}, None)]
 
 
+def test_a_jsonl_number_too_long_for_python_is_the_rows_problem(tmp_path):
+    """json.loads refuses an integer of more than 4,300 digits with a plain
+    ValueError (no position): the row says so, the rows after it are read."""
+    jsonl = '{"uid": ' + "7" * 5000 + '}\n{"uid": "b"}\n'
+    assert rows_of(tmp_path, "u.jsonl", jsonl) == [
+        (1, {}, "not read: Exceeds the limit (4300 digits) for integer string conversion"),
+        (2, {"key": "b"}, None)]
+
+
 def test_values_pass_through_as_written_in_every_format(tmp_path):
     assert rows_of(tmp_path, "u.csv", "user_id , Name\r\n bob ,  spaced  \r\n") == [
         (2, {"key": " bob ", "name": "  spaced  "}, None)]

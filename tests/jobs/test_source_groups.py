@@ -15,7 +15,7 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from imshift.cli import app
-from imshift.jobcli import EXIT_FAILURES
+from imshift.clibase import EXIT_FAILURES
 from imshift.jobs import run_control
 from imshift.jobs.progress import results
 from imshift.vendors.sandbox.netease import NeteaseSandbox
