@@ -87,11 +87,13 @@ class StagePlanner:
                     items.c.state.in_(["ok", "exists"]))).all())
         return found
 
-    def _mark_done(self, stage: str, specs: Iterable[Spec]) -> Iterator[Spec]:
-        """A delta re-run's specs: what the earlier run finished is `done`."""
-        if self.since is None:
-            yield from specs
-            return
+    def _mark_done(self, stage: str, specs: Iterable[Spec]) -> Iterable[Spec]:
+        """A delta re-run's specs: what the earlier run finished is `done`.
+        A first run's specs pass unchanged, so a columnar reader's SpecBatches
+        keep their batch-at-a-time planning (jobs/plan.py)."""
+        return specs if self.since is None else self._marked_done(stage, specs)
+
+    def _marked_done(self, stage: str, specs: Iterable[Spec]) -> Iterator[Spec]:
         for batch in batches(specs, BATCH):
             finished = self._finished_earlier(stage, {s.key for s in batch if not s.problems})
             for spec in batch:
