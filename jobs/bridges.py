@@ -58,7 +58,8 @@ def add(engine: Engine, *, source_app: str, app: str, run_id: int, both_ways: bo
                               f"bridge (`imshift bridge remove B{clash}` first)")
         return conn.execute(bridges.insert().values(
             source_app=source_app, app=app, run_id=run_id, both_ways=both_ways, hold=hold,
-            settle=settle, status=BridgeStatus.ACTIVE.value, created_at=time.time())).inserted_primary_key[0]
+            settle=settle, status=BridgeStatus.ACTIVE.value, created_at=time.time())
+            .returning(bridges.c.id)).scalar_one()
 
 
 def get(conn: Connection, bid: int) -> Any:
@@ -217,12 +218,12 @@ def report(engine: Engine, bid: int, lag_sample: int = 2000) -> dict[str, Any]:
         bridge = get(conn, bid)
         ways = []
         for source, target in directions(bridge):
-            states = dict(conn.execute(select(messages.c.state, func.count()).where(
+            states: dict[str, int] = dict(conn.execute(select(messages.c.state, func.count()).where(
                 messages.c.bridge_id == bid, messages.c.from_app == source)
                 .group_by(messages.c.state)).all())
             held = conn.execute(select(func.count()).where(
                 messages.c.bridge_id == bid, messages.c.from_app == source,
-                messages.c.state == ItemState.PENDING.value, messages.c.code == "held")).scalar()
+                messages.c.state == ItemState.PENDING.value, messages.c.code == "held")).scalar_one()
             lags = [r.relayed_at - r.sent_at_ms / 1000 for r in conn.execute(
                 select(messages.c.relayed_at, messages.c.sent_at_ms).where(
                     messages.c.bridge_id == bid, messages.c.from_app == source,

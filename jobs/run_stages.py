@@ -226,7 +226,7 @@ class StagePlanner:
                 yield (Spec(row.line, f"{low}{PAIR}{high}", encode_pair(user, friend), problems),
                        [] if problems else [("user_id", user), ("friend_id", friend)])
 
-        def to_send(stream: Iterator[Spec]) -> Iterator[Spec]:
+        def to_send(stream: Iterable[Spec]) -> Iterator[Spec]:
             # Counted once refused and done pairs are known: a delta run sends only the new ones.
             for spec in stream:
                 if not spec.problems and spec.done is None:
