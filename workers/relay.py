@@ -327,8 +327,8 @@ class Relayer:
         longer pending)."""
         token = uuid.uuid4().hex
         by_id = {head.id: (conv, head) for conv, head in heads}
-        rows = conn.execute(select(messages).where(messages.c.id.in_(list(by_id)),
-                                                   messages.c.state == ItemState.PENDING.value)).all()
+        rows = list(conn.execute(select(messages).where(messages.c.id.in_(list(by_id)),
+                                                        messages.c.state == ItemState.PENDING.value)))
         found = self._mapped(conn, rows)
         originals = self._originals(conn, [r for r in rows if r.kind == "recall"])
         claimed, held = [], []
@@ -347,8 +347,10 @@ class Relayer:
                     lease_until=time.time() + self.runtime.tuning.lease_seconds)
             .returning(messages.c.id)).scalars()) if claimed else set()
         claimed = [replace(c, row=_with_claim(c.row, token)) for c in claimed if c.row.id in taken]
-        settled = [(conv, head, None) for mid, (conv, head) in by_id.items()
-                   if mid not in taken and mid not in {h[2].id for h in held}]  # resolved meanwhile
+        held_ids = {row.id for _, _, row, _ in held}
+        settled: list[tuple[tuple[str, str], Waiting, float | None]] = [
+            (conv, head, None) for mid, (conv, head) in by_id.items()
+            if mid not in taken and mid not in held_ids]  # resolved meanwhile
         settled += [(conv, head, self._hold(conn, row, what)) for conv, head, row, what in held]
         return claimed, settled
 
