@@ -194,18 +194,19 @@ def stages(db_url: str) -> dict[str, dict[str, Any]]:
     (the relayer's queue: the settle window, claims, the rate), let go ->
     the target's acceptance recorded (the call and its record); and the
     database's view of order: per conversation in relay order, messages
-    relayed after a later one of theirs, split by why. `late`: stored only
-    after that later one had gone (the feed delivered it after the settle
-    window: cannot be put back, docs/failure-modes.md); `tie`: both had the
+    relayed after a later one of theirs, split by why. `late`: stored after
+    that later one's settle window had passed (it was due and could go at
+    once: cannot be put back, docs/failure-modes.md); `tie`: both had the
     same source millisecond, so the feed's arrival order was all there was;
     `bug`: neither (the relayer broke the order it could see)."""
     from sqlalchemy import create_engine, select
 
-    from imshift.models.tables import BridgeMessage
+    from imshift.models.tables import Bridge, BridgeMessage
 
     messages = BridgeMessage.__table__
     engine = create_engine(db_url)
     with engine.connect() as conn:
+        settle = conn.execute(select(Bridge.__table__.c.settle)).scalar_one()
         rows = conn.execute(select(messages.c.from_app, messages.c.conversation, messages.c.content,
                                    messages.c.sent_at_ms, messages.c.received_at, messages.c.sent_at,
                                    messages.c.relayed_at)
@@ -226,7 +227,7 @@ def stages(db_url: str) -> dict[str, dict[str, Any]]:
                 n = int(str((r.content or {}).get("text", "#-1")).rpartition("#")[2])
                 if top is not None and n < top[0]:
                     later = top[1]
-                    order["late" if r.received_at > gone[id(later)] else
+                    order["late" if r.received_at > later.received_at + settle else
                           "tie" if r.sent_at_ms == later.sent_at_ms else "bug"] += 1
                 if top is None or n > top[0]:
                     top = (n, r)
@@ -440,7 +441,7 @@ def describe(r: dict[str, Any]) -> dict[str, float]:
             o = st["order"]
             print(f"    where (p99): source -> stored {st['stored']:.3f} s, stored -> let go {st['queued']:.3f} s "
                   f"(the settle window included), let go -> accepted {st['call']:.3f} s; relayed after a later "
-                  f"one, by the database: {o['late']} stored after it had gone (late from the feed), {o['tie']} "
+                  f"one, by the database: {o['late']} stored after its settle window (late from the feed), {o['tie']} "
                   f"in the same source millisecond, {o['bug']} otherwise (a bug)", flush=True)
             out.update({f"{src}_ooo_late": o["late"], f"{src}_ooo_tie": o["tie"], f"{src}_ooo_bug": o["bug"]})
         out.update({f"{src}_p50": p50, f"{src}_p99": p99, f"{src}_cp99": percentile(cl, 0.99), f"{src}_lost": c["lost"],
