@@ -59,6 +59,7 @@ from typing import Any
 import httpx
 
 from bench.common import ROOT, figures, percentile
+from imshift.vendors.http import http_client
 
 sys.path[:0] = [str(ROOT / "tests" / "jobs"), str(ROOT / "tests")]  # bridge_support, as the tests see it
 
@@ -66,7 +67,7 @@ from bridge_support import Sent, bridged, received_texts, serving  # noqa: E402
 
 TARGET_LAG = 1.0  # seconds: p99 at 200/s, with and without the mass send
 TARGET_ACK = 0.05  # seconds: feed answer p99
-LANES = 4  # concurrent senders a side, each over its own conversations (their order kept)
+LANES = 32  # concurrent senders a side, each over its own conversations (their order kept)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -125,7 +126,8 @@ async def send_lanes(side, plan: list[Sent], rate: float) -> float:
             assert reply.status_code == 200, reply.text
             m.msg_id, m.at = str(reply.json()["msg_id"]), time.time()
 
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=LANES)) as http:
+    # Over aiohttp (vendors/http.py: httpx's own pool is slow with many requests in flight).
+    async with http_client(max_connections=LANES) as http:
         await asyncio.gather(*(lane(items, http) for items in lanes))
     return time.monotonic() - start
 
@@ -184,6 +186,71 @@ def lags(db_url: str, sent: dict[str, float]) -> tuple[dict[str, list[float]], d
                 client[r.from_app].append(r.relayed_at - sent[r.msg_id])
     engine.dispose()
     return {app: sorted(v) for app, v in out.items()}, {app: sorted(v) for app, v in client.items()}
+
+
+def stages(db_url: str) -> dict[str, dict[str, Any]]:
+    """Per sending app, where the lag went, p99 each: the source's timestamp
+    -> stored (the feed and our ingest), stored -> let go by the limiter
+    (the relayer's queue: the settle window, claims, the rate), let go ->
+    the target's acceptance recorded (the call and its record); and the
+    database's view of order: per conversation in relay order, messages
+    relayed after a later one of theirs, split by why. `late`: stored after
+    that later one's settle window had passed (it was due and could go at
+    once: cannot be put back, docs/failure-modes.md); `tie`: both had the
+    same source millisecond, so the feed's arrival order was all there was;
+    `bug`: neither (the relayer broke the order it could see)."""
+    from sqlalchemy import create_engine, select
+
+    from imshift.models.tables import Bridge, BridgeMessage
+
+    messages = BridgeMessage.__table__
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        settle = conn.execute(select(Bridge.__table__.c.settle)).scalar_one()
+        rows = conn.execute(select(messages.c.from_app, messages.c.conversation, messages.c.content,
+                                   messages.c.sent_at_ms, messages.c.received_at, messages.c.sent_at,
+                                   messages.c.relayed_at)
+                            .where(messages.c.relayed_at.is_not(None))).all()
+    engine.dispose()
+    out: dict[str, dict[str, Any]] = {}
+    for app in sorted({r.from_app for r in rows}):
+        mine = [r for r in rows if r.from_app == app]
+        gone = {id(r): r.sent_at or r.relayed_at for r in mine}  # repeat-safe sends carry no mark
+        order = {"late": 0, "tie": 0, "bug": 0}
+        convs: dict[str, list[Any]] = defaultdict(list)
+        for r in mine:
+            convs[r.conversation].append(r)
+        for conv in convs.values():
+            conv.sort(key=lambda r: r.relayed_at)
+            top = None
+            for r in conv:
+                n = int(str((r.content or {}).get("text", "#-1")).rpartition("#")[2])
+                if top is not None and n < top[0]:
+                    later = top[1]
+                    order["late" if r.received_at > later.received_at + settle else
+                          "tie" if r.sent_at_ms == later.sent_at_ms else "bug"] += 1
+                if top is None or n > top[0]:
+                    top = (n, r)
+        out[app] = {"stored": percentile(sorted(r.received_at - r.sent_at_ms / 1000 for r in mine), 0.99),
+                    "queued": percentile(sorted(gone[id(r)] - r.received_at for r in mine), 0.99),
+                    "call": percentile(sorted(r.relayed_at - gone[id(r)] for r in mine), 0.99),
+                    "order": order}
+    return out
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process so far (None: this one, all its threads)."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> float:
+    """CPU seconds every core of the machine has been busy so far (/proc/stat)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
 
 
 ACK_BUCKET = re.compile(r'^imshift_feed_ack_seconds_bucket\{.*le="([^"]+)".*\}\s+(\S+)$')
@@ -293,7 +360,7 @@ def phase(args: argparse.Namespace, tmp: Path, name: str, rate: float, mass: int
             rates = json.loads(env["IMSHIFT_APPS__OLD__RATES"])
             env["IMSHIFT_APPS__OLD__RATES"] = json.dumps({**rates, "send": args.mass_rate})
         b.env = env
-        with serving(b, tmp / "serve.log", extra_env=env):
+        with serving(b, tmp / "serve.log", extra_env=env) as server:
             setup = time.monotonic() - began
             for side in (b.old, b.new):
                 side.feed_to(side.hook(b.server_url), repeat=args.repeat)
@@ -301,7 +368,7 @@ def phase(args: argparse.Namespace, tmp: Path, name: str, rate: float, mass: int
             plans = {"old": plan_side(b.old, f"{name}-old", a_side, half, seed=1),
                      "new": plan_side(b.new, f"{name}-new", a_side, args.messages - half, seed=2)}
             sender = None
-            mass_before = None
+            mass_before = 0
             if mass:
                 sender = start_mass_send(b, tmp, mass, env)
                 deadline = time.monotonic() + 60
@@ -311,23 +378,32 @@ def phase(args: argparse.Namespace, tmp: Path, name: str, rate: float, mass: int
                     time.sleep(0.1)
                 mass_before = mass_progress(db)[0]
 
-            async def both() -> list[float]:
+            async def both() -> tuple[float, float]:
                 return await asyncio.gather(send_lanes(b.old, plans["old"], rate / 2),
                                             send_lanes(b.new, plans["new"], rate / 2))
 
+            pids: dict[str, int | None] = {"bench clients": None, "old sandbox": b.old.pid, "new sandbox": b.new.pid,
+                    "imshift serve": server.pid}
+            if sender is not None:
+                pids["mass send"] = sender.pid
+            cpu_before = {k: cpu_seconds(p) for k, p in pids.items()}
+            busy_before = machine_busy()
             send_began = time.time()
             took = asyncio.run(both())
             sends_ended = time.time()
             mass_during = mass_progress(db)[0] - mass_before if mass else 0
             report = drain(b, {"old": len(plans["old"]), "new": len(plans["new"])}, args.drain)
             drained = time.time() - sends_ended
+            cpu = {k: cpu_seconds(p) - cpu_before[k] for k, p in pids.items()}
+            busy = machine_busy() - busy_before
+            wall = time.time() - send_began
             ack = ack_figures(ack_histogram(b.server_url))
             feeds = {"old": feed_stats(b.old), "new": feed_stats(b.new)}
             boxes = {"old": sandbox_stats(b.old), "new": sandbox_stats(b.new)}
             checks = {"old": check_inboxes(b.new, b.old, plans["old"]),
                       "new": check_inboxes(b.old, b.new, plans["new"])}
             mass_state = None
-            if mass:
+            if sender is not None:
                 done, started, finished, status = mass_progress(db)
                 stop(sender)
                 boxes["old"] = sandbox_stats(b.old)
@@ -335,7 +411,8 @@ def phase(args: argparse.Namespace, tmp: Path, name: str, rate: float, mass: int
                               "running_through": finished is None or finished >= sends_ended,
                               "started": started, "finished": finished, "send_began": send_began}
         lag, client_lag = lags(db, {m.msg_id: m.at for plan in plans.values() for m in plan})
-    return {"client_lag": client_lag, "sent": args.messages, "name": name, "rate": rate, "setup": setup, "took": took, "drained": drained,
+        where = stages(db)
+    return {"cpu": cpu, "busy": busy, "wall": wall, "stages": where, "client_lag": client_lag, "sent": args.messages, "name": name, "rate": rate, "setup": setup, "took": took, "drained": drained,
             "report": report, "lag": lag, "ack": ack, "feeds": feeds, "boxes": boxes,
             "checks": checks, "mass": mass_state, "mass_n": mass}
 
@@ -359,6 +436,14 @@ def describe(r: dict[str, Any]) -> dict[str, float]:
               f"lag p50 {p50:.3f} s p99 {p99:.3f} s max {mx:.3f} s (from the client's clock, {len(cl)} matched: p50 "
               f"{percentile(cl, 0.5):.3f} s p99 {percentile(cl, 0.99):.3f} s); inboxes: lost {c['lost']}, "
               f"duplicated {c['dup']}, out of order {c['ooo']}", flush=True)
+        st = r["stages"].get(src)
+        if st:
+            o = st["order"]
+            print(f"    where (p99): source -> stored {st['stored']:.3f} s, stored -> let go {st['queued']:.3f} s "
+                  f"(the settle window included), let go -> accepted {st['call']:.3f} s; relayed after a later "
+                  f"one, by the database: {o['late']} stored after its settle window (late from the feed), {o['tie']} "
+                  f"in the same source millisecond, {o['bug']} otherwise (a bug)", flush=True)
+            out.update({f"{src}_ooo_late": o["late"], f"{src}_ooo_tie": o["tie"], f"{src}_ooo_bug": o["bug"]})
         out.update({f"{src}_p50": p50, f"{src}_p99": p99, f"{src}_cp99": percentile(cl, 0.99), f"{src}_lost": c["lost"],
                     f"{src}_dup": c["dup"], f"{src}_ooo": c["ooo"]})
     p99, within, n = r["ack"]
@@ -373,6 +458,28 @@ def describe(r: dict[str, Any]) -> dict[str, float]:
     out.update(sent_per_s=r["sent"] / max(r["took"]), ack_p99=p99, ack_within=within,
                feed_failed=sum(f.get("failed", 0) for f in r["feeds"].values()),
                ack_client_p99=max((v for v in client.values() if v is not None), default=float("nan")))
+    reached = r["sent"] / max(r["took"])
+    cores = os.cpu_count() or 1
+    wall = r["wall"]
+    used = sum(v for k, v in r["cpu"].items() if k != "mass send")  # the bridge's own rig
+    each = ", ".join(f"{k} {v:.1f} s ({v / wall:.0%} of a core, {1000 * v / r['sent']:.2f} ms a message)"
+                     for k, v in r["cpu"].items())
+    busy = r["busy"] / (wall * cores)
+    print(f"  CPU from the first send to the relays settled ({wall:.1f} s, {cores} cores): {each}; the "
+          f"machine's cores were {busy:.0%} busy, other work included", flush=True)
+    if reached < 0.95 * r["rate"]:
+        print(f"  SHORT: the load generator fell short: its clients reached {reached:.0f} of {r['rate']:g} "
+              f"messages/s asked (each send waits for its sandbox's answer, and the sandboxes serve the "
+              f"feeds and the relays too); at {1000 * used / r['sent']:.1f} ms of CPU a message end to end, "
+              f"{cores} free cores carry about {cores * r['sent'] / used:.0f} messages/s"
+              + ("; the cores were saturated" if busy > 0.9 else ""), flush=True)
+    else:
+        slow = {src: out[f"{src}_p99"] for src in ("old", "new") if out.get(f"{src}_p99", 0) >= TARGET_LAG}
+        if slow:
+            print(f"  SHORT: the clients reached the asked rate, imshift did not keep up: lag p99 "
+                  f"{', '.join(f'{k} {v:.2f} s' for k, v in slow.items())} (where: the lines above)", flush=True)
+    out.update(cpu_ms=1000 * used / r["sent"], serve_cpu_ms=1000 * r["cpu"]["imshift serve"] / r["sent"],
+               busy=busy, reached_share=reached / r["rate"])
     if r["mass"]:
         m, box = r["mass"], r["boxes"]["old"]
         over = box["over_limit"].get("send", 0)

@@ -2,8 +2,10 @@
 by Playwright): a migration run between two served NetEase sandboxes, a
 bridge over it, clients sending on the old side and its feed POSTing each
 message twice to the served API, which relays them; the card shows the
-counts the report has, its failures as text, and pause, resume and remove
-steer the bridge (a 409's reason shown in its note)."""
+counts the report has, its failures as text, pause, resume and remove
+steer the bridge (a 409's reason shown in its note), and its retry buttons,
+shown while any failed or unknown, relay them again (unknown ones only once
+a confirm is accepted)."""
 
 import asyncio
 import contextlib
@@ -19,7 +21,10 @@ import pytest
 import uvicorn
 
 from imshift.api import create_app
+from sqlalchemy import update
+
 from imshift.jobs import bridges
+from imshift.models.tables import BridgeMessage
 from imshift.vendors.feeds import FeedMessage
 from imshift.workers.embedded import in_process_workers
 
@@ -27,7 +32,7 @@ from api_support import context
 from test_page import TOKEN, launch, logged_in, need_chromium, wait_for
 
 sys.path.append(str(Path(__file__).parent / "jobs"))  # bridge_support and its helpers, as tests/jobs sees them
-from bridge_support import FAST, Sent, _fields, bridged, send_all  # noqa: E402
+from bridge_support import FAST, Sent, _fields, bridged, received_texts, send_all  # noqa: E402
 
 pytestmark = pytest.mark.loopback
 SENT = 12
@@ -71,6 +76,17 @@ def test_the_page_shows_a_bridge_and_steers_it(tmp_path):
         # sender the run never moved (held for the bridge's hold, 600 s) and
         # a kind the bridge does not carry (failed), its id markup to show as text.
         odd = "<img src=x onerror=window.pwned=1>"
+        # And two as the relayer leaves them, for the retry buttons: one failed (its
+        # vendor was down every attempt) and one unknown (it died after the send went out).
+        again = [FeedMessage(msg_id=f"m-{state}", sender=u[2], to=u[3], group=False,
+                             sent_at_ms=int(time.time() * 1000), kind="text", text=f"again {state}")
+                 for state in ("failed", "unknown")]
+        with ctx.engine.begin() as conn:
+            bridges.receive(conn, bridge, "old", again)
+            for m in again:
+                state = m.msg_id.removeprefix("m-")
+                conn.execute(update(BridgeMessage.__table__).where(BridgeMessage.__table__.c.msg_id == m.msg_id)
+                             .values(state=state, code=state, message=f"left {state} for the test"))
         with ctx.engine.begin() as conn:
             bridges.receive(conn, bridge, "old", [
                 FeedMessage(msg_id="m-ghost", sender="ghost", to=u[1], group=False,
@@ -87,14 +103,14 @@ def test_the_page_shows_a_bridge_and_steers_it(tmp_path):
                                          "CheckSum": "0" * 40})
             assert forged.status_code == 401, forged.text
             [way] = wait_for(lambda: [w for w in bridges.report(ctx.engine, bid)["directions"]
-                                      if w["relayed"] == SENT and w["failed"] == 1], timeout=30)
+                                      if w["relayed"] == SENT and w["failed"] == 2], timeout=30)
             assert (way["held"], way["duplicates"], way["refused"], way["pending"]) == (1, SENT, 1, 0), way
             with sync_playwright() as pw:  # its loop would refuse asyncio.run above
-                see_and_steer(ctx, pw, base, bid, run_id, odd, artefacts)
+                see_and_steer(ctx, pw, base, b, bid, run_id, odd, artefacts)
         ctx.engine.dispose()
 
 
-def see_and_steer(ctx, pw, base, bid, run_id, odd, artefacts):
+def see_and_steer(ctx, pw, base, b, bid, run_id, odd, artefacts):
     browser = launch(pw)
     try:
         page = logged_in(browser, base)
@@ -108,8 +124,8 @@ def see_and_steer(ctx, pw, base, bid, run_id, odd, artefacts):
         assert card.get_attribute("data-status") == "active"
         shown = {k: cell(k) for k in ("relayed", "pending", "held", "failed", "unknown",
                                       "duplicates", "echoes", "refused")}
-        assert shown == {"relayed": str(SENT), "pending": "0", "held": "1", "failed": "1",
-                         "unknown": "0", "duplicates": str(SENT), "echoes": "0", "refused": "1"}
+        assert shown == {"relayed": str(SENT), "pending": "0", "held": "1", "failed": "2",
+                         "unknown": "1", "duplicates": str(SENT), "echoes": "0", "refused": "1"}
         assert row.locator("td").first.text_content() == "old → new"
         for p in ("p50", "p99"):
             lag = row.locator(f'[data-lag="{p}"]').text_content()
@@ -125,6 +141,25 @@ def see_and_steer(ctx, pw, base, bid, run_id, odd, artefacts):
         print(f"screenshot of the bridge: {shot}")
 
         note = card.locator("[data-role=note]")
+        retry_failed, retry_unknown = (card.locator(f"[data-retry={k}]") for k in ("failed", "unknown"))
+        assert retry_failed.is_visible() and retry_unknown.is_visible()
+        retry_failed.click()  # the failed one goes again; the rejected one does not
+        wait_for(lambda: note.text_content() == f"bridge B{bid}: 1 to relay again (rejected ones are not: "
+                                                "the target said no)")
+        wait_for(lambda: cell("relayed") == str(SENT + 1) and cell("failed") == "1")
+        to = b.new.users[3]
+        assert "again failed" in received_texts(b.new, [to])[to]
+        page.once("dialog", lambda d: d.dismiss())
+        retry_unknown.click()  # declined: nothing is asked of the server
+        time.sleep(1.5)  # a poll or more: the count stays
+        assert cell("unknown") == "1" and note.text_content().endswith("the target said no)")
+        page.once("dialog", lambda d: d.accept())
+        retry_unknown.click()
+        wait_for(lambda: note.text_content() == f"bridge B{bid}: 1 to relay again")
+        wait_for(lambda: cell("relayed") == str(SENT + 2) and cell("unknown") == "0")
+        assert retry_unknown.is_hidden() and retry_failed.is_visible()  # the rejected one is still counted
+        assert bridges.report(ctx.engine, bid)["directions"][0]["unknown"] == 0
+
         assert card.locator("[data-action=resume]").is_disabled()
         card.locator("[data-action=pause]").click()
         wait_for(lambda: card.get_attribute("data-status") == "paused")

@@ -1,7 +1,8 @@
 // The page's cut-over bridges, polled with the rest by app.js (its el(),
 // api(), steerAt() and syncCards()): each bridge's apps, run and status, per
 // direction what was relayed, waits, failed or was dropped and the lag, its
-// last failures, and pause, resume and remove. User data goes in as text only.
+// last failures, pause, resume and remove, and, while any failed or unknown,
+// relay them again. User data goes in as text only.
 "use strict";
 
 const BRIDGE_ACTIONS = {pause: ["active"], resume: ["paused", "stopped"],
@@ -10,6 +11,8 @@ const BRIDGE_ACTIONS = {pause: ["active"], resume: ["paused", "stopped"],
 const WAY_COUNTS = [["relayed", "relayed"], ["pending", "pending"], ["held", "held"],
                     ["failed", "failed"], ["unknown", "unknown"], ["duplicates", "duplicates dropped"],
                     ["echoes", "echoes dropped"], ["refused", "refused deliveries"]];
+// Relay again: [button, the report's count that shows it, whether unknown ones are asked too].
+const BRIDGE_RETRIES = [["retry failed", "failed", false], ["retry unknown", "unknown", true]];
 const bridgeCards = new Map(); // bridge id -> {root, parts}
 
 function lagText(s) {
@@ -30,6 +33,11 @@ function bridgeCard(b) {
   for (const action of Object.keys(BRIDGE_ACTIONS)) {
     const button = el("button", {type: "button", "data-action": action}, action);
     button.addEventListener("click", () => steerBridge(b.id, action, parts.note));
+    parts.buttons.append(button);
+  }
+  for (const [label, count, unknown] of BRIDGE_RETRIES) {
+    const button = el("button", {type: "button", "data-retry": count, hidden: true}, label);
+    button.addEventListener("click", () => retryBridge(b.id, unknown, parts.note));
     parts.buttons.append(button);
   }
   const root = el("section", {class: "bridge", "data-bridge": String(b.id)},
@@ -70,12 +78,31 @@ function renderBridge(c, b) {
   p.reason.textContent = b.stop_reason || "";
   drawWays(p.ways, b.directions);
   drawBridgeFailures(p.failures, b.last_failures);
-  for (const btn of p.buttons.children) btn.disabled = !BRIDGE_ACTIONS[btn.dataset.action].includes(b.status);
+  for (const btn of p.buttons.children) {
+    if (btn.dataset.action) btn.disabled = !BRIDGE_ACTIONS[btn.dataset.action].includes(b.status);
+    else btn.hidden = !b.directions.some((w) => w[btn.dataset.retry] > 0);
+  }
 }
 
 async function steerBridge(id, action, note) {
   if (action === "remove" && !confirm(`Remove bridge B${id}? It stops relaying for good.`)) return;
   await steerAt(`/api/bridges/${id}`, action, note, (out) => `bridge B${out.id} is now ${out.status}`);
+}
+
+// POST /api/bridges/ID/retry[?unknown=true], through api() as every button posts
+// (the session's cookie, the page's own Origin). Unknown ones may have gone out.
+async function retryBridge(id, unknown, note) {
+  if (unknown && !confirm(`Relay B${id}'s unknown messages again too? Their relay may have gone `
+                          + "out before it stopped: their recipients may get them twice.")) return;
+  note.textContent = "retry…";
+  try {
+    const out = await api(`/api/bridges/${id}/retry${unknown ? "?unknown=true" : ""}`, {method: "POST"});
+    note.textContent = `bridge B${out.id}: ${out.retried.toLocaleString()} to relay again`
+      + (unknown ? "" : " (rejected ones are not: the target said no)");
+  } catch (e) {
+    note.textContent = e.message;
+  }
+  poll();
 }
 
 async function pollBridges() {

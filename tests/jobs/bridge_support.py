@@ -31,6 +31,9 @@ FAST = {op: 1000.0 for op in ("register", "update_profile", "get_profiles", "iss
                               "get_friends", "send", "send_group")}
 
 
+PIDS: dict[str, int] = {}  # a served sandbox's base URL -> its process id
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -45,6 +48,11 @@ class Side:
     url: str
     users: list[str] = field(default_factory=list)  # as this side knows them
     groups: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        """The sandbox's process (for the CPU it used: bench/bridge.py)."""
+        return PIDS[self.url]
 
     def inbox(self, user: str) -> list[dict[str, Any]]:
         return httpx.get(f"{self.url}/_sandbox/inbox", params={"user": user}, timeout=10).json()
@@ -170,6 +178,7 @@ def sandbox_process(vendor_name: str, log: Path, rates: dict[str, float] | None 
                                stdout=out, stderr=subprocess.STDOUT,
                                start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    PIDS[url] = box.pid
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -183,6 +192,7 @@ def sandbox_process(vendor_name: str, log: Path, rates: dict[str, float] | None 
             time.sleep(0.05)
         yield url
     finally:
+        PIDS.pop(url, None)
         box.terminate()
         try:
             box.wait(10)
