@@ -58,6 +58,7 @@ class Outgoing:
 
     body: bytes
     content_type: str = "application/json"
+    path: str = ""  # added to the configured URL (OpenIM posts to {url}/{callbackCommand})
 
 
 class Feed:
@@ -131,7 +132,7 @@ class Feed:
         self.stats["sent"] += 1
         began = time.perf_counter()
         try:
-            reply = await self._http.post(self.settings.url or "", content=outgoing.body,
+            reply = await self._http.post((self.settings.url or "") + outgoing.path, content=outgoing.body,
                                           params=query or None,
                                           headers={"content-type": outgoing.content_type, **headers},
                                           timeout=self.settings.timeout)

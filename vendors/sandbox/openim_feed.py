@@ -117,10 +117,14 @@ class OpenIMv3Feed(FeedSandbox, OpenIMSandbox):
                   "conversationID": conversation, "receivers": receivers, "revoked": False}
         self.messages.append(record)
         if ("afterSendGroupMsg" if group else "afterSendSingleMsg") in self.webhooks:
-            self.feed.push(Outgoing(json_body(self._message_webhook(record, saved=False))))
+            self._post_webhook(self._message_webhook(record, saved=False))
         if "afterMsgSaveDB" in self.webhooks:
-            self.feed.push(Outgoing(json_body(self._message_webhook(record, saved=True))))
+            self._post_webhook(self._message_webhook(record, saved=True))
         return sent
+
+    def _post_webhook(self, body: dict[str, Any]) -> None:
+        """As the server posts a webhook: to {url}/{callbackCommand}."""
+        self.feed.push(Outgoing(json_body(body), path="/" + body["callbackCommand"]))
 
     def _message_webhook(self, record: dict[str, Any], *, saved: bool) -> dict[str, Any]:
         """A message webhook's body: CallbackAfterSend{Single,Group}MsgReq
@@ -218,9 +222,8 @@ class OpenIMv3Feed(FeedSandbox, OpenIMSandbox):
             raise Fail(1404, "MsgAlreadyRevoke: msg already revoke")
         record["revoked"] = True
         if "afterRevokeMsg" in self.webhooks:
-            self.feed.push(Outgoing(json_body({"callbackCommand": REVOKE_COMMAND,
-                                               "conversationID": record["conversationID"],
-                                               "seq": record["seq"], "userID": user})))
+            self._post_webhook({"callbackCommand": REVOKE_COMMAND, "conversationID":
+                                record["conversationID"], "seq": record["seq"], "userID": user})
 
     # -- the server's revoke and search --------------------------------------------------
 
