@@ -16,6 +16,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from imshift.models.feed_counts import count
 from imshift.models.tables import Bridge, BridgeMessage, BridgeStatus, FeedCount, ItemState, Run
 from imshift.vendors.feeds import FeedMessage
 
@@ -126,15 +127,6 @@ def feeding(conn: Connection, app: str) -> Any | None:
     return conn.execute(select(bridges).where(
         bridges.c.status != BridgeStatus.REMOVED.value,
         or_(bridges.c.source_app == app, and_(bridges.c.app == app, bridges.c.both_ways)))).first()
-
-
-def count(conn: Connection, app: str, name: str, n: int = 1) -> None:
-    if not n:
-        return
-    insert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert
-    statement = insert(feed_counts).values(app=app, name=name, n=n)
-    conn.execute(statement.on_conflict_do_update(index_elements=["app", "name"],
-                                                 set_={"n": feed_counts.c.n + statement.excluded.n}))
 
 
 @dataclass(frozen=True)

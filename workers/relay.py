@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import bindparam, case, or_, select, update
 from sqlalchemy.engine import Connection
 
+from imshift.models.feed_counts import count
 from imshift.models.tables import Bridge, BridgeMessage, BridgeStatus, IdMap, ItemState, Run
 from imshift.vendors.feeds import KINDS, FeedMessage
 from imshift.vendors.vocabulary import Operation, Outcome, Result
@@ -351,8 +352,8 @@ class Relayer:
         longer pending)."""
         token = uuid.uuid4().hex
         by_id = {head.id: (conv, head) for conv, head in heads}
-        rows = list(conn.execute(select(messages).where(messages.c.id.in_(list(by_id)),
-                                                        messages.c.state == ItemState.PENDING.value)))
+        rows = self._drop_echoes(conn, list(conn.execute(select(messages).where(
+            messages.c.id.in_(list(by_id)), messages.c.state == ItemState.PENDING.value))))
         found = self._mapped(conn, rows)
         originals = self._originals(conn, [r for r in rows if r.kind == "recall"])
         claimed, held = [], []
@@ -377,6 +378,25 @@ class Relayer:
             if mid not in taken and mid not in held_ids]  # resolved meanwhile
         settled += [(conv, head, self._hold(conn, row, what)) for conv, head, row, what in held]
         return claimed, settled
+
+    def _drop_echoes(self, conn: Connection, rows: list[Any]) -> list[Any]:
+        """The rows less those this bridge relayed itself, whose feed event
+        came in before the relay's answer was recorded, so `receive`
+        (jobs/bridges.py) could not know them: OpenIM's revoke webhook, which
+        carries no mark, can beat the revoke's own answer. Dropped and counted
+        as echoes, as `receive` drops those it knows."""
+        if not rows:
+            return rows
+        ours = set(conn.execute(select(messages.c.from_app, messages.c.target_msg_id).where(
+            messages.c.bridge_id == self.bid,
+            messages.c.target_msg_id.in_([r.msg_id for r in rows]))).tuples())
+        echoes = [r for r in rows if (self.target_of(r.from_app), r.msg_id) in ours]
+        if echoes:
+            conn.execute(messages.delete().where(messages.c.id.in_([r.id for r in echoes])))
+            for app in {r.from_app for r in echoes}:
+                count(conn, app, "echoes", sum(r.from_app == app for r in echoes))
+        dropped = {r.id for r in echoes}
+        return [r for r in rows if r.id not in dropped]
 
     def _mapped(self, conn: Connection, rows: list[Any]):
         """(sender, to) as the other side knows them, per row (None where
