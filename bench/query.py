@@ -74,8 +74,9 @@ SERIES = {
 }
 
 
-def build_job(engine, total: int) -> tuple[int, int]:
-    """A running job of `total` items; returns (job id, first pending seq)."""
+def build_job(engine, total: int, done_share: float = DONE_SHARE) -> tuple[int, int]:
+    """A running job of `total` items, the first `done_share` of them done;
+    returns (job id, first pending seq)."""
     from sqlalchemy import text, update
 
     from imshift.jobs.plan import create_job
@@ -84,7 +85,7 @@ def build_job(engine, total: int) -> tuple[int, int]:
 
     job_id = create_job(engine, kind="migrate_users", operation="register", app="new",
                         params={"input": "users.csv", "chunk_size": CHUNK})
-    claimed_from = int(total * DONE_SHARE)
+    claimed_from = int(total * done_share)
     pending_from = claimed_from + max(1, int(total * CLAIMED_SHARE))
     series, json_fn = SERIES[engine.dialect.name]
     fill = text(FILL_SQL.format(json=json_fn, series=series))
