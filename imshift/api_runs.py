@@ -105,8 +105,9 @@ def run_router(ctx: Context, job_out: Callable[[Progress], dict[str, Any]],
             raise HTTPException(409, str(exc)) from exc
         finally:
             kept.forget()  # what was read before it (or while it changed) is not shown again
-        after = run_control.run_progress(ctx.engine, p.run_id)
-        return RunControlOut(id=p.run_id, name=name(p.run_id), status=after.status, stage=stage,
+        after = run_control.run_progress(ctx.engine, p.run_id)  # None: a cancel removed it
+        status = after.status if after else JobStatus.CANCELLED.value
+        return RunControlOut(id=p.run_id, name=name(p.run_id), status=status, stage=stage,
                              changed=changed, message=message)
 
     @router.post("/api/runs/{run_id}/pause", response_model=RunControlOut, responses=ERRORS,
@@ -155,7 +156,8 @@ def _queued(ctx: Context, run_id: int, change):
     try:
         return change()
     except (redis.RedisError, dramatiq.errors.DramatiqError, OSError) as exc:
-        current = run_control.run_progress(ctx.engine, run_id).current
+        now = run_control.run_progress(ctx.engine, run_id)
+        current = now.current if now else None
         held = control.hold_after_failed_queue(ctx.engine, current[1].job_id, exc) if current else str(exc)
         raise HTTPException(503, f"{held}; `POST /api/runs/{name(run_id)}/resume` carries it on "
                                  "once Redis works") from exc
