@@ -54,16 +54,21 @@ def app_environment(base_url: str) -> dict[str, str]:
 
 class Watcher:
     """Reads the job's progress every `every` seconds in a thread: how long
-    each read took, and (time, items done) after each."""
+    each read took, and (time, items done) after each; and, in turn with it,
+    `SELECT 1` through the same pool: the floor, what a round trip to the
+    database takes on the machine as busy as it is then."""
 
     def __init__(self, engine, job_id: int, every: float = 0.02):
         self.engine, self.job_id, self.every = engine, job_id, every
         self.reads_ms: list[float] = []
+        self.floor_ms: list[float] = []
         self.done: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
     def _watch(self) -> None:
+        from sqlalchemy import text
+
         from imshift.jobs.progress import progress
 
         while not self._stop.wait(self.every):
@@ -71,6 +76,10 @@ class Watcher:
             p = progress(self.engine, self.job_id)
             self.reads_ms.append((time.perf_counter() - t) * 1000)
             self.done.append((time.monotonic(), p.done if p else 0))
+            t = time.perf_counter()
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            self.floor_ms.append((time.perf_counter() - t) * 1000)
 
     def __enter__(self) -> "Watcher":
         self._thread.start()
@@ -84,14 +93,14 @@ class Watcher:
         return self.done[-1][1] if self.done else 0
 
 
-def tenth_rates(done: list[tuple[float, int]], start: int, work: int) -> tuple[float, float]:
-    """Items/s over the first and the last tenth of `work` items past `start`."""
+def tenth_rates(done: list[tuple[float, int]], start: int, work: int) -> list[float]:
+    """Items/s over each tenth of `work` items past `start`; the first is
+    timed from the first item recorded (the workers boot before it)."""
     def when(n: int) -> float:
         return next(t for t, d in done if d - start >= n)
-    tenth = work // 10  # the first tenth is timed from the first item recorded: workers boot first
-    first = tenth / (when(tenth) - when(1)) if tenth else float("nan")
-    last = tenth / (when(work) - when(work - tenth)) if tenth else float("nan")
-    return first, last
+    tenth = work // 10
+    marks = [when(1)] + [when(tenth * k) for k in range(1, 11)]
+    return [tenth / (b - a) if b > a else float("nan") for a, b in zip(marks, marks[1:], strict=False)]
 
 
 def main(argv: list[str]) -> int:
@@ -148,13 +157,15 @@ def main(argv: list[str]) -> int:
             print((tmp / "worker.log").read_text()[-3000:], file=sys.stderr)
             raise RuntimeError(f"the workers did {worked:,} of {args.work:,} items in {args.timeout:.0f} s")
         engine.dispose()
-    reads = sorted(watcher.reads_ms)
+    reads, floor = sorted(watcher.reads_ms), sorted(watcher.floor_ms)
     p50, p99 = percentile(reads, 0.5), percentile(reads, 0.99)
-    first, last = tenth_rates(watcher.done, start, args.work)
+    tenths = tenth_rates(watcher.done, start, args.work)
+    first, last = tenths[0], tenths[-1]
     print(f"progress while {args.processes} worker processes wrote: {len(reads):,} reads, "
-          f"p50 {p50:.2f} ms p99 {p99:.2f} ms max {reads[-1]:.1f} ms", flush=True)
-    print(f"items/s over the first tenth of {args.work:,}: {first:,.0f}; the last tenth: {last:,.0f} "
-          f"({last / first:.2f} of the first); load {load_workers:.1f}", flush=True)
+          f"p50 {p50:.2f} ms p99 {p99:.2f} ms max {reads[-1]:.1f} ms; SELECT 1 beside it p50 "
+          f"{percentile(floor, 0.5):.2f} ms p99 {percentile(floor, 0.99):.2f} ms", flush=True)
+    print(f"items/s over each tenth of {args.work:,}: {', '.join(f'{r:,.0f}' for r in tenths)}; "
+          f"the last {last / first:.2f} of the first; load {load_workers:.1f}", flush=True)
     verdicts = [f"producer peak < {TARGETS['peak_mb']} MB: {'met' if peak < TARGETS['peak_mb'] else 'MISSED'}",
                 f"progress p99 < {TARGETS['progress_p99_ms']:g} ms: "
                 f"{'met' if p99 < TARGETS['progress_p99_ms'] else 'MISSED'}",
@@ -163,6 +174,7 @@ def main(argv: list[str]) -> int:
     print("targets: " + "; ".join(verdicts), flush=True)
     figures(rows=args.rows, work=args.work, rows_per_s=round(rate), producer_peak_mb=round(peak),
             progress_p50_ms=round(p50, 2), progress_p99_ms=round(p99, 2),
+            select1_p99_ms=round(percentile(floor, 0.99), 2),
             first_tenth_per_s=round(first), last_tenth_per_s=round(last), load_before=load_before,
             load_plan=load, load_workers=load_workers)
     return 0
