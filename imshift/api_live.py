@@ -111,7 +111,6 @@ def json_response(body: bytes) -> Response:
     return Response(body, media_type="application/json")
 
 
-
 class Rates:
     """Samples of each job's done count, at most one a second, kept ten
     minutes: the current rate and the page's chart. The database keeps
