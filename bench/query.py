@@ -74,8 +74,9 @@ SERIES = {
 }
 
 
-def build_job(engine, total: int) -> tuple[int, int]:
-    """A running job of `total` items; returns (job id, first pending seq)."""
+def build_job(engine, total: int, done_share: float = DONE_SHARE) -> tuple[int, int]:
+    """A running job of `total` items, the first `done_share` of them done;
+    returns (job id, first pending seq)."""
     from sqlalchemy import text, update
 
     from imshift.jobs.plan import create_job
@@ -84,7 +85,7 @@ def build_job(engine, total: int) -> tuple[int, int]:
 
     job_id = create_job(engine, kind="migrate_users", operation="register", app="new",
                         params={"input": "users.csv", "chunk_size": CHUNK})
-    claimed_from = int(total * DONE_SHARE)
+    claimed_from = int(total * done_share)
     pending_from = claimed_from + max(1, int(total * CLAIMED_SHARE))
     series, json_fn = SERIES[engine.dialect.name]
     fill = text(FILL_SQL.format(json=json_fn, series=series))
@@ -161,7 +162,7 @@ def writer_process(url: str, job_id: int, first_pending: int, items: int, rate: 
          "--writer-rate", str(rate)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     report: dict = {}
     try:
-        if process.stdout.readline().strip() != "ready":
+        if process.stdout is None or process.stdout.readline().strip() != "ready":
             raise RuntimeError("the writer did not start")
         time.sleep(0.5)  # let it get going
         yield report
@@ -177,9 +178,11 @@ def writer_process(url: str, job_id: int, first_pending: int, items: int, rate: 
 
 # ------------------------------------------------------------------ timing
 
-def time_queries(engine, job_id: int, reps: int, page: int, spread: float = 0.0) -> dict[str, list[float]]:
+def time_queries(engine, job_id: int, reps: int, page: int,
+                 spread: float = 0.0) -> tuple[dict[str, list[float]], dict[str, int]]:
     """Milliseconds per call, the three queries interleaved so they see the same
-    load; with `spread`, the repetitions are paced over at least that many seconds."""
+    load, and the rows each read; with `spread`, the repetitions are paced over
+    at least that many seconds."""
     from imshift.jobs.progress import progress, results
 
     def first_page(state: str) -> int:
@@ -189,7 +192,7 @@ def time_queries(engine, job_id: int, reps: int, page: int, spread: float = 0.0)
         return n
 
     timings: dict[str, list[float]] = {"progress": [], "rejected": [], "failed": []}
-    sizes = {}
+    sizes: dict[str, int] = {}
     began = time.monotonic()
     for rep in range(reps):
         time.sleep(max(0.0, began + spread * rep / reps - time.monotonic()))
@@ -197,11 +200,11 @@ def time_queries(engine, job_id: int, reps: int, page: int, spread: float = 0.0)
             t = time.perf_counter()
             if name == "progress":
                 p = progress(engine, job_id)
-                sizes[name] = p.done
+                sizes[name] = p.done if p else 0
             else:
                 sizes[name] = first_page(name)
             timings[name].append((time.perf_counter() - t) * 1000)
-    return {name: sorted(v) for name, v in timings.items()} | {"_sizes": sizes}
+    return {name: sorted(v) for name, v in timings.items()}, sizes
 
 
 @contextlib.contextmanager
@@ -258,10 +261,9 @@ def main(argv: list[str]) -> int:
                                                                      args.items, args.writer_rate))
                                   if phase == "writing" else None)
                         t = time.perf_counter()
-                        timings = time_queries(engine, job_id, args.reps, args.page,
+                        timings, sizes = time_queries(engine, job_id, args.reps, args.page,
                                                args.writing_seconds if writer is not None else 0.0)
                         seconds = time.perf_counter() - t
-                    sizes = timings.pop("_sizes")
                     line = [f"{kind:8} {phase:7}"]
                     for name, ms in timings.items():
                         p50, p99 = percentile(ms, 0.5), percentile(ms, 0.99)

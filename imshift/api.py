@@ -29,7 +29,7 @@ from .api_bridges import bridge_router
 from .api_exports import export_router
 from .api_hooks import HooksFirst
 from .api_jobs import job_or_404, job_router, runnable
-from .api_live import FirstFailures, Rates, job_out, sample_rates
+from .api_live import KEPT_AT_MOST, KEPT_SECONDS, FirstFailures, Kept, Rates, job_out, sample_rates
 from .api_page import page_routes
 from .api_runs import run_router
 from .api_schedules import schedule_router
@@ -53,11 +53,17 @@ def create_app(ctx: Context, token: str | None = None) -> FastAPI:
                   docs_url=None, redoc_url=None,  # their pages load scripts from a CDN
                   openapi_url=None,  # served below, with its access check
                   description="Progress, results and control of imshift jobs. With "
-                              "IMSHIFT_API_TOKEN set, send it as a bearer token.")
+                              "IMSHIFT_API_TOKEN set, send it as a bearer token. The job and "
+                              "run lists, a job, its progress and a run are read from the "
+                              f"database at most every {KEPT_SECONDS / 2:g} s and shared by "
+                              "every viewer: what workers or the CLI did shows within "
+                              f"{KEPT_SECONDS:g} s (up to {KEPT_AT_MOST:g} s on a busy server), "
+                              "a change made through this API in the very next answer.")
     rates = Rates()
     ingest = Ingest(ctx.engine)  # stores the feeds' deliveries (imshift/api_hooks.py)
     app.state.ctx, app.state.token, app.state.rates = ctx, token, rates
     app.state.failures = FirstFailures()
+    app.state.kept = kept = Kept()
     app.state.metrics = metrics.registry(ctx.engine, ctx.broker)
 
     @app.exception_handler(DBAPIError)
@@ -65,7 +71,7 @@ def create_app(ctx: Context, token: str | None = None) -> FastAPI:
         reason = (str(exc.orig or exc).strip().splitlines() or ["?"])[0]
         return JSONResponse({"detail": f"the database failed: {reason}"}, status_code=503)
 
-    app.include_router(job_router(ctx, rates, app.state.failures), dependencies=Access)
+    app.include_router(job_router(ctx, rates, app.state.failures, kept), dependencies=Access)
     app.include_router(export_router(ctx, lambda job_id: job_or_404(ctx, job_id)), dependencies=Access)
 
     @app.get("/metrics", dependencies=[Depends(open_on_loopback)], include_in_schema=False)
@@ -79,7 +85,7 @@ def create_app(ctx: Context, token: str | None = None) -> FastAPI:
     async def schema() -> JSONResponse:  # no I/O: the schema is built once, then kept
         return JSONResponse(app.openapi())
 
-    app.include_router(run_router(ctx, lambda p: job_out(p, rates), lambda p: runnable(ctx, p)),
+    app.include_router(run_router(ctx, lambda p: job_out(p, rates), lambda p: runnable(ctx, p), kept),
                        dependencies=Access)
     app.include_router(schedule_router(ctx, lambda p: job_out(p, rates)), dependencies=Access)
     app.include_router(bridge_router(ctx), dependencies=Access)

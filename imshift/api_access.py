@@ -61,7 +61,9 @@ def token_ok(request: Request, given: str | None) -> bool:
     token: str | None = request.app.state.token
     if token is None:
         return True
-    return bool(given) and hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+    if not given:
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
                                                token.encode("utf-8", "surrogateescape"))
 
 
@@ -102,7 +104,7 @@ def same_origin(request: Request) -> bool:
 
 def refuse_other_pages(request: Request) -> None:
     if not same_origin(request):
-        sender = request.headers.get("origin") or request.headers.get("referer")
+        sender = request.headers.get("origin") or request.headers.get("referer") or ""
         raise HTTPException(403, f"refused: a change sent from another page ({sender[:200]}); "
                                  "use imshift's own page, or send it without an Origin header "
                                  "as the CLI and scripts do")

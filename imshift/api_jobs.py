@@ -10,13 +10,14 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import Response
 
 from imshift.jobs import control
 from imshift.jobs.progress import FAILED, Progress, item as find_item, items_page, job_ids, progress
 from imshift.models.tables import ItemState, JobStatus
 from imshift.vendors.vocabulary import Operation
 
-from .api_live import FirstFailures, Rates, item_out, job_out
+from .api_live import FirstFailures, Kept, Rates, item_out, job_out, json_body, json_response
 from .api_models import (ERRORS, MAX_ID, ControlOut, ItemOut, ItemsPage, JobDetail, JobId,
                          JobProgress, JobsPage)
 from .context import Context, SetupError
@@ -29,31 +30,45 @@ def job_or_404(ctx: Context, job_id: int) -> Progress:
     return p
 
 
-def job_router(ctx: Context, rates: Rates, failures: FirstFailures) -> APIRouter:
+def job_router(ctx: Context, rates: Rates, failures: FirstFailures, kept: Kept) -> APIRouter:
+    """The routes; the job list, a job and its progress are answered from
+    `kept` (read at most every imshift.api_live.KEPT_SECONDS), and every
+    change here forgets what it holds."""
     router = APIRouter()
 
-    @router.get("/api/jobs", response_model=JobsPage, responses=ERRORS, summary="Jobs, newest first")
-    def list_jobs(before: Annotated[Optional[int], Query(ge=1, le=MAX_ID)] = None,
-                  limit: Annotated[int, Query(ge=1, le=100)] = 20) -> dict:
+    def jobs_page(before: Optional[int], limit: int) -> bytes:
         ids = job_ids(ctx.engine, before, limit)
         jobs = [p for p in (progress(ctx.engine, i) for i in ids) if p is not None]
-        return {"jobs": [job_out(p, rates) for p in jobs],
-                "next_before": ids[-1] if len(ids) == limit else None}
+        return json_body(JobsPage, {"jobs": [job_out(p, rates) for p in jobs],
+                                    "next_before": ids[-1] if len(ids) == limit else None})
+
+    @router.get("/api/jobs", response_model=JobsPage, responses=ERRORS, summary="Jobs, newest first")
+    async def list_jobs(before: Annotated[Optional[int], Query(ge=1, le=MAX_ID)] = None,
+                        limit: Annotated[int, Query(ge=1, le=100)] = 20) -> Response:
+        return json_response(await kept.get(("jobs", before, limit), lambda: jobs_page(before, limit)))
+
+    def job_detail(job_id: int) -> bytes | None:
+        p = progress(ctx.engine, job_id)
+        return None if p is None else json_body(JobDetail, {
+            **job_out(p, rates), "history": rates.history(job_id), "failures": failures.get(ctx.engine, p)})
 
     @router.get("/api/jobs/{job_id}", response_model=JobDetail, responses=ERRORS,
                 summary="One job's progress, its recent rate and first failures")
-    def get_job(job_id: JobId) -> dict:
-        p = job_or_404(ctx, job_id)
-        return {**job_out(p, rates), "history": rates.history(job_id),
-                "failures": failures.get(ctx.engine, p)}
+    async def get_job(job_id: JobId) -> Response:
+        return json_response(_found(await kept.get(("job", job_id), lambda: job_detail(job_id)), job_id))
+
+    def job_progress(job_id: int) -> bytes | None:
+        p = progress(ctx.engine, job_id)
+        return None if p is None else json_body(JobProgress, {**job_out(p, rates),
+                                                              "history": rates.history(job_id)})
 
     @router.get("/api/jobs/{job_id}/progress", response_model=JobProgress, responses=ERRORS,
                 summary="One job's progress and recent rate, without its failures")
-    def get_progress(job_id: JobId) -> dict:
+    async def get_progress(job_id: JobId) -> Response:
         """What the page polls every second: the job detail without the
         failed items, so it reads the job's counts and never its items."""
-        p = job_or_404(ctx, job_id)
-        return {**job_out(p, rates), "history": rates.history(job_id)}
+        return json_response(_found(await kept.get(("progress", job_id), lambda: job_progress(job_id)),
+                                    job_id))
 
     @router.get("/api/jobs/{job_id}/items", response_model=ItemsPage, responses=ERRORS,
                 summary="A job's items in input order, in keyset pages")
@@ -80,6 +95,8 @@ def job_router(ctx: Context, rates: Rates, failures: FirstFailures) -> APIRouter
             changed, message = action()
         except control.JobError as exc:
             raise HTTPException(409, str(exc)) from exc
+        finally:
+            kept.forget()  # what was read before it (or while it changed) is not shown again
         p = progress(ctx.engine, job_id)
         return ControlOut(id=job_id, status=p.status if p else "removed", changed=changed,
                           message=message)
@@ -126,6 +143,12 @@ def job_router(ctx: Context, rates: Rates, failures: FirstFailures) -> APIRouter
         return change(job_id, act)
 
     return router
+
+
+def _found(body: bytes | None, job_id: int) -> bytes:
+    if body is None:
+        raise HTTPException(404, f"no job {job_id}")
+    return body
 
 
 def runnable(ctx: Context, p: Progress) -> None:

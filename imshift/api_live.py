@@ -1,8 +1,9 @@
 """What the API shows of a job while it runs (imshift/api.py,
 imshift/api_runs.py): its rate over the last minutes, kept in memory
 since the database keeps counts and not their history; its first failures,
-read at most once a second; and the job and item as the response models
-(imshift/api_models.py) hold them."""
+read at most once a second; the answers of the routes viewers poll, kept
+a quarter of a second and shared (Kept); and the job and item as the
+response models (imshift/api_models.py) hold them."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import collections
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Callable, Hashable, TypeVar
 
 from fastapi import FastAPI
+from fastapi.responses import Response
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from imshift.jobs.progress import FAILED, Progress, first_failures, job_ids, progress
 from imshift.models.tables import ItemState, JobStatus
@@ -21,6 +25,90 @@ from imshift.models.tables import ItemState, JobStatus
 from .api_models import ItemOut
 
 log = logging.getLogger("imshift.api")
+# How old a polled answer may be (the API's description says so): read again
+# once half this old, given out until this old, or while that read is under
+# way (on a busy server a worker thread's read waits for the GIL many times:
+# 2 queries took 40 ms with 1,000 requests/s going on), until KEPT_AT_MOST.
+KEPT_SECONDS, KEPT_AT_MOST = 0.25, 1.0
+T = TypeVar("T")
+
+
+class Kept:
+    """Answers read from the database, kept `ttl` seconds and shared by every
+    request that asks meanwhile: N viewers polling a job cost the database
+    one read each `ttl`, not N, and a request served from here makes no
+    thread hop and no serialisation (bench api --concurrent). An answer is
+    computed in a worker thread, once for all the requests that wait for it;
+    one past half its `ttl` is read again ahead while it is still given out
+    (until `ttl`, or `limit` while that read is under way), so while viewers
+    poll none waits for the database. `forget` drops everything, so a change
+    made through the API shows in the very next answer; a change made
+    elsewhere (workers, the CLI) shows within `ttl` (`limit` when busy)."""
+
+    def __init__(self, ttl: float = KEPT_SECONDS, limit: float = KEPT_AT_MOST, keep: int = 1000):
+        self.ttl, self.limit, self.keep = ttl, limit, keep
+        self._kept: dict[Hashable, tuple[float, Any]] = {}
+        self._computing: dict[Hashable, asyncio.Task] = {}
+        self._generation = 0
+        self._lock = threading.Lock()  # forget() is called from the routes' worker threads
+
+    async def get(self, key: Hashable, compute: Callable[[], T]) -> T:
+        kept = self._kept.get(key)
+        if kept is not None:
+            age = time.monotonic() - kept[0]
+            if age < self.ttl / 2:
+                return kept[1]
+            if age < self.ttl or (age < self.limit and key in self._computing):
+                self._start(key, compute)  # read ahead: while viewers poll, none waits for a read
+                return kept[1]
+        return await asyncio.shield(self._start(key, compute))  # one cut off leaves it to the others
+
+    def _start(self, key: Hashable, compute: Callable[[], T]) -> asyncio.Task:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            task = self._computing.get(key)
+            if task is None or task.get_loop() is not loop:  # tests run each request in a new loop
+                task = loop.create_task(self._compute(key, compute))
+                task.add_done_callback(_retrieved)
+                self._computing[key] = task
+            return task
+
+    async def _compute(self, key: Hashable, compute: Callable[[], T]) -> T:
+        with self._lock:
+            generation, started = self._generation, time.monotonic()
+        try:
+            value = await run_in_threadpool(compute)
+        finally:
+            with self._lock:
+                if self._computing.get(key) is asyncio.current_task():
+                    del self._computing[key]
+        with self._lock:
+            if generation == self._generation:  # not read before a change that forget() saw
+                if len(self._kept) >= self.keep:
+                    self._kept = {k: v for k, v in self._kept.items() if started - v[0] < self.limit}
+                self._kept[key] = (started, value)
+        return value
+
+    def forget(self) -> None:
+        """Drop every answer kept or being computed (from any thread)."""
+        with self._lock:
+            self._generation += 1
+            self._kept, self._computing = {}, {}
+
+
+def _retrieved(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()  # every waiter may have gone: not "never retrieved"
+
+
+def json_body(model: type[BaseModel], value: dict[str, Any]) -> bytes:
+    """`value` checked by its response model and serialised, as FastAPI
+    would at each request: done once for every request that shares it."""
+    return model.model_validate(value).model_dump_json().encode()
+
+
+def json_response(body: bytes) -> Response:
+    return Response(body, media_type="application/json")
 
 
 class Rates:

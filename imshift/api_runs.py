@@ -11,7 +11,7 @@ import json
 from typing import Annotated, Any, Callable, Iterator, Optional
 
 from fastapi import APIRouter, HTTPException, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from imshift.jobs import control, run_control
 from imshift.jobs.exports import csv_record
@@ -19,6 +19,7 @@ from imshift.jobs.progress import Progress
 from imshift.jobs.run_control import RunProgress, name
 from imshift.models.tables import JobStatus
 
+from .api_live import Kept, json_body, json_response
 from .api_models import (ERRORS, MAX_ID, ExportFormat, RunControlOut, RunOut, RunRef, RunsPage)
 from .context import Context
 
@@ -38,9 +39,10 @@ def _number(ref: str) -> int:
 
 
 def run_router(ctx: Context, job_out: Callable[[Progress], dict[str, Any]],
-               runnable: Callable[[Progress], None]) -> APIRouter:
+               runnable: Callable[[Progress], None], kept: Kept) -> APIRouter:
     """The routes; `job_out` is how a job (here a stage) is shown,
-    `runnable` what is checked before work is queued for one."""
+    `runnable` what is checked before work is queued for one. The run list
+    and a run are answered from `kept`, which every change here forgets."""
     router = APIRouter()
 
     def run_out(p: RunProgress) -> dict[str, Any]:
@@ -57,19 +59,30 @@ def run_router(ctx: Context, job_out: Callable[[Progress], dict[str, Any]],
             raise HTTPException(404, f"no run {name(number)}")
         return p
 
-    @router.get("/api/runs", response_model=RunsPage, responses=ERRORS,
-                summary="Migration runs, newest first")
-    def list_runs(before: Annotated[Optional[int], Query(ge=1, le=MAX_ID)] = None,
-                  limit: Annotated[int, Query(ge=1, le=100)] = 20) -> dict:
+    def runs_page(before: Optional[int], limit: int) -> bytes:
         ids = run_control.run_ids(ctx.engine, before, limit)
         listed = [p for p in (run_control.run_progress(ctx.engine, i) for i in ids) if p is not None]
-        return {"runs": [run_out(p) for p in listed],
-                "next_before": ids[-1] if len(ids) == limit else None}
+        return json_body(RunsPage, {"runs": [run_out(p) for p in listed],
+                                    "next_before": ids[-1] if len(ids) == limit else None})
+
+    @router.get("/api/runs", response_model=RunsPage, responses=ERRORS,
+                summary="Migration runs, newest first")
+    async def list_runs(before: Annotated[Optional[int], Query(ge=1, le=MAX_ID)] = None,
+                        limit: Annotated[int, Query(ge=1, le=100)] = 20) -> Response:
+        return json_response(await kept.get(("runs", before, limit), lambda: runs_page(before, limit)))
+
+    def one_run(number: int) -> bytes | None:
+        p = run_control.run_progress(ctx.engine, number)
+        return None if p is None else json_body(RunOut, run_out(p))
 
     @router.get("/api/runs/{run_id}", response_model=RunOut, responses=ERRORS,
                 summary="One run: its status and each stage's progress")
-    def get_run(run_id: RunRef) -> dict:
-        return run_out(run_or_404(run_id))
+    async def get_run(run_id: RunRef) -> Response:
+        number = _number(run_id)
+        body = await kept.get(("run", number), lambda: one_run(number))
+        if body is None:
+            raise HTTPException(404, f"no run {name(number)}")
+        return json_response(body)
 
     @router.get("/api/runs/{run_id}/idmap", responses={
                     **ERRORS, 200: {"content": {"text/csv": {}, "application/x-ndjson": {}},
@@ -90,8 +103,11 @@ def run_router(ctx: Context, job_out: Callable[[Progress], dict[str, Any]],
             stage, changed, message = act()
         except control.JobError as exc:
             raise HTTPException(409, str(exc)) from exc
-        after = run_control.run_progress(ctx.engine, p.run_id)
-        return RunControlOut(id=p.run_id, name=name(p.run_id), status=after.status, stage=stage,
+        finally:
+            kept.forget()  # what was read before it (or while it changed) is not shown again
+        after = run_control.run_progress(ctx.engine, p.run_id)  # None: a cancel removed it
+        status = after.status if after else JobStatus.CANCELLED.value
+        return RunControlOut(id=p.run_id, name=name(p.run_id), status=status, stage=stage,
                              changed=changed, message=message)
 
     @router.post("/api/runs/{run_id}/pause", response_model=RunControlOut, responses=ERRORS,
@@ -140,7 +156,8 @@ def _queued(ctx: Context, run_id: int, change):
     try:
         return change()
     except (redis.RedisError, dramatiq.errors.DramatiqError, OSError) as exc:
-        current = run_control.run_progress(ctx.engine, run_id).current
+        now = run_control.run_progress(ctx.engine, run_id)
+        current = now.current if now else None
         held = control.hold_after_failed_queue(ctx.engine, current[1].job_id, exc) if current else str(exc)
         raise HTTPException(503, f"{held}; `POST /api/runs/{name(run_id)}/resume` carries it on "
                                  "once Redis works") from exc

@@ -64,7 +64,7 @@ def instrument(runtime: Any) -> None:
     def clients(app: str) -> Any:
         return _counted(factory(app), app)
 
-    clients._imshift_metrics = True
+    setattr(clients, "_imshift_metrics", True)  # noqa: B010  (a mark on a function, for the check above)
     runtime.clients = clients
     if not any(isinstance(m, ChunkTimer) for m in runtime.broker.middleware):
         runtime.broker.add_middleware(ChunkTimer())
