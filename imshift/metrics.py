@@ -27,6 +27,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import select
 
+from imshift.jobs.bridges import recent_lags
 from imshift.models.tables import Bridge, BridgeMessage, BridgeStatus, Job, JobCount, JobStatus
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -210,10 +211,7 @@ class BridgeCollector(Collector):
                         .group_by(m.c.from_app, m.c.state)).all():
                     messages.add_metric([f"B{bridge.id}", from_app, other[from_app], state], n)
                 for from_app in other:
-                    lags = [r.relayed_at - r.sent_at_ms / 1000 for r in conn.execute(
-                        select(m.c.relayed_at, m.c.sent_at_ms).where(
-                            m.c.bridge_id == bridge.id, m.c.from_app == from_app,
-                            m.c.relayed_at.is_not(None)).order_by(m.c.id.desc()).limit(LAG_SAMPLE))]
+                    lags = recent_lags(conn, bridge.id, from_app, LAG_SAMPLE)
                     if lags:
                         buckets = [(str(edge), sum(1 for x in lags if x <= edge)) for edge in LAG_BUCKETS]
                         lag.add_metric([f"B{bridge.id}", from_app, other[from_app]],

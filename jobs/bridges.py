@@ -201,6 +201,17 @@ def _percentile(values: list[float], share: float) -> float | None:
     return values[min(len(values) - 1, int(share * len(values)))]
 
 
+def recent_lags(conn: Connection, bid: int, from_app: str, sample: int) -> list[float]:
+    """Seconds from the source's timestamp to the target's acceptance, for
+    the latest `sample` messages relayed from `from_app` (bridge status and
+    the metrics' histogram, imshift/metrics.py)."""
+    return [r.relayed_at - r.sent_at_ms / 1000 for r in conn.execute(
+        select(messages.c.relayed_at, messages.c.sent_at_ms).where(
+            messages.c.bridge_id == bid, messages.c.from_app == from_app,
+            messages.c.relayed_at.is_not(None))
+        .order_by(messages.c.id.desc()).limit(sample)).all()]
+
+
 def report(engine: Engine, bid: int, lag_sample: int = 2000) -> dict[str, Any]:
     """The bridge and, per direction: messages by state (held ones apart),
     duplicates dropped, echoes dropped, refused deliveries, and the lag from
@@ -216,11 +227,7 @@ def report(engine: Engine, bid: int, lag_sample: int = 2000) -> dict[str, Any]:
             held = conn.execute(select(func.count()).where(
                 messages.c.bridge_id == bid, messages.c.from_app == source,
                 messages.c.state == ItemState.PENDING.value, messages.c.code == "held")).scalar_one()
-            lags = [r.relayed_at - r.sent_at_ms / 1000 for r in conn.execute(
-                select(messages.c.relayed_at, messages.c.sent_at_ms).where(
-                    messages.c.bridge_id == bid, messages.c.from_app == source,
-                    messages.c.relayed_at.is_not(None))
-                .order_by(messages.c.id.desc()).limit(lag_sample)).all()]
+            lags = recent_lags(conn, bid, source, lag_sample)
             fed = dict(conn.execute(select(feed_counts.c.name, feed_counts.c.n)
                                     .where(feed_counts.c.app == source)).all())
             ways.append({
@@ -232,7 +239,7 @@ def report(engine: Engine, bid: int, lag_sample: int = 2000) -> dict[str, Any]:
                 "unknown": states.get(ItemState.UNKNOWN.value, 0),
                 "duplicates": fed.get("duplicates", 0), "echoes": fed.get("echoes", 0),
                 "refused": fed.get("refused", 0), "ignored": fed.get("ignored", 0),
-                "lag_p50": _percentile(list(lags), 0.5), "lag_p99": _percentile(list(lags), 0.99)})
+                "lag_p50": _percentile(lags, 0.5), "lag_p99": _percentile(lags, 0.99)})
         failures = [dict(r._mapping) for r in conn.execute(
             select(messages.c.from_app, messages.c.msg_id, messages.c.state, messages.c.code,
                    messages.c.message).where(
