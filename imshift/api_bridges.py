@@ -9,7 +9,7 @@ import time
 from typing import Annotated, Any, Literal, Optional
 
 from fastapi import APIRouter, HTTPException, Path
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from imshift.jobs import bridges
 
@@ -27,6 +27,7 @@ class DirectionOut(BaseModel):
     pending: int
     held: int
     failed: int
+    rejected: int = Field(description="Of `failed`, those the target refused: retry does not send them again")
     unknown: int
     duplicates: int
     echoes: int

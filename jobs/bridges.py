@@ -236,6 +236,7 @@ def report(engine: Engine, bid: int, lag_sample: int = 2000) -> dict[str, Any]:
                 "pending": states.get(ItemState.PENDING.value, 0) - held + states.get("claimed", 0),
                 "held": held,
                 "failed": sum(states.get(s, 0) for s in (ItemState.REJECTED.value, ItemState.FAILED.value)),
+                "rejected": states.get(ItemState.REJECTED.value, 0),  # of failed: retry leaves them
                 "unknown": states.get(ItemState.UNKNOWN.value, 0),
                 "duplicates": fed.get("duplicates", 0), "echoes": fed.get("echoes", 0),
                 "refused": fed.get("refused", 0), "ignored": fed.get("ignored", 0),

@@ -108,7 +108,8 @@ def test_bridge_routes_hooks_and_metrics(database_url, tmp_path, api):
                    "run": f"R{run_id}", "both_ways": False, "hold_seconds": 600.0, "settle_seconds": 0.05,
                    "status": "active", "stop_reason": None, "last_failures": []}
     assert way == {**way, "from_app": "old", "to_app": "new", "relayed": 2, "pending": 0, "held": 0,
-                   "failed": 0, "unknown": 0, "duplicates": 1, "echoes": 0, "refused": 1, "ignored": 1}
+                   "failed": 0, "rejected": 0, "unknown": 0, "duplicates": 1, "echoes": 0, "refused": 1,
+                   "ignored": 1}
     assert 0 <= way["lag_p50"] <= way["lag_p99"] < 30
     assert bridges.report(ctx.engine, bid)["directions"][0]["lag_p99"] == way["lag_p99"]
 

@@ -157,7 +157,8 @@ def see_and_steer(ctx, pw, base, b, bid, run_id, odd, artefacts):
         retry_unknown.click()
         wait_for(lambda: note.text_content() == f"bridge B{bid}: 1 to relay again")
         wait_for(lambda: cell("relayed") == str(SENT + 2) and cell("unknown") == "0")
-        assert retry_unknown.is_hidden() and retry_failed.is_visible()  # the rejected one is still counted
+        assert cell("failed") == "1"  # the rejected one: counted, but nothing to relay again
+        assert retry_unknown.is_hidden() and retry_failed.is_hidden()
         assert bridges.report(ctx.engine, bid)["directions"][0]["unknown"] == 0
 
         assert card.locator("[data-action=resume]").is_disabled()

@@ -11,8 +11,10 @@ const BRIDGE_ACTIONS = {pause: ["active"], resume: ["paused", "stopped"],
 const WAY_COUNTS = [["relayed", "relayed"], ["pending", "pending"], ["held", "held"],
                     ["failed", "failed"], ["unknown", "unknown"], ["duplicates", "duplicates dropped"],
                     ["echoes", "echoes dropped"], ["refused", "refused deliveries"]];
-// Relay again: [button, the report's count that shows it, whether unknown ones are asked too].
+// Relay again: [button, the count in a direction that shows it, whether unknown ones are asked too].
+// Rejected ones count as failed but are not sent again (the target said no).
 const BRIDGE_RETRIES = [["retry failed", "failed", false], ["retry unknown", "unknown", true]];
+const RETRY_COUNTS = {failed: (w) => w.failed - w.rejected, unknown: (w) => w.unknown};
 const bridgeCards = new Map(); // bridge id -> {root, parts}
 
 function lagText(s) {
@@ -80,7 +82,7 @@ function renderBridge(c, b) {
   drawBridgeFailures(p.failures, b.last_failures);
   for (const btn of p.buttons.children) {
     if (btn.dataset.action) btn.disabled = !BRIDGE_ACTIONS[btn.dataset.action].includes(b.status);
-    else btn.hidden = !b.directions.some((w) => w[btn.dataset.retry] > 0);
+    else btn.hidden = !b.directions.some((w) => RETRY_COUNTS[btn.dataset.retry](w) > 0);
   }
 }
 
