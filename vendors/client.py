@@ -415,6 +415,8 @@ class VendorClient:
 
     async def each(self, items: Sequence[T], work: Callable[[T], Awaitable[R]]) -> list[R]:
         """`work` on every item, at most `config.concurrency` at a time, results in order."""
+        if len(items) == 1:  # one call (a worker's usual batch): no task, no gate
+            return [await work(items[0])]
         gate = asyncio.Semaphore(self.concurrency)
 
         async def one(item: T) -> R:
