@@ -79,6 +79,16 @@ def netease_register(config: Any, user_id: str, name: str, avatar: str = "") -> 
     return headers, urlencode({k: v for k, v in form.items() if v})
 
 
+def job_progress(engine: Any, job_id: int) -> Any:
+    """jobs/progress.py `progress` of a job the benchmark made (so never None)."""
+    from imshift.jobs.progress import progress
+
+    p = progress(engine, job_id)
+    if p is None:
+        raise RuntimeError(f"job {job_id} is gone")
+    return p
+
+
 def sandbox_stats(base_url: str) -> dict:
     return httpx.get(f"{base_url}/_sandbox/stats", timeout=10).json()
 

@@ -51,7 +51,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import figures, netease_register, sandbox_process, sandbox_stats, worker_processes
+from bench.common import figures, job_progress, netease_register, sandbox_process, sandbox_stats, worker_processes
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -163,8 +163,6 @@ class Setup:
 def run_job(setup: Setup, ctx, mode: str, cpu_of) -> Run:
     """Plan a fresh migration, start it, wait for the job to finish."""
     from imshift.jobs import control, kinds
-    from imshift.jobs.progress import progress
-
     path = setup.users(mode)
     calls_before = setup.calls()
     planned = kinds.plan_user_migration(ctx.engine, ctx.target("new"), path, source_app=None,
@@ -173,7 +171,7 @@ def run_job(setup: Setup, ctx, mode: str, cpu_of) -> Run:
     cpu0, box0 = cpu_of(), setup.sandbox_cpu()
     control.start(ctx.engine, ctx.broker, job_id)
     deadline = time.monotonic() + setup.args.timeout
-    while (p := progress(ctx.engine, job_id)).status == "running":
+    while (p := job_progress(ctx.engine, job_id)).status == "running":
         if time.monotonic() > deadline:
             raise RuntimeError(f"{mode}: job {job_id} still running after {setup.args.timeout} s: {p}")
         # The figure is the job's own clock, so polling once a second costs it
@@ -382,13 +380,13 @@ def measure(args, modes: list[str], floors: list[str]) -> dict[str, object]:
             done: list[Run] = []
             for mode in floors:
                 done.append(run_loop(setup, mode))
-            for mode in modes or [None]:  # a, plain, b, plain ...: engine and plain alternate
-                if mode is not None:
-                    engine_run = runners[mode]()
-                    done.append(engine_run)
+            for mode in modes:  # a, plain, b, plain ...: engine and plain alternate
+                engine_run = runners[mode]()
+                done.append(engine_run)
                 done.append(run_loop(setup, "plain"))
-                if mode is not None:
-                    pairs[mode].append(cpu_ms(engine_run) / cpu_ms(done[-1]))
+                pairs[mode].append(cpu_ms(engine_run) / cpu_ms(done[-1]))
+            if not modes:
+                done.append(run_loop(setup, "plain"))
             plain = statistics.median(cpu_ms(x) for x in done if x.mode == "plain")
             for run in done:
                 if run.mode in floors:

@@ -54,11 +54,10 @@ from typing import Iterator
 
 import httpx
 
-from bench.common import (claim_to_record_seconds, figures, netease_register, percentile, sandbox_process,
+from bench.common import (claim_to_record_seconds, figures, job_progress, netease_register, percentile, sandbox_process,
                           sandbox_stats, worker_processes)
 from imshift.context import Context
 from imshift.jobs import control, kinds
-from imshift.jobs.progress import progress
 from imshift.settings import AppSettings, Settings
 from testsupport import RedisServer, app_environment
 from imshift.vendors.sandbox.common import STATS_PATH
@@ -159,7 +158,7 @@ def run_once(args, tmp: Path, redis_url: str, db_url: str, users_csv: Path, proc
             control.start(ctx.engine, ctx.broker, job_id)
             samples = watch(ctx, base_url, job_id, OP, timeout=60 + 3 * args.users / args.rate)
         stats = sandbox_stats(base_url)
-        p = progress(ctx.engine, job_id)
+        p = job_progress(ctx.engine, job_id)
         spans = claim_to_record_seconds(ctx.engine, job_id)
         ctx.engine.dispose()
     accepted = stats["accepted"].get(OP, 0)
@@ -253,10 +252,10 @@ def watch(ctx: Context, base_url: str, job_id: int, op: str,
             stats = http.get(f"{base_url}{STATS_PATH}").json()
             samples.append((t, stats["accepted"].get(op, 0), stats["over_limit"].get(op, 0)))
             polls += 1
-            if polls % 5 == 0 and progress(ctx.engine, job_id).status != "running":
+            if polls % 5 == 0 and job_progress(ctx.engine, job_id).status != "running":
                 return samples
             time.sleep(max(0.0, POLL - (time.time() - t)))
-    raise RuntimeError(f"job {job_id} still running after {timeout:.0f} s: {progress(ctx.engine, job_id)}")
+    raise RuntimeError(f"job {job_id} still running after {timeout:.0f} s: {job_progress(ctx.engine, job_id)}")
 
 
 def steady_window(samples: list[tuple[float, int, int]], final: int) -> tuple[float, float]:

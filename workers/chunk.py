@@ -301,7 +301,7 @@ def _record(runtime: Runtime, job: JobView, token: str, outcomes: list[dict[str,
         cancelled = not running and \
             conn.execute(_STATUS, {"b_job": job.id}).scalar() == JobStatus.CANCELLED.value
         store.record(conn, job.id, token, outcomes, now, cancelled=cancelled)
-        if made:
+        if made and job.run is not None:  # (_made_ids gives none outside a run)
             runs.remember(conn, job.run, job.params["makes"], made)
         if store.finish_if_done(conn, job.id) and job.run is not None:
             handed = runs.hand_over(conn, job.id, runner_id(runtime.broker), now)
