@@ -18,8 +18,8 @@ users into a fresh sandbox. Figures per process count N:
 
     python -m bench quota [--users N] [--rate 400] [--latency 0.05]
                           [--processes 1 2 4] [--threads 8] [--chunk-size 200]
-                          [--postgres] [--quick] [--timeline] [--no-script]
-                          [--script-concurrency C]
+                          [--concurrency C] [--postgres] [--quick] [--timeline]
+                          [--no-script] [--script-concurrency C]
 
 --users defaults to 20,000 or 20 s of the quota, whichever is more.
 
@@ -83,6 +83,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--script-concurrency", type=int, default=None,
                    help="the script's calls in flight (default 2 x rate x latency, at least 16)")
     p.add_argument("--threads", type=int, default=8, help="chunks in flight per worker process")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="vendor calls in flight per worker process, a limiter's wait included "
+                        "(IMSHIFT_CONCURRENCY; default: the settings' 128)")
     p.add_argument("--chunk-size", type=int, default=200, help="items per chunk message")
     p.add_argument("--postgres", action="store_true", help="a throwaway PostgreSQL database, not SQLite")
     p.add_argument("--quick", action="store_true", help="2,000 users")
@@ -149,6 +152,8 @@ def run_once(args, tmp: Path, redis_url: str, db_url: str, users_csv: Path, proc
         ctx, env = producer_and_workers(base_url, db_url, redis_url, rates, args.chunk_size)
         if args.margin is not None:
             env["IMSHIFT_RATE_MARGIN"] = str(args.margin)
+        if args.concurrency is not None:
+            env["IMSHIFT_CONCURRENCY"] = str(args.concurrency)
         planned = kinds.plan_user_migration(ctx.engine, ctx.target(APP), users_csv,
                                                source_app=None, chunk_size=args.chunk_size)
         job_id = planned.report.job_id
@@ -314,7 +319,8 @@ def main(argv: list[str]) -> int:
     out: dict[str, object] = {"users": args.users, "rate": args.rate,
                               "db": "postgres" if args.postgres else "sqlite",
                               "threads": args.threads, "chunk": args.chunk_size, "jitter": args.jitter,
-                              "margin": "default" if args.margin is None else args.margin}
+                              "margin": "default" if args.margin is None else args.margin,
+                              "concurrency": "default" if args.concurrency is None else args.concurrency}
     for n, r in results.items():
         tag = f"p{n}" if isinstance(n, int) else n
         out.update({f"util_{tag}": r["util"], f"util_job_{tag}": r["util_job"], f"over_{tag}": r["over"],
