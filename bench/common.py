@@ -6,13 +6,15 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
+from urllib.parse import urlencode
 
 import httpx
 from testsupport import free_port
@@ -63,6 +65,28 @@ def sandbox_process(vendor: str, *, rates: Mapping[str, float] | None = None,
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def netease_register(config: Any, user_id: str, name: str, avatar: str = "") -> tuple[dict[str, str], str]:
+    """The signature headers and the form of one NetEase user/create call,
+    signed as vendors/netease.py signs it, for loops with no vendor client."""
+    from imshift.vendors.netease import FORM_CONTENT_TYPE, checksum
+
+    nonce, curtime = secrets.token_hex(16), str(int(time.time()))
+    headers = {"Content-Type": FORM_CONTENT_TYPE, "AppKey": config.app_key, "Nonce": nonce,
+               "CurTime": curtime, "CheckSum": checksum(config.app_secret, nonce, curtime)}
+    form = {"accid": user_id.lower(), "name": name, "icon": avatar}
+    return headers, urlencode({k: v for k, v in form.items() if v})
+
+
+def job_progress(engine: Any, job_id: int) -> Any:
+    """jobs/progress.py `progress` of a job the benchmark made (so never None)."""
+    from imshift.jobs.progress import progress
+
+    p = progress(engine, job_id)
+    if p is None:
+        raise RuntimeError(f"job {job_id} is gone")
+    return p
 
 
 def sandbox_stats(base_url: str) -> dict:

@@ -16,21 +16,35 @@ users into a fresh sandbox. Figures per process count N:
   p50_pN/p99_pN  seconds from item claimed to item recorded
                (items.updated_at - items.claimed_at)
 
-    python -m bench quota [--users 20000] [--rate 400] [--latency 0.05]
+    python -m bench quota [--users N] [--rate 400] [--latency 0.05]
                           [--processes 1 2 4] [--threads 8] [--chunk-size 200]
-                          [--postgres] [--quick] [--timeline]
+                          [--concurrency C] [--postgres] [--quick] [--timeline]
+                          [--no-script] [--script-concurrency C]
+
+--users defaults to 20,000 or 20 s of the quota, whichever is more.
 
 --timeline prints the calls accepted (and refused) in each second: an
 over-limit reply from NetEase comes with a 10 s block, which shows as a run
 of zeros.
+
+Beside the engine, in the same run and into its own fresh sandbox with the
+same limit and latency, the script a user would write instead (`script`):
+aiohttp and aiolimiter's `AsyncLimiter(R, 1)`, --script-concurrency calls
+in flight (default 2 x R x latency), NetEase's signing, a refused user
+queued again after the block. Its figures: util_script, util_job_script
+(first call to last reply), over_script, maxsec_script, and cpu_ms_script
+(this process's CPU per call). `--processes` with no number runs only the
+script; `--no-script` only the engine.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import tempfile
 import time
@@ -40,11 +54,10 @@ from typing import Iterator
 
 import httpx
 
-from bench.common import (claim_to_record_seconds, figures, percentile, sandbox_process, sandbox_stats,
-                          worker_processes)
+from bench.common import (claim_to_record_seconds, figures, job_progress, netease_register, percentile, sandbox_process,
+                          sandbox_stats, worker_processes)
 from imshift.context import Context
 from imshift.jobs import control, kinds
-from imshift.jobs.progress import progress
 from imshift.settings import AppSettings, Settings
 from testsupport import RedisServer, app_environment
 from imshift.vendors.sandbox.common import STATS_PATH
@@ -57,15 +70,22 @@ POLL = 0.1  # seconds between reads of the sandbox counters
 
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench quota", description=__doc__.split("\n\n")[0])
-    p.add_argument("--users", type=int, default=20_000)
+    p.add_argument("--users", type=int, default=None, help="default: max(20,000, 20 x rate)")
     p.add_argument("--rate", type=float, default=400.0, help="register calls/s the sandbox allows (R)")
     p.add_argument("--latency", type=float, default=0.05, help="seconds the sandbox adds per call")
     p.add_argument("--jitter", type=float, default=0.0,
                    help="up to this many seconds (uniform) before the sandbox counts a call")
     p.add_argument("--margin", type=float, default=None,
                    help="the limiter's rate_margin (default: the settings' default)")
-    p.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--processes", type=int, nargs="*", default=[1, 2, 4])
+    p.add_argument("--no-script", dest="script", action="store_false",
+                   help="leave out the aiohttp + aiolimiter script")
+    p.add_argument("--script-concurrency", type=int, default=None,
+                   help="the script's calls in flight (default 2 x rate x latency, at least 16)")
     p.add_argument("--threads", type=int, default=8, help="chunks in flight per worker process")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="vendor calls in flight per worker process, a limiter's wait included "
+                        "(IMSHIFT_CONCURRENCY; default: the settings' 128)")
     p.add_argument("--chunk-size", type=int, default=200, help="items per chunk message")
     p.add_argument("--postgres", action="store_true", help="a throwaway PostgreSQL database, not SQLite")
     p.add_argument("--quick", action="store_true", help="2,000 users")
@@ -74,6 +94,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.users = 2_000
+    elif args.users is None:
+        args.users = max(20_000, round(20 * args.rate))
+    if args.script_concurrency is None:
+        args.script_concurrency = max(16, math.ceil(2 * args.rate * args.latency))
     return args
 
 
@@ -128,6 +152,8 @@ def run_once(args, tmp: Path, redis_url: str, db_url: str, users_csv: Path, proc
         ctx, env = producer_and_workers(base_url, db_url, redis_url, rates, args.chunk_size)
         if args.margin is not None:
             env["IMSHIFT_RATE_MARGIN"] = str(args.margin)
+        if args.concurrency is not None:
+            env["IMSHIFT_CONCURRENCY"] = str(args.concurrency)
         planned = kinds.plan_user_migration(ctx.engine, ctx.target(APP), users_csv,
                                                source_app=None, chunk_size=args.chunk_size)
         job_id = planned.report.job_id
@@ -137,7 +163,7 @@ def run_once(args, tmp: Path, redis_url: str, db_url: str, users_csv: Path, proc
             control.start(ctx.engine, ctx.broker, job_id)
             samples = watch(ctx, base_url, job_id, OP, timeout=60 + 3 * args.users / args.rate)
         stats = sandbox_stats(base_url)
-        p = progress(ctx.engine, job_id)
+        p = job_progress(ctx.engine, job_id)
         spans = claim_to_record_seconds(ctx.engine, job_id)
         ctx.engine.dispose()
     accepted = stats["accepted"].get(OP, 0)
@@ -154,6 +180,70 @@ def run_once(args, tmp: Path, redis_url: str, db_url: str, users_csv: Path, proc
     }
 
 
+def script_once(args, users_csv: Path) -> dict:
+    """aiohttp + aiolimiter into a fresh sandbox with the same limit."""
+    with sandbox_process("netease", rates={OP: args.rate}, latency=args.latency,
+                         jitter=args.jitter) as base_url:
+        users = [line.split(",")[:2] for line in users_csv.read_text(encoding="utf-8").splitlines()[1:]]
+        cpu0 = time.process_time()
+        samples, seconds, calls = asyncio.run(script(args, base_url, users))
+        cpu = time.process_time() - cpu0
+        stats = sandbox_stats(base_url)
+    accepted = stats["accepted"].get(OP, 0)
+    first, last = steady_window(samples, accepted)
+    return {
+        "status": "finished" if accepted == len(users) else f"{accepted} of {len(users)} accepted",
+        "counts": {}, "accepted": accepted,
+        "util": (accepted - 1) / (args.rate * (last - first)) if last > first else float("nan"),
+        "util_job": accepted / (args.rate * seconds), "steady_s": last - first, "job_s": seconds,
+        "over": stats["over_limit"].get(OP, 0), "maxsec": stats["max_per_second"].get(OP, 0),
+        "cpu_ms": 1000 * cpu / calls, "timeline": timeline(samples),
+    }
+
+
+async def script(args, base_url: str, users: list[list[str]]) -> tuple[list[tuple[float, int, int]], float, int]:
+    """The samples of the sandbox's counters, the seconds from the first
+    call to the last reply, and the calls made."""
+    import aiohttp
+    from aiolimiter import AsyncLimiter
+
+    config = NeteaseSandbox().config(base_url)
+    limiter = AsyncLimiter(args.rate, 1)
+    url, todo, calls = f"{config.url}/user/create.action", list(reversed(users)), 0
+    samples: list[tuple[float, int, int]] = []
+    connector = aiohttp.TCPConnector(limit=args.script_concurrency + 1)  # one for the counters
+    async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+
+        async def lane() -> None:
+            nonlocal calls
+            while todo:
+                user_id, name = todo.pop()
+                async with limiter:
+                    headers, form = netease_register(config, user_id, name)
+                    calls += 1
+                    async with session.post(url, data=form, headers=headers) as response:
+                        body = await response.json(content_type=None)
+                if body.get("code") == 416:  # over the limit: the user goes again after the block
+                    await asyncio.sleep(float(response.headers.get("Retry-After") or 1.0))
+                    todo.insert(0, [user_id, name])
+
+        async def counters() -> None:
+            while True:
+                t = time.time()
+                async with session.get(f"{base_url}{STATS_PATH}") as r:
+                    stats = await r.json()
+                samples.append((t, stats["accepted"].get(OP, 0), stats["over_limit"].get(OP, 0)))
+                await asyncio.sleep(max(0.0, POLL - (time.time() - t)))
+
+        watcher = asyncio.create_task(counters())
+        started = time.time()
+        await asyncio.gather(*(lane() for _ in range(args.script_concurrency)))
+        seconds = time.time() - started
+        await asyncio.sleep(2 * POLL)  # the last calls' counts
+        watcher.cancel()
+    return samples, seconds, calls
+
+
 def watch(ctx: Context, base_url: str, job_id: int, op: str,
           timeout: float) -> list[tuple[float, int, int]]:
     """(time, accepted calls, over-limit replies) of `op` every POLL seconds
@@ -167,10 +257,10 @@ def watch(ctx: Context, base_url: str, job_id: int, op: str,
             stats = http.get(f"{base_url}{STATS_PATH}").json()
             samples.append((t, stats["accepted"].get(op, 0), stats["over_limit"].get(op, 0)))
             polls += 1
-            if polls % 5 == 0 and progress(ctx.engine, job_id).status != "running":
+            if polls % 5 == 0 and job_progress(ctx.engine, job_id).status != "running":
                 return samples
             time.sleep(max(0.0, POLL - (time.time() - t)))
-    raise RuntimeError(f"job {job_id} still running after {timeout:.0f} s: {progress(ctx.engine, job_id)}")
+    raise RuntimeError(f"job {job_id} still running after {timeout:.0f} s: {job_progress(ctx.engine, job_id)}")
 
 
 def steady_window(samples: list[tuple[float, int, int]], final: int) -> tuple[float, float]:
@@ -198,31 +288,47 @@ def timeline(samples: list[tuple[float, int, int]]) -> str:
     return " ".join(text)
 
 
+def report(name: str, r: dict, timeline_too: bool) -> None:
+    print(f"{name} status={r['status']} counts={r['counts']} "
+          f"accepted={r['accepted']} steady={r['steady_s']:.2f}s job={r['job_s']:.2f}s "
+          f"util={r['util']:.3f} util_job={r['util_job']:.3f} over_limit={r['over']} "
+          f"max_per_second={r['maxsec']}"
+          + (f" claimed->recorded p50={r['p50']:.2f}s p99={r['p99']:.2f}s" if "p50" in r else "")
+          + (f" cpu={r['cpu_ms']:.3f} ms/call" if "cpu_ms" in r else "")
+          + f" load={os.getloadavg()[0]:.2f}", flush=True)
+    if timeline_too:
+        print(f"  per second: {r['timeline']}", flush=True)
+
+
 def main(argv: list[str]) -> int:
     args = parse(argv)
-    results = {}
+    results: dict[int | str, dict] = {}
+    print(f"load average: {os.getloadavg()[0]:.2f} (2 cores shared with other work)", flush=True)
     with tempfile.TemporaryDirectory(prefix="imshift-bench-quota-") as tmpdir:
         tmp = Path(tmpdir)
         os.environ["IMSHIFT_CONFIG"] = str(tmp / "no-config.toml")  # ignore any imshift.toml here
         users_csv = write_users(tmp / "users.csv", args.users)
+        if args.script:
+            results["script"] = script_once(args, users_csv)
+            report("script (aiohttp + aiolimiter)", results["script"], args.timeline)
         with RedisServer() as redis, database(args.postgres, tmp) as db_url:
             for n in args.processes:
-                r = run_once(args, tmp, redis.url, db_url, users_csv, n)
-                results[n] = r
-                print(f"processes={n} status={r['status']} counts={r['counts']} "
-                      f"accepted={r['accepted']} steady={r['steady_s']:.2f}s job={r['job_s']:.2f}s "
-                      f"util={r['util']:.3f} util_job={r['util_job']:.3f} over_limit={r['over']} "
-                      f"max_per_second={r['maxsec']} claimed->recorded p50={r['p50']:.2f}s "
-                      f"p99={r['p99']:.2f}s", flush=True)
-                if args.timeline:
-                    print(f"  per second: {r['timeline']}", flush=True)
+                results[n] = run_once(args, tmp, redis.url, db_url, users_csv, n)
+                report(f"processes={n}", results[n], args.timeline)
     print(f"load average: {os.getloadavg()[0]:.2f} (2 cores shared with other work)", flush=True)
-    out = {"users": args.users, "rate": args.rate, "db": "postgres" if args.postgres else "sqlite",
-           "threads": args.threads, "chunk": args.chunk_size, "jitter": args.jitter,
-           "margin": "default" if args.margin is None else args.margin}
+    out: dict[str, object] = {"users": args.users, "rate": args.rate,
+                              "db": "postgres" if args.postgres else "sqlite",
+                              "threads": args.threads, "chunk": args.chunk_size, "jitter": args.jitter,
+                              "margin": "default" if args.margin is None else args.margin,
+                              "concurrency": "default" if args.concurrency is None else args.concurrency}
     for n, r in results.items():
-        out.update({f"util_p{n}": r["util"], f"util_job_p{n}": r["util_job"], f"over_p{n}": r["over"],
-                    f"maxsec_p{n}": r["maxsec"], f"p50_p{n}": r["p50"], f"p99_p{n}": r["p99"]})
+        tag = f"p{n}" if isinstance(n, int) else n
+        out.update({f"util_{tag}": r["util"], f"util_job_{tag}": r["util_job"], f"over_{tag}": r["over"],
+                    f"maxsec_{tag}": r["maxsec"]})
+        for extra in ("p50", "p99", "cpu_ms"):
+            if extra in r:
+                out[f"{extra}_{tag}"] = r[extra]
+    out["script_concurrency"] = args.script_concurrency
     figures(**out)
-    ok = all(r["status"] == "finished" for r in results.values())
+    ok = all(r["status"] == "finished" for k, r in results.items() if k != "script")
     return 0 if ok else 1

@@ -9,6 +9,8 @@ the seam.
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
@@ -36,9 +38,35 @@ class VendorTransport(AiohttpTransport):
             raise
 
 
+class _NoCookies(httpx.Cookies):
+    """A jar that keeps nothing a reply sets."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class VendorHTTP(httpx.AsyncClient):
+    """httpx's client with no cookie jar. Vendor server APIs sign every
+    request and keep no session, and httpx reads each reply's cookies
+    through http.cookiejar (a urllib Request per reply): about 8% of a
+    call's CPU in bench/overhead.py's profile."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._kept_none = _NoCookies()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._kept_none
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        raise AttributeError("vendor HTTP clients keep no cookies")
+
+
 def http_client(max_connections: int = 256, timeout: float = 30.0) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=max_connections,
                           max_keepalive_connections=max_connections)
     # trust_env=False: proxies from the environment must not silently reroute vendor calls.
-    return httpx.AsyncClient(transport=VendorTransport(limits=limits, trust_env=False),
-                             timeout=timeout, trust_env=False)
+    return VendorHTTP(transport=VendorTransport(limits=limits, trust_env=False),
+                      timeout=timeout, trust_env=False)

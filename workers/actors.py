@@ -29,8 +29,8 @@ def declare(broker: dramatiq.Broker, *, time_limit_ms: int) -> dramatiq.Actor:
         return broker.actors["run_chunk"]
     # A relayer gives its turn back after RUN_FOR and wakes the next; a failed
     # one is woken again by the sweeper, so no queue-level retries.
-    dramatiq.actor(relay_bridge, actor_name="relay_bridge", queue_name=QUEUE, broker=broker,
-                   max_retries=0, time_limit=int((RUN_FOR + 60) * 1000))
-    return dramatiq.actor(run_chunk, actor_name="run_chunk", queue_name=QUEUE, broker=broker,
+    dramatiq.actor(actor_name="relay_bridge", queue_name=QUEUE, broker=broker,
+                   max_retries=0, time_limit=int((RUN_FOR + 60) * 1000))(relay_bridge)
+    return dramatiq.actor(actor_name="run_chunk", queue_name=QUEUE, broker=broker,
                           max_retries=20, min_backoff=1_000, max_backoff=60_000,
-                          time_limit=time_limit_ms)
+                          time_limit=time_limit_ms)(run_chunk)

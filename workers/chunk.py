@@ -301,7 +301,7 @@ def _record(runtime: Runtime, job: JobView, token: str, outcomes: list[dict[str,
         cancelled = not running and \
             conn.execute(_STATUS, {"b_job": job.id}).scalar() == JobStatus.CANCELLED.value
         store.record(conn, job.id, token, outcomes, now, cancelled=cancelled)
-        if made:
+        if made and job.run is not None:  # (_made_ids gives none outside a run)
             runs.remember(conn, job.run, job.params["makes"], made)
         if store.finish_if_done(conn, job.id) and job.run is not None:
             handed = runs.hand_over(conn, job.id, runner_id(runtime.broker), now)
@@ -343,11 +343,12 @@ async def execute(runtime: Runtime, client: VendorClient, job: JobView, rows: Se
     batch is marked sent once the rate limiter lets its call go."""
     size = max(1, client.rules.batch_size.get(job.operation, 1))
     batches = [rows[i:i + size] for i in range(0, len(rows), size)]
+    gate = runtime.gate()
 
     async def one(batch: Sequence[Any]) -> list[Result]:
         if announce is not None:
             before_send.set(_announcer(runtime, job.id, announce, batch[0].seq, batch[-1].seq))
-        async with runtime.gate():
+        async with gate:
             try:
                 results = await call(client, job, batch)
             except Exception as exc:  # a client bug must not lose the batch: retry it
@@ -387,6 +388,9 @@ def _announcer(runtime: Runtime, job_id: int, token: str, first: int, last: int)
 
 
 async def call(client: VendorClient, job: JobView, batch: Sequence[Any]) -> list[Result]:
-    """The operation table runs the batch; the dedup key is the job's and the items'."""
+    """The operation table runs the batch; the dedup key is the job's and the
+    items' (only a call that is not safe to repeat has a use for one)."""
     items = [WorkItem(r.seq, r.key, r.payload) for r in batch]
-    return await step(job.operation).run(client, items, job.params, dedup_key(str(job.id), items))
+    table = step(job.operation)
+    return await table.run(client, items, job.params,
+                           "" if table.idempotent else dedup_key(str(job.id), items))

@@ -101,17 +101,15 @@ class QuietDatabaseDown(logging.Filter):
 @contextlib.contextmanager
 def in_process_workers(broker: dramatiq.Broker, threads: int = 8) -> Iterator[dramatiq.Worker]:
     quiet = QuietDatabaseDown()
-    handlers = logging.getLogger().handlers or [logging.lastResort]
+    handlers = logging.getLogger().handlers or [h for h in (logging.lastResort,) if h is not None]
     for handler in handlers:
-        if handler is not None:
-            handler.addFilter(quiet)
+        handler.addFilter(quiet)
     try:
         with _workers(broker, threads) as worker:
             yield worker
     finally:
         for handler in handlers:
-            if handler is not None:
-                handler.removeFilter(quiet)
+            handler.removeFilter(quiet)
 
 
 @contextlib.contextmanager

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import math
 import time
 from collections import deque
@@ -282,11 +283,7 @@ class RateLimiter:
         if caps is not None:
             self._app_caps[app] = {str(k): dict(v) for k, v in caps.items() if v}
         self._who[app] = who or app
-
-        async def throttle(key: str, weight: int = 1) -> None:
-            await self.acquire(app, key, weight)
-
-        return throttle
+        return functools.partial(self.acquire, app)  # a call's coroutine is acquire's own
 
     def limit(self, app: str, key: str) -> float | None:
         """The configured rate of `key` for `app`; None when it is not limited."""

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from imshift.models import store
 from imshift.models.tables import IdMap, Item, ItemState
 from imshift.vendors.client import CallFailed, VendorClient
-from imshift.vendors.operations import Step, WorkItem
+from imshift.vendors.operations import Lookup, Step, WorkItem
 from imshift.vendors.vocabulary import Outcome, Result
 
 from .outcomes import decide
@@ -46,16 +46,17 @@ class Looked:
 async def look_up(runtime: Any, client: VendorClient, job: Any, token: str, rows: Sequence[Any],
                   step: Step, repeat_safe: bool) -> Looked:
     """Split the claimed rows into those settled by looking and those to send."""
-    if step.lookup is None or repeat_safe or not rows:
+    lookup = step.lookup
+    if lookup is None or repeat_safe or not rows:
         return Looked(list(rows))
     flagged = await asyncio.to_thread(_interrupted, runtime, job.id, token, rows)
     if not flagged:
         return Looked(list(rows))
     looked = Looked([r for r in rows if r.seq not in flagged])
     cut_off = [r for r in rows if r.seq in flagged]
-    found = await client.each(cut_off, lambda row: _find(client, step, row))
+    found = await client.each(cut_off, lambda row: _find(client, lookup, row))
     others = await asyncio.to_thread(_others, runtime, job, cut_off, found)
-    noun, why = step.lookup.noun, f"the worker stopped after sending; {step.unsure}"
+    noun, why = lookup.noun, f"the worker stopped after sending; {step.unsure}"
     for row, candidates, (mapped, sibling) in zip(cut_off, found, others, strict=True):
         if isinstance(candidates, Result):  # the read failed
             looked.results.append(candidates)
@@ -75,7 +76,7 @@ async def look_up(runtime: Any, client: VendorClient, job: Any, token: str, rows
                                                  f"match it and {whose}, so it is not re-sent; "
                                                  "check them there"))
         else:
-            settled = await step.lookup.settle(client, WorkItem(row.seq, row.key, row.payload), free[0])
+            settled = await lookup.settle(client, WorkItem(row.seq, row.key, row.payload), free[0])
             looked.results.append(settled)
             if settled.succeeded:
                 looked.rows.append(row)
@@ -86,9 +87,9 @@ async def look_up(runtime: Any, client: VendorClient, job: Any, token: str, rows
     return looked
 
 
-async def _find(client: VendorClient, step: Step, row: Any) -> list[str] | None | Result:
+async def _find(client: VendorClient, lookup: Lookup, row: Any) -> list[str] | None | Result:
     try:
-        return await step.lookup.find(client, WorkItem(row.seq, row.key, row.payload))
+        return await lookup.find(client, WorkItem(row.seq, row.key, row.payload))
     except CallFailed as failed:
         return failed.result
 

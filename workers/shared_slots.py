@@ -21,9 +21,12 @@ import mmap
 import os
 import struct
 from pathlib import Path
-from typing import Callable, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-S = TypeVar("S")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+S = TypeVar("S", bound="DataclassInstance")
 _DOUBLE = struct.Struct("<d")
 
 
@@ -31,7 +34,7 @@ class SharedSlots(Generic[S]):
     """`with schedule as slots:` a `slots_class` instance read from the file
     under an exclusive lock, written back when the block ends."""
 
-    def __init__(self, folder: Path, app: str, key: str, slots_class: Callable[..., S]):
+    def __init__(self, folder: Path, app: str, key: str, slots_class: type[S]):
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         # The name is a digest: app and key names may hold any character.
         name = hashlib.sha256(f"{app}\0{key}".encode()).hexdigest()[:32]

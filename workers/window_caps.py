@@ -116,7 +116,7 @@ class WindowCaps:
             args: list[float] = [weight]
             for per, calls in caps.items():
                 args += [WINDOWS[per], calls]
-            answer = await self._run(f"{self.namespace}:{app}:{key}", args)
+            answer = await self._run(self._script, f"{self.namespace}:{app}:{key}", args)
             if int(answer[0]):
                 per = list(caps)[int(answer[0]) - 1]
                 raise CapReached(reason(who, key, caps[per], per, float(answer[1])))
@@ -125,12 +125,12 @@ class WindowCaps:
         if full is not None:
             raise CapReached(reason(who, key, caps[full[0]], full[0], full[1]))
 
-    async def _run(self, prefix: str, args: list[float]):
+    async def _run(self, script, prefix: str, args: list[float]):
         # Tried again after a Redis restart or failover, like the schedule's
         # scripts: a lost reply may count a call twice, never one too few.
         for attempt in range(REDIS_ATTEMPTS):
             try:
-                return await self._script(keys=[prefix], args=args)
+                return await script(keys=[prefix], args=args)
             except (RedisConnectionError, RedisTimeoutError):
                 if attempt == REDIS_ATTEMPTS - 1:
                     raise
