@@ -387,9 +387,9 @@ class Relayer:
         as echoes, as `receive` drops those it knows."""
         if not rows:
             return rows
-        ours = set(conn.execute(select(messages.c.from_app, messages.c.target_msg_id).where(
-            messages.c.bridge_id == self.bid,
-            messages.c.target_msg_id.in_([r.msg_id for r in rows]))).tuples())
+        ours = {(r.from_app, r.target_msg_id) for r in conn.execute(
+            select(messages.c.from_app, messages.c.target_msg_id).where(
+                messages.c.bridge_id == self.bid, messages.c.target_msg_id.in_([r.msg_id for r in rows])))}
         echoes = [r for r in rows if (self.target_of(r.from_app), r.msg_id) in ours]
         if echoes:
             conn.execute(messages.delete().where(messages.c.id.in_([r.id for r in echoes])))
