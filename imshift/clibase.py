@@ -174,9 +174,10 @@ def job_json(p: Progress) -> dict[str, Any]:
             "started_at": p.started_at, "finished_at": p.finished_at}
 
 
-def queue_job(ctx: Context, job_id: int, change: Callable[[], T]) -> T:
+def _queued(ctx: Context, change: Callable[[], T], hold: Callable[[Exception], str], ref: str) -> T:
     """Run a status change that queues work. If queuing fails half-way,
-    the job is paused: nothing (no worker, no sweeper) runs it later."""
+    `hold` pauses what it queued (and says so): nothing (no worker, no
+    sweeper) runs it later."""
     import dramatiq
     import redis
 
@@ -187,8 +188,12 @@ def queue_job(ctx: Context, job_id: int, change: Callable[[], T]) -> T:
     except (redis.RedisError, dramatiq.errors.DramatiqError, OSError) as exc:
         if ctx.embedded:
             raise
-        fail(f"{control.hold_after_failed_queue(ctx.engine, job_id, exc)}. "
-             f"`imshift resume {job_id}` continues it once Redis works", EXIT_STOPPED)
+        fail(f"{hold(exc)}. `imshift resume {ref}` continues it once Redis works", EXIT_STOPPED)
+
+
+def queue_job(ctx: Context, job_id: int, change: Callable[[], T]) -> T:
+    return _queued(ctx, change, lambda exc: control.hold_after_failed_queue(ctx.engine, job_id, exc),
+                   str(job_id))
 
 
 def start_job(ctx: Context, job_id: int, detach: bool) -> None:
@@ -222,19 +227,11 @@ def _follow_job(ctx: Context, job_id: int, detach: bool) -> None:
 
 def queue_run(ctx: Context, run_id: int, change: Callable[[], T]) -> T:
     """As queue_job, for a run: a failed queuing leaves its stage paused."""
-    import dramatiq
-    import redis
-
-    try:
-        return change()
-    except control.JobError as exc:
-        fail(str(exc))
-    except (redis.RedisError, dramatiq.errors.DramatiqError, OSError) as exc:
-        if ctx.embedded:
-            raise
+    def hold(exc: Exception) -> str:
         current = find_run(ctx, run_id).current
-        held = control.hold_after_failed_queue(ctx.engine, current[1].job_id, exc) if current else str(exc)
-        fail(f"{held}. `imshift resume {name(run_id)}` continues it once Redis works", EXIT_STOPPED)
+        return control.hold_after_failed_queue(ctx.engine, current[1].job_id, exc) if current else str(exc)
+
+    return _queued(ctx, change, hold, name(run_id))
 
 
 def follow_run(ctx: Context, run_id: int, detach: bool) -> None:
