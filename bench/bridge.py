@@ -63,7 +63,7 @@ from imshift.vendors.http import http_client
 
 sys.path[:0] = [str(ROOT / "tests" / "jobs"), str(ROOT / "tests")]  # bridge_support, as the tests see it
 
-from bridge_support import Sent, bridged, received_texts, serving  # noqa: E402
+from bridge_support import Sent, bridged, received_texts, serving  # noqa: E402  (after the sys.path set-up above)
 
 TARGET_LAG = 1.0  # seconds: p99 at 200/s, with and without the mass send
 TARGET_ACK = 0.05  # seconds: feed answer p99

@@ -28,7 +28,7 @@ from imshift.jobs import control, kinds, run_control, runs, schedules
 from imshift.jobs.progress import progress
 from imshift.workers.embedded import in_process_workers
 
-from api_support import (AUTH, TOKEN, api, cli, cli_refusal, context, fire,  # noqa: F401
+from api_support import (AUTH, TOKEN, api, cli, cli_refusal, context, fire,  # noqa: F401  (pytest fixtures, used by name)
                          wait_until_done, write_users)
 
 NEW = {"vendor": "netease", "sandbox": True}
@@ -53,7 +53,7 @@ def test_progress_matches_the_cli_and_keyset_pages_cover_every_item_once(databas
     ctx = context(database_url, chunk_size=50, apps={"new": {**NEW, "rates": {"register": 400}}})
     job = plan(ctx, tmp_path / "u.csv", 600, bad_rows={7: {"user_id": "no good"}})
     http = api(ctx)
-    ctx.runtime  # noqa: B018
+    ctx.runtime  # noqa: B018  (configures the workers)
     seen_running = []
     with in_process_workers(ctx.broker, threads=2):
         control.start(ctx.engine, ctx.broker, job)
@@ -100,7 +100,7 @@ def test_control_changes_state_and_a_wrong_state_is_a_409(database_url, tmp_path
     ctx = context(database_url, chunk_size=10, apps={"new": {**NEW, "rates": {"register": 40}}})
     job = plan(ctx, tmp_path / "u.csv", 400)
     http = api(ctx)
-    ctx.runtime  # noqa: B018
+    ctx.runtime  # noqa: B018  (configures the workers)
     with in_process_workers(ctx.broker, threads=2):
         r = http.post(f"/api/jobs/{job}/pause")
         assert r.status_code == 409 and "cannot make it paused (only from running)" in r.json()["detail"]
@@ -136,7 +136,7 @@ def test_the_token_is_needed_and_secrets_never_appear(database_url, tmp_path, ap
     ids = tmp_path / "ids.txt"
     ids.write_text("".join(f"user_{i:06d}\n" for i in range(20)))
     reg = plan(ctx, tmp_path / "u.csv", 20)
-    ctx.runtime  # noqa: B018
+    ctx.runtime  # noqa: B018  (configures the workers)
     with in_process_workers(ctx.broker):
         control.start(ctx.engine, ctx.broker, reg)
         wait_until_done(ctx, reg, 30)
@@ -265,7 +265,7 @@ def test_a_run_in_the_api_matches_the_cli_stage_by_stage_and_steers(database_url
     assert r.status_code == 409
     assert r.json()["detail"] == cli_refusal(monkeypatch, database_url, "pause", name) == (
         f"run {name} is planned: nothing runs to pause")
-    ctx.runtime  # noqa: B018
+    ctx.runtime  # noqa: B018  (configures the workers)
     with in_process_workers(ctx.broker, threads=2):
         r = http.post(f"/api/runs/{name}/resume")
         assert r.status_code == 200, r.text
@@ -356,7 +356,7 @@ def test_the_detail_keeps_its_failures_and_progress_reads_no_items(database_url,
     assert "failures" not in progress_only
     assert {k: detail[k] for k in progress_only if k != "history"} == {
         k: v for k, v in progress_only.items() if k != "history"}
-    ctx.runtime  # noqa: B018
+    ctx.runtime  # noqa: B018  (configures the workers)
     with in_process_workers(ctx.broker):
         control.start(ctx.engine, ctx.broker, job)
         wait_until_done(ctx, job, 30)
@@ -381,7 +381,7 @@ def fuzzed_app(database_url, tmp_path):
     job = plan(ctx, tmp_path / "u.csv", 60, bad_rows={2: {"user_id": "bad id"}})
     (tmp_path / "run").mkdir()
     run_id = plan_run(ctx, tmp_path / "run", users=30)
-    ctx.runtime  # noqa: B018
+    ctx.runtime  # noqa: B018  (configures the workers)
     with in_process_workers(ctx.broker):
         control.start(ctx.engine, ctx.broker, job)
         wait_until_done(ctx, job, 30)

@@ -25,7 +25,7 @@ from imshift.jobs import bridges, run_control, runs
 from imshift.vendors.netease_feed import body_md5, copy_checksum
 from imshift.workers.embedded import in_process_workers
 
-from api_support import AUTH, TOKEN, api, context, wait_until_done, write_users  # noqa: F401
+from api_support import AUTH, TOKEN, api, context, wait_until_done, write_users  # noqa: F401  (pytest fixtures, used by name)
 
 APPS = {"old": {"vendor": "netease", "sandbox": True}, "new": {"vendor": "netease", "sandbox": True}}
 NO_TOKEN = {"Authorization": ""}
@@ -69,7 +69,7 @@ def sample(http, name, **labels):
 
 def test_bridge_routes_hooks_and_metrics(database_url, tmp_path, api):
     ctx = context(database_url, apps=APPS)
-    ctx.runtime  # noqa: B018
+    ctx.runtime  # noqa: B018  (configures the workers)
     http = api(ctx)
     with in_process_workers(ctx.broker):
         run_id = migrated(ctx, tmp_path)

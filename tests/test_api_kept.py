@@ -65,7 +65,7 @@ def test_a_change_through_the_api_shows_at_once_one_made_elsewhere_within_the_bo
     ctx = context(database_url, chunk_size=10, apps={"new": NEW})
     job = plan(ctx, tmp_path / "u.csv", 400)
     app = create_app(ctx, TOKEN)
-    ctx.runtime  # noqa: B018
+    ctx.runtime  # noqa: B018  (configures the workers)
     with in_process_workers(ctx.broker, threads=2):
         control.start(ctx.engine, ctx.broker, job)  # as the CLI: not through the API
         time.sleep(KEPT_AT_MOST)

@@ -18,7 +18,7 @@ import uvicorn
 from imshift.api import create_app
 from imshift.jobs import schedules
 
-from api_support import api, context  # noqa: F401
+from api_support import api, context  # noqa: F401  (pytest fixtures, used by name)
 from test_page import TOKEN, launch, need_chromium, wait_for
 
 NEW = {"vendor": "netease", "sandbox": True}

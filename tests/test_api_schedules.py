@@ -13,7 +13,7 @@ from imshift.vendors.operations import encode_message
 from imshift.vendors.vocabulary import Message
 from imshift.workers.embedded import in_process_workers
 
-from api_support import api, cli_refusal, context, fire, wait_until_done, write_users  # noqa: F401
+from api_support import api, cli_refusal, context, fire, wait_until_done, write_users  # noqa: F401  (pytest fixtures, used by name)
 
 NEW = {"vendor": "netease", "sandbox": True}
 SECRET = "SECRET-never-shown-4321"
@@ -57,7 +57,7 @@ def test_schedules_are_listed_shown_and_their_fires_carry_their_jobs_counts(data
     assert http.get(f"/api/schedules/{send}/fires").json() == {"fires": [], "next_before": None}
 
     assert fire(ctx, late, late=60).state == "missed"  # past its 30 s catch-up window
-    ctx.runtime  # noqa: B018
+    ctx.runtime  # noqa: B018  (configures the workers)
     jobs = []
     with in_process_workers(ctx.broker, threads=2):
         accounts = kinds.plan_user_migration(ctx.engine, ctx.target("new"), to, source_app="new",

@@ -7,6 +7,7 @@ import io
 import json
 import re
 
+import pytest
 from typer.testing import CliRunner
 
 from imshift.cli import app
@@ -128,10 +129,6 @@ def test_one_exit_code_rule_for_jobs_and_runs(env):
     assert result.exit_code == 3, output
     result, output = run("--help")
     assert "0 it finished and every input row ended ok or exists" in output
-
-
-
-import pytest  # noqa: E402
 
 
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])

@@ -99,7 +99,7 @@ def test_the_page_follows_a_job_to_its_end_and_steers_it(served, tmp_path):
                                     source_app="new", chunk_size=10).report.job_id
     daily = schedules.add(ctx.engine, ctx.target("new"), command="broadcast", cron="0 9 * * *",
                           tz="Asia/Shanghai", params={"sender": "", "message": {"text": "hello"}})
-    ctx.runtime  # noqa: B018
+    ctx.runtime  # noqa: B018  (configures the workers)
     artefacts = Path(os.environ.get("IMSHIFT_ARTEFACTS", tmp_path))
     artefacts.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw, in_process_workers(ctx.broker, threads=2):
@@ -189,7 +189,7 @@ def test_the_page_shows_a_runs_stages_and_which_one_runs(served, tmp_path):
     plan = runs.plan_run(ctx.engine, "old", ctx.target("new"),
                          runs.RunRequest(users=users, friends=friends, verify=True), chunk_size=10)
     name = f"R{plan.run_id}"
-    ctx.runtime  # noqa: B018
+    ctx.runtime  # noqa: B018  (configures the workers)
     artefacts = Path(os.environ.get("IMSHIFT_ARTEFACTS", tmp_path))
     artefacts.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw, in_process_workers(ctx.broker, threads=2):

@@ -32,7 +32,7 @@ from api_support import context
 from test_page import TOKEN, launch, logged_in, need_chromium, wait_for
 
 sys.path.append(str(Path(__file__).parent / "jobs"))  # bridge_support and its helpers, as tests/jobs sees them
-from bridge_support import FAST, Sent, _fields, bridged, received_texts, send_all  # noqa: E402
+from bridge_support import FAST, Sent, _fields, bridged, received_texts, send_all  # noqa: E402  (after the sys.path set-up above)
 
 pytestmark = pytest.mark.loopback
 SENT = 12
@@ -117,7 +117,7 @@ def see_and_steer(ctx, pw, base, b, bid, run_id, odd, artefacts):
         card = page.locator(f'[data-bridge="{bid}"]')
         card.wait_for()
         row = card.locator('[data-way="old>new"]')
-        cell = lambda k: row.locator(f'[data-count="{k}"]').text_content()  # noqa: E731
+        cell = lambda k: row.locator(f'[data-count="{k}"]').text_content()  # noqa: E731  (a one-line reader of a cell)
         wait_for(lambda: cell("relayed") == str(SENT))
         assert card.locator("h2").text_content() == f"bridge B{bid}"
         assert card.locator(".head .muted").text_content() == f" old → new, run R{run_id}"

@@ -399,7 +399,7 @@ def test_a_failed_message_is_relayed_by_retry_once_a_delta_run_maps_its_sender(t
             users.write_text(f"user_id,name\n{late},Late\n", encoding="utf-8")
             delta = runs.plan_run(ctx.engine, "old", ctx.target("new"),
                                   runs.RunRequest(users=users, since=b.run_id), chunk_size=10)
-            ctx.runtime  # noqa: B018
+            ctx.runtime  # noqa: B018  (configures the workers)
             with in_process_workers(ctx.broker):
                 run_control.start(ctx.engine, ctx.broker, delta.run_id)
                 for _, p in run_control.run_progress(ctx.engine, delta.run_id).stages:

@@ -146,7 +146,7 @@ def test_the_vendors_own_cap_reply_ends_failed_with_its_words(tmp_path, database
             vendor="rongcloud", caps={"broadcast": {"hour": 5}}, rates=RATES,
             **dataclasses.asdict(box.config(url)))}))
         assert ctx.caps("rc") == {"broadcast": {"hour": 5, "day": 3}}
-        ctx.runtime  # noqa: B018
+        ctx.runtime  # noqa: B018  (configures the workers)
         clear_of_midnight()
         with in_process_workers(ctx.broker, threads=2):
             done = []

@@ -11,7 +11,7 @@ from imshift.cli import app
 from imshift.jobs import schedules
 from imshift.jobs.schedules import parse_at
 
-from test_schedules import HELLO, NY, ctx, firing, fires_of, job_count, run_clock  # noqa: F401
+from test_schedules import HELLO, NY, ctx, firing, fires_of, job_count, run_clock  # noqa: F401  (pytest fixtures, used by name)
 
 
 def test_a_wildcard_hour_fires_through_the_repeated_autumn_hour(ctx):

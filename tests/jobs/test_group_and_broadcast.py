@@ -19,7 +19,7 @@ from helpers import context, wait_until_done
 
 
 def run(ctx, planned):
-    ctx.runtime  # noqa: B018
+    ctx.runtime  # noqa: B018  (configures the workers)
     with in_process_workers(ctx.broker, threads=2):
         control.start(ctx.engine, ctx.broker, planned.report.job_id)
         return wait_until_done(ctx, planned.report.job_id, 60)

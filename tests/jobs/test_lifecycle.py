@@ -39,7 +39,7 @@ def test_a_dry_run_sends_nothing_until_started(db, tmp_path):
     control.mark_planned(ctx.engine, report.job_id)
     assert progress(ctx.engine, report.job_id).status == "planned"
     assert ctx.sandbox("new").calls.total() == 0
-    ctx.runtime  # noqa: B018
+    ctx.runtime  # noqa: B018  (configures the workers)
     with in_process_workers(ctx.broker):
         control.start(ctx.engine, ctx.broker, report.job_id)
         p = wait_until_done(ctx, report.job_id, 30)
@@ -52,7 +52,7 @@ def test_pause_holds_the_work_and_resume_finishes_it(db, tmp_path):
     ctx = context(db, chunk_size=10, apps={"new": {"vendor": "netease", "sandbox": True,
                                                     "rates": {"register": 100}}})
     report = plan(ctx, tmp_path / "u.csv", 300)
-    ctx.runtime  # noqa: B018
+    ctx.runtime  # noqa: B018  (configures the workers)
     with in_process_workers(ctx.broker, threads=2):
         control.start(ctx.engine, ctx.broker, report.job_id)
         while progress(ctx.engine, report.job_id).done < 50:
@@ -75,7 +75,7 @@ def test_bad_credentials_stop_the_job_and_it_resumes_once_fixed(db, tmp_path):
                  "app_secret": "not-the-secret"}
         ctx = context(db, apps={"new": wrong})
         report = plan(ctx, tmp_path / "u.csv", 60)
-        ctx.runtime  # noqa: B018
+        ctx.runtime  # noqa: B018  (configures the workers)
         with in_process_workers(ctx.broker):
             control.start(ctx.engine, ctx.broker, report.job_id)
             p = wait_until_done(ctx, report.job_id, 30)
@@ -84,7 +84,7 @@ def test_bad_credentials_stop_the_job_and_it_resumes_once_fixed(db, tmp_path):
         assert "not-the-secret" not in p.stop_reason
         assert p.counts == {"pending": 60}  # nothing was lost or given up on
         fixed = context(db, apps={"new": {**wrong, "app_secret": "demo-secret"}})
-        fixed.runtime  # noqa: B018
+        fixed.runtime  # noqa: B018  (configures the workers)
         with in_process_workers(fixed.broker):
             control.resume(fixed.engine, fixed.broker, report.job_id)
             p = wait_until_done(fixed, report.job_id, 30)
@@ -95,7 +95,7 @@ def test_retry_runs_again_only_what_the_vendor_refused(db, tmp_path):
     ctx = context(db, apps={"new": {"vendor": "rongcloud", "sandbox": True}})
     box = ctx.sandboxes["new"] = RongCloudSandbox(max_users=40)  # a development app key
     report = plan(ctx, tmp_path / "u.csv", 60, bad_rows={5: {"user_id": "bad id!"}})
-    ctx.runtime  # noqa: B018
+    ctx.runtime  # noqa: B018  (configures the workers)
     with in_process_workers(ctx.broker):
         control.start(ctx.engine, ctx.broker, report.job_id)
         p = wait_until_done(ctx, report.job_id, 30)
@@ -122,7 +122,7 @@ def test_tokens_are_stored_encrypted_and_exported_in_clear(db, tmp_path):
     planned = kinds.plan_token_refresh(ctx.engine, ctx.target("new"), tmp_path / "ids.txt",
                                           chunk_size=ctx.settings.chunk_size)
     job_id = planned.report.job_id
-    ctx.runtime  # noqa: B018
+    ctx.runtime  # noqa: B018  (configures the workers)
     with in_process_workers(ctx.broker):
         control.start(ctx.engine, ctx.broker, job_id)
         p = wait_until_done(ctx, job_id, 30)
@@ -147,7 +147,7 @@ def test_settings_that_break_after_planning_stop_the_job_in_the_worker(db, tmp_p
     # A value that reads as settings but does not fit the vendor's config (a
     # misspelt key is refused when the settings are read: tests/test_settings_typos.py).
     broken = context(db, apps={"new": {**good, "concurrency": "s3cret-typo"}})
-    broken.runtime  # noqa: B018
+    broken.runtime  # noqa: B018  (configures the workers)
     with in_process_workers(broken.broker):
         control.start(broken.engine, broken.broker, report.job_id)
         p = wait_until_done(broken, report.job_id, 30)
@@ -155,7 +155,7 @@ def test_settings_that_break_after_planning_stop_the_job_in_the_worker(db, tmp_p
     assert "concurrency" in p.stop_reason and "imshift resume" in p.stop_reason
     assert "s3cret-typo" not in p.stop_reason
     assert p.counts == {"pending": 30}
-    ctx.runtime  # noqa: B018
+    ctx.runtime  # noqa: B018  (configures the workers)
     with in_process_workers(ctx.broker):
         control.resume(ctx.engine, ctx.broker, report.job_id)
         p = wait_until_done(ctx, report.job_id, 30)

@@ -56,7 +56,7 @@ def test_resume_takes_over_a_killed_embedded_command_but_not_a_live_one(tmp_path
         assert progress(ctx.engine, 1).status == "running"
         with pytest.raises(control.JobError, match="runner .* is gone: `imshift resume 1`"):
             control.start(ctx.engine, ctx.broker, 1)
-        ctx.runtime  # noqa: B018
+        ctx.runtime  # noqa: B018  (configures the workers)
         with in_process_workers(ctx.broker):
             control.resume(ctx.engine, ctx.broker, 1)
             p = wait_until_done(ctx, 1, 60)

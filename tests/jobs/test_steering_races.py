@@ -152,7 +152,7 @@ def test_cancel_while_chunks_run_leaves_nothing_open(database_url, tmp_path):
     ctx.sandboxes["new"] = box
     report = kinds.plan_user_migration(ctx.engine, ctx.target("new"), write_users(tmp_path / "u.csv", 600),
                                        source_app="new", chunk_size=20).report
-    ctx.runtime  # noqa: B018
+    ctx.runtime  # noqa: B018  (configures the workers)
     with in_process_workers(ctx.broker, threads=8):
         control.start(ctx.engine, ctx.broker, report.job_id)
         while progress(ctx.engine, report.job_id).done < 100:

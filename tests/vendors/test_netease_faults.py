@@ -129,7 +129,7 @@ def test_a_batch_send_job_whose_replies_cannot_be_read_delivers_each_message_onc
     planned = kinds.plan_send(ctx.engine, ctx.target("new"), to, sender="sender",
                                  message=Message(text="once only"), chunk_size=500)
     job_id = planned.report.job_id
-    ctx.runtime  # noqa: B018
+    ctx.runtime  # noqa: B018  (configures the workers)
     with in_process_workers(ctx.broker):
         control.start(ctx.engine, ctx.broker, job_id)
         deadline = time.monotonic() + 60

@@ -8,4 +8,4 @@ import sys
 # installed each failed import searches sys.path again (about 50 µs each);
 # marked absent, it fails at once. An installed sniffio is left alone.
 if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
-    sys.modules["sniffio"] = None  # type: ignore[assignment]
+    sys.modules["sniffio"] = None  # type: ignore[assignment]  # None in sys.modules is how an import is marked absent
