@@ -35,8 +35,11 @@ Figures per phase and direction:
     python -m bench bridge [--messages 10000] [--conversations 500]
                            [--rates 200,1000] [--mass 100000] [--mass-rate 1500]
                            [--repeat 0.05] [--phases 200,1000,mass] [--quick]
+                           [--database sqlite|postgresql]
 
---quick is 1,000 messages and a 20,000-recipient mass send.
+--quick is 1,000 messages and a 20,000-recipient mass send. --database
+postgresql keeps the rig's state in a throwaway database on the local
+PostgreSQL instead of one SQLite file that serve and the mass send share.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ import httpx
 
 from bench.common import ROOT, figures, percentile
 from imshift.vendors.http import http_client
+from testsupport import throwaway_database
 
 sys.path[:0] = [str(ROOT / "tests" / "jobs"), str(ROOT / "tests")]  # bridge_support, as the tests see it
 
@@ -83,6 +87,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--phases", default="rates,mass", help="rates, mass, or both (comma-separated)")
     p.add_argument("--drain", type=float, default=90.0, help="seconds to wait for the relays after the sends")
     p.add_argument("--keep", type=Path, default=None, help="keep the rigs' files (logs, database) here")
+    p.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite",
+                   help="where serve, the relayer and the mass send keep their state (postgresql: a "
+                        "throwaway database at IMSHIFT_TEST_POSTGRES or 127.0.0.1:5432)")
     p.add_argument("--quick", action="store_true", help="1,000 messages, a 20,000-recipient mass send")
     args = p.parse_args(argv)
     if args.quick:
@@ -349,7 +356,13 @@ def stop(process: subprocess.Popen) -> None:
 
 def phase(args: argparse.Namespace, tmp: Path, name: str, rate: float, mass: int = 0) -> dict[str, Any]:
     tmp.mkdir(parents=True, exist_ok=True)
-    db = f"sqlite:///{tmp}/imshift.db"
+    if args.database == "postgresql":  # a throwaway database on the local PostgreSQL
+        with throwaway_database(prefix="imshift_bench") as db:
+            return _phase(args, tmp, name, rate, mass, db)
+    return _phase(args, tmp, name, rate, mass, f"sqlite:///{tmp}/imshift.db")
+
+
+def _phase(args: argparse.Namespace, tmp: Path, name: str, rate: float, mass: int, db: str) -> dict[str, Any]:
     a_side = args.conversations // 2
     limits = {"old": {"send": args.mass_rate}} if mass else None
     began = time.monotonic()
