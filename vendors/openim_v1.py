@@ -20,7 +20,7 @@ import httpx
 
 from .vocabulary import FieldRule, Group, Message, Operation, Outcome, Profile, Result
 from .client import Batch, CallFailed, Codes, invalid, same_for_all
-from .openim import TOKEN, data_of, exists, listed, ok
+from .openim import TOKEN, data_of, listed, ok
 from .openim_v2 import RULES_V2, OpenIMV2Client
 from .paging import PageFetch, sliced
 
@@ -191,15 +191,7 @@ class OpenIMV1Client(OpenIMV2Client):
         if result.outcome is not Outcome.OK:
             return same_for_all(result, len(user_ids))
         per_user = {d.get("uid"): d.get("result") for d in listed(body.get("data"), None) if isinstance(d, dict)}
-        refused = [u for u in user_ids if per_user.get(u, -1) != 0]
-        try:
-            members = await self._members(group_id, refused) if refused else set()
-        except CallFailed as failed:
-            return [failed.result if u in refused else ok(u) for u in user_ids]
-        return [exists(u, "already a member") if u in members else
-                Result(Outcome.REJECTED, str(per_user.get(u, "missing")),
-                       f"member: {u!r} not added (no such user?)") if u in refused else
-                ok(u) for u in user_ids]
+        return await self._invited(group_id, user_ids, per_user)
 
     async def _import(self, owner: str, friend_ids: list[str]) -> list[Result]:
         """Pairs already friends are skipped (ok); a missing user is in `failedUidList` (408)."""

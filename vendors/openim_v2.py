@@ -230,6 +230,11 @@ class OpenIMV2Client(OpenIMClient):
         if per_user is None:
             ok_all = result.outcome is Outcome.OK
             return [ok(u) for u in user_ids] if ok_all else same_for_all(result, len(user_ids))
+        return await self._invited(group_id, user_ids, per_user)
+
+    async def _invited(self, group_id: str, user_ids: list[str], per_user: dict[Any, Any]) -> list[Result]:
+        """Each invitee's result from the reply's per-user codes (0: invited):
+        the refused that are members already are `exists`, the rest rejected."""
         refused = [u for u in user_ids if per_user.get(u, -1) != 0]
         try:
             members = await self._members(group_id, refused) if refused else set()
