@@ -276,6 +276,20 @@ def test_a_message_to_an_account_not_migrated_yet_is_held_then_fails_naming_it(t
         assert [m["text"] for m in b.new.inbox(b.new.users[0])] == ["old:ok#0"]
 
 
+def sent_then_first_recalled(b, texts: list[str]) -> list[dict]:
+    """The old side's first user sends `texts` to its second, and once all are
+    relayed recalls the first: the new side's inbox once that recall is there."""
+    plan = [Sent("old", b.old.users[0], b.old.users[1], False, text) for text in texts]
+    asyncio.run(send_all(b.old, plan, rate=20))
+    target = b.new.users[1]
+    wait_for(lambda: len(b.new.inbox(target)) == len(plan), 15, "the messages relayed")
+    reply = httpx.post(f"{b.old.url}/_sandbox/client/recall",
+                       json={"from": b.old.users[0], "msg_id": plan[0].msg_id}, timeout=10)
+    assert reply.status_code == 200, reply.text
+    return wait_for(lambda: (i := b.new.inbox(target)) and i[0].get("recalled") and i, 15,
+                    "the recall relayed")
+
+
 # OpenIM as the source: its revoke webhook names the message by (conversationID,
 # seq), which only its after-save webhook reported (vendors/openim_feed.py).
 @pytest.mark.parametrize("old_vendor,new_vendor", [("netease", "rongcloud"), ("openim", "maxim")])
@@ -284,16 +298,7 @@ def test_a_recall_of_a_relayed_message_takes_it_back_at_the_target(tmp_path, old
     with bridged(tmp_path, db, old_vendor, new_vendor, users=4) as b:
         with serving(b, tmp_path / "serve.log"):
             b.old.feed_to(b.old.hook(b.server_url))
-            plan = [Sent("old", b.old.users[0], b.old.users[1], False, "old:r#0"),
-                    Sent("old", b.old.users[0], b.old.users[1], False, "old:r#1")]
-            asyncio.run(send_all(b.old, plan, rate=20))
-            target = b.new.users[1]
-            wait_for(lambda: len(b.new.inbox(target)) == 2, 15, "both messages relayed")
-            reply = httpx.post(f"{b.old.url}/_sandbox/client/recall",
-                               json={"from": b.old.users[0], "msg_id": plan[0].msg_id}, timeout=10)
-            assert reply.status_code == 200, reply.text
-            inbox = wait_for(lambda: (i := b.new.inbox(target)) and i[0].get("recalled") and i, 15,
-                             "the recall relayed")
+            inbox = sent_then_first_recalled(b, ["old:r#0", "old:r#1"])
         assert [m["text"] for m in inbox] == ["old:r#0", "old:r#1"]
         assert inbox[0]["recalled"] and not inbox[1].get("recalled")
 
@@ -308,14 +313,7 @@ def test_a_recall_relayed_into_openim_is_not_relayed_back(tmp_path):
         with serving(b, tmp_path / "serve.log"):
             b.old.feed_to(b.old.hook(b.server_url))
             b.new.feed_to(b.new.hook(b.server_url))
-            plan = [Sent("old", b.old.users[0], b.old.users[1], False, "old:r#0")]
-            asyncio.run(send_all(b.old, plan, rate=20))
-            target = b.new.users[1]
-            wait_for(lambda: len(b.new.inbox(target)) == 1, 15, "the message relayed")
-            reply = httpx.post(f"{b.old.url}/_sandbox/client/recall",
-                               json={"from": b.old.users[0], "msg_id": plan[0].msg_id}, timeout=10)
-            assert reply.status_code == 200, reply.text
-            wait_for(lambda: b.new.inbox(target)[0].get("recalled"), 15, "the recall relayed")
+            sent_then_first_recalled(b, ["old:r#0"])
 
             def back() -> dict | None:
                 s = httpx.get(f"{b.server_url}/api/bridges/1", timeout=10).json()
