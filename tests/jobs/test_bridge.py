@@ -260,11 +260,12 @@ def test_a_message_to_an_account_not_migrated_yet_is_held_then_fails_naming_it(t
                     Sent("old", b.old.users[1], b.old.users[0], False, "old:ok#0")]
             asyncio.run(send_all(b.old, plan, rate=20))
 
-            def held():
-                s = httpx.get(f"{b.server_url}/api/bridges/1", timeout=10).json()
-                return s if s["directions"][0]["held"] == 1 else None
+            def direction():
+                return httpx.get(f"{b.server_url}/api/bridges/1", timeout=10).json()["directions"][0]
 
-            assert wait_for(held, 10, "the message from the unmigrated user held")["directions"][0]["relayed"] == 1
+            # The two conversations relay in parallel, so each state is awaited on its own.
+            wait_for(lambda: direction()["held"] == 1, 10, "the message from the unmigrated user held")
+            wait_for(lambda: direction()["relayed"] == 1, 10, "the other conversation's message relayed")
 
             def failed():
                 s = httpx.get(f"{b.server_url}/api/bridges/1", timeout=10).json()
