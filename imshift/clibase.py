@@ -76,8 +76,17 @@ def continued_by(ctx: Context, ref: str) -> Iterator[None]:
         database_failed(exc, then)
 
 
+# The last command's context in this process. A command run in a process
+# that outlives it (a test's runner, a script calling the CLI) leaves its
+# pool's connections open until the pool is collected, and PostgreSQL counts
+# them against max_connections: the next command closes them.
+_last: list[Context] = []
+
+
 def load_context() -> Context:
     """The command's context from the settings, checked; the log redacts its secrets."""
+    while _last:
+        _last.pop().close()
     try:
         ctx = Context()
         ctx.check()
@@ -86,6 +95,7 @@ def load_context() -> Context:
     except Exception as exc:  # settings that do not parse
         fail(f"configuration: {exc}")
     logs.install(ctx.secrets())
+    _last.append(ctx)
     return ctx
 
 

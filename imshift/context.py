@@ -177,6 +177,11 @@ class Context:
     def engine(self):
         return make_engine(self.settings.database_url)
 
+    def close(self) -> None:
+        """Close the database pool, if one was opened."""
+        if "engine" in self.__dict__:
+            self.__dict__.pop("engine").dispose()
+
     @functools.cached_property
     def broker(self):
         broker = make_broker(self.settings.redis_url,
