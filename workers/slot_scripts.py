@@ -18,25 +18,32 @@ MIN_FACTOR = 0.1  # the lowest rate factor an over-limit reply leaves
 # State (a hash): win, pos = the next free place in the middles of the
 # windows (an epoch second and the share of it used: GCRA's theoretical
 # arrival time); cw, cn, cn1 = the weight units counted in windows cw and
-# cw + 1; bnext = the earliest time of the next guard-band call; paused = no
-# call before this time; factor, fat = the rate factor and when it was set;
-# cut = when it was last cut.
+# cw + 1, un, un1 = the urgent calls' units of those; bnext = the earliest
+# time of the next guard-band call; paused = no call before this time;
+# factor, fat = the rate factor and when it was set; cut = when it was last
+# cut; unext = the earliest time of the next urgent
+# call in a window's middle; urate, uat = urgent units a second lately, as
+# of uat (decaying over URGENT_TAU seconds).
 STATE = """
 local t = redis.call('TIME')
 local sec, frac = tonumber(t[1]), tonumber(t[2]) / 1e6
 local now = sec + frac
 local st = redis.call('HMGET', KEYS[1], 'win', 'pos', 'cw', 'cn', 'cn1', 'bnext',
-                      'paused', 'factor', 'fat', 'cut')
+                      'paused', 'factor', 'fat', 'cut', 'unext', 'urate', 'uat', 'un', 'un1')
 local win, pos = tonumber(st[1]) or 0, tonumber(st[2]) or 0
 local cw, cn, cn1 = tonumber(st[3]) or 0, tonumber(st[4]) or 0, tonumber(st[5]) or 0
 local bnext = tonumber(st[6]) or 0
 local paused, factor = tonumber(st[7]) or 0, tonumber(st[8]) or 1
 local fat, cut = tonumber(st[9]) or 0, tonumber(st[10]) or 0
+local unext, urate, uat = tonumber(st[11]) or 0, tonumber(st[12]) or 0, tonumber(st[13]) or 0
+local un, un1 = tonumber(st[14]) or 0, tonumber(st[15]) or 0
 -- `need`: the seconds the queued weight takes at the rate (see _Slots.forget_if_stale)
 local function forget_if_stale(need)
   local f = math.min(math.max(factor, MIN_FACTOR), 1)
-  if fat <= now + CLOCK_SLACK and win + pos - now <= (STALE_AHEAD + need) / f then return end
-  win, pos, cw, cn, cn1, bnext, cut = 0, 0, 0, 0, 0, 0, 0
+  if fat <= now + CLOCK_SLACK and math.max(win + pos, unext) - now <= (STALE_AHEAD + need) / f then
+    return
+  end
+  win, pos, cw, cn, cn1, bnext, cut, unext, urate, uat, un, un1 = 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
   if paused > now + STALE_AHEAD then paused = 0 end
   factor, fat = f, now
 end
@@ -45,60 +52,110 @@ local function recover()
 end
 """
 
+# Urgent calls (workers/ratelimit.py `urgent`) across processes: while they
+# were seen lately on a key, the other calls leave a share of each window
+# free, and an urgent call takes the earliest place in a window with room,
+# ahead of slots booked before it. The share is the urgent calls' recent
+# rate u (a moving average over about URGENT_TAU seconds) and URGENT_HEADROOM
+# x sqrt(u) (their count in a second varies about that much), at most
+# URGENT_MOST of the limit (the others always keep a little); none once u
+# is under one call a second.
+URGENT_TAU = 1.0
+URGENT_HEADROOM = 3.0
+URGENT_MOST = 0.9
+
 STATE = (STATE.replace("MIN_FACTOR", repr(MIN_FACTOR)).replace("CLOCK_SLACK", repr(CLOCK_SLACK))
          .replace("STALE_AHEAD", repr(STALE_AHEAD)))
 
 RESERVE = STATE + """
--- one slot per weight in ARGV[5..], in order: one round trip for a batch of calls
+-- one slot per weight in ARGV[6..], in order: one round trip for a batch of
+-- calls, the first ARGV[5] of them urgent
 local limit, rate, guard = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local hurried = tonumber(ARGV[5])
 local queued = 0
-for i = 5, #ARGV do queued = queued + tonumber(ARGV[i]) end
+for i = 6, #ARGV do queued = queued + tonumber(ARGV[i]) end
 forget_if_stale(queued / rate)
 recover()
 local function used(w)
   if w == cw then return cn elseif w == cw + 1 then return cn1 elseif w > cw + 1 then return 0 end
   return math.huge
 end
-local function count(w, units)
+local function urgent_used(w)
+  if w == cw then return un elseif w == cw + 1 then return un1 end
+  return 0
+end
+local function count(w, units, hurry)
   if w > cw + 1 then
-    if w - 1 == cw + 1 then cn = cn1 else cn = 0 end
-    cn1 = 0; cw = w - 1
+    if w - 1 == cw + 1 then cn = cn1; un = un1 else cn = 0; un = 0 end
+    cn1 = 0; un1 = 0; cw = w - 1
   end
-  if w == cw then cn = cn + units elseif w == cw + 1 then cn1 = cn1 + units end
+  local u = 0
+  if hurry then u = units end
+  if w == cw then cn = cn + units; un = un + u elseif w == cw + 1 then cn1 = cn1 + units; un1 = un1 + u end
 end
 local earliest = math.max(now, paused)
 local cap = math.floor(limit * factor + 1e-9)
 -- guard-band calls only while both windows they may land in stay under the
 -- share of the rate that fits in the middles (see _Slots.reserve)
 local band_room = math.floor(rate * factor * (1 - 2 * guard) + 1e-9)
+local function urgent_rate()
+  return urate * math.exp(-math.max(0, now - uat) / URGENT_TAU)
+end
 local out, furthest = {}, 0
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local weight = tonumber(ARGV[i])
+  local hurry = i - 6 < hurried
   local es = math.floor(earliest)
   local ef = earliest - es
   local delay, latest = nil, nil
+  if hurry then urate = urgent_rate() + weight / URGENT_TAU; uat = now end
   -- a guard band straddles each window boundary b: [b - guard, b + guard)
   local b = nil
   if ef < guard then b = es elseif ef >= 1 - guard then b = es + 1 end
-  if b ~= nil and weight <= band_room and (win < b or (win == b and pos <= 0)) then
+  if b ~= nil and weight <= band_room and (hurry or win < b or (win == b and pos <= 0)) then
     local at = math.max(earliest, bnext)
     if at < b + guard and used(b - 1) + weight <= band_room and used(b) + weight <= band_room then
-      count(b - 1, weight); count(b, weight)
+      count(b - 1, weight, hurry); count(b, weight, hurry)
       bnext = at + weight / (rate * factor)
       delay, latest = at - now, b + 1 - guard / 2 - now
     end
   end
+  if delay == nil and hurry then
+    -- the earliest window with room, ahead of what the others booked (see _Slots._urgent)
+    local at = math.max(earliest, unext)
+    local w = math.floor(at)
+    at = at - w
+    if at < guard then at = guard elseif at >= 1 - guard then w = w + 1; at = guard end
+    while true do
+      local u = used(w)
+      if cw + 1 < w and w < win then u = math.huge end
+      if u == 0 or u + weight <= cap then break end
+      w = w + 1; at = guard
+    end
+    count(w, weight, true)
+    unext = w + at + weight * (1 - 2 * guard) / (rate * factor)
+    delay = (w - sec) + at - frac
+    latest = (w - sec) + 1 - guard / 2 - frac
+  end
   if delay == nil then
+    -- the others leave what the urgent calls' share of each window has not
+    -- used yet free, spread over the window at the rate that is left
+    local ur, share = urgent_rate(), 0
+    if ur >= 1 then share = math.min(math.floor(ur + URGENT_HEADROOM * math.sqrt(ur)), math.floor(cap * URGENT_MOST)) end
+    local pace = rate * factor
+    if cap > 0 then pace = pace * (cap - share) / cap end
     -- the earliest place: now (or the pause's end) mapped into the schedule
     local ep = math.min(math.max((ef - guard) / (1 - 2 * guard), 0), 1)
     if ep >= 1 then es = es + 1; ep = 0 end
     if win < es or (win == es and pos < ep) then win = es; pos = ep end
     -- never more than the limit in one window (a call heavier than that goes alone)
     local u = used(win)
-    while u > 0 and u + weight > cap do win = win + 1; pos = 0; u = used(win) end
+    while u > 0 and u + weight + math.max(0, share - urgent_used(win)) > cap do
+      win = win + 1; pos = 0; u = used(win)
+    end
     local start_win, start_pos = win, pos
     count(start_win, weight)
-    pos = pos + weight / (rate * factor)
+    pos = pos + weight / pace
     if pos >= 1 then local whole = math.floor(pos); win = win + whole; pos = pos - whole end
     delay = (start_win - sec) + guard + start_pos * (1 - 2 * guard) - frac
     latest = (start_win - sec) + 1 - guard / 2 - frac
@@ -108,10 +165,14 @@ for i = 5, #ARGV do
   furthest = math.max(furthest, delay)
 end
 redis.call('HSET', KEYS[1], 'win', win, 'pos', pos, 'cw', cw, 'cn', cn, 'cn1', cn1,
-           'bnext', bnext, 'paused', paused, 'factor', factor, 'fat', now, 'cut', cut)
+           'bnext', bnext, 'paused', paused, 'factor', factor, 'fat', now, 'cut', cut,
+           'unext', unext, 'urate', urate, 'uat', uat, 'un', un, 'un1', un1)
 redis.call('EXPIRE', KEYS[1], math.ceil(math.max(furthest, paused - now, 0)) + 60)
 return out
 """
+
+RESERVE = (RESERVE.replace("URGENT_TAU", repr(URGENT_TAU)).replace("URGENT_HEADROOM", repr(URGENT_HEADROOM))
+           .replace("URGENT_MOST", repr(URGENT_MOST)))
 
 SLOW_DOWN = STATE + """
 local pause = tonumber(ARGV[2])
@@ -123,7 +184,8 @@ if now - cut >= math.max(pause, 1) then
 end
 paused = math.max(paused, now + pause)
 redis.call('HSET', KEYS[1], 'win', win, 'pos', pos, 'cw', cw, 'cn', cn, 'cn1', cn1, 'bnext', bnext,
-           'paused', paused, 'factor', factor, 'fat', now, 'cut', cut)
+           'paused', paused, 'factor', factor, 'fat', now, 'cut', cut,
+           'unext', unext, 'urate', urate, 'uat', uat, 'un', un, 'un1', un1)
 redis.call('EXPIRE', KEYS[1], math.ceil(pause) + 60)
 return 1
 """
