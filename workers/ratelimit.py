@@ -390,8 +390,9 @@ class RateLimiter:
         of the event loop's CPU per item); the schedule is the same either
         way. Redis mode has no spares: a pause another process sets must
         hold back this process's next call, and only Redis knows of it. An
-        urgent call takes its slot here behind others' backlog and its own
-        process's too (one reservation: the shared file's lock, no spares)."""
+        urgent call takes its slot here behind the others' backlog and its
+        own process's too (one reservation: the shared file's lock, no
+        spares), unless the urgent calls have a backlog of their own."""
         hurry = urgent.get()
         waiting = bool(self._waiting.get((app, key)))
         if self.redis is not None or (waiting and not hurry):
@@ -413,7 +414,7 @@ class RateLimiter:
             now = time.time()
             slots.forget_if_stale(now, weight / rate, self.guard)
             backlog = slots.next_slot(self.guard) > now + HORIZON
-            if slots.paused > now or (backlog and not hurry):
+            if slots.paused > now or slots.unext > now + HORIZON or (backlog and not hurry):
                 return None  # a backlog: reserve in HORIZON-sized batches, see `_lead`
             delay, latest = slots.reserve(now, limit, rate, weight, self.guard, hurry)
             more = 0
@@ -476,8 +477,16 @@ class RateLimiter:
                 for (_, waiter, _), (delay, latest) in zip(batch, answers, strict=True):
                     if not waiter.done():  # a cancelled caller leaves its slot unused
                         waiter.set_result((before + delay, before + latest))
-                ahead = before + max(delay for delay, _ in answers) - HORIZON - loop.time()
-                if ahead > 0 and not (waiting and waiting[0][2]):
+                now = loop.time()
+                ahead = before + max(delay for delay, _ in answers) - HORIZON - now
+                # Urgent calls wait for the others' slots only; with a backlog
+                # of their own they are reserved HORIZON at a time too.
+                hurried = max((before + delay - HORIZON - now
+                               for (_, _, hurry), (delay, _) in zip(batch, answers, strict=True) if hurry),
+                              default=0.0)
+                if hurried > 0:
+                    await asyncio.sleep(hurried)
+                elif ahead > 0 and not (waiting and waiting[0][2]):
                     wake = self._wake[(app, key)] = asyncio.Event()
                     try:  # an urgent call cuts the rest short
                         await asyncio.wait_for(wake.wait(), ahead)

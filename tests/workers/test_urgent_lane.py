@@ -291,3 +291,30 @@ async def test_a_call_past_its_slot_after_the_announce_takes_a_new_slot():
     assert len(seen) == 1  # announced once
     assert latest > seen[0]  # a new slot
     assert asyncio.get_running_loop().time() <= latest  # still usable
+
+
+async def test_urgent_calls_with_a_backlog_of_their_own_are_batched_too(tmp_path):
+    """More urgent calls than the rate: they are booked HORIZON at a time
+    by the leader, as the others are, not each at once far ahead (a pause
+    from an over-limit reply must reach them soon)."""
+    limiter = RateLimiter({"send": 1000}, shared_dir=tmp_path)
+    throttle = limiter.throttle_for("app1")
+    done = []
+
+    async def call():
+        urgent.set(True)
+        await throttle("send", 1)
+        done.append(time.time())
+
+    tasks = [asyncio.ensure_future(call()) for _ in range(2000)]  # 2 s of the quota
+    await asyncio.sleep(0)
+    assert limiter._leaders  # the backlog went to the batching path
+    schedule = limiter._schedule("app1", "send")
+    furthest = 0.0
+    while not all(t.done() for t in tasks):
+        furthest = max(furthest, schedule.peek("unext") - time.time())
+        await asyncio.sleep(0.005)
+    await asyncio.gather(*tasks)
+    # HORIZON (0.1 s), a batch and a guard band at most, not the whole backlog
+    assert furthest < 1.0, furthest
+    assert max(done) - min(done) >= 1.5  # paced: 2,000 calls are 2 s of the quota
