@@ -32,6 +32,14 @@ shared file's lock is taken once per batch of calls, not per call. The slot
 times themselves smooth each process's calls; aiolimiter is
 not used: alone it lost 0.06-0.09 of the quota here (a leaky bucket never
 makes up a late wake-up) and it cannot see the vendor's windows.
+
+Urgent calls (`urgent`: the bridge's relays) go ahead across processes too:
+one takes the earliest place in a window with room, ahead of the slots
+other processes booked, and while urgent calls were seen lately the others
+leave room in each window for them (workers/slot_scripts.py). Before,
+the urgent lane ordered one process's waiting calls only, and a bulk job
+in another process kept the shared schedule booked ahead of the relays
+(bench/README.md, bridge).
 """
 
 from __future__ import annotations
@@ -85,8 +93,6 @@ class _Slots:
     factor: float = 1.0
     fat: float = 0.0
     cut: float = 0.0
-    un: int = 0  # of cn and cn1, the urgent calls' units
-    un1: int = 0
     unext: float = 0.0  # the earliest time of the next urgent call in a window's middle
     urate: float = 0.0  # urgent units a second lately, as of `uat`
     uat: float = 0.0
@@ -106,7 +112,7 @@ class _Slots:
         if self.fat <= now + CLOCK_SLACK and ahead <= (STALE_AHEAD + need) / factor:
             return
         self.win, self.pos, self.cw, self.cn, self.cn1, self.bnext, self.cut = 0, 0.0, 0, 0, 0, 0.0, 0.0
-        self.un, self.un1, self.unext, self.urate, self.uat = 0, 0, 0.0, 0.0, 0.0
+        self.unext, self.urate, self.uat = 0.0, 0.0, 0.0
         if self.paused > now + STALE_AHEAD:
             self.paused = 0.0
         self.factor, self.fat = factor, now
@@ -118,20 +124,14 @@ class _Slots:
             return self.cn1
         return 0 if window > self.cw + 1 else math.inf  # an old window: never reopened
 
-    def _urgent_used(self, window: int) -> float:
-        return self.un if window == self.cw else self.un1 if window == self.cw + 1 else 0
-
-    def _count(self, window: int, units: int, urgent: bool = False) -> None:
+    def _count(self, window: int, units: int) -> None:
         if window > self.cw + 1:
-            shift = window - 1 == self.cw + 1
-            self.cn, self.un = (self.cn1, self.un1) if shift else (0, 0)
-            self.cn1, self.un1, self.cw = 0, 0, window - 1
+            self.cn = self.cn1 if window - 1 == self.cw + 1 else 0
+            self.cn1, self.cw = 0, window - 1
         if window == self.cw:
             self.cn += units
-            self.un += units * urgent
         elif window == self.cw + 1:
             self.cn1 += units
-            self.un1 += units * urgent
 
     def urgent_rate(self, now: float) -> float:
         return self.urate * math.exp(-max(0.0, now - self.uat) / URGENT_TAU)
@@ -157,18 +157,17 @@ class _Slots:
         if b is not None and weight <= band_room and (urgent or (self.win, self.pos) <= (b, 0.0)):
             at = max(earliest, self.bnext)
             if at < b + guard and max(self._used(b - 1), self._used(b)) + weight <= band_room:
-                self._count(b - 1, weight, urgent)
-                self._count(b, weight, urgent)
+                self._count(b - 1, weight)
+                self._count(b, weight)
                 self.bnext = at + weight / (rate * self.factor)
                 return at - now, b + 1 - guard / 2 - now
         if urgent:
             return self._urgent(now, earliest, cap, rate, weight, guard)
-        # The other calls leave what the urgent ones' share of each window
-        # has not used yet free, spread over the window at the rate left.
-        u, share = self.urgent_rate(now), 0
-        if u >= 1:
-            share = min(math.floor(u + URGENT_HEADROOM * math.sqrt(u)), math.floor(cap * URGENT_MOST))
-        pace = rate * self.factor * (cap - share) / cap if cap > 0 else rate * self.factor
+        # The other calls leave room in each window for the urgent calls
+        # still to come in it, paced at the rate their mean leaves.
+        u = self.urgent_rate(now)
+        u = u if u >= 1 else 0.0
+        pace = rate * self.factor * (1 - min(u / cap, URGENT_MOST)) if cap > 0 else rate * self.factor
         ep = min(max((ef - guard) / (1 - 2 * guard), 0.0), 1.0)
         if ep >= 1:
             es, ep = es + 1, 0.0
@@ -176,7 +175,7 @@ class _Slots:
             self.win, self.pos = es, ep
         used = self._used(self.win)
         # a call heavier than a window goes alone
-        while used > 0 and used + weight + max(0, share - self._urgent_used(self.win)) > cap:
+        while used > 0 and used + weight + self._room(u, self.win + 1 - guard - now, cap) > cap:
             self.win, self.pos = self.win + 1, 0.0
             used = self._used(self.win)
         start_win, start_pos = self.win, self.pos
@@ -207,9 +206,18 @@ class _Slots:
             if used == 0 or used + weight <= cap:
                 break
             window, at = window + 1, guard
-        self._count(window, weight, True)
+        self._count(window, weight)
         self.unext = window + at + weight * (1 - 2 * guard) / (rate * self.factor)
         return window + at - now, window + 1 - guard / 2 - now
+
+    @staticmethod
+    def _room(u: float, seconds: float, cap: int) -> int:
+        """Room for the urgent calls arriving in the next `seconds` (at most
+        a window's second) at `u` a second: their mean and URGENT_HEADROOM x
+        its square root (they vary about that much), at most URGENT_MOST of
+        the limit."""
+        mean = u * min(max(0.0, seconds), 1.0)
+        return min(math.floor(mean + URGENT_HEADROOM * math.sqrt(mean)), math.floor(cap * URGENT_MOST))
 
     def next_slot(self, guard: float) -> float:
         """The epoch time of the next free place in the windows' middles."""

@@ -18,10 +18,9 @@ MIN_FACTOR = 0.1  # the lowest rate factor an over-limit reply leaves
 # State (a hash): win, pos = the next free place in the middles of the
 # windows (an epoch second and the share of it used: GCRA's theoretical
 # arrival time); cw, cn, cn1 = the weight units counted in windows cw and
-# cw + 1, un, un1 = the urgent calls' units of those; bnext = the earliest
-# time of the next guard-band call; paused = no call before this time;
-# factor, fat = the rate factor and when it was set; cut = when it was last
-# cut; unext = the earliest time of the next urgent
+# cw + 1; bnext = the earliest time of the next guard-band call; paused =
+# no call before this time; factor, fat = the rate factor and when it was
+# set; cut = when it was last cut; unext = the earliest time of the next urgent
 # call in a window's middle; urate, uat = urgent units a second lately, as
 # of uat (decaying over URGENT_TAU seconds).
 STATE = """
@@ -29,21 +28,20 @@ local t = redis.call('TIME')
 local sec, frac = tonumber(t[1]), tonumber(t[2]) / 1e6
 local now = sec + frac
 local st = redis.call('HMGET', KEYS[1], 'win', 'pos', 'cw', 'cn', 'cn1', 'bnext',
-                      'paused', 'factor', 'fat', 'cut', 'unext', 'urate', 'uat', 'un', 'un1')
+                      'paused', 'factor', 'fat', 'cut', 'unext', 'urate', 'uat')
 local win, pos = tonumber(st[1]) or 0, tonumber(st[2]) or 0
 local cw, cn, cn1 = tonumber(st[3]) or 0, tonumber(st[4]) or 0, tonumber(st[5]) or 0
 local bnext = tonumber(st[6]) or 0
 local paused, factor = tonumber(st[7]) or 0, tonumber(st[8]) or 1
 local fat, cut = tonumber(st[9]) or 0, tonumber(st[10]) or 0
 local unext, urate, uat = tonumber(st[11]) or 0, tonumber(st[12]) or 0, tonumber(st[13]) or 0
-local un, un1 = tonumber(st[14]) or 0, tonumber(st[15]) or 0
 -- `need`: the seconds the queued weight takes at the rate (see _Slots.forget_if_stale)
 local function forget_if_stale(need)
   local f = math.min(math.max(factor, MIN_FACTOR), 1)
   if fat <= now + CLOCK_SLACK and math.max(win + pos, unext) - now <= (STALE_AHEAD + need) / f then
     return
   end
-  win, pos, cw, cn, cn1, bnext, cut, unext, urate, uat, un, un1 = 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+  win, pos, cw, cn, cn1, bnext, cut, unext, urate, uat = 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
   if paused > now + STALE_AHEAD then paused = 0 end
   factor, fat = f, now
 end
@@ -52,14 +50,14 @@ local function recover()
 end
 """
 
-# Urgent calls (workers/ratelimit.py `urgent`) across processes: while they
-# were seen lately on a key, the other calls leave a share of each window
-# free, and an urgent call takes the earliest place in a window with room,
-# ahead of slots booked before it. The share is the urgent calls' recent
-# rate u (a moving average over about URGENT_TAU seconds) and URGENT_HEADROOM
-# x sqrt(u) (their count in a second varies about that much), at most
-# URGENT_MOST of the limit (the others always keep a little); none once u
-# is under one call a second.
+# Urgent calls (workers/ratelimit.py `urgent`) across processes: an urgent
+# call takes the earliest place in a window with room, ahead of slots
+# booked before it, and while urgent calls were seen lately on a key (their
+# rate u, a moving average over about URGENT_TAU seconds, at least one a
+# second) the others are paced at the rate u leaves and leave room in each
+# window for the urgent calls still to come in it: their mean and
+# URGENT_HEADROOM x its square root (their count varies about that much),
+# at most URGENT_MOST of the limit (the others always keep a little).
 URGENT_TAU = 1.0
 URGENT_HEADROOM = 3.0
 URGENT_MOST = 0.9
@@ -80,18 +78,12 @@ local function used(w)
   if w == cw then return cn elseif w == cw + 1 then return cn1 elseif w > cw + 1 then return 0 end
   return math.huge
 end
-local function urgent_used(w)
-  if w == cw then return un elseif w == cw + 1 then return un1 end
-  return 0
-end
-local function count(w, units, hurry)
+local function count(w, units)
   if w > cw + 1 then
-    if w - 1 == cw + 1 then cn = cn1; un = un1 else cn = 0; un = 0 end
-    cn1 = 0; un1 = 0; cw = w - 1
+    if w - 1 == cw + 1 then cn = cn1 else cn = 0 end
+    cn1 = 0; cw = w - 1
   end
-  local u = 0
-  if hurry then u = units end
-  if w == cw then cn = cn + units; un = un + u elseif w == cw + 1 then cn1 = cn1 + units; un1 = un1 + u end
+  if w == cw then cn = cn + units elseif w == cw + 1 then cn1 = cn1 + units end
 end
 local earliest = math.max(now, paused)
 local cap = math.floor(limit * factor + 1e-9)
@@ -100,6 +92,11 @@ local cap = math.floor(limit * factor + 1e-9)
 local band_room = math.floor(rate * factor * (1 - 2 * guard) + 1e-9)
 local function urgent_rate()
   return urate * math.exp(-math.max(0, now - uat) / URGENT_TAU)
+end
+-- room for the urgent calls arriving in the next `seconds` at `ur` a second (see _Slots._room)
+local function room(ur, seconds)
+  local mean = ur * math.min(math.max(0, seconds), 1)
+  return math.min(math.floor(mean + URGENT_HEADROOM * math.sqrt(mean)), math.floor(cap * URGENT_MOST))
 end
 local out, furthest = {}, 0
 for i = 6, #ARGV do
@@ -115,7 +112,7 @@ for i = 6, #ARGV do
   if b ~= nil and weight <= band_room and (hurry or win < b or (win == b and pos <= 0)) then
     local at = math.max(earliest, bnext)
     if at < b + guard and used(b - 1) + weight <= band_room and used(b) + weight <= band_room then
-      count(b - 1, weight, hurry); count(b, weight, hurry)
+      count(b - 1, weight); count(b, weight)
       bnext = at + weight / (rate * factor)
       delay, latest = at - now, b + 1 - guard / 2 - now
     end
@@ -132,25 +129,25 @@ for i = 6, #ARGV do
       if u == 0 or u + weight <= cap then break end
       w = w + 1; at = guard
     end
-    count(w, weight, true)
+    count(w, weight)
     unext = w + at + weight * (1 - 2 * guard) / (rate * factor)
     delay = (w - sec) + at - frac
     latest = (w - sec) + 1 - guard / 2 - frac
   end
   if delay == nil then
-    -- the others leave what the urgent calls' share of each window has not
-    -- used yet free, spread over the window at the rate that is left
-    local ur, share = urgent_rate(), 0
-    if ur >= 1 then share = math.min(math.floor(ur + URGENT_HEADROOM * math.sqrt(ur)), math.floor(cap * URGENT_MOST)) end
+    -- the others leave room in each window for the urgent calls still to
+    -- come in it, paced at the rate their mean leaves
+    local ur = urgent_rate()
+    if ur < 1 then ur = 0 end
     local pace = rate * factor
-    if cap > 0 then pace = pace * (cap - share) / cap end
+    if cap > 0 then pace = pace * (1 - math.min(ur / cap, URGENT_MOST)) end
     -- the earliest place: now (or the pause's end) mapped into the schedule
     local ep = math.min(math.max((ef - guard) / (1 - 2 * guard), 0), 1)
     if ep >= 1 then es = es + 1; ep = 0 end
     if win < es or (win == es and pos < ep) then win = es; pos = ep end
     -- never more than the limit in one window (a call heavier than that goes alone)
     local u = used(win)
-    while u > 0 and u + weight + math.max(0, share - urgent_used(win)) > cap do
+    while u > 0 and u + weight + room(ur, win + 1 - guard - now) > cap do
       win = win + 1; pos = 0; u = used(win)
     end
     local start_win, start_pos = win, pos
@@ -166,7 +163,7 @@ for i = 6, #ARGV do
 end
 redis.call('HSET', KEYS[1], 'win', win, 'pos', pos, 'cw', cw, 'cn', cn, 'cn1', cn1,
            'bnext', bnext, 'paused', paused, 'factor', factor, 'fat', now, 'cut', cut,
-           'unext', unext, 'urate', urate, 'uat', uat, 'un', un, 'un1', un1)
+           'unext', unext, 'urate', urate, 'uat', uat)
 redis.call('EXPIRE', KEYS[1], math.ceil(math.max(furthest, paused - now, 0)) + 60)
 return out
 """
@@ -185,7 +182,7 @@ end
 paused = math.max(paused, now + pause)
 redis.call('HSET', KEYS[1], 'win', win, 'pos', pos, 'cw', cw, 'cn', cn, 'cn1', cn1, 'bnext', bnext,
            'paused', paused, 'factor', factor, 'fat', now, 'cut', cut,
-           'unext', unext, 'urate', urate, 'uat', uat, 'un', un, 'un1', un1)
+           'unext', unext, 'urate', urate, 'uat', uat)
 redis.call('EXPIRE', KEYS[1], math.ceil(pause) + 60)
 return 1
 """
