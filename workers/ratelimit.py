@@ -32,6 +32,14 @@ shared file's lock is taken once per batch of calls, not per call. The slot
 times themselves smooth each process's calls; aiolimiter is
 not used: alone it lost 0.06-0.09 of the quota here (a leaky bucket never
 makes up a late wake-up) and it cannot see the vendor's windows.
+
+Urgent calls (`urgent`: the bridge's relays) go ahead across processes too:
+one takes the earliest place in a window with room, ahead of the slots
+other processes booked, and while urgent calls were seen lately the others
+leave room in each window for them (workers/slot_scripts.py). Before,
+the urgent lane ordered one process's waiting calls only, and a bulk job
+in another process kept the shared schedule booked ahead of the relays
+(bench/README.md, bridge).
 """
 
 from __future__ import annotations
@@ -44,14 +52,15 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Awaitable, Callable, Mapping
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..vendors.client import Throttle
 from .shared_slots import SharedSlots
-from .slot_scripts import CLOCK_SLACK, MIN_FACTOR, RESERVE, SLOW_DOWN, STALE_AHEAD
+from .slot_scripts import (CLOCK_SLACK, MIN_FACTOR, RESERVE, SLOW_DOWN, STALE_AHEAD, URGENT_HEADROOM,
+                           URGENT_MOST, URGENT_TAU)
 from .window_caps import Caps, WindowCaps
 
 if TYPE_CHECKING:
@@ -84,6 +93,9 @@ class _Slots:
     factor: float = 1.0
     fat: float = 0.0
     cut: float = 0.0
+    unext: float = 0.0  # the earliest time of the next urgent call in a window's middle
+    urate: float = 0.0  # urgent units a second lately, as of `uat`
+    uat: float = 0.0
 
     def _factor(self, now: float) -> float:
         # never below: a write from a clock a little ahead must not cut the rate
@@ -96,9 +108,11 @@ class _Slots:
         workers/slot_scripts.py. Otherwise a command run with its clock ahead
         leaves slots in the future that hold every later call back."""
         factor = min(max(self.factor, MIN_FACTOR), 1.0)
-        if self.fat <= now + CLOCK_SLACK and self.next_slot(guard) - now <= (STALE_AHEAD + need) / factor:
+        ahead = max(self.next_slot(guard), self.unext) - now
+        if self.fat <= now + CLOCK_SLACK and ahead <= (STALE_AHEAD + need) / factor:
             return
         self.win, self.pos, self.cw, self.cn, self.cn1, self.bnext, self.cut = 0, 0.0, 0, 0, 0, 0.0, 0.0
+        self.unext, self.urate, self.uat = 0.0, 0.0, 0.0
         if self.paused > now + STALE_AHEAD:
             self.paused = 0.0
         self.factor, self.fat = factor, now
@@ -119,11 +133,16 @@ class _Slots:
         elif window == self.cw + 1:
             self.cn1 += units
 
+    def urgent_rate(self, now: float) -> float:
+        return self.urate * math.exp(-max(0.0, now - self.uat) / URGENT_TAU)
+
     def reserve(self, now: float, limit: float, rate: float, weight: int,
-                guard: float) -> tuple[float, float]:
+                guard: float, urgent: bool = False) -> tuple[float, float]:
         self.factor, self.fat = self._factor(now), now
         cap = math.floor(limit * self.factor + 1e-9)
         earliest = max(now, self.paused)
+        if urgent:
+            self.urate, self.uat = self.urgent_rate(now) + weight / URGENT_TAU, now
         es = math.floor(earliest)
         ef = earliest - es
         # With no backlog, a call may go inside the guard band around the
@@ -135,30 +154,70 @@ class _Slots:
         # calls could fill windows to the rate, 0 in 5 runs since).
         b = es if ef < guard else es + 1 if ef >= 1 - guard else None
         band_room = math.floor(rate * self.factor * (1 - 2 * guard) + 1e-9)
-        if b is not None and weight <= band_room and (self.win, self.pos) <= (b, 0.0):
+        if b is not None and weight <= band_room and (urgent or (self.win, self.pos) <= (b, 0.0)):
             at = max(earliest, self.bnext)
             if at < b + guard and max(self._used(b - 1), self._used(b)) + weight <= band_room:
                 self._count(b - 1, weight)
                 self._count(b, weight)
                 self.bnext = at + weight / (rate * self.factor)
                 return at - now, b + 1 - guard / 2 - now
+        if urgent:
+            return self._urgent(now, earliest, cap, rate, weight, guard)
+        # The other calls leave room in each window for the urgent calls
+        # still to come in it, paced at the rate their mean leaves.
+        u = self.urgent_rate(now)
+        u = u if u >= 1 else 0.0
+        pace = rate * self.factor * (1 - min(u / cap, URGENT_MOST)) if cap > 0 else rate * self.factor
         ep = min(max((ef - guard) / (1 - 2 * guard), 0.0), 1.0)
         if ep >= 1:
             es, ep = es + 1, 0.0
         if (self.win, self.pos) < (es, ep):
             self.win, self.pos = es, ep
         used = self._used(self.win)
-        while used > 0 and used + weight > cap:  # a call heavier than a window goes alone
+        # a call heavier than a window goes alone
+        while used > 0 and used + weight + self._room(u, self.win + 1 - guard - now, cap) > cap:
             self.win, self.pos = self.win + 1, 0.0
             used = self._used(self.win)
         start_win, start_pos = self.win, self.pos
         self._count(start_win, weight)
-        self.pos += weight / (rate * self.factor)
+        self.pos += weight / pace
         if self.pos >= 1:
             whole = math.floor(self.pos)
             self.win, self.pos = self.win + whole, self.pos - whole
         delay = start_win + guard + start_pos * (1 - 2 * guard) - now
         return delay, start_win + 1 - guard / 2 - now
+
+    def _urgent(self, now: float, earliest: float, cap: int, rate: float, weight: int,
+                guard: float) -> tuple[float, float]:
+        """An urgent call's slot in a window's middle: the earliest window
+        with room for it, however far the other calls have booked ahead;
+        urgent calls are paced at the rate among themselves."""
+        at = max(earliest, self.unext)
+        window = math.floor(at)
+        at -= window
+        if at < guard:
+            at = guard
+        elif at >= 1 - guard:
+            window, at = window + 1, guard
+        while True:
+            # windows a heavy call's debt spans (between the last counted and the
+            # schedule's next place) are full
+            used = math.inf if self.cw + 1 < window < self.win else self._used(window)
+            if used == 0 or used + weight <= cap:
+                break
+            window, at = window + 1, guard
+        self._count(window, weight)
+        self.unext = window + at + weight * (1 - 2 * guard) / (rate * self.factor)
+        return window + at - now, window + 1 - guard / 2 - now
+
+    @staticmethod
+    def _room(u: float, seconds: float, cap: int) -> int:
+        """Room for the urgent calls arriving in the next `seconds` (at most
+        a window's second) at `u` a second: their mean and URGENT_HEADROOM x
+        its square root (they vary about that much), at most URGENT_MOST of
+        the limit."""
+        mean = u * min(max(0.0, seconds), 1.0)
+        return min(math.floor(mean + URGENT_HEADROOM * math.sqrt(mean)), math.floor(cap * URGENT_MOST))
 
     def next_slot(self, guard: float) -> float:
         """The epoch time of the next free place in the windows' middles."""
@@ -231,9 +290,16 @@ class _Local:
 MARGIN = 0.005
 GUARD = 0.15
 
-# Set by a caller whose calls go ahead of the others waiting in this process
-# for the same quota (the bridge's live messages before a bulk job's).
+# Set by a caller whose calls go ahead of the others for the same quota (the
+# bridge's live messages before a bulk job's), in this process and in the
+# shared schedule (`_Slots._urgent`).
 urgent: contextvars.ContextVar[bool] = contextvars.ContextVar("imshift_urgent", default=False)
+# The slot the current task's last `acquire` took: (loop time after which it
+# is too late to use, a coroutine function taking a new one and returning
+# its such time). workers/runtime.py reads it after the work it does between
+# the limiter and the send.
+last_slot: contextvars.ContextVar[tuple[float, Callable[[], Awaitable[float]]] | None] = \
+    contextvars.ContextVar("imshift_last_slot", default=None)
 
 
 class RateLimiter:
@@ -267,8 +333,10 @@ class RateLimiter:
         self._who: dict[str, str] = {}
         self.window_caps = WindowCaps(redis=redis, shared_dir=shared_dir,
                                       namespace=f"{namespace}:cap")
-        self._waiting: dict[tuple[str, str], list[tuple[int, asyncio.Future]]] = {}
+        # per key: (weight, future, urgent), the urgent ones first
+        self._waiting: dict[tuple[str, str], list[tuple[int, asyncio.Future, bool]]] = {}
         self._leaders: dict[tuple[str, str], asyncio.Task] = {}
+        self._wake: dict[tuple[str, str], asyncio.Event] = {}  # an urgent call for a resting leader
         if redis is not None:
             self._reserve_script = redis.register_script(RESERVE)
             self._slow_down_script = redis.register_script(SLOW_DOWN)
@@ -298,12 +366,18 @@ class RateLimiter:
         """Wait for this call's slot in the app's quota for `key`; raises
         CapReached, at once, when a longer window of `key` is full."""
         key = str(key)
+        last_slot.set(None)
         caps = self.caps(app, key)
         if caps and weight > 0:  # counted first: a call the caps refuse takes no slot
             await self.window_caps.take(app, key, caps, weight, self._who.get(app, app))
         limit = self.limit(app, key)
         if limit is None or weight <= 0:
             return
+        await self._slot(app, key, limit, weight)
+
+    async def _slot(self, app: str, key: str, limit: float, weight: int) -> float:
+        """Wait for a slot; returns the loop time after which it is too late
+        (and sets `last_slot`)."""
         loop = asyncio.get_running_loop()
         while True:
             slot, latest = self._take_now(app, key, limit, weight) or \
@@ -313,7 +387,8 @@ class RateLimiter:
             # Woken so late (a stalled loop) that the call could land in the
             # next window: give the slot up and take a new one.
             if loop.time() <= latest:
-                return
+                last_slot.set((latest, functools.partial(self._slot, app, key, limit, weight)))
+                return latest
 
     def _take_now(self, app: str, key: str, limit: float,
                   weight: int) -> tuple[float, float] | None:
@@ -322,15 +397,20 @@ class RateLimiter:
         a future and a leader's turn per call (bench overhead: about 0.04 ms
         of the event loop's CPU per item); the schedule is the same either
         way. Redis mode has no spares: a pause another process sets must
-        hold back this process's next call, and only Redis knows of it."""
-        if self.redis is not None or self._waiting.get((app, key)):
+        hold back this process's next call, and only Redis knows of it. An
+        urgent call takes its slot here behind the others' backlog and its
+        own process's too (one reservation: the shared file's lock, no
+        spares), unless the urgent calls have a backlog of their own."""
+        hurry = urgent.get()
+        waiting = bool(self._waiting.get((app, key)))
+        if self.redis is not None or (waiting and not hurry):
             return None
         schedule = self._schedule(app, key)
         spares = self._spares.get((app, key))
         if spares is None:
             spares = self._spares[(app, key)] = _Spares()
         loop = asyncio.get_running_loop()
-        if weight == 1 and spares.slots:
+        if weight == 1 and spares.slots and not waiting:
             # Any process's pause holds the spares back too (read without the lock).
             if schedule.peek("paused") > time.time():
                 return None
@@ -341,11 +421,14 @@ class RateLimiter:
         with schedule as slots:
             now = time.time()
             slots.forget_if_stale(now, weight / rate, self.guard)
-            if slots.paused > now or slots.next_slot(self.guard) > now + HORIZON:
+            backlog = slots.next_slot(self.guard) > now + HORIZON
+            if slots.paused > now or slots.unext > now + HORIZON or (backlog and not hurry):
                 return None  # a backlog: reserve in HORIZON-sized batches, see `_lead`
-            delay, latest = slots.reserve(now, limit, rate, weight, self.guard)
-            more = spares.next_size(min(SPARES_MAX, int(limit * SPARE_SECONDS))) if weight == 1 else 0
-            extra = [slots.reserve(now, limit, rate, 1, self.guard) for _ in range(more)]
+            delay, latest = slots.reserve(now, limit, rate, weight, self.guard, hurry)
+            more = 0
+            if weight == 1 and not backlog and not waiting:
+                more = spares.next_size(min(SPARES_MAX, int(limit * SPARE_SECONDS)))
+            extra = [slots.reserve(now, limit, rate, 1, self.guard, hurry) for _ in range(more)]
         at = loop.time()
         spares.slots.extend((at + d, at + min(l, max(d, 0.0) + HORIZON)) for d, l in extra)
         return at + delay, at + latest
@@ -356,12 +439,13 @@ class RateLimiter:
         waiter = asyncio.get_running_loop().create_future()
         waiting = self._waiting.setdefault((app, key), [])
         if urgent.get():  # behind the other urgent ones, ahead of the rest
-            at = next((i for i, (_, w) in enumerate(waiting) if not getattr(w, "urgent", False)),
-                      len(waiting))
-            waiter.urgent = True  # type: ignore[attr-defined]  # a mark read just above
-            waiting.insert(at, (weight, waiter))
+            at = next((i for i, (_, _, hurry) in enumerate(waiting) if not hurry), len(waiting))
+            waiting.insert(at, (weight, waiter, True))
+            wake = self._wake.get((app, key))
+            if wake is not None:  # the leader rests while the others' slots are far ahead
+                wake.set()
         else:
-            waiting.append((weight, waiter))
+            waiting.append((weight, waiter, False))
         if (app, key) not in self._leaders:
             self._leaders[(app, key)] = asyncio.ensure_future(self._lead(app, key, limit))
         return await waiter
@@ -389,22 +473,37 @@ class RateLimiter:
                 # band), never late by it.
                 before = loop.time()
                 try:
-                    answers = await self._reserve(app, key, limit, [w for w, _ in batch])
+                    answers = await self._reserve(app, key, limit, [w for w, _, _ in batch],
+                                                  sum(hurry for _, _, hurry in batch))
                 except BaseException as exc:
-                    for _, waiter in batch:
+                    for _, waiter, _ in batch:
                         if not waiter.done():
                             waiter.set_exception(exc)
                     if not isinstance(exc, Exception):
                         raise
                     continue
-                for (_, waiter), (delay, latest) in zip(batch, answers, strict=True):
+                for (_, waiter, _), (delay, latest) in zip(batch, answers, strict=True):
                     if not waiter.done():  # a cancelled caller leaves its slot unused
                         waiter.set_result((before + delay, before + latest))
-                ahead = before + answers[-1][0] - HORIZON - loop.time()
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
+                now = loop.time()
+                ahead = before + max(delay for delay, _ in answers) - HORIZON - now
+                # Urgent calls wait for the others' slots only; with a backlog
+                # of their own they are reserved HORIZON at a time too.
+                hurried = max((before + delay - HORIZON - now
+                               for (_, _, hurry), (delay, _) in zip(batch, answers, strict=True) if hurry),
+                              default=0.0)
+                if hurried > 0:
+                    await asyncio.sleep(hurried)
+                elif ahead > 0 and not (waiting and waiting[0][2]):
+                    wake = self._wake[(app, key)] = asyncio.Event()
+                    try:  # an urgent call cuts the rest short
+                        await asyncio.wait_for(wake.wait(), ahead)
+                    except TimeoutError:
+                        pass
+                    finally:
+                        del self._wake[(app, key)]
         finally:
-            for _, waiter in waiting:  # cancelled leader: its waiters must not hang
+            for _, waiter, _ in waiting:  # cancelled leader: its waiters must not hang
                 if not waiter.done():
                     waiter.cancel()
             waiting.clear()
@@ -425,17 +524,19 @@ class RateLimiter:
         else:
             await self._run(self._slow_down_script, app, key, RECOVER, pause, MIN_FACTOR, CUT)
 
-    async def _reserve(self, app: str, key: str, limit: float,
-                       weights: list[int]) -> list[tuple[float, float]]:
-        """Per weight, in order: (seconds until its slot, seconds until it is too late to use it)."""
+    async def _reserve(self, app: str, key: str, limit: float, weights: list[int],
+                       hurried: int = 0) -> list[tuple[float, float]]:
+        """Per weight, in order: (seconds until its slot, seconds until it is
+        too late to use it); the first `hurried` calls are urgent."""
         rate = limit * (1 - self.margin)
         if self.redis is None:
             with self._schedule(app, key) as slots:
                 now = time.time()
                 slots.forget_if_stale(now, sum(weights) / rate, self.guard)
-                return [slots.reserve(now, limit, rate, w, self.guard) for w in weights]
+                return [slots.reserve(now, limit, rate, w, self.guard, i < hurried)
+                        for i, w in enumerate(weights)]
         flat = await self._run(self._reserve_script, app, key,
-                               RECOVER, limit, rate, self.guard, *weights)
+                               RECOVER, limit, rate, self.guard, hurried, *weights)
         return [(float(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     def _schedule(self, app: str, key: str) -> _Local | SharedSlots:
