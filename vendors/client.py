@@ -18,7 +18,6 @@ its signing (an `httpx.Auth`), its endpoints and payloads, its code table
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
 from dataclasses import dataclass, replace
 from typing import (TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, ClassVar, Generic, Iterable,
@@ -41,22 +40,11 @@ MAX_REPLY_BYTES = 8 * 1024 * 1024  # no vendor reply we read is near this; a pro
 # What `deduplicates_sends` covers: a broadcast takes no per-recipient key anywhere.
 SEND_KEYS = frozenset({Operation.SEND.value, Operation.SEND_GROUP.value})
 DEFAULT_CONCURRENCY = 8  # per-item calls in flight per method call, when the config says nothing
-# A call that waited longer than this for the in-flight gate after its
-# throttle takes a new slot: the rate limiter leaves a call at least this
-# much of its window's slack (workers/ratelimit.py: guard / 2).
-GATE_LATE = 0.05
 PARSED_URLS_MAX = 256  # endpoints a client keeps parsed; ids in paths would grow it without end
 
 
 async def no_throttle(key: str, weight: int) -> None:
     return None
-
-
-# Set by the engine around its calls: caps this process's calls in flight to
-# the vendor. Taken after the throttle's wait, so a call waiting for its slot
-# holds none of it (workers/chunk.py `execute`).
-in_flight: contextvars.ContextVar[asyncio.Semaphore | None] = contextvars.ContextVar(
-    "imshift_in_flight", default=None)
 
 
 @dataclass(frozen=True)
@@ -445,28 +433,6 @@ class VendorClient:
         reply raises CallFailed: a refused connection surely never arrived
         (code "network"); a timeout or reset may have."""
         await self.throttle(key, weight)
-        gate = in_flight.get()
-        if gate is None:
-            return await self._exchange(method, url, kwargs)
-        if gate.locked():
-            loop = asyncio.get_running_loop()
-            since = loop.time()
-            await gate.acquire()
-            try:
-                if loop.time() - since > GATE_LATE:  # its slot may have passed: take a new one
-                    await self.throttle(key, weight)
-            except BaseException:
-                gate.release()
-                raise
-        else:
-            await gate.acquire()  # free: returns at once
-        try:
-            return await self._exchange(method, url, kwargs)
-        finally:
-            gate.release()
-
-    async def _exchange(self, method: str, url: str, kwargs: dict[str, Any]) -> Reply:
-        """Send, read (at most max_reply_bytes), parse."""
         auth = kwargs.pop("auth") if "auth" in kwargs else self.auth()
         try:
             # Our own deadline: ASGI transports ignore httpx timeouts.

@@ -21,7 +21,7 @@ from sqlalchemy import bindparam, func, select, update
 from imshift.models import runs, store
 from imshift.models.tables import Item, ItemState, Job, JobStatus
 from imshift.vendors.vocabulary import CAP_CODE, PER, Operation, Outcome, Result
-from imshift.vendors.client import VendorClient, in_flight
+from imshift.vendors.client import VendorClient
 from imshift.vendors.operations import WorkItem, bind, dedup_key, references, step
 
 from .embedded import runner_id
@@ -343,19 +343,17 @@ async def execute(runtime: Runtime, client: VendorClient, job: JobView, rows: Se
     batch is marked sent once the rate limiter lets its call go."""
     size = max(1, client.rules.batch_size.get(job.operation, 1))
     batches = [rows[i:i + size] for i in range(0, len(rows), size)]
+    gate = runtime.gate()
 
     async def one(batch: Sequence[Any]) -> list[Result]:
         if announce is not None:
             before_send.set(_announcer(runtime, job.id, announce, batch[0].seq, batch[-1].seq))
-        # The process's cap on calls in flight counts a call from the end of
-        # its limiter wait: counted from before it, 128 calls a process held
-        # up to 2,000/s in bench quota (bench/README.md).
-        in_flight.set(runtime.gate())
-        try:
-            results = await call(client, job, batch)
-        except Exception as exc:  # a client bug must not lose the batch: retry it
-            log.exception("job %s: %s call failed", job.id, job.operation)
-            return [Result(Outcome.RETRYABLE, "client-error", f"{type(exc).__name__}")] * len(batch)
+        async with gate:
+            try:
+                results = await call(client, job, batch)
+            except Exception as exc:  # a client bug must not lose the batch: retry it
+                log.exception("job %s: %s call failed", job.id, job.operation)
+                return [Result(Outcome.RETRYABLE, "client-error", f"{type(exc).__name__}")] * len(batch)
         _note_reachability(runtime, job.app, results)
         # Tell the limiter now, not when the chunk ends: a pause reported
         # seconds later starts again after the vendor's block is over.
