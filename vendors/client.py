@@ -483,8 +483,12 @@ class VendorClient:
         return parsed
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
+        # A reply with no Content-Encoding, not read yet (an auth flow may
+        # have read it), is read raw: aiter_bytes sets up a decoder and a
+        # chunker per reply, about 1.5% of a call's CPU.
+        raw = not response.is_stream_consumed and "content-encoding" not in response.headers
         parts, size = [], 0
-        async for part in response.aiter_bytes():
+        async for part in response.aiter_raw() if raw else response.aiter_bytes():
             size += len(part)
             if size > self.max_reply_bytes:
                 raise CallFailed(Result(Outcome.RETRYABLE, "oversized",
