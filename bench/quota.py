@@ -19,7 +19,7 @@ users into a fresh sandbox. Figures per process count N:
     python -m bench quota [--users N] [--rate 400] [--latency 0.05]
                           [--processes 1 2 4] [--threads 8] [--chunk-size 200]
                           [--concurrency C] [--postgres] [--quick] [--timeline]
-                          [--no-script] [--script-concurrency C]
+                          [--no-script] [--script-concurrency C] [--recover S]
 
 --users defaults to 20,000 or 20 s of the quota, whichever is more.
 
