@@ -19,7 +19,7 @@ users into a fresh sandbox. Figures per process count N:
     python -m bench quota [--users N] [--rate 400] [--latency 0.05]
                           [--processes 1 2 4] [--threads 8] [--chunk-size 200]
                           [--concurrency C] [--postgres] [--quick] [--timeline]
-                          [--no-script] [--script-concurrency C]
+                          [--no-script] [--script-concurrency C] [--recover S]
 
 --users defaults to 20,000 or 20 s of the quota, whichever is more.
 
@@ -35,18 +35,32 @@ queued again after the block. Its figures: util_script, util_job_script
 (first call to last reply), over_script, maxsec_script, and cpu_ms_script
 (this process's CPU per call). `--processes` with no number runs only the
 script; `--no-script` only the engine.
+
+--recover S (issue 22): S seconds after the engine's first accepted call,
+another client of the same app (this process) spends a whole second's quota
+at the start of a second, so the engine's calls in that second draw
+over-limit replies. NetEase blocks an app for a while after one (the client
+takes 10 s, vendors/netease.py BLOCKED_FOR), so the engine must pause that
+long, then come back to the full rate at once. Figures per process count:
+over_engine_pN (over-limit replies the engine drew; the intruder's own are
+left out), pause_pN (seconds from the intruding second to the engine's next
+accepted call), back_pN (seconds from then until the engine's calls in one
+second, any sliding second, reach 0.95 of R; -1: never) and util_after_pN
+(the engine's accepted calls over the 5 s after the pause, / 5 R).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import dataclasses
 import json
 import math
 import os
 import tempfile
+import threading
 import time
 from itertools import pairwise
 from pathlib import Path
@@ -91,11 +105,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="2,000 users")
     p.add_argument("--timeline", action="store_true",
                    help="also print accepted calls (and over-limit replies) per second")
+    p.add_argument("--recover", type=float, default=None, metavar="S",
+                   help="S s after the first accepted call, spend one second's quota from outside "
+                        "and measure the engine's pause and recovery (no script)")
     args = p.parse_args(argv)
     if args.quick:
         args.users = 2_000
     elif args.users is None:
         args.users = max(20_000, round(20 * args.rate))
+    if args.recover is not None:
+        args.script = False
     if args.script_concurrency is None:
         args.script_concurrency = max(16, math.ceil(2 * args.rate * args.latency))
     return args
@@ -158,10 +177,12 @@ def run_once(args, tmp: Path, redis_url: str, db_url: str, users_csv: Path, proc
                                                source_app=None, chunk_size=args.chunk_size)
         job_id = planned.report.job_id
         log = tmp / f"workers-{processes}.log"
+        intruder = Intruder(base_url, round(args.rate)) if args.recover is not None else None
         with worker_processes(env, processes, threads=args.threads, log=log):
             wait_ready(log, processes)
             control.start(ctx.engine, ctx.broker, job_id)
-            samples = watch(ctx, base_url, job_id, OP, timeout=60 + 3 * args.users / args.rate)
+            samples = watch(ctx, base_url, job_id, OP, timeout=60 + 3 * args.users / args.rate,
+                            intruder=intruder, intrude_after=args.recover)
         stats = sandbox_stats(base_url)
         p = job_progress(ctx.engine, job_id)
         spans = claim_to_record_seconds(ctx.engine, job_id)
@@ -169,7 +190,9 @@ def run_once(args, tmp: Path, redis_url: str, db_url: str, users_csv: Path, proc
     accepted = stats["accepted"].get(OP, 0)
     first, last = steady_window(samples, accepted)
     job_seconds = (p.finished_at or time.time()) - p.started_at
+    recovery = intruder.figures(samples, args.rate) if intruder is not None else {}
     return {
+        **recovery,
         "status": p.status, "counts": p.counts, "accepted": accepted,
         "util": (accepted - 1) / (args.rate * (last - first)) if last > first else float("nan"),
         "util_job": accepted / (args.rate * job_seconds),
@@ -244,23 +267,102 @@ async def script(args, base_url: str, users: list[list[str]]) -> tuple[list[tupl
     return samples, seconds, calls
 
 
-def watch(ctx: Context, base_url: str, job_id: int, op: str,
-          timeout: float) -> list[tuple[float, int, int]]:
+def watch(ctx: Context, base_url: str, job_id: int, op: str, timeout: float,
+          intruder: "Intruder | None" = None, intrude_after: float | None = None) -> list[tuple[float, int, int]]:
     """(time, accepted calls, over-limit replies) of `op` every POLL seconds
-    until the job is no longer running."""
+    until the job is no longer running; the intruder, if any, is let loose
+    `intrude_after` seconds after the first accepted call."""
     samples: list[tuple[float, int, int]] = []
     deadline = time.monotonic() + timeout
     polls = 0
+    first: float | None = None
     with httpx.Client(timeout=10) as http:  # one client: a new one per poll costs ms of CPU
         while time.monotonic() < deadline:
             t = time.time()
             stats = http.get(f"{base_url}{STATS_PATH}").json()
             samples.append((t, stats["accepted"].get(op, 0), stats["over_limit"].get(op, 0)))
+            if first is None and samples[-1][1] > 0:
+                first = t
+            if intruder is not None and first is not None and t - first >= (intrude_after or 0.0):
+                intruder.start()
             polls += 1
             if polls % 5 == 0 and job_progress(ctx.engine, job_id).status != "running":
                 return samples
             time.sleep(max(0.0, POLL - (time.time() - t)))
     raise RuntimeError(f"job {job_id} still running after {timeout:.0f} s: {job_progress(ctx.engine, job_id)}")
+
+
+class Intruder:
+    """Another client of the app: `calls` register calls, all sent at the
+    start of one second (the next whole one after `start`), so that second's
+    quota is spent before the engine's calls in it arrive."""
+
+    def __init__(self, base_url: str, calls: int):
+        self.base_url, self.calls = base_url, calls
+        self.second: int | None = None  # the second it spent
+        self.accepted = self.refused = 0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=lambda: asyncio.run(self._burst()), daemon=True)
+            self._thread.start()
+
+    async def _burst(self) -> None:
+        import aiohttp
+
+        config = NeteaseSandbox().config(self.base_url)
+        url = f"{config.url}/user/create.action"
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.calls),
+                                         trust_env=False) as session:
+
+            async def one(i: int) -> int:
+                headers, form = netease_register(config, f"intruder_{i:06d}", f"Intruder {i}")
+                async with session.post(url, data=form, headers=headers) as response:
+                    return (await response.json(content_type=None)).get("code")
+
+            async def warm() -> None:  # connections opened beforehand: the burst is over in ms
+                async with session.get(f"{self.base_url}{STATS_PATH}") as response:
+                    await response.read()
+
+            await asyncio.gather(*(warm() for _ in range(self.calls)))
+            self.second = math.floor(time.time()) + 1
+            await asyncio.sleep(self.second - time.time())
+            codes = await asyncio.gather(*(one(i) for i in range(self.calls)))
+        self.accepted = sum(1 for c in codes if c == 200)
+        self.refused = sum(1 for c in codes if c == 416)
+
+    def figures(self, samples: list[tuple[float, int, int]], rate: float) -> dict:
+        """The engine's side of the samples: the intruder's calls are taken
+        out from the end of its second on (only later times are read)."""
+        nan = float("nan")
+        if self._thread is None:
+            return {"over_engine": samples[-1][2], "pause": nan, "back": nan, "util_after": nan}
+        self._thread.join(timeout=30)
+        assert self.second is not None
+        end = self.second + 1
+        times = [t for t, _, _ in samples]
+
+        def engine(at: float) -> float:
+            """The engine's accepted calls by `at` (>= end), interpolated between polls."""
+            i = min(max(bisect.bisect_right(times, at), 1), len(samples) - 1)
+            (t0, n0, _), (t1, n1, _) = samples[i - 1], samples[i]
+            return n0 + (n1 - n0) * min(1.0, max(0.0, (at - t0) / (t1 - t0))) - self.accepted
+
+        out = {"over_engine": samples[-1][2] - self.refused, "intruder_accepted": self.accepted}
+        # The engine's first accepted call after the intruding second: the pause's end.
+        resumed = next(((t0 + t1) / 2 for (t0, n0, _), (t1, n1, _) in pairwise(samples)
+                        if t0 >= end and n1 > n0), None)
+        if resumed is None:
+            return {**out, "pause": nan, "back": nan, "util_after": nan}
+        back, t = -1.0, resumed
+        while t + 1 <= times[-1]:
+            if engine(t + 1) - engine(t) >= 0.95 * rate:
+                back = t - resumed
+                break
+            t += POLL / 2
+        after = (engine(min(resumed + 5, times[-1])) - engine(resumed)) / (5 * rate)
+        return {**out, "pause": resumed - self.second, "back": back, "util_after": after}
 
 
 def steady_window(samples: list[tuple[float, int, int]], final: int) -> tuple[float, float]:
@@ -295,6 +397,8 @@ def report(name: str, r: dict, timeline_too: bool) -> None:
           f"max_per_second={r['maxsec']}"
           + (f" claimed->recorded p50={r['p50']:.2f}s p99={r['p99']:.2f}s" if "p50" in r else "")
           + (f" cpu={r['cpu_ms']:.3f} ms/call" if "cpu_ms" in r else "")
+          + (f" recover: engine over_limit={r['over_engine']} pause={r['pause']:.2f}s "
+             f"back>=0.95R after {r['back']:.2f}s util_5s_after={r['util_after']:.3f}" if "pause" in r else "")
           + f" load={os.getloadavg()[0]:.2f}", flush=True)
     if timeline_too:
         print(f"  per second: {r['timeline']}", flush=True)
@@ -325,7 +429,7 @@ def main(argv: list[str]) -> int:
         tag = f"p{n}" if isinstance(n, int) else n
         out.update({f"util_{tag}": r["util"], f"util_job_{tag}": r["util_job"], f"over_{tag}": r["over"],
                     f"maxsec_{tag}": r["maxsec"]})
-        for extra in ("p50", "p99", "cpu_ms"):
+        for extra in ("p50", "p99", "cpu_ms", "over_engine", "pause", "back", "util_after"):
             if extra in r:
                 out[f"{extra}_{tag}"] = r[extra]
     out["script_concurrency"] = args.script_concurrency

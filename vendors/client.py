@@ -40,6 +40,7 @@ MAX_REPLY_BYTES = 8 * 1024 * 1024  # no vendor reply we read is near this; a pro
 # What `deduplicates_sends` covers: a broadcast takes no per-recipient key anywhere.
 SEND_KEYS = frozenset({Operation.SEND.value, Operation.SEND_GROUP.value})
 DEFAULT_CONCURRENCY = 8  # per-item calls in flight per method call, when the config says nothing
+PARSED_URLS_MAX = 256  # endpoints a client keeps parsed; ids in paths would grow it without end
 
 
 async def no_throttle(key: str, weight: int) -> None:
@@ -169,6 +170,7 @@ class VendorClient:
         self.timeout = timeout
         self.rules = self.rules_for(config)
         self.concurrency = max(1, int(getattr(config, "concurrency", DEFAULT_CONCURRENCY)))
+        self._parsed: dict[str, httpx.URL] = {}
 
     @classmethod
     def for_config(cls, config: Any) -> type["VendorClient"]:
@@ -437,7 +439,7 @@ class VendorClient:
             async with asyncio.timeout(self.timeout):
                 # What `http.stream` does, without its context manager's async
                 # generator (a few percent of a call's CPU: bench/overhead.py).
-                response = await self.http.send(self.http.build_request(method, url, **kwargs),
+                response = await self.http.send(self.http.build_request(method, self._url(url), **kwargs),
                                                 auth=httpx.USE_CLIENT_DEFAULT if auth is None else auth,
                                                 stream=True)
                 try:
@@ -469,9 +471,24 @@ class VendorClient:
                                     "check the app's base URL"))
         return Reply(response.status_code, body, response.headers, readable)
 
+    def _url(self, url: str) -> httpx.URL:
+        """`url` parsed once: httpx parses a string URL on every request, about
+        5% of a call's CPU (bench/overhead.py), and a client calls the same few
+        endpoints over and over."""
+        parsed = self._parsed.get(url)
+        if parsed is None:
+            parsed = httpx.URL(url)
+            if len(self._parsed) < PARSED_URLS_MAX:
+                self._parsed[url] = parsed
+        return parsed
+
     async def _read_capped(self, response: httpx.Response) -> bytes:
+        # A reply with no Content-Encoding, not read yet (an auth flow may
+        # have read it), is read raw: aiter_bytes sets up a decoder and a
+        # chunker per reply, about 1.5% of a call's CPU.
+        raw = not response.is_stream_consumed and "content-encoding" not in response.headers
         parts, size = [], 0
-        async for part in response.aiter_bytes():
+        async for part in response.aiter_raw() if raw else response.aiter_bytes():
             size += len(part)
             if size > self.max_reply_bytes:
                 raise CallFailed(Result(Outcome.RETRYABLE, "oversized",

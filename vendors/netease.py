@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 import httpx
 
 from .vocabulary import FieldRule, Group, Message, Operation, Outcome, Profile, Result, VendorRules
-from .client import Batch, CallFailed, Codes, Reply, VendorClient, chunks
+from .client import Batch, CallFailed, Codes, Reply, VendorClient, chunks, invalid
 from . import netease_feed
 from .feeds import Delivery, FeedMessage
 from .netease_forms import (ACCID_RULE, MEMBERS_MAX_COUNT, PROFILE_EXTRAS, as_form, create_members,
@@ -153,6 +153,8 @@ class NeteaseClient(VendorClient):
     def classify(self, key: str, reply: Reply) -> Result:
         """The base's reading, then what NetEase's open codes mean per endpoint."""
         result = super().classify(key, reply)
+        if result.outcome is Outcome.OK:  # none of the readings below is of an OK code
+            return result
         code, desc = result.code, result.message.lower()
         if reply.status >= 500 and result.outcome is Outcome.REJECTED:
             return replace(result, outcome=Outcome.RETRYABLE)  # a gateway's code, not the API's
@@ -168,6 +170,9 @@ class NeteaseClient(VendorClient):
     async def _per_item(self, items: Sequence[T], problem: Callable[[T], str | None],
                         work: Callable[[T], Awaitable[Result]]) -> list[Result]:
         """One call per item that `problem` does not refuse, `concurrency` at a time."""
+        if len(items) == 1:  # a worker's usual batch: no Batch to sort it
+            reason = problem(items[0])
+            return [invalid(reason) if reason else await work(items[0])]
         batch = Batch(items, problem)
         batch.put(batch.valid, await self.each([items[i] for i in batch.valid], work))
         return batch.done()

@@ -191,6 +191,36 @@ async def test_a_reply_over_the_size_cap_is_not_read_whole():
             assert len(written) < 30, type(http._transport)  # it hung up long before 50 MB
 
 
+async def test_a_compressed_reply_is_read_decoded_and_capped_decoded():
+    """A gzip reply (a gateway's) is read as its JSON, and the size cap
+    applies to what it decodes to: 100 kB of gzip that unpacks to 8 MB is
+    not read whole."""
+    import gzip
+
+    small = gzip.compress(b'{"code": 200, "info": {"token": "t"}}')
+    bomb = gzip.compress(b" " * (8 * 1024 * 1024 + 1))
+
+    async def gzip_reply(reader, writer):
+        request = await reader.readuntil(b"\r\n\r\n")
+        body = bomb if b"/bomb" in request else small
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+                     b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(gzip_reply, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        for http in both_transports():
+            async with http:
+                client = TinyClient(None, http, timeout=10)
+                reply = await client._request("register", "POST", f"http://127.0.0.1:{port}/small")
+                assert reply.body == {"code": 200, "info": {"token": "t"}}, type(http._transport)
+                with pytest.raises(CallFailed) as failed:
+                    await client._request("register", "POST", f"http://127.0.0.1:{port}/bomb")
+                assert failed.value.result.code == "oversized", type(http._transport)
+
+
 async def test_throttle_sees_every_call_with_its_key_and_weight():
     seen = []
 
