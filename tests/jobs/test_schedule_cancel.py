@@ -10,6 +10,7 @@ from imshift.jobs.progress import progress
 from imshift.jobs.schedules import Firing
 from imshift.vendors.operations import encode_message
 from imshift.vendors.vocabulary import Message, Profile
+from imshift.workers.broker import QUEUE
 from imshift.workers.embedded import in_process_workers
 
 from helpers import context
@@ -42,7 +43,9 @@ def test_cancelling_a_running_fire_stops_its_batches_at_once(database_url, tmp_p
             assert time.monotonic() < deadline, progress(ctx.engine, fired.job_id)
             time.sleep(0.05)
         control.cancel(ctx.engine, fired.job_id)
-        time.sleep(1.5)  # a call already let go when the cancel came ends now (2 calls/s)
+        # A call already let go when the cancel came ends, and its chunk
+        # records it: every queued chunk message has been handled.
+        ctx.broker.join(QUEUE, timeout=60_000, fail_fast=False)
         delivered = sum(len(box.inbox(f"fan_{i:05d}")) for i in range(1500))
         time.sleep(3)  # a lagging worker would send more batches now
         assert sum(len(box.inbox(f"fan_{i:05d}")) for i in range(1500)) == delivered
