@@ -54,6 +54,14 @@ class OwnCluster:
             pass  # not running
 
 
+def items_done(url: str) -> int:
+    """How many items the vendor has taken (ok)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM items WHERE state = 'ok'").fetchone()[0]
+
+
 @pytest.fixture
 def cluster():
     if not PG_BIN:
@@ -85,8 +93,10 @@ def test_work_whose_database_stops_ends_in_one_line_naming_resume(env, cluster, 
         command = subprocess.Popen([sys.executable, "-m", "imshift.cli", "start", ref],
                                    stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"})
         try:
-            time.sleep(4)  # the accounts stage is under way
-            assert command.poll() is None, (env / "out.txt").read_text()
+            deadline = time.monotonic() + 60
+            while items_done(cluster.url) < 20:  # the accounts stage is under way (1 s of it)
+                assert command.poll() is None and time.monotonic() < deadline, (env / "out.txt").read_text()
+                time.sleep(0.1)
             cluster.stop()
             code = command.wait(timeout=120)
         finally:
