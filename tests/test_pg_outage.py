@@ -82,8 +82,8 @@ def cluster():
 def test_work_whose_database_stops_ends_in_one_line_naming_resume(env, cluster, monkeypatch,
                                                                    planning, ref):
     monkeypatch.setenv("IMSHIFT_DATABASE_URL", cluster.url)
-    monkeypatch.setenv("IMSHIFT_APPS__NEW__RATES", '{"register": 20}')  # about 15 s of work
-    (env / "users.csv").write_text("user_id,name\n" + "".join(f"u{i},User {i}\n" for i in range(300)),
+    monkeypatch.setenv("IMSHIFT_APPS__NEW__RATES", '{"register": 20}')  # about 7 s of work
+    (env / "users.csv").write_text("user_id,name\n" + "".join(f"u{i},User {i}\n" for i in range(150)),
                                    encoding="utf-8")
     plan = subprocess.run([sys.executable, "-m", "imshift.cli", *planning[:2], "--from", "new",
                            "--to", "new", planning[2], "users.csv", "--dry-run"],
