@@ -55,8 +55,9 @@ def test_many_viewers_at_once_cost_one_read_and_see_the_same_answer(database_url
     assert len({r.content for r in replies[50:70]}) == 1 and len({r.content for r in replies[70:]}) == 1
     # One progress read (the job with its counts) for the 50, one list (ids, then each job) for
     # the 20 lists, one detail (no failures to read) for the 20; on a slow machine, each is read
-    # again once past half its time.
-    assert len(ran) <= (1 + 2 + 1) * reads < 90 and reads < 5, "\n\n".join(ran)
+    # again once past half its time. How long the 90 took is the machine's (it was once 0.7 s
+    # under load), so it bounds the reads but is not itself asserted; fewer reads than requests is.
+    assert len(ran) <= (1 + 2 + 1) * reads and len(ran) < 90, (len(ran), reads, "\n\n".join(ran))
     assert get_all(app, ["/api/jobs/424242/progress"] * 5)[0].status_code == 404
 
 

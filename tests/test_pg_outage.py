@@ -54,6 +54,14 @@ class OwnCluster:
             pass  # not running
 
 
+def items_done(url: str) -> int:
+    """How many items the vendor has taken (ok)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM items WHERE state = 'ok'").fetchone()[0]
+
+
 @pytest.fixture
 def cluster():
     if not PG_BIN:
@@ -74,8 +82,8 @@ def cluster():
 def test_work_whose_database_stops_ends_in_one_line_naming_resume(env, cluster, monkeypatch,
                                                                    planning, ref):
     monkeypatch.setenv("IMSHIFT_DATABASE_URL", cluster.url)
-    monkeypatch.setenv("IMSHIFT_APPS__NEW__RATES", '{"register": 20}')  # about 15 s of work
-    (env / "users.csv").write_text("user_id,name\n" + "".join(f"u{i},User {i}\n" for i in range(300)),
+    monkeypatch.setenv("IMSHIFT_APPS__NEW__RATES", '{"register": 20}')  # about 7 s of work
+    (env / "users.csv").write_text("user_id,name\n" + "".join(f"u{i},User {i}\n" for i in range(150)),
                                    encoding="utf-8")
     plan = subprocess.run([sys.executable, "-m", "imshift.cli", *planning[:2], "--from", "new",
                            "--to", "new", planning[2], "users.csv", "--dry-run"],
@@ -85,8 +93,10 @@ def test_work_whose_database_stops_ends_in_one_line_naming_resume(env, cluster, 
         command = subprocess.Popen([sys.executable, "-m", "imshift.cli", "start", ref],
                                    stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"})
         try:
-            time.sleep(4)  # the accounts stage is under way
-            assert command.poll() is None, (env / "out.txt").read_text()
+            deadline = time.monotonic() + 60
+            while items_done(cluster.url) < 20:  # the accounts stage is under way (1 s of it)
+                assert command.poll() is None and time.monotonic() < deadline, (env / "out.txt").read_text()
+                time.sleep(0.1)
             cluster.stop()
             code = command.wait(timeout=120)
         finally:

@@ -16,6 +16,7 @@ import pytest
 from imshift.context import Context
 from imshift.jobs import control, kinds
 from imshift.jobs.progress import progress
+from imshift.models import make_engine
 from imshift.settings import AppSettings, Settings
 from imshift.vendors.sandbox.netease import NeteaseSandbox
 from imshift.vendors.sandbox.serve import served
@@ -44,6 +45,9 @@ def pool(tmp_path, redis_server):
     box = NeteaseSandbox()
     with served(box) as url:
         database_url = f"sqlite:///{tmp_path}/imshift.db"
+        # Made before its two processes open it at once: on a fresh file one
+        # can fail to switch it to WAL (models/db.py _sqlite_pragmas).
+        make_engine(database_url).dispose()
         config = box.config(url)
         env = {**os.environ, "IMSHIFT_DATABASE_URL": database_url, "REDIS_URL": redis_server.url,
                "IMSHIFT_CONFIG": str(tmp_path / "none.toml"), **app_environment("new", "netease", config)}

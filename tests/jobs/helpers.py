@@ -40,6 +40,17 @@ def context(database_url: str, redis_url: str | None = None, **overrides) -> Con
     return Context(settings)
 
 
+def made_database(url: str) -> str:
+    """Make the database before several commands start on it at once: two
+    first commands racing on a fresh SQLite file can fail to switch it to
+    WAL ("database is locked", models/db.py _sqlite_pragmas), which is not
+    what the tests that start them together are about."""
+    from imshift.models import make_engine
+
+    make_engine(url).dispose()
+    return url
+
+
 def wait_until_done(ctx: Context, job_id: int, timeout: float) -> Progress:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

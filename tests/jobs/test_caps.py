@@ -29,7 +29,7 @@ from imshift.vendors.vocabulary import Message
 from imshift.workers.embedded import in_process_workers
 from testsupport import app_environment
 
-from helpers import wait_until_done
+from helpers import made_database, wait_until_done
 
 pytestmark = pytest.mark.loopback
 
@@ -120,7 +120,7 @@ def test_three_a_day_holds_across_two_worker_processes(tmp_path, redis_server):
 
 def test_three_a_day_holds_across_embedded_commands_sharing_the_limits_folder(tmp_path):
     box = sandbox()
-    database_url = f"sqlite:///{tmp_path}/imshift.db"
+    database_url = made_database(f"sqlite:///{tmp_path}/imshift.db")
     with served(box) as url:
         env = {**app_env(tmp_path, box.config(url), database_url), "COLUMNS": "300"}
         opens = clear_of_midnight()

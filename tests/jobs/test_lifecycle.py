@@ -58,9 +58,11 @@ def test_pause_holds_the_work_and_resume_finishes_it(db, tmp_path):
         while progress(ctx.engine, report.job_id).done < 50:
             time.sleep(0.02)
         control.pause(ctx.engine, report.job_id)
-        time.sleep(1.0)  # chunks in hand finish; no new ones start
-        held = progress(ctx.engine, report.job_id)
-        time.sleep(1.0)
+        deadline = time.monotonic() + 60
+        while (held := progress(ctx.engine, report.job_id)).counts.get("claimed"):
+            assert time.monotonic() < deadline, held  # chunks in hand finish
+            time.sleep(0.02)
+        time.sleep(1.0)  # no new ones start
         assert progress(ctx.engine, report.job_id).counts == held.counts
         assert held.status == "paused" and held.done < 300
         control.resume(ctx.engine, ctx.broker, report.job_id)

@@ -76,6 +76,9 @@ def test_an_app_removed_while_the_scheduler_runs_fails_its_next_fire(tmp_path):
         removed = time.time()
         wait_for(lambda: any(s == "failed" for s, _ in fires(ctx, sid)),
                  lambda: (fires(ctx, sid), log.read_text()))
+        # A fire made before the edit may still be sending: wait for its job.
+        wait_for(lambda: all(f.job_status != "running" for f in schedules.history(ctx.engine, sid)),
+                 lambda: (fires(ctx, sid), log.read_text()))
         calls = box.calls.get("broadcast", 0)
         time.sleep(2.5)  # more fires fall due: none sends
         assert box.calls.get("broadcast", 0) == calls, fires(ctx, sid)

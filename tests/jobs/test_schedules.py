@@ -4,9 +4,10 @@ resume, a recipient file gone at fire time, a fire whose start was lost;
 and what `add` refuses. On SQLite and PostgreSQL."""
 
 import threading
+import time
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from imshift.jobs import control, schedules
 from imshift.jobs.schedules import Firing, ScheduleError, local, parse_at
@@ -46,6 +47,12 @@ def job_count(ctx) -> int:
 def fires_of(ctx, schedule_id):
     return [(local(f.fire_at, schedules.get(ctx.engine, schedule_id).tz), f.state)
             for f in schedules.history(ctx.engine, schedule_id)]
+
+
+def advisory_locks_of(ctx, pid: int) -> int:
+    with ctx.engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                                 " AND pid = :pid"), {"pid": pid}).scalar_one()
 
 
 def run_clock(f, start: float, end: float, step: float):
@@ -94,7 +101,13 @@ def test_a_fire_another_scheduler_is_planning_is_left_to_it_until_that_one_dies(
     other.execute("SELECT pg_advisory_lock(%s, %s)", (SCHEDULE_LOCKS, sid))
     [fired] = schedules.fire_due(firing(ctx), at + 1)
     assert (fired.state, job_count(ctx), fires_of(ctx, sid)) == ("elsewhere", 0, [])
-    other.close()  # that scheduler died: the database dropped its claim
+    holder = other.info.backend_pid
+    other.close()  # that scheduler died: the database drops its claim
+    # ... once its server process has ended, which close() does not wait for.
+    deadline = time.monotonic() + 30
+    while advisory_locks_of(ctx, holder):
+        assert time.monotonic() < deadline, "the closed session still holds its lock"
+        time.sleep(0.02)
     [fired] = schedules.fire_due(firing(ctx), at + 2)
     assert fired.state == "fired" and job_count(ctx) == 1
     assert fires_of(ctx, sid) == [("2026-12-24 09:00:00+00:00", "fired")]

@@ -13,7 +13,7 @@ from imshift.vendors.sandbox.netease import NeteaseSandbox
 from imshift.vendors.sandbox.serve import served
 from testsupport import app_environment
 
-from helpers import write_users
+from helpers import made_database, write_users
 
 RATE = 40
 
@@ -23,7 +23,7 @@ def test_two_embedded_commands_on_one_app_stay_within_its_limit(tmp_path):
     with served(box) as url:
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "IMSHIFT_REDIS_URL")}
         env.update({"IMSHIFT_CONFIG": str(tmp_path / "none.toml"),
-                    "IMSHIFT_DATABASE_URL": f"sqlite:///{tmp_path}/imshift.db",
+                    "IMSHIFT_DATABASE_URL": made_database(f"sqlite:///{tmp_path}/imshift.db"),
                     "IMSHIFT_APPS__NEW__RATES": f'{{"register": {RATE}}}',
                     **app_environment("new", "netease", box.config(url))})
         commands = []

@@ -173,14 +173,19 @@ def test_sends_cut_off_by_a_dead_worker_end_unknown_and_are_not_resent(setup, tm
     while progress(ctx.engine, job_id).counts.get("claimed", 0) < 1000:
         assert time.monotonic() < deadline, progress(ctx.engine, job_id)
         time.sleep(0.05)
-    time.sleep(0.5)  # the batch calls are at the vendor now
+    deadline = time.monotonic() + 30
+    while box.calls["send"] < 2:  # both batch calls are at the vendor (2 s each)
+        assert time.monotonic() < deadline, (box.calls, progress(ctx.engine, job_id))
+        time.sleep(0.02)
     workers.kill()
     workers.start()
     p = wait_until_done(ctx, job_id, 60)
     assert p.status == "finished", (tmp_path / "workers.log").read_text()[-3000:]
     assert p.counts == {"unknown": 1000}, p.counts
-    time.sleep(2.5)  # let the calls the dead worker started finish at the vendor
-    inboxes = [len(box.inbox(r)) for r in recipients]
+    deadline = time.monotonic() + 30
+    while not all(inboxes := [len(box.inbox(r)) for r in recipients]):
+        assert time.monotonic() < deadline, sum(inboxes)  # the dead worker's calls finish at the vendor
+        time.sleep(0.1)
     assert max(inboxes) == 1  # delivered once by the dead worker's calls, never re-sent
     assert box.calls["send"] == 2
     unknown = list(results(ctx.engine, job_id, "unknown"))
