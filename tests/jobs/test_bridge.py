@@ -162,15 +162,14 @@ def test_messages_cross_one_way_exactly_once_in_order(tmp_path, request, old_ven
 
 
 def test_both_ways_many_conversations_exactly_once_in_order_without_echoes(tmp_path):
-    """Clients on both vendors at once, 100 messages/s in all, over 250
-    conversations (125 a side, 4 messages each on average): each message
-    reaches the other side once, in its conversation's order, and nothing
-    the bridge sent comes back (OpenIM's webhooks report the bridge's own
-    sends: each is dropped).
+    """Clients on both vendors at once, 100 messages/s in all, over 500
+    conversations (250 a side): each message reaches the other side once,
+    in its conversation's order, and nothing the bridge sent comes back
+    (OpenIM's webhooks report the bridge's own sends: each is dropped).
     Both sandboxes, their clients and the server share this machine's 2
     cores with the rest of the suite, so the rate is half the benchmark's:
     `python -m bench bridge` runs 10,000 at 200 and 1,000 a second."""
-    count, pairs = 1000, 125
+    count, pairs = 2000, 250
     db = f"sqlite:///{tmp_path}/imshift.db"
     with bridged(tmp_path, db, "rongcloud", "openim", users=pairs, both_ways=True, settle=2 * SETTLE) as b:
         with serving(b, tmp_path / "serve.log"):
