@@ -71,15 +71,28 @@ class Watcher:
 
         from imshift.jobs.progress import progress
 
-        while not self._stop.wait(self.every):
-            t = time.perf_counter()
-            p = progress(self.engine, self.job_id)
-            self.reads_ms.append((time.perf_counter() - t) * 1000)
-            self.done.append((time.monotonic(), p.done if p else 0))
+        def floor() -> None:
             t = time.perf_counter()
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
             self.floor_ms.append((time.perf_counter() - t) * 1000)
+
+        # The two take turns at going first: the first read after the pause
+        # wakes an idle database process on a busy machine, and that wait
+        # was all of the gap between them (1M rows: progress p99 32.7 ms
+        # first, SELECT 1 p99 11.3 ms second; the progress statement itself
+        # had p99 7.9 ms once its connection was checked out).
+        turn = 0
+        while not self._stop.wait(self.every):
+            turn += 1
+            if turn % 2:
+                floor()
+            t = time.perf_counter()
+            p = progress(self.engine, self.job_id)
+            self.reads_ms.append((time.perf_counter() - t) * 1000)
+            self.done.append((time.monotonic(), p.done if p else 0))
+            if not turn % 2:
+                floor()
 
     def __enter__(self) -> "Watcher":
         self._thread.start()

@@ -73,7 +73,9 @@ _PROGRESS = (select(jobs.c.id, jobs.c.kind, jobs.c.app, jobs.c.status, jobs.c.to
 
 
 def progress(engine: Engine, job_id: int) -> Progress | None:
-    with engine.connect() as conn:
+    # One statement, no transaction around it: BEGIN and the ROLLBACK on
+    # return to the pool are round trips too (bench scale).
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         rows = conn.execute(_PROGRESS, {"job_id": job_id}).all()
     if not rows:
         return None
