@@ -118,7 +118,9 @@ def test_worker_processes_count_on_their_port_and_in_the_server(tmp_path, redis_
             seen.append((value(own, "imshift_vendor_calls_total", app="new", outcome="ok"),
                          value(server, "imshift_vendor_calls_total", app="new", outcome="ok"),
                          value(server, "imshift_job_items", job=str(job), state="ok")))
-            if seen[-1][2] == 240 and seen[-1][0] == seen[-1][1]:
+            # A chunk's time is observed after its items are recorded: wait for the last one too.
+            if (seen[-1][2] == 240 and seen[-1][0] == seen[-1][1]
+                    and value(own, "imshift_chunk_seconds_count") >= 240 / 20):
                 break
             time.sleep(0.3)
         own_calls, server_calls, items = zip(*seen, strict=True)

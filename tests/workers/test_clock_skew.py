@@ -10,28 +10,12 @@ import asyncio
 import time
 
 import pytest
-import redis.asyncio as aredis
 
 from imshift.workers.ratelimit import RateLimiter
 
-from testsupport import RedisServer
 
 RATE = 50
 AHEAD = 600.0  # ten minutes
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture
-async def redis(redis_server):
-    client = aredis.Redis.from_url(redis_server.url)
-    await client.flushdb()
-    yield client
-    await client.aclose()
 
 
 async def calls_take(limiter, n, app="app1"):

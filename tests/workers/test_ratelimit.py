@@ -17,22 +17,7 @@ from imshift.vendors.http import http_client
 from imshift.vendors.sandbox.serve import served
 from imshift.workers.ratelimit import RateLimiter, _Slots
 
-from testsupport import RedisServer
 from tiny_sandbox import TinySandbox
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture
-async def redis(redis_server):
-    client = aredis.Redis.from_url(redis_server.url)
-    await client.flushdb()
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture(params=["redis", "embedded"])

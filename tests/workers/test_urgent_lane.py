@@ -19,22 +19,7 @@ from imshift.vendors.sandbox.serve import served
 from imshift.workers.ratelimit import GUARD, RateLimiter, _Slots, last_slot, urgent
 from imshift.workers.runtime import announcing, before_send
 
-from testsupport import RedisServer
 from tiny_sandbox import TinySandbox
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture
-async def redis(redis_server):
-    client = aredis.Redis.from_url(redis_server.url)
-    await client.flushdb()
-    yield client
-    await client.aclose()
 
 
 # -- the schedule itself, on a simulated clock --------------------------------------------

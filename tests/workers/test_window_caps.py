@@ -38,6 +38,7 @@ async def refusals(caps: WindowCaps, app: str, calls: int, limits=CAPS) -> list[
     return out
 
 
+@pytest.mark.usefixtures("redis")  # its module's Redis, emptied first (tests/workers/conftest.py)
 @pytest.mark.parametrize("mode", ["redis", "file"])
 async def test_a_refused_call_counts_in_no_window(mode, redis_server, tmp_path):
     away_from_edges()
@@ -58,6 +59,7 @@ async def test_a_refused_call_counts_in_no_window(mode, redis_server, tmp_path):
         await client.aclose()
 
 
+@pytest.mark.usefixtures("redis")
 async def test_redis_counters_expire_with_their_window(redis_server):
     client = aioredis.from_url(redis_server.url)
     await WindowCaps(redis=client).take("rc", "broadcast", CAPS, 1, "rc")
