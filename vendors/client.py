@@ -427,6 +427,17 @@ class VendorClient:
 
         return list(await asyncio.gather(*(one(item) for item in items)))
 
+    async def each_valid(self, items: Sequence[T], problem: Callable[[T], str | None],
+                         work: Callable[[T], Awaitable[Result]]) -> list[Result]:
+        """`work` on every item `problem` does not refuse (those end `invalid`),
+        as `each` does, one Result per item in input order."""
+        if len(items) == 1:  # a worker's usual batch: no Batch to sort it
+            reason = problem(items[0])
+            return [invalid(reason) if reason else await work(items[0])]
+        batch = Batch(items, problem)
+        batch.put(batch.valid, await self.each([items[i] for i in batch.valid], work))
+        return batch.done()
+
     async def _request(self, key: str, method: str, url: str, *, weight: int = 1,
                        **kwargs: Any) -> Reply:
         """Throttle, send, read (at most max_reply_bytes), parse. No usable

@@ -14,13 +14,13 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, AsyncGenerator, Awaitable, Callable, Generator, Literal, Mapping, Sequence, TypeVar
+from typing import Any, AsyncGenerator, Generator, Literal, Mapping, Sequence
 from urllib.parse import urlencode
 
 import httpx
 
 from .vocabulary import FieldRule, Group, Message, Operation, Outcome, Profile, Result, VendorRules
-from .client import Batch, CallFailed, Codes, Reply, VendorClient, chunks, invalid
+from .client import Batch, CallFailed, Codes, Reply, VendorClient, chunks
 from . import netease_feed
 from .feeds import Delivery, FeedMessage
 from .netease_forms import (ACCID_RULE, MEMBERS_MAX_COUNT, PROFILE_EXTRAS, as_form, create_members,
@@ -43,7 +43,6 @@ AUTH_DESC_WORDS = ("checksum", "appkey", "curtime", "nonce")
 # Replies that mean "it is already there" on one endpoint only.
 EXISTS = {(Operation.ADD_MEMBERS.value, "809"), (Operation.IMPORT_FRIENDS.value, "417")}
 
-T = TypeVar("T")
 
 
 def checksum(secret: str, nonce: str, curtime: str) -> str:
@@ -167,16 +166,6 @@ class NeteaseClient(VendorClient):
             return replace(result, outcome=Outcome.EXISTS)
         return result
 
-    async def _per_item(self, items: Sequence[T], problem: Callable[[T], str | None],
-                        work: Callable[[T], Awaitable[Result]]) -> list[Result]:
-        """One call per item that `problem` does not refuse, `concurrency` at a time."""
-        if len(items) == 1:  # a worker's usual batch: no Batch to sort it
-            reason = problem(items[0])
-            return [invalid(reason) if reason else await work(items[0])]
-        batch = Batch(items, problem)
-        batch.put(batch.valid, await self.each([items[i] for i in batch.valid], work))
-        return batch.done()
-
     def _profile_problem(self, profile: Profile) -> str | None:
         return "; ".join(self.rules.check_profile(profile)) or None
 
@@ -194,7 +183,7 @@ class NeteaseClient(VendorClient):
                 data["token"] = str(info["token"])
             return replace(result, data=data)
 
-        return await self._per_item(profiles, self._profile_problem, register)
+        return await self.each_valid(profiles, self._profile_problem, register)
 
     async def update_profiles(self, profiles: Sequence[Profile]) -> list[Result]:
         """user/updateUinfo.action with the fields that are set; empty ones stay as they are."""
@@ -204,7 +193,7 @@ class NeteaseClient(VendorClient):
                                          {"accid": accid, **profile_form(profile)})
             return replace(result, data={"user_id": accid})
 
-        return await self._per_item(profiles, self._profile_problem, update)
+        return await self.each_valid(profiles, self._profile_problem, update)
 
     async def get_profiles(self, user_ids: Sequence[str]) -> list[Profile | None]:
         """Unknown or malformed ids read back as None. A failed call raises CallFailed."""
@@ -230,7 +219,7 @@ class NeteaseClient(VendorClient):
                 data["token"] = str(body["info"]["token"])
             return replace(result, data=data)
 
-        return await self._per_item(user_ids, lambda u: ACCID_RULE.check("user_id", u), refresh)
+        return await self.each_valid(user_ids, lambda u: ACCID_RULE.check("user_id", u), refresh)
 
     # -- messages ------------------------------------------------------------------------
 
@@ -266,7 +255,7 @@ class NeteaseClient(VendorClient):
             data = {"group_id": tid, **({"msg_id": str(msgid)} if msgid else {})}
             return replace(result, data=data)
 
-        return await self._per_item(group_ids, lambda tid: refused, send_one)
+        return await self.each_valid(group_ids, lambda tid: refused, send_one)
 
     async def broadcast(self, sender: str, message: Message, *,
                         dedup_key: str | None = None) -> Result:
@@ -345,7 +334,7 @@ class NeteaseClient(VendorClient):
                 "accid": owner.lower(), "faccid": friend.lower(), "type": 1})
             return replace(result, data={"user_id": friend.lower()})
 
-        return await self._per_item(
+        return await self.each_valid(
             friend_ids, lambda f: refused or ACCID_RULE.check("faccid", f), befriend)
 
     # -- reading back --------------------------------------------------------------------

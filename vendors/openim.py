@@ -380,9 +380,7 @@ class OpenIMClient(AdminToken, VendorClient):
             return _sent(*await self._post(Operation.SEND_GROUP, self.send_path, fields, expect=MSG_ID),
                          group_id=group_id)
 
-        batch = Batch(group_ids, lambda g: None if g else "group_id: required")
-        batch.put(batch.valid, await self.each([group_ids[i] for i in batch.valid], one))
-        return batch.done()
+        return await self.each_valid(group_ids, lambda g: None if g else "group_id: required", one)
 
     async def broadcast(self, sender: str, message: Message, *, dedup_key: str | None = None) -> Result:
         """batch_send_msg with isSendAll: the server lists every user itself.

@@ -19,7 +19,7 @@ from typing import Any, Generator, Sequence
 import httpx
 
 from .vocabulary import FieldRule, Group, Message, Operation, Outcome, Profile, Result
-from .client import Batch, CallFailed, Codes, invalid, same_for_all
+from .client import CallFailed, Codes, invalid, same_for_all
 from .openim import TOKEN, data_of, listed, ok
 from .openim_v2 import RULES_V2, OpenIMV2Client
 from .paging import PageFetch, sliced
@@ -227,10 +227,8 @@ class OpenIMV1Client(OpenIMV2Client):
         problem = self._message_problem(sender, message)
         if problem:
             return same_for_all(problem, len(recipients))
-        batch = Batch(recipients, self._id_problem("recipient"))
-        batch.put(batch.valid, await self.each([recipients[i] for i in batch.valid],
-                                               lambda r: self._send_one(sender, r, message)))
-        return batch.done()
+        return await self.each_valid(recipients, self._id_problem("recipient"),
+                                     lambda r: self._send_one(sender, r, message))
 
     async def _send_one(self, sender: str, recipient: str, message: Message) -> Result:
         return await self._send_msg(Operation.SEND, sender, recipient, message, 1, user_id=recipient)
@@ -240,11 +238,9 @@ class OpenIMV1Client(OpenIMV2Client):
         problem = self._message_problem(sender, message)
         if problem:
             return same_for_all(problem, len(group_ids))
-        batch = Batch(group_ids, lambda g: None if g else "group_id: required")
-        batch.put(batch.valid, await self.each(
-            [group_ids[i] for i in batch.valid],
-            lambda g: self._send_msg(Operation.SEND_GROUP, sender, g, message, GROUP_CHAT, group_id=g)))
-        return batch.done()
+        return await self.each_valid(
+            group_ids, lambda g: None if g else "group_id: required",
+            lambda g: self._send_msg(Operation.SEND_GROUP, sender, g, message, GROUP_CHAT, group_id=g))
 
     async def _send_msg(self, key: Operation, sender: str, recv_id: str, message: Message,
                         session_type: int, **data: Any) -> Result:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import httpx
 
 from .vocabulary import FieldRule, Group, Operation, Outcome, Profile, Result, VendorRules
-from .client import Batch, CallFailed, Codes, VendorClient, chunks, invalid, same_for_all
+from .client import CallFailed, Codes, VendorClient, chunks, invalid, same_for_all
 from .openim import (MAX_IDS_PER_CALL, TOKEN, OpenIMClient, data_of, exists, listed, new_operation_id, ok, with_data)
 from .openim_v3 import RULES_V3
 from .paging import PageFetch, sliced
@@ -154,9 +154,7 @@ class OpenIMV2Client(OpenIMClient):
         return [self._profile_of(users[u]) if u in users else None for u in user_ids]
 
     async def issue_tokens(self, user_ids: Sequence[str]) -> list[Result]:
-        batch = Batch(user_ids, self._token_target)
-        batch.put(batch.valid, await self.each([user_ids[i] for i in batch.valid], self._issue_token))
-        return batch.done()
+        return await self.each_valid(user_ids, self._token_target, self._issue_token)
 
     async def _issue_token(self, user_id: str) -> Result:
         """The secret buys any user's token directly."""
