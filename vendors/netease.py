@@ -44,7 +44,6 @@ AUTH_DESC_WORDS = ("checksum", "appkey", "curtime", "nonce")
 EXISTS = {(Operation.ADD_MEMBERS.value, "809"), (Operation.IMPORT_FRIENDS.value, "417")}
 
 
-
 def checksum(secret: str, nonce: str, curtime: str) -> str:
     """The CheckSum header: lower-case hex SHA1 of AppSecret + Nonce + CurTime."""
     return hashlib.sha1((secret + nonce + curtime).encode("utf-8")).hexdigest()
