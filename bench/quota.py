@@ -367,12 +367,14 @@ class Intruder:
 
 def steady_window(samples: list[tuple[float, int, int]], final: int) -> tuple[float, float]:
     """When the first and the last accepted call happened, each taken as the
-    middle of the poll interval in which it was first seen."""
+    middle of the poll interval in which it was first seen; one not seen
+    among the samples (the last poll came before the last call, so `final`,
+    read after, is more than any sample) is the samples' end."""
     def seen(reached) -> float:
         for (t0, n0, _), (t1, n1, _) in pairwise(samples):
             if not reached(n0) and reached(n1):
                 return (t0 + t1) / 2
-        return samples[0][0]
+        return samples[0][0] if reached(samples[0][1]) else samples[-1][0]
     return seen(lambda n: n >= 1), seen(lambda n: n >= final)
 
 
