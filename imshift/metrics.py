@@ -15,15 +15,16 @@ Two sources:
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 import time
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import dramatiq
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
                                generate_latest, start_http_server)
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import select
 
@@ -220,14 +221,34 @@ class BridgeCollector(Collector):
         yield lag
 
 
+class SharedCounts(Collector):
+    """prometheus-client's sum of the processes' files (multiprocess mode),
+    leaving out a file with nothing in it yet: a process creates its file
+    empty and sizes it a moment later, and one read in between failed the
+    whole scrape (struct.error, when `/metrics` was read as a worker started)."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        files = []
+        for path in glob.glob(os.path.join(self.folder, "*.db")):
+            try:
+                if os.path.getsize(path) > 0:
+                    files.append(path)
+            except OSError:  # its process ended and removed it
+                pass
+        return MultiProcessCollector.merge(files, accumulate=True)
+
+
 def registry(engine: Any, broker: dramatiq.Broker | None = None) -> CollectorRegistry:
     """What `/metrics` serves: this process's counters (or, in multiprocess
     mode, every process's), plus the state read from the database."""
     if os.environ.get(MULTIPROC_ENV):
-        from prometheus_client import multiprocess
-
         reg = CollectorRegistry()
-        multiprocess.MultiProcessCollector(reg)
+        reg.register(SharedCounts(os.environ[MULTIPROC_ENV]))
     else:
         reg = CollectorRegistry()
         for collector in (VENDOR_CALLS, RATE_LIMITED, LIMITER_WAIT, CHUNK_SECONDS, FEED_DELIVERIES,
@@ -250,10 +271,8 @@ def serve_workers(port: int, host: str = "127.0.0.1") -> str:
     if not folder:
         folder = tempfile.mkdtemp(prefix="imshift-metrics-")
         os.environ[MULTIPROC_ENV] = folder
-    from prometheus_client import multiprocess
-
     reg = CollectorRegistry()
-    multiprocess.MultiProcessCollector(reg)
+    reg.register(SharedCounts(folder))
     start_http_server(port, addr=host, registry=reg)
     return folder
 
