@@ -2,6 +2,7 @@
 strict one-second windows and faults, and the client's one HTTP path."""
 
 import asyncio
+import contextlib
 
 import httpx
 import pytest
@@ -128,6 +129,15 @@ def both_transports():
     return [httpx.AsyncClient(), http_client()]
 
 
+@contextlib.asynccontextmanager
+async def raw_server(handler):
+    """A bare TCP server on a free loopback port answering with `handler`
+    (asyncio streams): a server that misbehaves below HTTP. Its base URL."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
 async def test_a_refused_connection_is_retryable_and_surely_not_delivered():
     for http in both_transports():
         async with http:
@@ -143,14 +153,12 @@ async def test_a_dropped_connection_is_retryable_and_may_have_been_delivered():
         await reader.readuntil(b"\r\n\r\n")
         writer.close()
 
-    server = await asyncio.start_server(read_then_hang_up, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    async with server:
+    async with raw_server(read_then_hang_up) as base:
         for http in both_transports():
             async with http:
                 client = TinyClient(None, http, timeout=2)
                 with pytest.raises(CallFailed) as failed:
-                    await client._request("register", "POST", f"http://127.0.0.1:{port}/x")
+                    await client._request("register", "POST", f"{base}/x")
             assert failed.value.result.outcome is Outcome.RETRYABLE
             assert failed.value.result.maybe_delivered, type(http._transport)
 
@@ -175,15 +183,12 @@ async def test_a_reply_over_the_size_cap_is_not_read_whole():
     class SmallCap(TinyClient):
         max_reply_bytes = 64 * 1024
 
-    server = await asyncio.start_server(huge_reply, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    async with server:
+    async with raw_server(huge_reply) as base:
         for http in both_transports():
             written.clear()
             async with http:
                 with pytest.raises(CallFailed) as failed:
-                    await SmallCap(None, http, timeout=10)._request("send", "POST",
-                                                                    f"http://127.0.0.1:{port}/x")
+                    await SmallCap(None, http, timeout=10)._request("send", "POST", f"{base}/x")
             result = failed.value.result
             assert (result.outcome, result.code) == (Outcome.RETRYABLE, "oversized"), result
             assert result.maybe_delivered and "65536 bytes" in result.message
@@ -208,16 +213,14 @@ async def test_a_compressed_reply_is_read_decoded_and_capped_decoded():
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(gzip_reply, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    async with server:
+    async with raw_server(gzip_reply) as base:
         for http in both_transports():
             async with http:
                 client = TinyClient(None, http, timeout=10)
-                reply = await client._request("register", "POST", f"http://127.0.0.1:{port}/small")
+                reply = await client._request("register", "POST", f"{base}/small")
                 assert reply.body == {"code": 200, "info": {"token": "t"}}, type(http._transport)
                 with pytest.raises(CallFailed) as failed:
-                    await client._request("register", "POST", f"http://127.0.0.1:{port}/bomb")
+                    await client._request("register", "POST", f"{base}/bomb")
                 assert failed.value.result.code == "oversized", type(http._transport)
 
 
