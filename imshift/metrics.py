@@ -246,11 +246,10 @@ class SharedCounts(Collector):
 def registry(engine: Any, broker: dramatiq.Broker | None = None) -> CollectorRegistry:
     """What `/metrics` serves: this process's counters (or, in multiprocess
     mode, every process's), plus the state read from the database."""
+    reg = CollectorRegistry()
     if os.environ.get(MULTIPROC_ENV):
-        reg = CollectorRegistry()
         reg.register(SharedCounts(os.environ[MULTIPROC_ENV]))
     else:
-        reg = CollectorRegistry()
         for collector in (VENDOR_CALLS, RATE_LIMITED, LIMITER_WAIT, CHUNK_SECONDS, FEED_DELIVERIES,
                           FEED_ACK_SECONDS):
             reg.register(collector)
