@@ -13,32 +13,16 @@ from collections import Counter
 import pytest
 import redis.asyncio as aredis
 
-from imshift.vendors.http import http_client
 from imshift.vendors.sandbox.serve import served
 from imshift.workers.ratelimit import RateLimiter, _Slots
 
-from tiny_sandbox import TinySandbox
+from tiny_sandbox import TinySandbox, hammer
 
 
 @pytest.fixture(params=["redis", "embedded"])
 def mode(request):
     """The Redis-shared limiter, or the embedded one (no Redis)."""
     return request.getfixturevalue("redis") if request.param == "redis" else None
-
-
-async def hammer(throttle, url, tasks, end):
-    """`tasks` callers each throttle, then POST, until `end` (epoch seconds)."""
-    statuses = Counter()
-    async with http_client() as http:
-        async def caller():
-            while time.time() < end:
-                await throttle("register", 1)
-                if time.time() >= end:
-                    break
-                statuses[(await http.post(f"{url}/call")).status_code] += 1
-
-        await asyncio.gather(*(caller() for _ in range(tasks)))
-    return statuses
 
 
 async def next_second():

@@ -14,12 +14,11 @@ from collections import Counter
 import pytest
 import redis.asyncio as aredis
 
-from imshift.vendors.http import http_client
 from imshift.vendors.sandbox.serve import served
 from imshift.workers.ratelimit import GUARD, RateLimiter, _Slots, last_slot, urgent
 from imshift.workers.runtime import announcing, before_send
 
-from tiny_sandbox import TinySandbox
+from tiny_sandbox import TinySandbox, hammer
 
 
 # -- the schedule itself, on a simulated clock --------------------------------------------
@@ -204,23 +203,6 @@ async def test_an_urgent_call_goes_ahead_of_what_another_process_booked(where, t
             await limiter.redis.aclose()
 
 
-async def urgent_hammer(throttle, url, tasks, end, pause):
-    """`tasks` urgent callers, each calling once every `pause` seconds at most, until `end`."""
-    statuses = Counter()
-    urgent.set(True)
-    async with http_client() as http:
-        async def caller():
-            while time.time() < end:
-                await throttle("send", 1)
-                if time.time() >= end:
-                    break
-                statuses[(await http.post(f"{url}/call")).status_code] += 1
-                await asyncio.sleep(pause)
-
-        await asyncio.gather(*(caller() for _ in range(tasks)))
-    return statuses
-
-
 @pytest.mark.loopback
 @pytest.mark.parametrize("where", ["embedded", "redis"])
 async def test_urgent_and_bulk_calls_from_two_processes_never_pass_the_limit(where, tmp_path, redis,
@@ -236,7 +218,8 @@ async def test_urgent_and_bulk_calls_from_two_processes_never_pass_the_limit(whe
             start = math.ceil(time.time()) + 1
             bulk.start(start, start + seconds)
             await asyncio.sleep(start - time.time())
-            live = await urgent_hammer(limiter.throttle_for("app1"), url, 4, start + seconds, 0.1)
+            urgent.set(True)
+            live = await hammer(limiter.throttle_for("app1"), url, 4, start + seconds, key="send", pause=0.1)
             bulk_statuses = bulk.result()
     finally:
         bulk.stop()
