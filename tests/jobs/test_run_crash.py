@@ -108,7 +108,7 @@ class Door:
     def hold(self, paths: set[str], after: int) -> None:
         """Hold the call on `paths` that comes after `after` more of them."""
         self.held, self.skip = None, after
-        self.released.clear()
+        self.released = threading.Event()  # a new one: a call held before still goes on at its release
         self.paths = set(paths)
 
     def release(self) -> None:
@@ -127,7 +127,8 @@ class Door:
         while request[-1]["type"] == "http.request" and request[-1].get("more_body"):
             request.append(await receive())
         self.held = scope["client"][1]
-        while not self.released.is_set():
+        released = self.released
+        while not released.is_set():
             await asyncio.sleep(0.005)
 
         async def replayed():
@@ -168,14 +169,28 @@ def stage_progress(ctx, stage: str):
     return None if p is None else dict(p.stages).get(stage)
 
 
+# Stages whose calls no earlier stage makes: their door is armed before they
+# start (`arm`), so a stage that ends within a poll of starting is still
+# caught. Left out: /group/invite (create_group invites past the first slice)
+# and /user/profile (id lookups may read it earlier).
+ARMED_EARLY = {"accounts", "friends", "groups", "tokens"}
+
+
+def arm(door: Door, stage: str) -> None:
+    """Hold the second call of `stage` when it comes (stages in ARMED_EARLY)."""
+    if stage in ARMED_EARLY:
+        door.hold(OP_PATHS[STAGE_OP[stage]], after=1)
+
+
 def hold_inside(ctx, door: Door, stage: str, alive, log: Path, timeout: float = 60) -> int:
-    """Once stage `stage` runs, hold its second vendor call at the door;
-    returns the client port of that call."""
+    """Hold the second vendor call of stage `stage` at the door (armed before
+    the stage starts, or once it runs); returns the client port of that call."""
     deadline = time.monotonic() + timeout
-    while (sp := stage_progress(ctx, stage)) is None or sp.status != "running":
-        assert time.monotonic() < deadline and alive(), (stage, sp, log.read_text()[-3000:])
-        time.sleep(0.02)
-    door.hold(OP_PATHS[STAGE_OP[stage]], after=1)
+    if stage not in ARMED_EARLY:
+        while (sp := stage_progress(ctx, stage)) is None or sp.status != "running":
+            assert time.monotonic() < deadline and alive(), (stage, sp, log.read_text()[-3000:])
+            time.sleep(0.02)
+        door.hold(OP_PATHS[STAGE_OP[stage]], after=1)
     while door.held is None:
         assert time.monotonic() < deadline and alive(), (stage, stage_progress(ctx, stage),
                                                          log.read_text()[-3000:])
@@ -315,12 +330,15 @@ def embedded_run(tmp_path_factory):
     with served(box) as url:
         env = environment(tmp_path, db, url, box, token_key)
         ctx = reader(db, url, box)
+        arm(door, STAGES[0])
         command = imshift(inputs.args, env, log)
         try:
-            for stage in STAGES:
+            for stage, after in zip(STAGES, [*STAGES[1:], None]):
                 hold_inside(ctx, door, stage, lambda command=command: command.poll() is None, log)
                 kill(command, then=door.release)  # the call it had sent reaches the vendor
                 assert stage_progress(ctx, stage).status == "running"  # cut off mid-stage
+                if after is not None:
+                    arm(door, after)
                 command = imshift(["resume", "R1"], env, log)
             code = command.wait(120)
         finally:
@@ -399,10 +417,11 @@ def test_a_run_on_two_workers_one_killed_in_every_stage_ends_exact(tmp_path, red
             while ready(log) < 2 or len(children(pool.pid)) < 2:
                 assert time.monotonic() < deadline and pool.poll() is None, log.read_text()[-3000:]
                 time.sleep(0.05)
+            arm(door, STAGES[0])
             queued = subprocess.run([sys.executable, "-m", "imshift.cli", *inputs.args, "--detach"],
                                     env=env, capture_output=True, text=True, timeout=60)
             assert queued.returncode == 0, queued.stdout + queued.stderr
-            for stage in STAGES:
+            for stage, after in zip(STAGES, [*STAGES[1:], None]):
                 port = hold_inside(ctx, door, stage, lambda: pool.poll() is None, log)
                 victim = owner_of(port, children(pool.pid))  # the process whose call is held
                 assert victim is not None, (stage, port, children(pool.pid))
@@ -413,6 +432,8 @@ def test_a_run_on_two_workers_one_killed_in_every_stage_ends_exact(tmp_path, red
                     assert time.monotonic() < deadline, log.read_text()[-3000:]
                     time.sleep(0.02)
                 door.release()
+                if after is not None:
+                    arm(door, after)
             wait_finished(ctx, 120, log)
             deadline = time.monotonic() + 60  # and the pool has replaced every killed process
             while ready(log) < 2 + len(killed) or len(children(pool.pid)) < 2:
