@@ -14,7 +14,8 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Sequence
+from functools import partial
+from typing import Any, Callable, NamedTuple, Sequence
 
 from sqlalchemy import bindparam, func, select, update
 
@@ -28,7 +29,7 @@ from .embedded import runner_id
 from .enqueue import chunk_ranges, enqueue_ranges
 from .outcomes import decide
 from .recovery import look_up
-from .runtime import Runtime, before_send
+from .runtime import ClaimBudget, Runtime, before_send, slot_taken
 
 log = logging.getLogger("imshift.workers")
 
@@ -109,13 +110,16 @@ async def run_chunk(runtime: Runtime, job_id: int, start: int, end: int) -> None
             step = batch * max(1, math.ceil(size / 4 / batch))
         for lo in range(part_start, part_end, step):
             hi = min(lo + step, part_end)
+            share = None
             if budget:
                 await budget.take(hi - lo)
+                share = BudgetShare(budget, hi - lo)
             try:
-                slice_run = await _run_slice(runtime, client, job, lo, hi, repeat_safe)
+                slice_run = await _run_slice(runtime, client, job, lo, hi, repeat_safe,
+                                             share.went if share else None)
             finally:
-                if budget:
-                    await budget.give(hi - lo)
+                if share:
+                    share.went(share.left)
             if slice_run.stop:
                 return  # paused, cancelled, stopped: resume re-sends the chunks
             if slice_run.due is not None:
@@ -141,6 +145,19 @@ def sections(job: JobView, start: int, end: int) -> list[tuple[int, int, Operati
     return parts
 
 
+class BudgetShare:
+    """A slice's items in the claim budget: given back batch by batch as
+    their calls get a slot (runtime.ClaimBudget), the rest when it ends."""
+
+    def __init__(self, budget: ClaimBudget, size: int):
+        self.budget, self.left = budget, size
+
+    def went(self, n: int) -> None:
+        n = min(n, self.left)
+        self.left -= n
+        self.budget.give(n)
+
+
 @dataclass(frozen=True)
 class SliceRun:
     stop: bool  # the job is not running (any more): leave the rest
@@ -148,7 +165,7 @@ class SliceRun:
 
 
 async def _run_slice(runtime: Runtime, client: VendorClient, job: JobView, start: int, end: int,
-                     repeat_safe: bool) -> SliceRun:
+                     repeat_safe: bool, went: Callable[[int], None] | None = None) -> SliceRun:
     """Claim, call, record the items start <= seq < end. Where the operation
     table can look up what a cut-off call made, it is looked up first
     (workers/recovery.py)."""
@@ -167,7 +184,8 @@ async def _run_slice(runtime: Runtime, client: VendorClient, job: JobView, start
     try:
         looked = await look_up(runtime, client, job, token, rows, operation, repeat_safe)
         rows = looked.to_send
-        results = await execute(runtime, client, job, rows, None if repeat_safe else token) if rows else []
+        results = await execute(runtime, client, job, rows, None if repeat_safe else token,
+                                went) if rows else []
     finally:
         keeper.cancel()
     now = time.time()
@@ -337,10 +355,12 @@ def at_cap(runtime: Runtime, job: JobView, row: Any, result: Result) -> dict[str
 # -- calling the vendor -----------------------------------------------------------------------
 
 async def execute(runtime: Runtime, client: VendorClient, job: JobView, rows: Sequence[Any],
-                  announce: str | None = None) -> list[Result]:
+                  announce: str | None = None,
+                  went: Callable[[int], None] | None = None) -> list[Result]:
     """One Result per row, from the vendor's batch calls made concurrently.
     With `announce` (the claim of a call that is not safe to repeat), each
-    batch is marked sent once the rate limiter lets its call go."""
+    batch is marked sent once the rate limiter lets its call go; `went` is
+    told each batch's size once its (first) call has its slot."""
     size = max(1, client.rules.batch_size.get(job.operation, 1))
     batches = [rows[i:i + size] for i in range(0, len(rows), size)]
     gate = runtime.gate()
@@ -348,6 +368,8 @@ async def execute(runtime: Runtime, client: VendorClient, job: JobView, rows: Se
     async def one(batch: Sequence[Any]) -> list[Result]:
         if announce is not None:
             before_send.set(_announcer(runtime, job.id, announce, batch[0].seq, batch[-1].seq))
+        if went is not None:
+            slot_taken.set(_once(partial(went, len(batch))))
         async with gate:
             try:
                 results = await call(client, job, batch)
@@ -365,6 +387,19 @@ async def execute(runtime: Runtime, client: VendorClient, job: JobView, rows: Se
 
     parts = await asyncio.gather(*(one(b) for b in batches))
     return [r for part in parts for r in part]
+
+
+def _once(action: Callable[[], None]) -> Callable[[], None]:
+    """`action` on the first call only (a batch's calls may run side by side)."""
+    done = False
+
+    def first() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            action()
+
+    return first
 
 
 def _announcer(runtime: Runtime, job_id: int, token: str, first: int, last: int):
