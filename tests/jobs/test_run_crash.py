@@ -333,7 +333,7 @@ def embedded_run(tmp_path_factory):
         arm(door, STAGES[0])
         command = imshift(inputs.args, env, log)
         try:
-            for stage, after in zip(STAGES, [*STAGES[1:], None]):
+            for stage, after in zip(STAGES, [*STAGES[1:], None], strict=True):
                 hold_inside(ctx, door, stage, lambda command=command: command.poll() is None, log)
                 kill(command, then=door.release)  # the call it had sent reaches the vendor
                 assert stage_progress(ctx, stage).status == "running"  # cut off mid-stage
@@ -421,7 +421,7 @@ def test_a_run_on_two_workers_one_killed_in_every_stage_ends_exact(tmp_path, red
             queued = subprocess.run([sys.executable, "-m", "imshift.cli", *inputs.args, "--detach"],
                                     env=env, capture_output=True, text=True, timeout=60)
             assert queued.returncode == 0, queued.stdout + queued.stderr
-            for stage, after in zip(STAGES, [*STAGES[1:], None]):
+            for stage, after in zip(STAGES, [*STAGES[1:], None], strict=True):
                 port = hold_inside(ctx, door, stage, lambda: pool.poll() is None, log)
                 victim = owner_of(port, children(pool.pid))  # the process whose call is held
                 assert victim is not None, (stage, port, children(pool.pid))

@@ -14,6 +14,7 @@ import time
 
 import asyncio
 
+import httpx
 import pytest
 
 from imshift.jobs import control, kinds
@@ -24,6 +25,7 @@ from imshift.vendors.sandbox.common import Faults
 from imshift.vendors.sandbox.netease import NeteaseSandbox
 from imshift.vendors.sandbox.serve import served
 
+from bridge_support import sandbox_process
 from helpers import context, wait_until_done, write_users
 
 pytestmark = pytest.mark.loopback
@@ -64,10 +66,12 @@ def setup(database_url, redis_server, tmp_path):
     producer) and the worker processes, through the environment."""
     started, workers_started = [], []
 
-    def make(sandbox: NeteaseSandbox, *, rates: dict[str, float]):
-        serving = served(sandbox)
-        base_url = serving.__enter__()
-        started.append(serving)
+    def make(sandbox: NeteaseSandbox, *, rates: dict[str, float], base_url: str | None = None):
+        """`sandbox` served here, or already serving at `base_url` (its own process)."""
+        if base_url is None:
+            serving = served(sandbox)
+            base_url = serving.__enter__()
+            started.append(serving)
         env = {**os.environ, "IMSHIFT_DATABASE_URL": database_url, "REDIS_URL": redis_server.url,
                "IMSHIFT_APPS__NEW__RATES": json.dumps(rates),
                **app_environment("new", "netease", sandbox.config(base_url)),
@@ -139,17 +143,34 @@ def test_redis_restarted_mid_job_still_finishes(setup, redis_server, tmp_path):
     assert_every_account_once(ctx, job_id, box, 1200)
 
 
+async def read_back(box: NeteaseSandbox, url: str, user_ids: list[str]) -> list[Profile | None]:
+    """The profiles as NetEase's own read endpoint (getUinfos) gives them."""
+    config = box.config(url)
+    async with httpx.AsyncClient() as http:
+        return await box.client_class.for_config(config)(config, http).get_profiles(user_ids)
+
+
 def test_four_processes_never_exceed_the_vendor_limit(setup, tmp_path):
+    # The vendor runs in a process of its own, as it is another machine.
+    # Served from a thread of this test's process, it sometimes did not run
+    # for up to 0.24 s on a loaded machine, then counted calls sent inside
+    # one second in the next: 2-14 over-limit replies in about 1 run of 8
+    # beside other tests, with every call sent inside its window.
     limit = 120
-    box = NeteaseSandbox(rate_limits={"register": limit}, faults=Faults(latency=0.02))
-    ctx, workers = setup(box, rates={"register": limit})
-    job_id = start_migration(ctx, tmp_path / "users.csv", 900)
-    workers.start(processes=4, threads=4)
-    p = wait_until_done(ctx, job_id, 90)
-    assert p.status == "finished", (tmp_path / "workers.log").read_text()[-3000:]
-    assert_every_account_once(ctx, job_id, box, 900)
-    assert box.over_limit["register"] == 0
-    assert box.max_per_second("register") <= limit
+    with sandbox_process("netease", tmp_path / "sandbox.log", rates={"register": limit},
+                         latency=0.02) as url:
+        ctx, workers = setup(NeteaseSandbox(), rates={"register": limit}, base_url=url)
+        job_id = start_migration(ctx, tmp_path / "users.csv", 900)
+        workers.start(processes=4, threads=4)
+        p = wait_until_done(ctx, job_id, 90)
+        assert p.status == "finished", (tmp_path / "workers.log").read_text()[-3000:]
+        items = list(results(ctx.engine, job_id))
+        assert len(items) == 900 and {i.state for i in items} <= {"ok", "exists"}, {i.state for i in items}
+        profiles = asyncio.run(read_back(NeteaseSandbox(), url, [i.key for i in items]))
+        assert sum(1 for profile in profiles if profile is not None) == 900
+        stats = httpx.get(f"{url}/_sandbox/stats", timeout=10).json()
+    assert stats["over_limit"].get("register", 0) == 0, stats
+    assert 0 < stats["max_per_second"]["register"] <= limit, stats
 
 
 def test_sends_cut_off_by_a_dead_worker_end_unknown_and_are_not_resent(setup, tmp_path):
