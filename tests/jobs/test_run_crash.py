@@ -182,6 +182,13 @@ def arm(door: Door, stage: str) -> None:
         door.hold(OP_PATHS[STAGE_OP[stage]], after=1)
 
 
+def arm_next(door: Door, stage: str) -> None:
+    """`arm` the stage after `stage`, if there is one."""
+    later = STAGES[STAGES.index(stage) + 1:]
+    if later:
+        arm(door, later[0])
+
+
 def hold_inside(ctx, door: Door, stage: str, alive, log: Path, timeout: float = 60) -> int:
     """Hold the second vendor call of stage `stage` at the door (armed before
     the stage starts, or once it runs); returns the client port of that call."""
@@ -333,12 +340,11 @@ def embedded_run(tmp_path_factory):
         arm(door, STAGES[0])
         command = imshift(inputs.args, env, log)
         try:
-            for stage, after in zip(STAGES, [*STAGES[1:], None], strict=True):
+            for stage in STAGES:
                 hold_inside(ctx, door, stage, lambda command=command: command.poll() is None, log)
                 kill(command, then=door.release)  # the call it had sent reaches the vendor
                 assert stage_progress(ctx, stage).status == "running"  # cut off mid-stage
-                if after is not None:
-                    arm(door, after)
+                arm_next(door, stage)
                 command = imshift(["resume", "R1"], env, log)
             code = command.wait(120)
         finally:
@@ -421,7 +427,7 @@ def test_a_run_on_two_workers_one_killed_in_every_stage_ends_exact(tmp_path, red
             queued = subprocess.run([sys.executable, "-m", "imshift.cli", *inputs.args, "--detach"],
                                     env=env, capture_output=True, text=True, timeout=60)
             assert queued.returncode == 0, queued.stdout + queued.stderr
-            for stage, after in zip(STAGES, [*STAGES[1:], None], strict=True):
+            for stage in STAGES:
                 port = hold_inside(ctx, door, stage, lambda: pool.poll() is None, log)
                 victim = owner_of(port, children(pool.pid))  # the process whose call is held
                 assert victim is not None, (stage, port, children(pool.pid))
@@ -432,8 +438,7 @@ def test_a_run_on_two_workers_one_killed_in_every_stage_ends_exact(tmp_path, red
                     assert time.monotonic() < deadline, log.read_text()[-3000:]
                     time.sleep(0.02)
                 door.release()
-                if after is not None:
-                    arm(door, after)
+                arm_next(door, stage)
             wait_finished(ctx, 120, log)
             deadline = time.monotonic() + 60  # and the pool has replaced every killed process
             while ready(log) < 2 + len(killed) or len(children(pool.pid)) < 2:

@@ -104,11 +104,24 @@ def wait_for_progress(ctx, job_id, done: int, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
-def assert_every_account_once(ctx, job_id, sandbox, users: int) -> None:
+def assert_every_account_once(ctx, job_id, sandbox: NeteaseSandbox, users: int,
+                              url: str | None = None) -> None:
+    """Every item done, and every account at the vendor: read from `sandbox`
+    itself, or through NetEase's own read endpoint (getUinfos) at `url`."""
     items = list(results(ctx.engine, job_id))
     assert len(items) == users
     assert {i.state for i in items} <= {"ok", "exists"}, {i.state for i in items}
-    assert sum(1 for i in items if sandbox.stored_profile(i.key) is not None) == users
+    keys = [i.key for i in items]
+    stored = (asyncio.run(read_back(sandbox, url, keys)) if url
+              else [sandbox.stored_profile(key) for key in keys])
+    assert sum(1 for profile in stored if profile is not None) == users
+
+
+async def read_back(box: NeteaseSandbox, url: str, user_ids: list[str]) -> list[Profile | None]:
+    """The profiles as NetEase's own read endpoint (getUinfos) gives them."""
+    config = box.config(url)
+    async with httpx.AsyncClient() as http:
+        return await box.client_class.for_config(config)(config, http).get_profiles(user_ids)
 
 
 def test_a_worker_killed_mid_job_loses_nothing(setup, tmp_path):
@@ -143,13 +156,6 @@ def test_redis_restarted_mid_job_still_finishes(setup, redis_server, tmp_path):
     assert_every_account_once(ctx, job_id, box, 1200)
 
 
-async def read_back(box: NeteaseSandbox, url: str, user_ids: list[str]) -> list[Profile | None]:
-    """The profiles as NetEase's own read endpoint (getUinfos) gives them."""
-    config = box.config(url)
-    async with httpx.AsyncClient() as http:
-        return await box.client_class.for_config(config)(config, http).get_profiles(user_ids)
-
-
 def test_four_processes_never_exceed_the_vendor_limit(setup, tmp_path):
     # The vendor runs in a process of its own, as it is another machine.
     # Served from a thread of this test's process, it sometimes did not run
@@ -159,15 +165,13 @@ def test_four_processes_never_exceed_the_vendor_limit(setup, tmp_path):
     limit = 120
     with sandbox_process("netease", tmp_path / "sandbox.log", rates={"register": limit},
                          latency=0.02) as url:
-        ctx, workers = setup(NeteaseSandbox(), rates={"register": limit}, base_url=url)
+        box = NeteaseSandbox()  # the credentials `imshift sandbox` serves with
+        ctx, workers = setup(box, rates={"register": limit}, base_url=url)
         job_id = start_migration(ctx, tmp_path / "users.csv", 900)
         workers.start(processes=4, threads=4)
         p = wait_until_done(ctx, job_id, 90)
         assert p.status == "finished", (tmp_path / "workers.log").read_text()[-3000:]
-        items = list(results(ctx.engine, job_id))
-        assert len(items) == 900 and {i.state for i in items} <= {"ok", "exists"}, {i.state for i in items}
-        profiles = asyncio.run(read_back(NeteaseSandbox(), url, [i.key for i in items]))
-        assert sum(1 for profile in profiles if profile is not None) == 900
+        assert_every_account_once(ctx, job_id, box, 900, url)
         stats = httpx.get(f"{url}/_sandbox/stats", timeout=10).json()
     assert stats["over_limit"].get("register", 0) == 0, stats
     assert 0 < stats["max_per_second"]["register"] <= limit, stats

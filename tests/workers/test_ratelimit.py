@@ -203,7 +203,7 @@ async def test_embedded_calls_with_no_backlog_take_their_slot_at_once_and_a_back
     for _ in range(20):  # far below the rate: never a leader, never a wait past the guard band
         # The slot the limiter gives, not the wall time of the wait: a loaded
         # machine may stall this loop longer than the band (seen once at 0.35 s).
-        taken = limiter._take_now("app1", "register", 1000.0, 1)
+        taken = limiter._take_now("app1", "register", limiter.limit("app1", "register"), 1)
         assert taken is not None and taken[0] - loop.time() < 0.31, taken
         await throttle("register", 1)
         assert not limiter._leaders
