@@ -4,8 +4,6 @@ last, as one key=value line. `python -m bench` lists them."""
 import importlib
 import sys
 
-from imshift.eventloop import use_uvloop
-
 BENCHMARKS = {
     "quota": "utilisation of a vendor rate limit with 1, 2 and 4 worker processes",
     "overhead": "engine end to end vs a plain asyncio + httpx loop, same concurrency",
@@ -26,9 +24,6 @@ def main(argv: list[str]) -> int:
         for name, what in BENCHMARKS.items():
             print(f"  {name:9} {what}")
         return 2
-    # The contenders a benchmark runs in its own process (the plain loops, the
-    # aiohttp script, embedded jobs) on the loop imshift's processes use.
-    use_uvloop()
     module = importlib.import_module(f"bench.{argv[0]}")
     return module.main(argv[1:]) or 0
 

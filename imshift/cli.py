@@ -208,13 +208,5 @@ def demo(
     run_demo(users, console)
 
 
-def run() -> None:
-    """The `imshift` command (pyproject.toml's script): the CLI on uvloop."""
-    from imshift.eventloop import use_uvloop
-
-    use_uvloop()
-    app()
-
-
 if __name__ == "__main__":
-    run()
+    app()

@@ -100,10 +100,7 @@ def child(threads: int) -> int:
     import dramatiq
 
     from imshift.context import SetupError
-    from imshift.eventloop import use_uvloop
     from imshift.workers.broker import QUEUE
-
-    use_uvloop()  # before the broker's AsyncIO middleware makes the actors' loop
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the pool, which sends SIGTERM
