@@ -96,39 +96,68 @@ async def run_chunk(runtime: Runtime, job_id: int, start: int, end: int) -> None
     repeat_safe = client.repeat_safe(job.operation)
     due: float | None = None  # when the earliest item left pending may be tried
     for part_start, part_end, operation in sections(job, start, end):
-        # Claim the part a slice at a time, within the process's budget for
-        # the operation its calls are (verify's member and friend checks are
-        # reads of their own): claimed items wait for that operation's rate
-        # limiter, so the budget is what its quota serves in claim_seconds,
-        # and a few slices of it overlap so calls never run dry.
-        rate = runtime.limiter.limit(job.app, operation.value)
-        batch = max(1, client.rules.batch_size.get(operation, 1))
-        budget, step = None, part_end - part_start
-        if rate:
-            size = max(batch, math.ceil(rate * batch * runtime.tuning.claim_seconds))
-            budget = runtime.claim_budget(job.app, operation.value, size)
-            step = batch * max(1, math.ceil(size / 4 / batch))
-        for lo in range(part_start, part_end, step):
-            hi = min(lo + step, part_end)
-            share = None
-            if budget:
-                await budget.take(hi - lo)
-                share = BudgetShare(budget, hi - lo)
-            try:
-                slice_run = await _run_slice(runtime, client, job, lo, hi, repeat_safe,
-                                             share.went if share else None)
-            finally:
-                if share:
-                    share.went(share.left)
-            if slice_run.stop:
-                return  # paused, cancelled, stopped: resume re-sends the chunks
-            if slice_run.due is not None:
-                due = slice_run.due if due is None else min(due, slice_run.due)
+        part = await _run_part(runtime, client, job, part_start, part_end, operation, repeat_safe)
+        if part.stop:
+            return  # paused, cancelled, stopped: resume re-sends the chunks
+        if part.due is not None:
+            due = part.due if due is None else min(due, part.due)
     # Items of this chunk waiting out a backoff (ours, or ones another run
     # left) need a later run: the chunk schedules it itself.
     if due is not None:
         delay_ms = max(0, int((due - time.time()) * 1000))
         runtime.broker.actors["run_chunk"].send_with_options(args=(job_id, start, end), delay=delay_ms)
+
+
+async def _run_part(runtime: Runtime, client: VendorClient, job: JobView, start: int, end: int,
+                    operation: Operation, repeat_safe: bool) -> SliceRun:
+    """Run the items start <= seq < end, whose calls are all `operation`'s,
+    a slice at a time within the process's claim budget for it (verify's
+    member and friend checks are reads of their own). Claimed items wait for
+    that operation's rate limiter, so the budget is what its quota serves in
+    claim_seconds. Slices overlap: the next is claimed as soon as the budget
+    has room, which it gets back as calls get their slots, so a chunk keeps
+    calls going out while earlier ones wait for a slow vendor's replies.
+    No slice starts after one has stopped or failed; the running ones end
+    first (their items are claimed: left alone they would wait out a lease)."""
+    rate = runtime.limiter.limit(job.app, operation.value)
+    if not rate:  # no quota to pace the claims by: one slice, the whole part
+        return await _run_slice(runtime, client, job, start, end, repeat_safe)
+    batch = max(1, client.rules.batch_size.get(operation, 1))
+    size = max(batch, math.ceil(rate * batch * runtime.tuning.claim_seconds))
+    budget = runtime.claim_budget(job.app, operation.value, size)
+    step = batch * max(1, math.ceil(size / 4 / batch))
+    slices: list[asyncio.Task[SliceRun]] = []
+    try:
+        for lo in range(start, end, step):
+            hi = min(lo + step, end)
+            await budget.take(hi - lo)
+            if any(task.done() and _ended_short(task) for task in slices):
+                budget.give(hi - lo)
+                break
+            share = BudgetShare(budget, hi - lo)
+            slices.append(asyncio.create_task(_budgeted_slice(runtime, client, job, lo, hi,
+                                                              repeat_safe, share)))
+        if slices:
+            await asyncio.wait(slices)
+    finally:  # cancelled (the worker stops): its slices with it
+        for task in slices:
+            task.cancel()
+    ran = [task.result() for task in slices]  # a slice's failure, once all have ended
+    dues = [r.due for r in ran if r.due is not None]
+    return SliceRun(stop=any(r.stop for r in ran), due=min(dues, default=None))
+
+
+def _ended_short(task: asyncio.Task[SliceRun]) -> bool:
+    """The slice failed, or found the job not running: start no more."""
+    return task.cancelled() or task.exception() is not None or task.result().stop
+
+
+async def _budgeted_slice(runtime: Runtime, client: VendorClient, job: JobView, start: int, end: int,
+                          repeat_safe: bool, share: BudgetShare) -> SliceRun:
+    try:
+        return await _run_slice(runtime, client, job, start, end, repeat_safe, share.went)
+    finally:
+        share.went(share.left)
 
 
 def sections(job: JobView, start: int, end: int) -> list[tuple[int, int, Operation]]:

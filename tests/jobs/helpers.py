@@ -61,6 +61,15 @@ def wait_until_done(ctx: Context, job_id: int, timeout: float) -> Progress:
     raise AssertionError(f"job {job_id} still running after {timeout} s: {progress(ctx.engine, job_id)}")
 
 
+def wait_until_settled(ctx: Context, job_id: int, timeout: float) -> Progress:
+    """Wait until no item of the job is claimed (its calls under way)."""
+    deadline = time.monotonic() + timeout
+    while (p := progress(ctx.engine, job_id)).counts.get("claimed"):
+        assert time.monotonic() < deadline, f"job {job_id} still has claimed items: {p}"
+        time.sleep(0.1)
+    return p
+
+
 @dataclass
 class Migration:
     """A run's relations over some accounts: friend pairs, and groups of

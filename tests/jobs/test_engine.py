@@ -68,3 +68,45 @@ def test_faults_and_rate_limits_end_every_valid_item_done_and_bad_rows_named(
     assert {i.state for i in done} <= {"ok", "exists"}, {i.state for i in done}
     assert all(box.stored_profile(i.key) is not None for i in done)
     assert p.counts["rejected"] == 3
+
+
+def test_a_chunks_slices_overlap_while_the_vendor_takes_its_time(tmp_path):
+    """One chunk, one thread, a vendor that answers after a second: the
+    chunk claims its next slice once the claim budget has room (its calls
+    have their slots), not once the slice before it is recorded, so calls
+    keep going out at the quota's pace while the first replies are awaited."""
+    import threading
+
+    from imshift.jobs.progress import progress
+
+    ctx = context(f"sqlite:///{tmp_path / 'imshift.db'}", chunk_size=200,
+                  apps={"old": {"vendor": "openim", "sandbox": True},
+                        "new": {"vendor": "rongcloud", "sandbox": True, "rates": {"register": 100}}})
+    box = ctx.sandboxes["new"] = RongCloudSandbox(faults=Faults(latency=1.0))
+    users = write_users(tmp_path / "users.csv", 200)
+    sent_before_any_recorded = []
+    watching = threading.Event()
+
+    def watch() -> None:
+        # Calls at the vendor while no item of the job has been recorded.
+        while not watching.wait(0.02):
+            calls = box.calls["register"]
+            if progress(ctx.engine, job_id).counts.get("ok"):
+                return
+            sent_before_any_recorded.append(calls)
+
+    planned = kinds.plan_user_migration(ctx.engine, ctx.target("new"), users, source_app="old",
+                                        chunk_size=ctx.settings.chunk_size)
+    job_id = planned.report.job_id
+    ctx.runtime  # noqa: B018  (configures the workers)
+    watcher = threading.Thread(target=watch, daemon=True)
+    with in_process_workers(ctx.broker, threads=1):
+        watcher.start()
+        control.start(ctx.engine, ctx.broker, job_id)
+        p = wait_until_done(ctx, job_id, 60)
+    watching.set()
+    watcher.join(5)
+    assert p.counts == {"ok": 200}
+    # The budget is 100/s x 0.5 s = 50 items, claimed 13 at a time: one slice
+    # after another would have sent 13 calls before the first was recorded.
+    assert max(sent_before_any_recorded) > 40, max(sent_before_any_recorded)

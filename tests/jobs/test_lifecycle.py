@@ -20,7 +20,7 @@ from imshift.vendors.sandbox.rongcloud import RongCloudSandbox
 from imshift.vendors.sandbox.serve import served
 from imshift.workers.embedded import in_process_workers
 
-from helpers import context, wait_until_done, write_users
+from helpers import context, wait_until_done, wait_until_settled, write_users
 
 
 @pytest.fixture
@@ -81,7 +81,10 @@ def test_bad_credentials_stop_the_job_and_it_resumes_once_fixed(db, tmp_path):
         with in_process_workers(ctx.broker):
             control.start(ctx.engine, ctx.broker, report.job_id)
             p = wait_until_done(ctx, report.job_id, 30)
-        assert p.status == "stopped"
+            assert p.status == "stopped"
+            # The chunk's slices under way when the first stopped the job end
+            # and record their items before the chunk lets go.
+            p = wait_until_settled(ctx, report.job_id, 30)
         assert "refused the credentials" in p.stop_reason and "414" in p.stop_reason
         assert "not-the-secret" not in p.stop_reason
         assert p.counts == {"pending": 60}  # nothing was lost or given up on
