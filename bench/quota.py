@@ -187,18 +187,26 @@ def run_once(args, tmp: Path, redis_url: str, db_url: str, users_csv: Path, proc
         p = job_progress(ctx.engine, job_id)
         spans = claim_to_record_seconds(ctx.engine, job_id)
         ctx.engine.dispose()
-    accepted = stats["accepted"].get(OP, 0)
-    first, last = steady_window(samples, accepted)
     job_seconds = (p.finished_at or time.time()) - p.started_at
     recovery = intruder.figures(samples, args.rate) if intruder is not None else {}
     return {
-        **recovery,
-        "status": p.status, "counts": p.counts, "accepted": accepted,
-        "util": (accepted - 1) / (args.rate * (last - first)) if last > first else float("nan"),
-        "util_job": accepted / (args.rate * job_seconds),
-        "steady_s": last - first, "job_s": job_seconds,
-        "over": stats["over_limit"].get(OP, 0), "maxsec": stats["max_per_second"].get(OP, 0),
+        **recovery, **usage(args.rate, stats, samples, job_seconds),
+        "status": p.status, "counts": p.counts,
         "p50": percentile(spans, 0.5), "p99": percentile(spans, 0.99),
+    }
+
+
+def usage(rate: float, stats: dict, samples: list[tuple[float, int, int]], job_seconds: float) -> dict:
+    """The figures the engine's and the script's runs share, from the
+    sandbox's counters: utilisation of the steady window and of the job,
+    over-limit replies, the busiest second."""
+    accepted = stats["accepted"].get(OP, 0)
+    first, last = steady_window(samples, accepted)
+    return {
+        "accepted": accepted,
+        "util": (accepted - 1) / (rate * (last - first)) if last > first else float("nan"),
+        "util_job": accepted / (rate * job_seconds), "steady_s": last - first, "job_s": job_seconds,
+        "over": stats["over_limit"].get(OP, 0), "maxsec": stats["max_per_second"].get(OP, 0),
         "timeline": timeline(samples),
     }
 
@@ -213,14 +221,10 @@ def script_once(args, users_csv: Path) -> dict:
         cpu = time.process_time() - cpu0
         stats = sandbox_stats(base_url)
     accepted = stats["accepted"].get(OP, 0)
-    first, last = steady_window(samples, accepted)
     return {
+        **usage(args.rate, stats, samples, seconds),
         "status": "finished" if accepted == len(users) else f"{accepted} of {len(users)} accepted",
-        "counts": {}, "accepted": accepted,
-        "util": (accepted - 1) / (args.rate * (last - first)) if last > first else float("nan"),
-        "util_job": accepted / (args.rate * seconds), "steady_s": last - first, "job_s": seconds,
-        "over": stats["over_limit"].get(OP, 0), "maxsec": stats["max_per_second"].get(OP, 0),
-        "cpu_ms": 1000 * cpu / calls, "timeline": timeline(samples),
+        "counts": {}, "cpu_ms": 1000 * cpu / calls,
     }
 
 
