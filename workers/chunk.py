@@ -142,7 +142,12 @@ async def _run_part(runtime: Runtime, client: VendorClient, job: JobView, start:
     finally:  # cancelled (the worker stops): its slices with it
         for task in slices:
             task.cancel()
-    ran = [task.result() for task in slices]  # a slice's failure, once all have ended
+    # Once every slice has ended: the first failure, each one retrieved (the
+    # others mostly share its cause, say the database down).
+    failures = [error for error in (task.exception() for task in slices) if error is not None]
+    if failures:
+        raise failures[0]
+    ran = [task.result() for task in slices]
     dues = [r.due for r in ran if r.due is not None]
     return SliceRun(stop=any(r.stop for r in ran), due=min(dues, default=None))
 
