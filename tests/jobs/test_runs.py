@@ -430,12 +430,14 @@ def test_verifys_member_checks_are_claimed_within_their_own_reads_rate(tmp_path)
         for _, p in run_control.run_progress(ctx.engine, plan.run_id).stages:
             wait_until_stage(ctx, p.job_id, 60)
     # Claimed are the checks waiting for a slot, the one held at the door,
-    # and those past it not yet recorded. Waiting: 4 calls/s x 0.5 s of
-    # quota, at most 2 (30 before, on get_profiles' budget).
+    # and those past it not yet recorded. Waiting for a slot: 4 calls/s x
+    # 0.5 s of quota, at most 2 (30 before, on get_profiles' budget); what
+    # is counted here as waiting may also hold the one check that has its
+    # slot (they come 0.25 s apart) and is still on its way to the vendor.
     claimed = states.get("claimed", 0)
     recorded = sum(n for state, n in states.items() if state not in ("claimed", "pending"))
     waiting = claimed - 1 - (reached - recorded)
-    assert claimed >= 1 and waiting <= 2, (states, reached)
+    assert claimed >= 1 and waiting <= 2 + 1, (states, reached)
     counts = dict(run_control.run_progress(ctx.engine, plan.run_id).stages)["verify"].counts
     assert counts == {"ok": 40 + 30}
     ctx.engine.dispose()
