@@ -2,8 +2,10 @@
 (SQLite and PostgreSQL), workers in this process, vendor sandboxes behind
 real HTTP (in-process ASGI)."""
 
+import threading
+
 from imshift.jobs import control, kinds
-from imshift.jobs.progress import results
+from imshift.jobs.progress import progress, results
 from imshift.models import store
 from imshift.vendors.sandbox.common import Faults
 from imshift.vendors.sandbox.rongcloud import RongCloudSandbox
@@ -75,10 +77,6 @@ def test_a_chunks_slices_overlap_while_the_vendor_takes_its_time(tmp_path):
     chunk claims its next slice once the claim budget has room (its calls
     have their slots), not once the slice before it is recorded, so calls
     keep going out at the quota's pace while the first replies are awaited."""
-    import threading
-
-    from imshift.jobs.progress import progress
-
     ctx = context(f"sqlite:///{tmp_path / 'imshift.db'}", chunk_size=200,
                   apps={"old": {"vendor": "openim", "sandbox": True},
                         "new": {"vendor": "rongcloud", "sandbox": True, "rates": {"register": 100}}})
